@@ -1,0 +1,75 @@
+// The multi-buffer engine: splits every call's spans into fixed-size chunks, runs the
+// chunks on an OpenMP team (or the calling thread for small work), and combines the
+// per-chunk partial sums in a fixed order. No Python in here.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "gradclip/kernels.hpp"
+#include "gradclip/types.hpp"
+
+namespace gradclip {
+
+// ---- CPU targets
+// Names of the targets compiled into this build and runnable on this CPU, best last.
+std::vector<std::string> available_targets();
+// The target in use.
+const char* current_target() noexcept;
+// Switch the dispatch table; returns false (and changes nothing) for an unknown or
+// unsupported name. Not meant to be called while another thread is inside a kernel.
+bool set_target(const std::string& name) noexcept;
+// Picks the target at start-up: `forced` (from GRADCLIP_CPU_TARGET) when it is non-empty and
+// runnable, else the best one. Returns false when `forced` was given but could not be used.
+bool init_target(const char* forced) noexcept;
+
+// ---- threads
+void set_num_threads(int n) noexcept;  // n >= 1
+int get_num_threads() noexcept;
+bool have_openmp() noexcept;
+
+// ---- layout helpers
+// Describes an n-d array (shape, byte strides, itemsize) as a Span. Returns true for a dense
+// block (C, F, reversed or any permutation of contiguous axes); then `span.data` is its lowest
+// address and ndim is 0. Otherwise `span` keeps `data`, `ndim`, `shape`, `strides` as given.
+bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
+                    DType dt, Span& span) noexcept;
+// True when two elements of a strided array may share memory (a stride-0 or otherwise
+// self-overlapping view). Conservative: it may say so for some views that do not.
+bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
+                      std::size_t itemsize) noexcept;
+// [lo, hi) byte bounds of the memory an array may touch.
+void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
+                 std::size_t itemsize, const char*& lo, const char*& hi) noexcept;
+
+// ---- operations (all spans must be validated by the caller; none overlap)
+// p-norm of all elements of all spans together; never overflows or underflows where the
+// true result is a finite normal double.
+double total_norm(const Span* spans, std::size_t n, NormSpec spec);
+// p-norm of each span into out[0..n).
+void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out);
+// Multiply every element of every span by coef (rounded per element type).
+void scale_all(const Span* spans, std::size_t n, double coef);
+// Multiply span i by coefs[i]; spans whose coefficient is exactly 1 are not touched.
+void scale_each(const Span* spans, std::size_t n, const double* coefs);
+// Clamp each element to [-bound, bound], bound[dtype] already rounded to that dtype.
+void clamp_all(const Span* spans, std::size_t n, const double* bound_per_dtype);
+// Set every element to +0.0.
+void zero_all(const Span* spans, std::size_t n);
+
+// min(1, max_norm / (norm + eps)); NaN when norm is NaN (as in PyTorch).
+double clip_coef(double max_norm, double norm, double eps) noexcept;
+// True when a coefficient asks for a write: coef < 1 or NaN.
+inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
+
+// Global clip: total norm, then the non-finite rule, then (maybe) one scaling pass.
+// Returns the pre-clip total norm.
+double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
+                  NonFinite mode);
+// Per-span clip with the same rule per span; mode applies to the whole call when any span
+// norm is non-finite. Writes the pre-clip norms to norms[0..n).
+void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
+               NonFinite mode, double* norms);
+
+}  // namespace gradclip

@@ -1,0 +1,68 @@
+// The per-instruction-set kernel table.
+//
+// cpp/src/kernels.cpp is compiled once per target (baseline, avx2, avx512), each copy in
+// its own namespace, and each fills one KernelTable. Every kernel is serial: threads
+// belong to the engine.
+//
+// Reductions follow a fixed lane layout so that every target returns the same bits:
+// element k of the block goes to accumulator lane k % kLanes, each lane adds its elements
+// in index order, and the lanes are combined by combine_lanes() below. Callers must start
+// every block at an element index that is a multiple of kLanes within its array.
+#pragma once
+
+#include <cstddef>
+
+#include "gradclip/types.hpp"
+
+namespace gradclip {
+
+inline constexpr std::size_t kLanes = 32;
+
+// sum over the block of (|x| * scale)^2 resp. |x| * scale; `scale` is a power of two
+// (1.0 on the fast pass), so the multiplication is exact.
+using SumFn = double (*)(const void* p, std::size_t n, double scale);
+// max |x| over the block; NaN if any element is NaN.
+using MaxFn = double (*)(const void* p, std::size_t n);
+// x = x * coef, with coef rounded to float for float16/bfloat16/float32 data and the
+// product rounded once to the element type (float16/bfloat16 multiply in float32).
+using ScaleFn = void (*)(void* p, std::size_t n, double coef);
+// x = min(hi, max(lo, x)) with NaN kept; lo/hi must be representable in the element type.
+using ClampFn = void (*)(void* p, std::size_t n, double lo, double hi);
+
+struct KernelTable {
+    const char* name;
+    SumFn sum_sq[kNumDTypes];
+    SumFn sum_abs[kNumDTypes];
+    MaxFn max_abs[kNumDTypes];
+    ScaleFn scale[kNumDTypes];
+    ClampFn clamp[kNumDTypes];
+};
+
+// The fixed combination tree shared by all targets (and by the engine's scalar paths):
+// lanes j, j+8, j+16, j+24 first (as four 8-wide registers added pairwise), then
+// halving the 8 remaining lanes three times.
+static inline double combine_lanes(const double* l) noexcept {
+    double a[8];
+    for (int j = 0; j < 8; ++j) a[j] = (l[j] + l[j + 8]) + (l[j + 16] + l[j + 24]);
+    double b[4];
+    for (int j = 0; j < 4; ++j) b[j] = a[j] + a[j + 4];
+    const double c0 = b[0] + b[2];
+    const double c1 = b[1] + b[3];
+    return c0 + c1;
+}
+
+namespace baseline {
+const KernelTable& kernel_table() noexcept;
+}
+#if defined(GRADCLIP_HAVE_AVX2)
+namespace avx2 {
+const KernelTable& kernel_table() noexcept;
+}
+#endif
+#if defined(GRADCLIP_HAVE_AVX512)
+namespace avx512 {
+const KernelTable& kernel_table() noexcept;
+}
+#endif
+
+}  // namespace gradclip

@@ -1,0 +1,457 @@
+// The SIMD kernels. This one source is compiled once per instruction set:
+//   GRADCLIP_TARGET_BASELINE  portable C++ (x86-64 baseline, or any other CPU)
+//   GRADCLIP_TARGET_AVX2      -mavx2 -mfma -mf16c
+//   GRADCLIP_TARGET_AVX512    -mavx512f -mavx512bw -mavx512dq -mavx512vl (+ the above)
+// each copy in its own namespace, each exporting one KernelTable.
+//
+// Determinism contract (see kernels.hpp): element k of a block is accumulated into lane
+// k % 32, in index order, in float64, and lanes are combined by combine_lanes(). The vector
+// code keeps the 32 lanes in 4 (AVX-512) or 8 (AVX2) registers; the scalar code keeps them in
+// an array. Products for float64 input are rounded before the add on every target (this
+// file is built with -ffp-contract=off and uses no FMA), so all targets agree to the bit.
+// Inputs narrower than float64 are converted exactly, and their squares are exact in float64.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "gradclip/kernels.hpp"
+#include "half.hpp"
+
+#if defined(GRADCLIP_TARGET_AVX512)
+#define GRADCLIP_NS avx512
+#define GRADCLIP_TARGET_NAME "avx512"
+#include <immintrin.h>
+#elif defined(GRADCLIP_TARGET_AVX2)
+#define GRADCLIP_NS avx2
+#define GRADCLIP_TARGET_NAME "avx2"
+#include <immintrin.h>
+#else
+#define GRADCLIP_NS baseline
+#define GRADCLIP_TARGET_NAME "baseline"
+#endif
+
+namespace gradclip::GRADCLIP_NS {
+namespace {
+
+using detail::bf16_to_float;
+using detail::float_to_bf16;
+using detail::float_to_half;
+using detail::half_to_float;
+
+// ---------------------------------------------------------------- scalar element access
+// memcpy loads: the data may be unaligned (a view at an odd byte offset is legal input).
+template <DType D>
+struct Elem;
+
+template <>
+struct Elem<DType::F64> {
+    static double load(const char* p, std::size_t k) noexcept {
+        double v;
+        std::memcpy(&v, p + 8 * k, 8);
+        return v;
+    }
+};
+template <>
+struct Elem<DType::F32> {
+    static float loadf(const char* p, std::size_t k) noexcept {
+        float v;
+        std::memcpy(&v, p + 4 * k, 4);
+        return v;
+    }
+    static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
+    static void storef(char* p, std::size_t k, float v) noexcept { std::memcpy(p + 4 * k, &v, 4); }
+};
+template <>
+struct Elem<DType::F16> {
+    static float loadf(const char* p, std::size_t k) noexcept {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * k, 2);
+        return half_to_float(h);
+    }
+    static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
+    static void storef(char* p, std::size_t k, float v) noexcept {
+        const std::uint16_t h = float_to_half(v);
+        std::memcpy(p + 2 * k, &h, 2);
+    }
+};
+template <>
+struct Elem<DType::BF16> {
+    static float loadf(const char* p, std::size_t k) noexcept {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * k, 2);
+        return bf16_to_float(h);
+    }
+    static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
+    static void storef(char* p, std::size_t k, float v) noexcept {
+        const std::uint16_t h = float_to_bf16(v);
+        std::memcpy(p + 2 * k, &h, 2);
+    }
+};
+
+// ---------------------------------------------------------------- vector loads
+#if defined(GRADCLIP_TARGET_AVX512)
+using VD = __m512d;
+constexpr std::size_t kW = 8;  // doubles per register
+constexpr std::size_t kAcc = kLanes / kW;
+
+template <DType D>
+inline VD vload(const char* p, std::size_t k) noexcept;
+template <>
+inline VD vload<DType::F64>(const char* p, std::size_t k) noexcept {
+    return _mm512_loadu_pd(reinterpret_cast<const double*>(p) + k);
+}
+template <>
+inline VD vload<DType::F32>(const char* p, std::size_t k) noexcept {
+    return _mm512_cvtps_pd(_mm256_loadu_ps(reinterpret_cast<const float*>(p) + k));
+}
+template <>
+inline VD vload<DType::F16>(const char* p, std::size_t k) noexcept {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * k));
+    return _mm512_cvtps_pd(_mm256_cvtph_ps(h));
+}
+template <>
+inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * k));
+    const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+    return _mm512_cvtps_pd(_mm256_castsi256_ps(w));
+}
+inline VD vzero() noexcept { return _mm512_setzero_pd(); }
+inline VD vset(double x) noexcept { return _mm512_set1_pd(x); }
+inline VD vadd(VD a, VD b) noexcept { return _mm512_add_pd(a, b); }
+inline VD vmul(VD a, VD b) noexcept { return _mm512_mul_pd(a, b); }
+inline VD vabs(VD a) noexcept { return _mm512_abs_pd(a); }
+inline VD vmax(VD a, VD b) noexcept { return _mm512_max_pd(a, b); }
+inline void vstore(double* p, VD a) noexcept { _mm512_storeu_pd(p, a); }
+struct NanTrack {
+    __mmask8 m = 0;
+    void add(VD x) noexcept { m = static_cast<__mmask8>(m | _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q)); }
+    bool any() const noexcept { return m != 0; }
+};
+#elif defined(GRADCLIP_TARGET_AVX2)
+using VD = __m256d;
+constexpr std::size_t kW = 4;
+constexpr std::size_t kAcc = kLanes / kW;
+
+template <DType D>
+inline VD vload(const char* p, std::size_t k) noexcept;
+template <>
+inline VD vload<DType::F64>(const char* p, std::size_t k) noexcept {
+    return _mm256_loadu_pd(reinterpret_cast<const double*>(p) + k);
+}
+template <>
+inline VD vload<DType::F32>(const char* p, std::size_t k) noexcept {
+    return _mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(p) + k));
+}
+template <>
+inline VD vload<DType::F16>(const char* p, std::size_t k) noexcept {
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 * k));
+    return _mm256_cvtps_pd(_mm_cvtph_ps(h));
+}
+template <>
+inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 * k));
+    const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(h), 16);
+    return _mm256_cvtps_pd(_mm_castsi128_ps(w));
+}
+inline VD vzero() noexcept { return _mm256_setzero_pd(); }
+inline VD vset(double x) noexcept { return _mm256_set1_pd(x); }
+inline VD vadd(VD a, VD b) noexcept { return _mm256_add_pd(a, b); }
+inline VD vmul(VD a, VD b) noexcept { return _mm256_mul_pd(a, b); }
+inline VD vabs(VD a) noexcept { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+inline VD vmax(VD a, VD b) noexcept { return _mm256_max_pd(a, b); }
+inline void vstore(double* p, VD a) noexcept { _mm256_storeu_pd(p, a); }
+struct NanTrack {
+    __m256d m = _mm256_setzero_pd();
+    void add(VD x) noexcept { m = _mm256_or_pd(m, _mm256_cmp_pd(x, x, _CMP_UNORD_Q)); }
+    bool any() const noexcept { return _mm256_movemask_pd(m) != 0; }
+};
+#endif
+
+// ---------------------------------------------------------------- reductions
+struct SqOp {
+    static double step(double acc, double x, double s) noexcept {
+        const double t = x * s;
+        return acc + t * t;
+    }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    static VD vstep(VD acc, VD x, VD s) noexcept {
+        const VD t = vmul(x, s);
+        return vadd(acc, vmul(t, t));
+    }
+#endif
+};
+
+struct AbsOp {
+    static double step(double acc, double x, double s) noexcept { return acc + std::fabs(x * s); }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    static VD vstep(VD acc, VD x, VD s) noexcept { return vadd(acc, vabs(vmul(x, s))); }
+#endif
+};
+
+template <DType D, class Op>
+double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
+    const char* p = static_cast<const char*>(vp);
+    double lanes[kLanes];
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    VD acc[kAcc];
+    for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
+    const VD s = vset(scale);
+    for (; k + kLanes <= n; k += kLanes) {
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, k + j * kW), s);
+    }
+    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
+#else
+    for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = 0.0;
+    for (; k + kLanes <= n; k += kLanes) {
+        for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k + j), scale);
+    }
+#endif
+    for (std::size_t j = 0; k < n; ++k, ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k), scale);
+    return combine_lanes(lanes);
+}
+
+template <DType D>
+double sum_sq(const void* p, std::size_t n, double scale) noexcept {
+    return reduce_sum<D, SqOp>(p, n, scale);
+}
+template <DType D>
+double sum_abs(const void* p, std::size_t n, double scale) noexcept {
+    return reduce_sum<D, AbsOp>(p, n, scale);
+}
+
+// max is exact and order-free, so only the NaN rule needs care: vmaxpd drops a NaN that is
+// already in the accumulator, hence the separate NaN tracker.
+template <DType D>
+double max_abs(const void* vp, std::size_t n) noexcept {
+    const char* p = static_cast<const char*>(vp);
+    double m = 0.0;
+    bool nan = false;
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    VD acc[kAcc];
+    for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
+    NanTrack nt;
+    for (; k + kLanes <= n; k += kLanes) {
+        for (std::size_t j = 0; j < kAcc; ++j) {
+            const VD x = vload<D>(p, k + j * kW);
+            nt.add(x);
+            acc[j] = vmax(acc[j], vabs(x));
+        }
+    }
+    double lanes[kLanes];
+    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
+    for (std::size_t j = 0; j < kLanes; ++j) m = lanes[j] > m ? lanes[j] : m;
+    nan = nt.any();
+#endif
+    for (; k < n; ++k) {
+        const double a = std::fabs(Elem<D>::load(p, k));
+        if (a != a) nan = true;
+        m = a > m ? a : m;
+    }
+    return nan ? std::numeric_limits<double>::quiet_NaN() : m;
+}
+
+// ---------------------------------------------------------------- scale
+void scale_f64(void* vp, std::size_t n, double coef) noexcept {
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    double* p = static_cast<double*>(vp);
+    const __m512d c = _mm512_set1_pd(coef);
+    for (; k + 32 <= n; k += 32) {
+        for (std::size_t j = 0; j < 32; j += 8) _mm512_storeu_pd(p + k + j, _mm512_mul_pd(_mm512_loadu_pd(p + k + j), c));
+    }
+#elif defined(GRADCLIP_TARGET_AVX2)
+    double* p = static_cast<double*>(vp);
+    const __m256d c = _mm256_set1_pd(coef);
+    for (; k + 16 <= n; k += 16) {
+        for (std::size_t j = 0; j < 16; j += 4) _mm256_storeu_pd(p + k + j, _mm256_mul_pd(_mm256_loadu_pd(p + k + j), c));
+    }
+#endif
+    char* b = static_cast<char*>(vp);
+    for (; k < n; ++k) {
+        const double v = Elem<DType::F64>::load(b, k) * coef;
+        std::memcpy(b + 8 * k, &v, 8);
+    }
+}
+
+void scale_f32(void* vp, std::size_t n, double coef) noexcept {
+    const float cf = static_cast<float>(coef);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    float* p = static_cast<float*>(vp);
+    const __m512 c = _mm512_set1_ps(cf);
+    for (; k + 64 <= n; k += 64) {
+        for (std::size_t j = 0; j < 64; j += 16) _mm512_storeu_ps(p + k + j, _mm512_mul_ps(_mm512_loadu_ps(p + k + j), c));
+    }
+#elif defined(GRADCLIP_TARGET_AVX2)
+    float* p = static_cast<float*>(vp);
+    const __m256 c = _mm256_set1_ps(cf);
+    for (; k + 32 <= n; k += 32) {
+        for (std::size_t j = 0; j < 32; j += 8) _mm256_storeu_ps(p + k + j, _mm256_mul_ps(_mm256_loadu_ps(p + k + j), c));
+    }
+#endif
+    char* b = static_cast<char*>(vp);
+    for (; k < n; ++k) Elem<DType::F32>::storef(b, k, Elem<DType::F32>::loadf(b, k) * cf);
+}
+
+#if defined(GRADCLIP_TARGET_AVX512)
+// 16 float16 <-> 16 float
+inline __m512 load16_f16(const char* p) noexcept {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline void store16_f16(char* p, __m512 v) noexcept {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline __m512 load16_bf16(const char* p) noexcept {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline void store16_bf16(char* p, __m512 v) noexcept {
+    // round to nearest even on the bit pattern; NaN -> quiet NaN (same rule as float_to_bf16)
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+#elif defined(GRADCLIP_TARGET_AVX2)
+// 8 float16 <-> 8 float
+inline __m256 load8_f16(const char* p) noexcept {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline void store8_f16(char* p, __m256 v) noexcept {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline __m256 load8_bf16(const char* p) noexcept {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void store8_bf16(char* p, __m256 v) noexcept {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nanr = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, nanr, nan);
+    // 8 x u32 (each <= 0xffff) -> 8 x u16: pack with zeros, then gather the two 64-bit halves
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, _mm256_setzero_si256()), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+#endif
+
+template <DType D>
+void scale_half(void* vp, std::size_t n, double coef) noexcept {
+    char* b = static_cast<char*>(vp);
+    const float cf = static_cast<float>(coef);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    const __m512 c = _mm512_set1_ps(cf);
+    for (; k + 16 <= n; k += 16) {
+        char* q = b + 2 * k;
+        if constexpr (D == DType::F16) {
+            store16_f16(q, _mm512_mul_ps(load16_f16(q), c));
+        } else {
+            store16_bf16(q, _mm512_mul_ps(load16_bf16(q), c));
+        }
+    }
+#elif defined(GRADCLIP_TARGET_AVX2)
+    const __m256 c = _mm256_set1_ps(cf);
+    for (; k + 8 <= n; k += 8) {
+        char* q = b + 2 * k;
+        if constexpr (D == DType::F16) {
+            store8_f16(q, _mm256_mul_ps(load8_f16(q), c));
+        } else {
+            store8_bf16(q, _mm256_mul_ps(load8_bf16(q), c));
+        }
+    }
+#endif
+    for (; k < n; ++k) Elem<D>::storef(b, k, Elem<D>::loadf(b, k) * cf);
+}
+
+// ---------------------------------------------------------------- clamp
+// NaN stays NaN: x is the second operand of max/min, which (v)maxps/(v)minps return when
+// either operand is NaN; the scalar form has the same behaviour.
+inline double clamp1(double x, double lo, double hi) noexcept { return x < lo ? lo : (x > hi ? hi : x); }
+inline float clamp1f(float x, float lo, float hi) noexcept { return x < lo ? lo : (x > hi ? hi : x); }
+
+void clamp_f64(void* vp, std::size_t n, double lo, double hi) noexcept {
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    double* p = static_cast<double*>(vp);
+    const __m512d l = _mm512_set1_pd(lo), h = _mm512_set1_pd(hi);
+    for (; k + 8 <= n; k += 8) _mm512_storeu_pd(p + k, _mm512_min_pd(h, _mm512_max_pd(l, _mm512_loadu_pd(p + k))));
+#elif defined(GRADCLIP_TARGET_AVX2)
+    double* p = static_cast<double*>(vp);
+    const __m256d l = _mm256_set1_pd(lo), h = _mm256_set1_pd(hi);
+    for (; k + 4 <= n; k += 4) _mm256_storeu_pd(p + k, _mm256_min_pd(h, _mm256_max_pd(l, _mm256_loadu_pd(p + k))));
+#endif
+    char* b = static_cast<char*>(vp);
+    for (; k < n; ++k) {
+        const double v = clamp1(Elem<DType::F64>::load(b, k), lo, hi);
+        std::memcpy(b + 8 * k, &v, 8);
+    }
+}
+
+void clamp_f32(void* vp, std::size_t n, double lo, double hi) noexcept {
+    const float lf = static_cast<float>(lo), hf = static_cast<float>(hi);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    float* p = static_cast<float*>(vp);
+    const __m512 l = _mm512_set1_ps(lf), h = _mm512_set1_ps(hf);
+    for (; k + 16 <= n; k += 16) _mm512_storeu_ps(p + k, _mm512_min_ps(h, _mm512_max_ps(l, _mm512_loadu_ps(p + k))));
+#elif defined(GRADCLIP_TARGET_AVX2)
+    float* p = static_cast<float*>(vp);
+    const __m256 l = _mm256_set1_ps(lf), h = _mm256_set1_ps(hf);
+    for (; k + 8 <= n; k += 8) _mm256_storeu_ps(p + k, _mm256_min_ps(h, _mm256_max_ps(l, _mm256_loadu_ps(p + k))));
+#endif
+    char* b = static_cast<char*>(vp);
+    for (; k < n; ++k) Elem<DType::F32>::storef(b, k, clamp1f(Elem<DType::F32>::loadf(b, k), lf, hf));
+}
+
+template <DType D>
+void clamp_half(void* vp, std::size_t n, double lo, double hi) noexcept {
+    char* b = static_cast<char*>(vp);
+    const float lf = static_cast<float>(lo), hf = static_cast<float>(hi);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    const __m512 l = _mm512_set1_ps(lf), h = _mm512_set1_ps(hf);
+    for (; k + 16 <= n; k += 16) {
+        char* q = b + 2 * k;
+        if constexpr (D == DType::F16) {
+            store16_f16(q, _mm512_min_ps(h, _mm512_max_ps(l, load16_f16(q))));
+        } else {
+            store16_bf16(q, _mm512_min_ps(h, _mm512_max_ps(l, load16_bf16(q))));
+        }
+    }
+#elif defined(GRADCLIP_TARGET_AVX2)
+    const __m256 l = _mm256_set1_ps(lf), h = _mm256_set1_ps(hf);
+    for (; k + 8 <= n; k += 8) {
+        char* q = b + 2 * k;
+        if constexpr (D == DType::F16) {
+            store8_f16(q, _mm256_min_ps(h, _mm256_max_ps(l, load8_f16(q))));
+        } else {
+            store8_bf16(q, _mm256_min_ps(h, _mm256_max_ps(l, load8_bf16(q))));
+        }
+    }
+#endif
+    for (; k < n; ++k) Elem<D>::storef(b, k, clamp1f(Elem<D>::loadf(b, k), lf, hf));
+}
+
+// The table is indexed by DType: F16, BF16, F32, F64.
+const KernelTable kTable = {
+    GRADCLIP_TARGET_NAME,
+    {sum_sq<DType::F16>, sum_sq<DType::BF16>, sum_sq<DType::F32>, sum_sq<DType::F64>},
+    {sum_abs<DType::F16>, sum_abs<DType::BF16>, sum_abs<DType::F32>, sum_abs<DType::F64>},
+    {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},
+    {scale_half<DType::F16>, scale_half<DType::BF16>, scale_f32, scale_f64},
+    {clamp_half<DType::F16>, clamp_half<DType::BF16>, clamp_f32, clamp_f64},
+};
+
+}  // namespace
+
+const KernelTable& kernel_table() noexcept { return kTable; }
+
+}  // namespace gradclip::GRADCLIP_NS

@@ -1,0 +1,361 @@
+"""The compiled implementations of gradclip's public functions.
+
+Each function checks its scalar arguments, then hands the whole list of arrays to the
+compiled core in one call: no per-array Python work on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
+
+from . import _core
+from ._errors import NonFiniteNormError
+from ._inputs import (
+    as_array,
+    as_sequence,
+    check_clip_value,
+    check_eps,
+    check_max_norm,
+    check_norm_type,
+    check_total_norm,
+    resolve_mode,
+)
+
+__all__ = [
+    "available_cpu_targets",
+    "clip_by_norm_",
+    "clip_grad_norm_",
+    "clip_grad_norm_per_tensor_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "cpu_target",
+    "get_num_threads",
+    "get_total_norm",
+    "set_num_threads",
+    "tensor_norms",
+]
+
+# engine codes: raise is "skip" in the core, then an exception here
+_MODE_CODE = {"propagate": 0, "raise": 1, "skip": 1, "zero": 2}
+
+
+def _bfloat16_dtype() -> np.dtype[Any] | None:
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+_BF16 = _bfloat16_dtype()
+_core._init(_BF16, as_array)
+
+
+def _init_target() -> None:
+    forced = os.environ.get("GRADCLIP_CPU_TARGET", "").strip()
+    if not _core.init_cpu_target(forced):
+        warnings.warn(
+            f"GRADCLIP_CPU_TARGET={forced!r} is not a CPU target this build and CPU can run "
+            f"(available: {', '.join(_core.available_cpu_targets())}); "
+            f"using {_core.cpu_target()!r}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_init_target()
+
+
+def _nonfinite_error(norm: float, p: float, what: str) -> NonFiniteNormError:
+    return NonFiniteNormError(
+        f"The {what} of order {p} is non-finite ({norm}), so it cannot be clipped; nothing "
+        "was modified. Pass nonfinite='skip' to get the norm back without an error, or "
+        "nonfinite='propagate' (error_if_nonfinite=False) to scale by it as PyTorch does."
+    )
+
+
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = 2.0,
+    *,
+    error_if_nonfinite: bool = False,
+    nonfinite: str = "propagate",
+    eps: float = 1e-6,
+) -> float:
+    """Clip gradients in place so that their total norm is at most ``max_norm``.
+
+    The total norm is the ``norm_type``-norm of all elements of all arrays together,
+    accumulated in float64. When ``coef = max_norm / (total_norm + eps)`` is below 1, every
+    array is multiplied by it; otherwise nothing is written at all.
+
+    Parameters
+    ----------
+    grads : array or iterable of arrays
+        float16, bfloat16, float32 or float64 arrays, modified in place. ``None`` entries
+        are skipped.
+    max_norm : float
+        Finite and > 0.
+    norm_type : float, default 2.0
+        Any p > 0, or ``inf``.
+    error_if_nonfinite : bool, default False
+        PyTorch's spelling of ``nonfinite="raise"``.
+    nonfinite : {"propagate", "raise", "skip", "zero"}, default "propagate"
+        What to do when the total norm is NaN or infinite: apply the coefficient as is
+        (PyTorch's arithmetic), raise :class:`NonFiniteNormError`, write nothing, or set
+        every gradient to zero.
+    eps : float, default 1e-6
+        Added to the norm before dividing.
+
+    Returns
+    -------
+    float
+        The total norm before clipping.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.full(3, 2.0, np.float32), np.full(4, 2.0, np.float32)]
+    >>> round(gradclip.clip_grad_norm_(g, max_norm=1.0), 4)
+    5.2915
+    >>> round(float(np.sqrt(sum((x.astype(np.float64) ** 2).sum() for x in g))), 4)
+    1.0
+    """
+    max_norm = check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    mode = resolve_mode(nonfinite, error_if_nonfinite)
+    eps = check_eps(eps)
+    seq, single = as_sequence(grads)
+    norm: float = _core.clip_total(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
+    if mode == "raise" and not math.isfinite(norm):
+        raise _nonfinite_error(norm, p, "total norm of the gradients")
+    return norm
+
+
+def get_total_norm(grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bool = False) -> float:
+    """Total ``norm_type``-norm of all elements of all arrays, in one read pass.
+
+    Parameters
+    ----------
+    grads : array or iterable of arrays
+    norm_type : float, default 2.0
+        Any p > 0, or ``inf``.
+    error_if_nonfinite : bool, default False
+        Raise :class:`NonFiniteNormError` when the norm is NaN or infinite.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> gradclip.get_total_norm([np.array([3.0]), np.array([4.0])])
+    5.0
+    """
+    p = check_norm_type(norm_type)
+    seq, single = as_sequence(grads)
+    norm: float = _core.total_norm(seq, p, "grads", single)
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise _nonfinite_error(norm, p, "total norm of the gradients")
+    return norm
+
+
+def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
+    """Scale gradients in place using a total norm computed elsewhere.
+
+    For sharded training, where each process holds part of the gradients: compute the
+    global norm across processes, then call this on the local part. The coefficient is
+    ``min(1, max_norm / (total_norm + eps))``; nothing is written when it is 1.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = np.array([3.0, 4.0])
+    >>> gradclip.clip_grads_with_norm_(g, max_norm=1.0, total_norm=5.0, eps=0.0)
+    >>> g
+    array([0.6, 0.8])
+    """
+    max_norm = check_max_norm(max_norm)
+    total = check_total_norm(total_norm)
+    eps = check_eps(eps)
+    seq, single = as_sequence(grads)
+    _core.clip_with_norm(seq, max_norm, total, eps, "grads", single)
+
+
+def _bounds(v: float) -> list[float]:
+    # The bound each dtype clamps to is v rounded to that dtype, in DType order:
+    # float16, bfloat16, float32, float64.
+    with np.errstate(over="ignore"):
+        f16 = float(np.float16(v))
+        bf16 = float(np.array(v).astype(_BF16)) if _BF16 is not None else v
+        f32 = float(np.float32(v))
+    return [f16, bf16, f32, v]
+
+
+def clip_grad_value_(grads: Any, clip_value: float) -> None:
+    """Clamp every element in place to ``[-clip_value, clip_value]``; NaN stays NaN.
+
+    The bound is ``clip_value`` rounded to each array's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = np.array([-3.0, 0.5, 2.0, np.nan])
+    >>> gradclip.clip_grad_value_(g, 1.0)
+    >>> g
+    array([-1. ,  0.5,  1. ,  nan])
+    """
+    v = check_clip_value(clip_value)
+    seq, single = as_sequence(grads)
+    _core.clamp(seq, _bounds(v), "grads", single)
+
+
+def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
+    """The ``norm_type``-norm of each array, in one pass (0.0 for ``None`` entries).
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> gradclip.tensor_norms([np.array([3.0, 4.0]), None, np.ones(4, np.float32)])
+    array([5., 0., 2.])
+    """
+    p = check_norm_type(norm_type)
+    seq, single = as_sequence(grads)
+    out: np.ndarray = _core.tensor_norms(seq, p, "grads", single)
+    return out
+
+
+def clip_grad_norm_per_tensor_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = 2.0,
+    *,
+    error_if_nonfinite: bool = False,
+    nonfinite: str = "propagate",
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Clip each array in place by its own norm ("local" clipping).
+
+    Every array whose ``coef = max_norm / (norm + eps)`` is below 1 is multiplied by it;
+    the others are not written. ``nonfinite`` applies to the whole call when any array's
+    norm is NaN or infinite (``"raise"`` and ``"skip"`` write nothing, ``"zero"`` zeroes
+    every array, ``"propagate"`` applies each coefficient as is).
+
+    Returns
+    -------
+    ndarray of float64
+        The pre-clip norm of each array (0.0 for ``None`` entries).
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.array([3.0, 4.0]), np.array([0.1])]
+    >>> gradclip.clip_grad_norm_per_tensor_(g, max_norm=1.0, eps=0.0)
+    array([5. , 0.1])
+    >>> g[0], g[1]
+    (array([0.6, 0.8]), array([0.1]))
+    """
+    max_norm = check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    mode = resolve_mode(nonfinite, error_if_nonfinite)
+    eps = check_eps(eps)
+    seq, single = as_sequence(grads)
+    norms: np.ndarray = _core.clip_each(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
+    if mode == "raise" and not np.isfinite(norms).all():
+        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
+        raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
+    return norms
+
+
+def clip_by_norm_(
+    x: Any,
+    max_norm: float,
+    axis: int | tuple[int, ...] | None = None,
+    norm_type: float = 2.0,
+    *,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Clip the slices of one array in place, each by its own norm.
+
+    ``axis`` names the axes the norm reduces, as in ``np.linalg.vector_norm`` and
+    TensorFlow's ``clip_by_norm(axes=)``: ``axis=None`` clips the whole array,
+    ``axis=1`` on an ``(out, in)`` weight clips each row (unit-wise), ``axis`` = all but 0
+    clips each example of a batch.
+
+    Returns
+    -------
+    ndarray of float64
+        The pre-clip norms, shaped as ``np.linalg.vector_norm(x, axis=axis)`` is.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> w = np.array([[3.0, 4.0], [0.3, 0.4]])
+    >>> gradclip.clip_by_norm_(w, 1.0, axis=1, eps=0.0)
+    array([5. , 0.5])
+    >>> w
+    array([[0.6, 0.8],
+           [0.3, 0.4]])
+    """
+    max_norm = check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    eps = check_eps(eps)
+    if x is None or isinstance(x, (list, tuple)):
+        raise TypeError(f"x must be one array, not {type(x).__name__}")
+    arr = x if isinstance(x, np.ndarray) else as_array(x, "x")
+    if axis is None:
+        axes: tuple[int, ...] = tuple(range(arr.ndim))
+    else:
+        if isinstance(axis, (bool, np.bool_)):
+            raise TypeError("axis must be None, an int or a tuple of ints")
+        axes = normalize_axis_tuple(axis, arr.ndim, "axis")
+    kept = tuple(arr.shape[d] for d in range(arr.ndim) if d not in axes)
+    norms: np.ndarray = _core.clip_by_norm(arr, max_norm, sorted(axes), p, eps, "x")
+    return norms.reshape(kept)
+
+
+def set_num_threads(n: int) -> None:
+    """Use up to ``n`` threads for large calls (small calls always run on one)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads a large call uses (``OMP_NUM_THREADS`` by default)."""
+    n: int = _core.get_num_threads()
+    return n
+
+
+def cpu_target() -> str:
+    """The instruction set in use: ``'baseline'``, ``'avx2'`` or ``'avx512'``."""
+    name: str = _core.cpu_target()
+    return name
+
+
+def available_cpu_targets() -> list[str]:
+    """The instruction sets compiled in and supported by this CPU, best last."""
+    names: list[str] = _core.available_cpu_targets()
+    return names
+
+
+def _set_cpu_target(name: str) -> None:
+    """Switch the kernel table (for tests and benchmarks; not thread-safe against calls)."""
+    if not _core.set_cpu_target(name):
+        raise ValueError(
+            f"unknown or unsupported CPU target {name!r}; available: {available_cpu_targets()}"
+        )
+
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise ImportError("gradclip needs Python 3.10 or newer")

@@ -1,0 +1,51 @@
+# Fixtures shared by the suite: `cpu_target` (every compiled CPU target this machine supports,
+# restored afterwards), `threads` (1 and 2, restored afterwards), `impl` (the compiled package
+# and the pure-Python reference, for checks both must pass), and a guard that every test leaves
+# the compiled path's target and thread count as it found them.
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+import gradclip
+from gradclip import reference
+
+
+@pytest.fixture(params=gradclip.available_cpu_targets())
+def cpu_target(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Switch the compiled path to each available CPU target in turn."""
+    previous = gradclip.cpu_target()
+    gradclip._set_cpu_target(request.param)
+    assert gradclip.cpu_target() == request.param
+    try:
+        yield request.param
+    finally:
+        gradclip._set_cpu_target(previous)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the compiled path with 1 and with 2 threads."""
+    previous = gradclip.get_num_threads()
+    gradclip.set_num_threads(request.param)
+    assert gradclip.get_num_threads() == request.param
+    try:
+        yield request.param
+    finally:
+        gradclip.set_num_threads(previous)
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The module under test: behaviour both implementations must share."""
+    return gradclip if request.param == "compiled" else reference
+
+
+@pytest.fixture(autouse=True)
+def _config_restored() -> Iterator[None]:
+    target, threads = gradclip.cpu_target(), gradclip.get_num_threads()
+    yield
+    assert gradclip.cpu_target() == target, "a test left the CPU target switched"
+    assert gradclip.get_num_threads() == threads, "a test left the thread count changed"
