@@ -273,8 +273,10 @@ def test_clip_grad_value(dtype_name: str, shape: tuple[int, ...], layout: str, w
             )
         else:
             assert_same_values(arr, ref_arr, f"{cfg}")
-        if which == "huge":
-            assert_same_values(arr, np.frombuffer(before[0], dtype).reshape(shape), "unchanged")
+        if which == "huge":  # every finite element is inside the bound: left as it was
+            original = np.frombuffer(before[0], dtype).reshape(shape).astype(np.float64)
+            finite = np.isfinite(original)
+            assert_same_values(arr.astype(np.float64)[finite], original[finite], "unchanged")
         assert_gaps_intact(arr, layout)
         outcomes[cfg] = arr.tobytes()
     all_equal(outcomes, "clip_grad_value_ writes")
