@@ -38,7 +38,8 @@ struct Batch {
     std::vector<Span> spans;          // one per array (None entries excluded)
     std::vector<std::size_t> pos;     // input position of each span
     std::vector<py::array> keep;
-    std::vector<std::ptrdiff_t> meta;  // shape and strides of strided spans
+    std::vector<std::ptrdiff_t> meta;     // shape then strides of every kept array
+    std::vector<std::size_t> meta_off;    // where each kept array's shape starts in meta
     std::size_t npos = 0;
 };
 
@@ -62,12 +63,10 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
     for (std::size_t i = 0; i < n; ++i) {
         py::object item = seq[i];
         if (item.is_none()) continue;
-        py::array arr;
-        if (py::isinstance<py::array>(item)) {
-            arr = py::reinterpret_borrow<py::array>(item);
-        } else {
-            arr = (*g_as_array)(item, where(arg, i, single)).cast<py::array>();
-        }
+        // (a default-constructed py::array would allocate a new empty array: avoid it)
+        py::array arr = py::isinstance<py::array>(item)
+                            ? py::reinterpret_borrow<py::array>(item)
+                            : (*g_as_array)(item, where(arg, i, single)).cast<py::array>();
         const py::dtype dt = arr.dtype();
         const int num = dt.num();
         DType d;
@@ -102,12 +101,14 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
     const std::size_t m = b.keep.size();
     b.meta.reserve(meta_need);  // no reallocation below: spans point into meta
     b.spans.resize(m);
+    b.meta_off.reserve(m);
     std::vector<Bounds> bounds;
     bounds.reserve(m);
     for (std::size_t k = 0; k < m; ++k) {
         const py::array& arr = b.keep[k];
         const int nd = static_cast<int>(arr.ndim());
         const std::size_t off = b.meta.size();
+        b.meta_off.push_back(off);
         for (int d = 0; d < nd; ++d) b.meta.push_back(static_cast<std::ptrdiff_t>(arr.shape(d)));
         for (int d = 0; d < nd; ++d) b.meta.push_back(static_cast<std::ptrdiff_t>(arr.strides(d)));
         const std::ptrdiff_t* shape = b.meta.data() + off;
@@ -282,6 +283,96 @@ py::array_t<double> clip_by_norm(const py::object& x, double max_norm, const std
     return out;
 }
 
+// A fixed list of arrays validated once. Each call re-checks, in C++ and without touching
+// Python objects' reference counts, that no array was resized, re-allocated or made
+// read-only since (data pointer, shape, strides, writeable flag).
+class GradientSet {
+public:
+    GradientSet(const py::sequence& grads, std::string arg, bool single) : arg_(std::move(arg)), single_(single) {
+        parse(grads, arg_, single_, b_);
+        data0_.reserve(b_.keep.size());
+        for (const py::array& a : b_.keep) data0_.push_back(a.data());
+    }
+
+    std::size_t size() const { return b_.npos; }
+    py::tuple arrays() const {
+        py::tuple t(b_.npos);
+        for (std::size_t i = 0; i < b_.npos; ++i) t[i] = py::none();
+        for (std::size_t k = 0; k < b_.keep.size(); ++k) t[b_.pos[k]] = b_.keep[k];
+        return t;
+    }
+
+    double total_norm(double p) const {
+        check();
+        py::gil_scoped_release nogil;
+        return gradclip::total_norm(b_.spans.data(), b_.spans.size(), spec_from(p));
+    }
+    double clip_total(double max_norm, double p, int mode, double eps) const {
+        check();
+        const NonFinite md = mode_from(mode);
+        py::gil_scoped_release nogil;
+        return gradclip::clip_total(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md);
+    }
+    void clip_with_norm(double max_norm, double total, double eps) const {
+        check();
+        const double coef = gradclip::clip_coef(max_norm, total, eps);
+        if (!gradclip::coef_writes(coef)) return;
+        py::gil_scoped_release nogil;
+        gradclip::scale_all(b_.spans.data(), b_.spans.size(), coef);
+    }
+    void clamp(const std::vector<double>& bounds) const {
+        if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
+        check();
+        py::gil_scoped_release nogil;
+        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), bounds.data());
+    }
+    py::array_t<double> tensor_norms(double p) const {
+        check();
+        std::vector<double> norms(b_.spans.size());
+        {
+            py::gil_scoped_release nogil;
+            gradclip::span_norms(b_.spans.data(), b_.spans.size(), spec_from(p), norms.data());
+        }
+        return scatter(b_, norms);
+    }
+    py::array_t<double> clip_each(double max_norm, double p, int mode, double eps) const {
+        check();
+        const NonFinite md = mode_from(mode);
+        std::vector<double> norms(b_.spans.size());
+        {
+            py::gil_scoped_release nogil;
+            gradclip::clip_each(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, norms.data());
+        }
+        return scatter(b_, norms);
+    }
+
+private:
+    void check() const {
+        for (std::size_t k = 0; k < b_.keep.size(); ++k) {
+            const py::array& a = b_.keep[k];
+            const auto nd = static_cast<std::size_t>(a.ndim());
+            const std::size_t off = b_.meta_off[k];
+            const std::size_t next = k + 1 < b_.meta_off.size() ? b_.meta_off[k + 1] : b_.meta.size();
+            bool same = a.data() == data0_[k] && 2 * nd == next - off;
+            for (std::size_t d = 0; same && d < nd; ++d) {
+                same = a.shape(static_cast<py::ssize_t>(d)) == b_.meta[off + d] &&
+                       a.strides(static_cast<py::ssize_t>(d)) == b_.meta[off + nd + d];
+            }
+            if (!same) {
+                throw py::value_error(where(arg_, b_.pos[k], single_) +
+                                      " was resized or re-allocated after the GradientSet was made; "
+                                      "make a new GradientSet");
+            }
+            if (!a.writeable()) throw py::value_error(where(arg_, b_.pos[k], single_) + " is read-only");
+        }
+    }
+
+    std::string arg_;
+    bool single_;
+    Batch b_;
+    std::vector<const void*> data0_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
@@ -314,4 +405,33 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("set_num_threads", &gradclip::set_num_threads);
     m.def("get_num_threads", &gradclip::get_num_threads);
     m.def("have_openmp", &gradclip::have_openmp);
+    m.def(
+        "probe_read",
+        [](const py::buffer& buf) {
+            const py::buffer_info info = buf.request();
+            const auto bytes = static_cast<std::size_t>(info.size * info.itemsize);
+            py::gil_scoped_release nogil;
+            return gradclip::probe_read(static_cast<const char*>(info.ptr), bytes);
+        },
+        "Read every 64-bit word of a contiguous buffer once (bandwidth ceiling for benchmarks).");
+    m.def(
+        "probe_rw",
+        [](const py::buffer& buf) {
+            const py::buffer_info info = buf.request(true);
+            const auto bytes = static_cast<std::size_t>(info.size * info.itemsize);
+            py::gil_scoped_release nogil;
+            gradclip::probe_rw(static_cast<char*>(info.ptr), bytes);
+        },
+        "Read and write back every 64-bit word of a contiguous buffer (data unchanged).");
+    py::class_<GradientSet>(m, "GradientSet")
+        .def(py::init<const py::sequence&, std::string, bool>(), py::arg("grads"), py::arg("arg") = "grads",
+             py::arg("single") = false)
+        .def("__len__", &GradientSet::size)
+        .def("arrays", &GradientSet::arrays)
+        .def("total_norm", &GradientSet::total_norm)
+        .def("clip_total", &GradientSet::clip_total)
+        .def("clip_with_norm", &GradientSet::clip_with_norm)
+        .def("clamp", &GradientSet::clamp)
+        .def("tensor_norms", &GradientSet::tensor_norms)
+        .def("clip_each", &GradientSet::clip_each);
 }

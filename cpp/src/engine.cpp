@@ -100,6 +100,7 @@ struct Scratch {
     std::vector<std::size_t> offset;  // bytes before each chunk, plus the total at the end
     std::vector<double> partial;
     std::vector<double> coefs;
+    std::vector<std::uint64_t> words;
 };
 thread_local Scratch t_scratch;
 
@@ -649,6 +650,40 @@ void zero_all(const Span* spans, std::size_t n) {
             for_each_strided(sp, ch[c].start, ch[c].count, [&](char* p, std::size_t) { std::memset(p, 0, itemsize(sp.dt)); });
         }
     });
+}
+
+std::uint64_t probe_read(const char* p, std::size_t bytes) {
+    Span sp;
+    sp.data = const_cast<char*>(p);
+    sp.n = bytes / 8;
+    sp.dt = DType::F64;
+    Scratch& s = t_scratch;
+    build_plan(&sp, 1, s);
+    const KernelTable& kt = table();
+    s.words.resize(s.chunks.size());
+    std::uint64_t* out = s.words.data();
+    const Chunk* ch = s.chunks.data();
+    run_chunks(s, [&](std::size_t c) { out[c] = kt.probe_read(sp.data + 8 * ch[c].start, ch[c].count); });
+    std::uint64_t x = 0;
+    for (std::size_t c = 0; c < s.chunks.size(); ++c) x ^= out[c];
+    return x;
+}
+
+namespace {
+volatile std::uint64_t g_zero = 0;  // read at run time, so the probe's store cannot be elided
+}
+
+void probe_rw(char* p, std::size_t bytes) {
+    Span sp;
+    sp.data = p;
+    sp.n = bytes / 8;
+    sp.dt = DType::F64;
+    Scratch& s = t_scratch;
+    build_plan(&sp, 1, s);
+    const KernelTable& kt = table();
+    const std::uint64_t k = g_zero;
+    const Chunk* ch = s.chunks.data();
+    run_chunks(s, [&](std::size_t c) { kt.probe_rw(sp.data + 8 * ch[c].start, ch[c].count, k); });
 }
 
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode) {

@@ -18,6 +18,10 @@
 #include "gradclip/kernels.hpp"
 #include "half.hpp"
 
+#ifndef GRADCLIP_PREFETCH
+#define GRADCLIP_PREFETCH 4096
+#endif
+
 #if defined(GRADCLIP_TARGET_AVX512)
 #define GRADCLIP_NS avx512
 #define GRADCLIP_TARGET_NAME "avx512"
@@ -120,6 +124,7 @@ inline VD vzero() noexcept { return _mm512_setzero_pd(); }
 inline VD vset(double x) noexcept { return _mm512_set1_pd(x); }
 inline VD vadd(VD a, VD b) noexcept { return _mm512_add_pd(a, b); }
 inline VD vmul(VD a, VD b) noexcept { return _mm512_mul_pd(a, b); }
+inline VD vfma(VD a, VD b, VD c) noexcept { return _mm512_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm512_abs_pd(a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm512_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm512_storeu_pd(p, a); }
@@ -158,6 +163,7 @@ inline VD vzero() noexcept { return _mm256_setzero_pd(); }
 inline VD vset(double x) noexcept { return _mm256_set1_pd(x); }
 inline VD vadd(VD a, VD b) noexcept { return _mm256_add_pd(a, b); }
 inline VD vmul(VD a, VD b) noexcept { return _mm256_mul_pd(a, b); }
+inline VD vfma(VD a, VD b, VD c) noexcept { return _mm256_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm256_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm256_storeu_pd(p, a); }
@@ -169,23 +175,32 @@ struct NanTrack {
 #endif
 
 // ---------------------------------------------------------------- reductions
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+constexpr std::size_t kPrefetchBytes = GRADCLIP_PREFETCH;
+#endif
+// Scaled = false on the fast pass (scale 1): the multiply by the scale is skipped. For inputs
+// narrower than float64, x*x is exact in float64, so a fused multiply-add gives the same bits
+// as the separate multiply and add of the other targets; float64 keeps the two roundings.
+template <DType D, bool Scaled>
 struct SqOp {
     static double step(double acc, double x, double s) noexcept {
-        const double t = x * s;
+        const double t = Scaled ? x * s : x;
         return acc + t * t;
     }
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
     static VD vstep(VD acc, VD x, VD s) noexcept {
-        const VD t = vmul(x, s);
+        const VD t = Scaled ? vmul(x, s) : x;
+        if constexpr (D != DType::F64) return vfma(t, t, acc);
         return vadd(acc, vmul(t, t));
     }
 #endif
 };
 
+template <DType D, bool Scaled>
 struct AbsOp {
-    static double step(double acc, double x, double s) noexcept { return acc + std::fabs(x * s); }
+    static double step(double acc, double x, double s) noexcept { return acc + std::fabs(Scaled ? x * s : x); }
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
-    static VD vstep(VD acc, VD x, VD s) noexcept { return vadd(acc, vabs(vmul(x, s))); }
+    static VD vstep(VD acc, VD x, VD s) noexcept { return vadd(acc, vabs(Scaled ? vmul(x, s) : x)); }
 #endif
 };
 
@@ -198,7 +213,11 @@ double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
     const VD s = vset(scale);
+    constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kLanes <= n; k += kLanes) {
+        // software prefetch a few KiB ahead: one per cache line of this block
+        for (std::size_t b = 0; b < kBlockBytes; b += 64)
+            _mm_prefetch(p + k * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, k + j * kW), s);
     }
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
@@ -214,11 +233,11 @@ double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
 
 template <DType D>
 double sum_sq(const void* p, std::size_t n, double scale) noexcept {
-    return reduce_sum<D, SqOp>(p, n, scale);
+    return scale == 1.0 ? reduce_sum<D, SqOp<D, false>>(p, n, scale) : reduce_sum<D, SqOp<D, true>>(p, n, scale);
 }
 template <DType D>
 double sum_abs(const void* p, std::size_t n, double scale) noexcept {
-    return reduce_sum<D, AbsOp>(p, n, scale);
+    return scale == 1.0 ? reduce_sum<D, AbsOp<D, false>>(p, n, scale) : reduce_sum<D, AbsOp<D, true>>(p, n, scale);
 }
 
 // max is exact and order-free, so only the NaN rule needs care: vmaxpd drops a NaN that is
@@ -233,7 +252,10 @@ double max_abs(const void* vp, std::size_t n) noexcept {
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
     NanTrack nt;
+    constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kLanes <= n; k += kLanes) {
+        for (std::size_t b = 0; b < kBlockBytes; b += 64)
+            _mm_prefetch(p + k * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
         for (std::size_t j = 0; j < kAcc; ++j) {
             const VD x = vload<D>(p, k + j * kW);
             nt.add(x);
@@ -440,9 +462,86 @@ void clamp_half(void* vp, std::size_t n, double lo, double hi) noexcept {
     for (; k < n; ++k) Elem<D>::storef(b, k, clamp1f(Elem<D>::loadf(b, k), lf, hf));
 }
 
+// ---------------------------------------------------------------- bandwidth probes
+std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
+    const char* b = static_cast<const char*>(vp);
+    std::size_t k = 0;
+    std::uint64_t out = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 32 <= n; k += 32) {
+        const char* q = b + 8 * k;
+        for (std::size_t j = 0; j < 256; j += 64) _mm_prefetch(q + kPrefetchBytes + j, _MM_HINT_T0);
+        a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(q));
+        a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(q + 64));
+        a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(q + 128));
+        a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(q + 192));
+    }
+    out = static_cast<std::uint64_t>(_mm512_reduce_or_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
+#elif defined(GRADCLIP_TARGET_AVX2)
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 16 <= n; k += 16) {
+        const char* q = b + 8 * k;
+        for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + kPrefetchBytes + j, _MM_HINT_T0);
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 96)));
+    }
+    alignas(32) std::uint64_t t[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
+    out = t[0] ^ t[1] ^ t[2] ^ t[3];
+#endif
+    std::uint64_t acc[8] = {};
+    for (; k + 8 <= n; k += 8) {
+        for (std::size_t j = 0; j < 8; ++j) {
+            std::uint64_t w;
+            std::memcpy(&w, b + 8 * (k + j), 8);
+            acc[j] ^= w;
+        }
+    }
+    for (; k < n; ++k) {
+        std::uint64_t w;
+        std::memcpy(&w, b + 8 * k, 8);
+        acc[0] ^= w;
+    }
+    for (std::size_t j = 0; j < 8; ++j) out ^= acc[j];
+    return out;
+}
+
+void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
+    char* b = static_cast<char*>(vp);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512)
+    const __m512i d = _mm512_set1_epi64(static_cast<long long>(k64));
+    for (; k + 32 <= n; k += 32) {
+        for (std::size_t j = 0; j < 4; ++j) {
+            char* q = b + 8 * k + 64 * j;
+            _mm512_storeu_si512(q, _mm512_add_epi64(_mm512_loadu_si512(q), d));
+        }
+    }
+#elif defined(GRADCLIP_TARGET_AVX2)
+    const __m256i d = _mm256_set1_epi64x(static_cast<long long>(k64));
+    for (; k + 16 <= n; k += 16) {
+        for (std::size_t j = 0; j < 4; ++j) {
+            auto* q = reinterpret_cast<__m256i*>(b + 8 * k + 32 * j);
+            _mm256_storeu_si256(q, _mm256_add_epi64(_mm256_loadu_si256(q), d));
+        }
+    }
+#endif
+    for (; k < n; ++k) {
+        std::uint64_t w;
+        std::memcpy(&w, b + 8 * k, 8);
+        w += k64;
+        std::memcpy(b + 8 * k, &w, 8);
+    }
+}
+
 // The table is indexed by DType: F16, BF16, F32, F64.
 const KernelTable kTable = {
     GRADCLIP_TARGET_NAME,
+    probe_read,
+    probe_rw,
     {sum_sq<DType::F16>, sum_sq<DType::BF16>, sum_sq<DType::F32>, sum_sq<DType::F64>},
     {sum_abs<DType::F16>, sum_abs<DType::BF16>, sum_abs<DType::F32>, sum_abs<DType::F64>},
     {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},

@@ -9,6 +9,7 @@ Global norm clipping (:func:`clip_grad_norm_`), per-array and per-slice norm cli
 from __future__ import annotations
 
 from ._api import (
+    GradientSet,
     _set_cpu_target,
     available_cpu_targets,
     clip_by_norm_,
@@ -27,6 +28,7 @@ from ._errors import NonFiniteNormError
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradientSet",
     "NonFiniteNormError",
     "available_cpu_targets",
     "clip_by_norm_",
@@ -40,5 +42,4 @@ __all__ = [
     "set_num_threads",
     "tensor_norms",
 ]
-
 

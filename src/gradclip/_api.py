@@ -29,6 +29,7 @@ from ._inputs import (
 )
 
 __all__ = [
+    "GradientSet",
     "available_cpu_targets",
     "clip_by_norm_",
     "clip_grad_norm_",
@@ -320,6 +321,109 @@ def clip_by_norm_(
     kept = tuple(arr.shape[d] for d in range(arr.ndim) if d not in axes)
     norms: np.ndarray = _core.clip_by_norm(arr, max_norm, sorted(axes), p, eps, "x")
     return norms.reshape(kept)
+
+
+class GradientSet:
+    """A fixed list of gradient arrays, validated once, for O(1) Python work per call.
+
+    Training loops clip the same buffers every step. ``GradientSet`` checks dtypes,
+    writeability and overlaps once, keeps the arrays alive, and keeps their memory layout;
+    each method then only re-checks, in C++, that no array was resized, re-allocated or
+    made read-only since (a ``ValueError`` says which, and nothing is written).
+
+    Parameters
+    ----------
+    grads : array or iterable of arrays
+        As for :func:`clip_grad_norm_`; ``None`` entries keep their positions.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.full(3, 2.0, np.float32), np.full(4, 2.0, np.float32)]
+    >>> gs = gradclip.GradientSet(g)
+    >>> round(gs.clip_norm_(1.0), 4)       # same as clip_grad_norm_(g, 1.0)
+    5.2915
+    >>> round(gs.total_norm(), 4)
+    1.0
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self, grads: Any) -> None:
+        seq, single = as_sequence(grads)
+        self._set = _core.GradientSet(seq, "grads", single)
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    @property
+    def arrays(self) -> tuple[Any, ...]:
+        """The arrays (as NumPy views), ``None`` where the input had ``None``."""
+        arrays: tuple[Any, ...] = self._set.arrays()
+        return arrays
+
+    def __repr__(self) -> str:
+        return f"GradientSet({len(self)} arrays)"
+
+    def clip_norm_(
+        self,
+        max_norm: float,
+        norm_type: float = 2.0,
+        *,
+        error_if_nonfinite: bool = False,
+        nonfinite: str = "propagate",
+        eps: float = 1e-6,
+    ) -> float:
+        """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
+        max_norm = check_max_norm(max_norm)
+        p = check_norm_type(norm_type)
+        mode = resolve_mode(nonfinite, error_if_nonfinite)
+        eps = check_eps(eps)
+        norm: float = self._set.clip_total(max_norm, p, _MODE_CODE[mode], eps)
+        if mode == "raise" and not math.isfinite(norm):
+            raise _nonfinite_error(norm, p, "total norm of the gradients")
+        return norm
+
+    def total_norm(self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False) -> float:
+        """:func:`get_total_norm` over the set."""
+        p = check_norm_type(norm_type)
+        norm: float = self._set.total_norm(p)
+        if error_if_nonfinite and not math.isfinite(norm):
+            raise _nonfinite_error(norm, p, "total norm of the gradients")
+        return norm
+
+    def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
+        """:func:`clip_grads_with_norm_` over the set."""
+        self._set.clip_with_norm(check_max_norm(max_norm), check_total_norm(total_norm), check_eps(eps))
+
+    def clip_value_(self, clip_value: float) -> None:
+        """:func:`clip_grad_value_` over the set."""
+        self._set.clamp(_bounds(check_clip_value(clip_value)))
+
+    def tensor_norms(self, norm_type: float = 2.0) -> np.ndarray:
+        """:func:`tensor_norms` over the set."""
+        out: np.ndarray = self._set.tensor_norms(check_norm_type(norm_type))
+        return out
+
+    def clip_norm_per_tensor_(
+        self,
+        max_norm: float,
+        norm_type: float = 2.0,
+        *,
+        error_if_nonfinite: bool = False,
+        nonfinite: str = "propagate",
+        eps: float = 1e-6,
+    ) -> np.ndarray:
+        """:func:`clip_grad_norm_per_tensor_` over the set."""
+        max_norm = check_max_norm(max_norm)
+        p = check_norm_type(norm_type)
+        mode = resolve_mode(nonfinite, error_if_nonfinite)
+        eps = check_eps(eps)
+        norms: np.ndarray = self._set.clip_each(max_norm, p, _MODE_CODE[mode], eps)
+        if mode == "raise" and not np.isfinite(norms).all():
+            bad = int(np.flatnonzero(~np.isfinite(norms))[0])
+            raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
+        return norms
 
 
 def set_num_threads(n: int) -> None:

@@ -137,8 +137,6 @@ def check_clip_value(x: Any) -> float:
 
 
 def check_norm_type(x: Any) -> float:
-    if isinstance(x, str) and x.strip().lower() in ("inf", "+inf", "infinity"):
-        return math.inf
     v = _real(x, "norm_type")
     if math.isnan(v) or v <= 0.0:
         raise ValueError(f"norm_type must be > 0 or inf, got {v!r}")

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,11 @@ void scale_each(const Span* spans, std::size_t n, const double* coefs);
 void clamp_all(const Span* spans, std::size_t n, const double* bound_per_dtype);
 // Set every element to +0.0.
 void zero_all(const Span* spans, std::size_t n);
+
+// Bandwidth probes over one flat buffer, split across threads like every other call:
+// a read-only pass, or a read+write pass that leaves the data unchanged.
+std::uint64_t probe_read(const char* p, std::size_t bytes);
+void probe_rw(char* p, std::size_t bytes);
 
 // min(1, max_norm / (norm + eps)); NaN when norm is NaN (as in PyTorch).
 double clip_coef(double max_norm, double norm, double eps) noexcept;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "gradclip/types.hpp"
 
@@ -29,8 +30,16 @@ using ScaleFn = void (*)(void* p, std::size_t n, double coef);
 // x = min(hi, max(lo, x)) with NaN kept; lo/hi must be representable in the element type.
 using ClampFn = void (*)(void* p, std::size_t n, double lo, double hi);
 
+// Bandwidth probes for the benchmarks' ceiling: the simplest full-speed read of n 64-bit
+// words (an XOR over several accumulators), and a read+write that stores every word back
+// plus k (the caller passes k = 0 from a run-time value, so data do not change).
+using ProbeReadFn = std::uint64_t (*)(const void* p, std::size_t nwords);
+using ProbeWriteFn = void (*)(void* p, std::size_t nwords, std::uint64_t k);
+
 struct KernelTable {
     const char* name;
+    ProbeReadFn probe_read;
+    ProbeWriteFn probe_rw;
     SumFn sum_sq[kNumDTypes];
     SumFn sum_abs[kNumDTypes];
     MaxFn max_abs[kNumDTypes];
