@@ -10,6 +10,7 @@
 // an array. Products for float64 input are rounded before the add on every target (this
 // file is built with -ffp-contract=off and uses no FMA), so all targets agree to the bit.
 // Inputs narrower than float64 are converted exactly, and their squares are exact in float64.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -120,6 +121,29 @@ inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
     const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
     return _mm512_cvtps_pd(_mm256_castsi256_ps(w));
 }
+// Elements [k, k+m) of the block (m <= 8) with zeros in the other lanes. Masked loads never
+// touch memory outside the m elements, and a +0.0 lane leaves every accumulator's bits
+// unchanged (the accumulators are sums of non-negative terms, or maxima of them).
+template <DType D>
+inline VD vload_part(const char* p, std::size_t k, std::size_t m) noexcept {
+    const auto mk = static_cast<__mmask8>((1u << m) - 1u);
+    if constexpr (D == DType::F64) return _mm512_maskz_loadu_pd(mk, reinterpret_cast<const double*>(p) + k);
+    if constexpr (D == DType::F32) return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mk, reinterpret_cast<const float*>(p) + k));
+    const __m128i h = _mm_maskz_loadu_epi16(mk, p + 2 * k);
+    if constexpr (D == DType::F16) return _mm512_cvtps_pd(_mm256_cvtph_ps(h));
+    return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+}
+// combine_lanes() on the 4 accumulator registers (lanes 0-7, 8-15, 16-23, 24-31).
+inline double vcombine(const VD* acc) noexcept {
+    const VD a = _mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3]));
+    const __m256d b = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
+    const __m128d c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd(b, 1));
+    return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
+}
+inline double vhmax(const VD* acc) noexcept {
+    const VD a = _mm512_max_pd(_mm512_max_pd(acc[0], acc[1]), _mm512_max_pd(acc[2], acc[3]));
+    return _mm512_reduce_max_pd(a);
+}
 inline VD vzero() noexcept { return _mm512_setzero_pd(); }
 inline VD vset(double x) noexcept { return _mm512_set1_pd(x); }
 inline VD vadd(VD a, VD b) noexcept { return _mm512_add_pd(a, b); }
@@ -158,6 +182,44 @@ inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
     const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 * k));
     const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(h), 16);
     return _mm256_cvtps_pd(_mm_castsi128_ps(w));
+}
+// Elements [k, k+m) (m <= 4) with zeros in the other lanes; see the AVX-512 version.
+inline __m128i mask32x4(std::size_t m) noexcept {
+    return _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(m)), _mm_setr_epi32(0, 1, 2, 3));
+}
+template <DType D>
+inline VD vload_part(const char* p, std::size_t k, std::size_t m) noexcept {
+    if constexpr (D == DType::F64) {
+        const __m256i mk = _mm256_cvtepi32_epi64(mask32x4(m));
+        return _mm256_maskload_pd(reinterpret_cast<const double*>(p) + k, mk);
+    } else if constexpr (D == DType::F32) {
+        return _mm256_cvtps_pd(_mm_maskload_ps(reinterpret_cast<const float*>(p) + k, mask32x4(m)));
+    } else {
+        // no 16-bit masked load in AVX2: gather the m halves in a register
+        std::uint64_t bits = 0;
+        for (std::size_t i = 0; i < m; ++i) {
+            std::uint16_t h;
+            std::memcpy(&h, p + 2 * (k + i), 2);
+            bits |= static_cast<std::uint64_t>(h) << (16 * i);
+        }
+        const __m128i h = _mm_cvtsi64_si128(static_cast<long long>(bits));
+        if constexpr (D == DType::F16) return _mm256_cvtps_pd(_mm_cvtph_ps(h));
+        return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)));
+    }
+}
+// combine_lanes() on the 8 accumulator registers (register i holds lanes 4i..4i+3).
+inline double vcombine(const VD* acc) noexcept {
+    const __m256d lo = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[4], acc[6]));
+    const __m256d hi = _mm256_add_pd(_mm256_add_pd(acc[1], acc[3]), _mm256_add_pd(acc[5], acc[7]));
+    const __m256d b = _mm256_add_pd(lo, hi);
+    const __m128d c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd(b, 1));
+    return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
+}
+inline double vhmax(const VD* acc) noexcept {
+    __m256d a = acc[0];
+    for (std::size_t j = 1; j < 8; ++j) a = _mm256_max_pd(a, acc[j]);
+    const __m128d c = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(c, _mm_unpackhi_pd(c, c)));
 }
 inline VD vzero() noexcept { return _mm256_setzero_pd(); }
 inline VD vset(double x) noexcept { return _mm256_set1_pd(x); }
@@ -207,7 +269,6 @@ struct AbsOp {
 template <DType D, class Op>
 double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
     const char* p = static_cast<const char*>(vp);
-    double lanes[kLanes];
     std::size_t k = 0;
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
     VD acc[kAcc];
@@ -220,15 +281,21 @@ double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
             _mm_prefetch(p + k * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, k + j * kW), s);
     }
-    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
+    // the tail stays in the vector lanes it belongs to (element k -> lane k % 32)
+    for (std::size_t j = 0; k + j * kW < n; ++j) {
+        const std::size_t m = std::min(kW, n - (k + j * kW));
+        acc[j] = Op::vstep(acc[j], vload_part<D>(p, k + j * kW, m), s);
+    }
+    return vcombine(acc);
 #else
+    double lanes[kLanes];
     for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = 0.0;
     for (; k + kLanes <= n; k += kLanes) {
         for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k + j), scale);
     }
-#endif
     for (std::size_t j = 0; k < n; ++k, ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k), scale);
     return combine_lanes(lanes);
+#endif
 }
 
 template <DType D>
@@ -245,8 +312,6 @@ double sum_abs(const void* p, std::size_t n, double scale) noexcept {
 template <DType D>
 double max_abs(const void* vp, std::size_t n) noexcept {
     const char* p = static_cast<const char*>(vp);
-    double m = 0.0;
-    bool nan = false;
     std::size_t k = 0;
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
     VD acc[kAcc];
@@ -262,17 +327,22 @@ double max_abs(const void* vp, std::size_t n) noexcept {
             acc[j] = vmax(acc[j], vabs(x));
         }
     }
-    double lanes[kLanes];
-    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
-    for (std::size_t j = 0; j < kLanes; ++j) m = lanes[j] > m ? lanes[j] : m;
-    nan = nt.any();
-#endif
+    for (std::size_t j = 0; k + j * kW < n; ++j) {
+        const VD x = vload_part<D>(p, k + j * kW, std::min(kW, n - (k + j * kW)));
+        nt.add(x);
+        acc[j] = vmax(acc[j], vabs(x));
+    }
+    return nt.any() ? std::numeric_limits<double>::quiet_NaN() : vhmax(acc);
+#else
+    double m = 0.0;
+    bool nan = false;
     for (; k < n; ++k) {
         const double a = std::fabs(Elem<D>::load(p, k));
         if (a != a) nan = true;
         m = a > m ? a : m;
     }
     return nan ? std::numeric_limits<double>::quiet_NaN() : m;
+#endif
 }
 
 // ---------------------------------------------------------------- scale

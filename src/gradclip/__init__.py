@@ -23,6 +23,7 @@ from ._api import (
     set_num_threads,
     tensor_norms,
 )
+from . import reference
 from ._errors import NonFiniteNormError
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "cpu_target",
     "get_num_threads",
     "get_total_norm",
+    "reference",
     "set_num_threads",
     "tensor_norms",
 ]
