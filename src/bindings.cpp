@@ -354,10 +354,10 @@ private:
             const std::size_t off = b_.meta_off[k];
             const std::size_t next = k + 1 < b_.meta_off.size() ? b_.meta_off[k + 1] : b_.meta.size();
             bool same = a.data() == data0_[k] && 2 * nd == next - off;
-            for (std::size_t d = 0; same && d < nd; ++d) {
-                same = a.shape(static_cast<py::ssize_t>(d)) == b_.meta[off + d] &&
-                       a.strides(static_cast<py::ssize_t>(d)) == b_.meta[off + nd + d];
-            }
+            const py::ssize_t* sh = a.shape();
+            const py::ssize_t* st = a.strides();
+            for (std::size_t d = 0; same && d < nd; ++d)
+                same = sh[d] == b_.meta[off + d] && st[d] == b_.meta[off + nd + d];
             if (!same) {
                 throw py::value_error(where(arg_, b_.pos[k], single_) +
                                       " was resized or re-allocated after the GradientSet was made; "

@@ -7,7 +7,7 @@ import pytest
 import gradclip
 from gradclip._api import _set_cpu_target
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+ml_dtypes = pytest.importorskip("ml_dtypes", exc_type=ImportError)
 
 DTYPES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 COEFS = [0.5, 1.0 / 3.0, 0.999, 1e-3, 2.0**-20, 1e-30, 0.0]

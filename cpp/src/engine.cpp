@@ -88,52 +88,86 @@ const TargetEntry kTargets[] = {
 std::atomic<int> g_threads{0};  // 0: follow OpenMP's own setting
 
 // ------------------------------------------------------------------ plans
-struct Chunk {
+// A plan cuts the spans of a call into chunks of at most kChunkBytes. A chunk is a run of
+// segments (pieces of spans); element i of a segment goes to lane (lane0 + i) % kLanes, so
+// lanes follow the element's index within its chunk.
+//
+// Stream layout (total norms, writes): chunks run across span boundaries, so a list of many
+// small arrays is summed like one long array, with one lane combination per chunk instead of
+// one per array. PerSpan layout (per-array norms): every span starts a new chunk at lane 0.
+struct Seg {
     std::size_t span;
     std::size_t start;
     std::size_t count;
+    std::size_t lane0;
 };
+
+enum class Layout { Stream, PerSpan };
 
 // Per calling thread, reused across calls so the hot path does not allocate once warm.
 struct Scratch {
-    std::vector<Chunk> chunks;
-    std::vector<std::size_t> offset;  // bytes before each chunk, plus the total at the end
+    std::vector<Seg> segs;
+    std::vector<std::size_t> first;   // first segment of each chunk, plus segs.size()
+    std::vector<std::size_t> offset;  // bytes before each chunk, plus the total
     std::vector<double> partial;
     std::vector<double> coefs;
     std::vector<std::uint64_t> words;
+    std::size_t nchunks() const noexcept { return first.empty() ? 0 : first.size() - 1; }
 };
 thread_local Scratch t_scratch;
 
-// Chunks of every span (or of the spans `keep` selects), in span order.
 template <class Keep>
-void build_plan(const Span* spans, std::size_t n, Scratch& s, Keep keep) {
-    s.chunks.clear();
-    s.offset.clear();
-    std::size_t bytes = 0;
+void build_plan(const Span* spans, std::size_t n, Scratch& s, Layout layout, Keep keep) {
+    // Upper bounds first, then plain stores: this runs once per array on every call.
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < n; ++i) total += spans[i].n * itemsize(spans[i].dt);
+    const std::size_t max_chunks = total / kChunkBytes + n + 1;
+    s.segs.resize(max_chunks + n);
+    s.first.resize(max_chunks + 1);
+    s.offset.resize(max_chunks + 1);
+    Seg* seg = s.segs.data();
+    std::size_t nseg = 0, nch = 0;
+    std::size_t bytes = 0, cbytes = kChunkBytes, lane = 0;
     for (std::size_t i = 0; i < n; ++i) {
         const Span& sp = spans[i];
         if (sp.n == 0 || !keep(i)) continue;
-        const std::size_t ce = chunk_elems(sp.dt);
         const std::size_t isz = itemsize(sp.dt);
-        for (std::size_t start = 0; start < sp.n; start += ce) {
-            const std::size_t count = std::min(ce, sp.n - start);
-            s.chunks.push_back({i, start, count});
-            s.offset.push_back(bytes);
+        if (layout == Layout::PerSpan) cbytes = kChunkBytes;  // start a new chunk
+        std::size_t start = 0;
+        while (start < sp.n) {
+            std::size_t room = (kChunkBytes - cbytes) / isz;
+            if (room == 0) {
+                s.first[nch] = nseg;
+                s.offset[nch] = bytes;
+                ++nch;
+                cbytes = 0;
+                lane = 0;
+                room = kChunkBytes / isz;
+            }
+            const std::size_t count = std::min(room, sp.n - start);
+            seg[nseg++] = Seg{i, start, count, lane};
+            lane = (lane + count) % kLanes;
+            cbytes += count * isz;
             bytes += count * isz;
+            start += count;
         }
     }
-    s.offset.push_back(bytes);
+    s.first[nch] = nseg;
+    s.offset[nch] = bytes;
+    s.segs.resize(nseg);
+    s.first.resize(nch + 1);
+    s.offset.resize(nch + 1);
 }
 
-void build_plan(const Span* spans, std::size_t n, Scratch& s) {
-    build_plan(spans, n, s, [](std::size_t) { return true; });
+void build_plan(const Span* spans, std::size_t n, Scratch& s, Layout layout) {
+    build_plan(spans, n, s, layout, [](std::size_t) { return true; });
 }
 
 // Runs f(c) for every chunk c. Threads take contiguous runs of chunks of about equal bytes;
 // which thread runs a chunk never changes what the chunk computes.
 template <class F>
 void run_chunks(const Scratch& s, F&& f) {
-    const std::size_t nc = s.chunks.size();
+    const std::size_t nc = s.nchunks();
     const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
     int nt = get_num_threads();
     if (nt > static_cast<int>(nc)) nt = static_cast<int>(nc);
@@ -242,13 +276,8 @@ void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& 
 }
 
 // ------------------------------------------------------------------ per-chunk reductions
-// The scalar paths below follow the kernels' lane layout (element k -> lane k % 32, lanes
-// combined by combine_lanes), so a strided view gives the bits of its contiguous copy.
-struct LaneSum {
-    double lanes[kLanes] = {};
-    double finish() const noexcept { return combine_lanes(lanes); }
-};
-
+// The scalar paths below follow the kernels' lane layout, so a strided view gives the bits
+// of its contiguous copy.
 double step_value(NormSpec spec, double x, double scale) noexcept {
     const double t = x * scale;
     switch (spec.kind) {
@@ -261,52 +290,54 @@ double step_value(NormSpec spec, double x, double scale) noexcept {
     }
 }
 
-// Sum (or max, for Linf) over one chunk.
-double reduce_chunk(const KernelTable& kt, const Span& sp, std::size_t start, std::size_t count, NormSpec spec,
-                    double scale) noexcept {
-    const int di = static_cast<int>(sp.dt);
-    if (sp.ndim == 0) {
-        const char* p = sp.data + start * itemsize(sp.dt);
-        switch (spec.kind) {
-            case NormKind::L2:
-                return kt.sum_sq[di](p, count, scale);
-            case NormKind::L1:
-                return kt.sum_abs[di](p, count, scale);
-            case NormKind::Linf:
-                return kt.max_abs[di](p, count);
-            case NormKind::Lp: {
-                LaneSum acc;
-                const std::size_t isz = itemsize(sp.dt);
-                for (std::size_t k = 0; k < count; ++k) {
-                    double& l = acc.lanes[k % kLanes];
-                    l = l + step_value(spec, load_elem(p + k * isz, sp.dt), scale);
-                }
-                return acc.finish();
-            }
-        }
-        return 0.0;
-    }
-    if (spec.kind == NormKind::Linf) {
-        double m = 0.0;
-        bool nan = false;
-        for_each_strided(sp, start, count, [&](const char* p, std::size_t) {
-            const double a = std::fabs(load_elem(p, sp.dt));
-            if (a != a) nan = true;
-            m = a > m ? a : m;
-        });
-        return nan ? std::numeric_limits<double>::quiet_NaN() : m;
-    }
-    LaneSum acc;
-    for_each_strided(sp, start, count, [&](const char* p, std::size_t k) {
-        double& l = acc.lanes[k % kLanes];
-        l = l + step_value(spec, load_elem(p, sp.dt), scale);
-    });
-    return acc.finish();
-}
-
-double combine_max(double a, double b) noexcept {
+double max_of(double a, double b) noexcept {
     if (a != a || b != b) return std::numeric_limits<double>::quiet_NaN();
     return a > b ? a : b;
+}
+
+// Sum (or max, for Linf) over one chunk of the plan.
+double reduce_chunk(const KernelTable& kt, const Span* spans, const Scratch& s, std::size_t c, NormSpec spec,
+                    double scale) noexcept {
+    double lanes[kLanes] = {};
+    double m = 0.0;
+    for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) {
+        const Seg& g = s.segs[q];
+        const Span& sp = spans[g.span];
+        const int di = static_cast<int>(sp.dt);
+        if (sp.ndim == 0) {
+            const char* p = sp.data + g.start * itemsize(sp.dt);
+            switch (spec.kind) {
+                case NormKind::L2:
+                    kt.sum_sq[di](p, g.count, g.lane0, scale, lanes);
+                    break;
+                case NormKind::L1:
+                    kt.sum_abs[di](p, g.count, g.lane0, scale, lanes);
+                    break;
+                case NormKind::Linf:
+                    m = max_of(m, kt.max_abs[di](p, g.count));
+                    break;
+                case NormKind::Lp: {
+                    const std::size_t isz = itemsize(sp.dt);
+                    std::size_t lane = g.lane0;
+                    for (std::size_t k = 0; k < g.count; ++k) {
+                        lanes[lane] = lanes[lane] + step_value(spec, load_elem(p + k * isz, sp.dt), scale);
+                        lane = lane + 1 == kLanes ? 0 : lane + 1;
+                    }
+                    break;
+                }
+            }
+        } else if (spec.kind == NormKind::Linf) {
+            for_each_strided(sp, g.start, g.count, [&](const char* p, std::size_t) {
+                m = max_of(m, std::fabs(load_elem(p, sp.dt)));
+            });
+        } else {
+            for_each_strided(sp, g.start, g.count, [&](const char* p, std::size_t k) {
+                double& l = lanes[(g.lane0 + k) % kLanes];
+                l = l + step_value(spec, load_elem(p, sp.dt), scale);
+            });
+        }
+    }
+    return spec.kind == NormKind::Linf ? m : combine_lanes(lanes);
 }
 
 double finish_norm(NormSpec spec, double s) noexcept {
@@ -325,30 +356,17 @@ double finish_norm(NormSpec spec, double s) noexcept {
 // Fills s.partial with one value per chunk of the current plan.
 void reduce_plan(const Span* spans, Scratch& s, NormSpec spec, double scale) {
     const KernelTable& kt = table();
-    s.partial.resize(s.chunks.size());
+    s.partial.resize(s.nchunks());
     double* out = s.partial.data();
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) {
-        out[c] = reduce_chunk(kt, spans[ch[c].span], ch[c].start, ch[c].count, spec, scale);
-    });
+    const Scratch& cs = s;
+    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, cs, c, spec, scale); });
 }
 
-// Partials of the plan combined in chunk order: per span first, then across spans.
+// Partials of the plan combined in chunk order.
 double combine_plan(const Scratch& s, NormSpec spec) noexcept {
-    const std::size_t nc = s.chunks.size();
-    if (spec.kind == NormKind::Linf) {
-        double m = 0.0;
-        for (std::size_t c = 0; c < nc; ++c) m = combine_max(m, s.partial[c]);
-        return m;
-    }
+    const std::size_t nc = s.nchunks();
     double total = 0.0;
-    std::size_t c = 0;
-    while (c < nc) {
-        const std::size_t span = s.chunks[c].span;
-        double part = 0.0;
-        for (; c < nc && s.chunks[c].span == span; ++c) part += s.partial[c];
-        total += part;
-    }
+    for (std::size_t c = 0; c < nc; ++c) total = spec.kind == NormKind::Linf ? max_of(total, s.partial[c]) : total + s.partial[c];
     return total;
 }
 
@@ -533,100 +551,94 @@ double clip_coef(double max_norm, double norm, double eps) noexcept {
 
 double total_norm(const Span* spans, std::size_t n, NormSpec spec) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s);
-    if (s.chunks.empty()) return 0.0;
+    build_plan(spans, n, s, Layout::Stream);
+    if (s.nchunks() == 0) return 0.0;
     reduce_plan(spans, s, spec, 1.0);
     return norm_from_plan(spans, s, spec, combine_plan(s, spec));
 }
 
 void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s);
+    build_plan(spans, n, s, Layout::PerSpan);
     reduce_plan(spans, s, spec, 1.0);
     for (std::size_t i = 0; i < n; ++i) out[i] = 0.0;
-    const std::size_t nc = s.chunks.size();
-    std::size_t c = 0;
-    while (c < nc) {
-        const std::size_t span = s.chunks[c].span;
-        double part = 0.0;
-        for (; c < nc && s.chunks[c].span == span; ++c)
-            part = spec.kind == NormKind::Linf ? combine_max(part, s.partial[c]) : part + s.partial[c];
-        out[span] = part;
+    // chunks of one span are consecutive: combine them in order
+    for (std::size_t c = 0; c < s.nchunks(); ++c) {
+        const std::size_t span = s.segs[s.first[c]].span;
+        out[span] = spec.kind == NormKind::Linf ? max_of(out[span], s.partial[c]) : out[span] + s.partial[c];
     }
     // Spans whose sum lost range are redone one by one (rare: values near the ends of the
     // double range), each with its own plan and scale.
-    bool any = false;
-    for (std::size_t i = 0; i < n; ++i)
-        if (spec.kind != NormKind::Linf && out[i] == out[i] && needs_rescale(out[i]) && spans[i].n != 0) any = true;
-    if (!any) {
-        for (std::size_t i = 0; i < n; ++i) out[i] = finish_norm(spec, out[i]);
-        return;
-    }
     Scratch one;
     for (std::size_t i = 0; i < n; ++i) {
         if (spec.kind == NormKind::Linf || out[i] != out[i] || !needs_rescale(out[i]) || spans[i].n == 0) {
             out[i] = finish_norm(spec, out[i]);
             continue;
         }
-        build_plan(spans + i, 1, one);
+        build_plan(spans + i, 1, one, Layout::PerSpan);
         out[i] = norm_from_plan(spans + i, one, spec, out[i]);
     }
 }
 
+namespace {
+
+// x * coef rounded to the element type, for the strided path (the kernels do the same).
+void scale_strided(const Span& sp, std::size_t start, std::size_t count, double coef) {
+    const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(static_cast<float>(coef));
+    for_each_strided(sp, start, count, [&](char* p, std::size_t) {
+        const double x = load_elem(p, sp.dt);
+        // float types multiply in float: x and cf are floats, so the double product rounded
+        // to float is the float product
+        store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(static_cast<float>(x * cf)));
+    });
+}
+
+// Runs op(span, segment) over every segment of the plan, chunks in parallel.
+template <class Op>
+void for_each_segment(const Span* spans, const Scratch& s, Op&& op) {
+    run_chunks(s, [&](std::size_t c) {
+        for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) op(spans[s.segs[q].span], s.segs[q]);
+    });
+}
+
+}  // namespace
+
 void scale_all(const Span* spans, std::size_t n, double coef) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s);
+    build_plan(spans, n, s, Layout::Stream);
     const KernelTable& kt = table();
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) {
-        const Span& sp = spans[ch[c].span];
-        if (sp.ndim == 0) {
-            kt.scale[static_cast<int>(sp.dt)](sp.data + ch[c].start * itemsize(sp.dt), ch[c].count, coef);
-        } else {
-            const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(static_cast<float>(coef));
-            for_each_strided(sp, ch[c].start, ch[c].count, [&](char* p, std::size_t) {
-                const double x = load_elem(p, sp.dt);
-                // float types multiply in float: x and cf are floats, so the double product
-                // rounded to float is the float product
-                store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(static_cast<float>(x * cf)));
-            });
-        }
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
+        if (sp.ndim == 0)
+            kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
+        else
+            scale_strided(sp, g.start, g.count, coef);
     });
 }
 
 void scale_each(const Span* spans, std::size_t n, const double* coefs) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s, [&](std::size_t i) { return coefs[i] != 1.0; });
+    build_plan(spans, n, s, Layout::Stream, [&](std::size_t i) { return coefs[i] != 1.0; });
     const KernelTable& kt = table();
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) {
-        const Span& sp = spans[ch[c].span];
-        const double coef = coefs[ch[c].span];
-        if (sp.ndim == 0) {
-            kt.scale[static_cast<int>(sp.dt)](sp.data + ch[c].start * itemsize(sp.dt), ch[c].count, coef);
-        } else {
-            const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(static_cast<float>(coef));
-            for_each_strided(sp, ch[c].start, ch[c].count, [&](char* p, std::size_t) {
-                const double x = load_elem(p, sp.dt);
-                store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(static_cast<float>(x * cf)));
-            });
-        }
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
+        const double coef = coefs[&sp - spans];
+        if (sp.ndim == 0)
+            kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
+        else
+            scale_strided(sp, g.start, g.count, coef);
     });
 }
 
 void clamp_all(const Span* spans, std::size_t n, const double* bound) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s);
+    build_plan(spans, n, s, Layout::Stream);
     const KernelTable& kt = table();
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) {
-        const Span& sp = spans[ch[c].span];
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         const int di = static_cast<int>(sp.dt);
         const double hi = bound[di], lo = -hi;
         if (sp.ndim == 0) {
-            kt.clamp[di](sp.data + ch[c].start * itemsize(sp.dt), ch[c].count, lo, hi);
+            kt.clamp[di](sp.data + g.start * itemsize(sp.dt), g.count, lo, hi);
         } else {
-            for_each_strided(sp, ch[c].start, ch[c].count, [&](char* p, std::size_t) {
+            for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) {
                 const double x = load_elem(p, sp.dt);
                 if (x < lo)
                     store_elem(p, sp.dt, lo);
@@ -639,16 +651,13 @@ void clamp_all(const Span* spans, std::size_t n, const double* bound) {
 
 void zero_all(const Span* spans, std::size_t n) {
     Scratch& s = t_scratch;
-    build_plan(spans, n, s);
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) {
-        const Span& sp = spans[ch[c].span];
-        if (sp.ndim == 0) {
-            // +0.0 is all-zero bits in every supported type
-            std::memset(sp.data + ch[c].start * itemsize(sp.dt), 0, ch[c].count * itemsize(sp.dt));
-        } else {
-            for_each_strided(sp, ch[c].start, ch[c].count, [&](char* p, std::size_t) { std::memset(p, 0, itemsize(sp.dt)); });
-        }
+    build_plan(spans, n, s, Layout::Stream);
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
+        const std::size_t isz = itemsize(sp.dt);
+        if (sp.ndim == 0)
+            std::memset(sp.data + g.start * isz, 0, g.count * isz);  // +0.0 is all-zero bits in every type
+        else
+            for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) { std::memset(p, 0, isz); });
     });
 }
 
@@ -658,14 +667,16 @@ std::uint64_t probe_read(const char* p, std::size_t bytes) {
     sp.n = bytes / 8;
     sp.dt = DType::F64;
     Scratch& s = t_scratch;
-    build_plan(&sp, 1, s);
+    build_plan(&sp, 1, s, Layout::Stream);
     const KernelTable& kt = table();
-    s.words.resize(s.chunks.size());
+    s.words.assign(s.nchunks(), 0);
     std::uint64_t* out = s.words.data();
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) { out[c] = kt.probe_read(sp.data + 8 * ch[c].start, ch[c].count); });
+    run_chunks(s, [&](std::size_t c) {
+        const Seg& g = s.segs[s.first[c]];
+        out[c] = kt.probe_read(sp.data + 8 * g.start, g.count);
+    });
     std::uint64_t x = 0;
-    for (std::size_t c = 0; c < s.chunks.size(); ++c) x ^= out[c];
+    for (std::size_t c = 0; c < s.nchunks(); ++c) x ^= out[c];
     return x;
 }
 
@@ -679,11 +690,13 @@ void probe_rw(char* p, std::size_t bytes) {
     sp.n = bytes / 8;
     sp.dt = DType::F64;
     Scratch& s = t_scratch;
-    build_plan(&sp, 1, s);
+    build_plan(&sp, 1, s, Layout::Stream);
     const KernelTable& kt = table();
     const std::uint64_t k = g_zero;
-    const Chunk* ch = s.chunks.data();
-    run_chunks(s, [&](std::size_t c) { kt.probe_rw(sp.data + 8 * ch[c].start, ch[c].count, k); });
+    run_chunks(s, [&](std::size_t c) {
+        const Seg& g = s.segs[s.first[c]];
+        kt.probe_rw(sp.data + 8 * g.start, g.count, k);
+    });
 }
 
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode) {

@@ -94,6 +94,13 @@ struct Elem<DType::BF16> {
     }
 };
 
+// p + off for an offset that may point before p: masked loads address whole vector groups
+// of which only some lanes are inside the array. Computed on integers, not as pointer
+// arithmetic outside the array.
+[[maybe_unused]] inline const char* addr(const char* p, std::ptrdiff_t off) noexcept {
+    return reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(off));
+}
+
 // ---------------------------------------------------------------- vector loads
 #if defined(GRADCLIP_TARGET_AVX512)
 using VD = __m512d;
@@ -121,24 +128,19 @@ inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
     const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
     return _mm512_cvtps_pd(_mm256_castsi256_ps(w));
 }
-// Elements [k, k+m) of the block (m <= 8) with zeros in the other lanes. Masked loads never
-// touch memory outside the m elements, and a +0.0 lane leaves every accumulator's bits
-// unchanged (the accumulators are sums of non-negative terms, or maxima of them).
+// Lanes [lo, hi) of an 8-lane group whose lane 0 is element k (k may be negative or past
+// the end: only lanes [lo, hi) are read, and masked loads never touch the other lanes'
+// memory), zeros elsewhere. A +0.0 lane leaves every accumulator's bits unchanged (the
+// accumulators are sums of non-negative terms, or maxima of them).
 template <DType D>
-inline VD vload_part(const char* p, std::size_t k, std::size_t m) noexcept {
-    const auto mk = static_cast<__mmask8>((1u << m) - 1u);
-    if constexpr (D == DType::F64) return _mm512_maskz_loadu_pd(mk, reinterpret_cast<const double*>(p) + k);
-    if constexpr (D == DType::F32) return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mk, reinterpret_cast<const float*>(p) + k));
-    const __m128i h = _mm_maskz_loadu_epi16(mk, p + 2 * k);
+inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
+    const auto mk = static_cast<__mmask8>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+    const char* q = addr(p, k * static_cast<std::ptrdiff_t>(itemsize(D)));
+    if constexpr (D == DType::F64) return _mm512_maskz_loadu_pd(mk, q);
+    if constexpr (D == DType::F32) return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mk, q));
+    const __m128i h = _mm_maskz_loadu_epi16(mk, q);
     if constexpr (D == DType::F16) return _mm512_cvtps_pd(_mm256_cvtph_ps(h));
     return _mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-}
-// combine_lanes() on the 4 accumulator registers (lanes 0-7, 8-15, 16-23, 24-31).
-inline double vcombine(const VD* acc) noexcept {
-    const VD a = _mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3]));
-    const __m256d b = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
-    const __m128d c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd(b, 1));
-    return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
 }
 inline double vhmax(const VD* acc) noexcept {
     const VD a = _mm512_max_pd(_mm512_max_pd(acc[0], acc[1]), _mm512_max_pd(acc[2], acc[3]));
@@ -152,6 +154,7 @@ inline VD vfma(VD a, VD b, VD c) noexcept { return _mm512_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm512_abs_pd(a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm512_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm512_storeu_pd(p, a); }
+inline VD vloadu_lanes(const double* p) noexcept { return _mm512_loadu_pd(p); }
 struct NanTrack {
     __mmask8 m = 0;
     void add(VD x) noexcept { m = static_cast<__mmask8>(m | _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q)); }
@@ -183,37 +186,31 @@ inline VD vload<DType::BF16>(const char* p, std::size_t k) noexcept {
     const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(h), 16);
     return _mm256_cvtps_pd(_mm_castsi128_ps(w));
 }
-// Elements [k, k+m) (m <= 4) with zeros in the other lanes; see the AVX-512 version.
-inline __m128i mask32x4(std::size_t m) noexcept {
-    return _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(m)), _mm_setr_epi32(0, 1, 2, 3));
+// Lanes [lo, hi) of a 4-lane group whose lane 0 is element k; see the AVX-512 version.
+inline __m128i mask32x4(std::size_t lo, std::size_t hi) noexcept {
+    const __m128i idx = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm_and_si128(_mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(hi)), idx),
+                         _mm_cmpgt_epi32(idx, _mm_set1_epi32(static_cast<int>(lo) - 1)));
 }
 template <DType D>
-inline VD vload_part(const char* p, std::size_t k, std::size_t m) noexcept {
+inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
+    const char* q = addr(p, k * static_cast<std::ptrdiff_t>(itemsize(D)));
     if constexpr (D == DType::F64) {
-        const __m256i mk = _mm256_cvtepi32_epi64(mask32x4(m));
-        return _mm256_maskload_pd(reinterpret_cast<const double*>(p) + k, mk);
+        return _mm256_maskload_pd(reinterpret_cast<const double*>(q), _mm256_cvtepi32_epi64(mask32x4(lo, hi)));
     } else if constexpr (D == DType::F32) {
-        return _mm256_cvtps_pd(_mm_maskload_ps(reinterpret_cast<const float*>(p) + k, mask32x4(m)));
+        return _mm256_cvtps_pd(_mm_maskload_ps(reinterpret_cast<const float*>(q), mask32x4(lo, hi)));
     } else {
-        // no 16-bit masked load in AVX2: gather the m halves in a register
+        // no 16-bit masked load in AVX2: gather the lanes in a register
         std::uint64_t bits = 0;
-        for (std::size_t i = 0; i < m; ++i) {
+        for (std::size_t i = lo; i < hi; ++i) {
             std::uint16_t h;
-            std::memcpy(&h, p + 2 * (k + i), 2);
+            std::memcpy(&h, q + 2 * i, 2);
             bits |= static_cast<std::uint64_t>(h) << (16 * i);
         }
         const __m128i h = _mm_cvtsi64_si128(static_cast<long long>(bits));
         if constexpr (D == DType::F16) return _mm256_cvtps_pd(_mm_cvtph_ps(h));
         return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)));
     }
-}
-// combine_lanes() on the 8 accumulator registers (register i holds lanes 4i..4i+3).
-inline double vcombine(const VD* acc) noexcept {
-    const __m256d lo = _mm256_add_pd(_mm256_add_pd(acc[0], acc[2]), _mm256_add_pd(acc[4], acc[6]));
-    const __m256d hi = _mm256_add_pd(_mm256_add_pd(acc[1], acc[3]), _mm256_add_pd(acc[5], acc[7]));
-    const __m256d b = _mm256_add_pd(lo, hi);
-    const __m128d c = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd(b, 1));
-    return _mm_cvtsd_f64(c) + _mm_cvtsd_f64(_mm_unpackhi_pd(c, c));
 }
 inline double vhmax(const VD* acc) noexcept {
     __m256d a = acc[0];
@@ -229,6 +226,7 @@ inline VD vfma(VD a, VD b, VD c) noexcept { return _mm256_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm256_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm256_storeu_pd(p, a); }
+inline VD vloadu_lanes(const double* p) noexcept { return _mm256_loadu_pd(p); }
 struct NanTrack {
     __m256d m = _mm256_setzero_pd();
     void add(VD x) noexcept { m = _mm256_or_pd(m, _mm256_cmp_pd(x, x, _CMP_UNORD_Q)); }
@@ -267,44 +265,63 @@ struct AbsOp {
 };
 
 template <DType D, class Op>
-double reduce_sum(const void* vp, std::size_t n, double scale) noexcept {
+void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
     const char* p = static_cast<const char*>(vp);
-    std::size_t k = 0;
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
     VD acc[kAcc];
-    for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
+    for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vloadu_lanes(lanes + j * kW);
     const VD s = vset(scale);
+    const auto sn = static_cast<std::ptrdiff_t>(n);
+    constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
+    constexpr auto kWs = static_cast<std::ptrdiff_t>(kW);
+    // Blocks of kLanes elements; block lane 0 is element k (k < 0 for the first block when
+    // lane0 > 0). Full blocks use plain loads, a partial first or last block masked loads.
+    auto partial = [&](std::ptrdiff_t kb) {
+        for (std::size_t j = 0; j < kAcc; ++j) {
+            const std::ptrdiff_t g = kb + static_cast<std::ptrdiff_t>(j) * kWs;  // element in lane j*kW
+            const std::ptrdiff_t lo = g < 0 ? -g : 0;
+            const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
+            if (hi > lo)
+                acc[j] = Op::vstep(acc[j], vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
+        }
+    };
+    std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane0);
+    if (k < 0 || sn < kL) {
+        partial(k);
+        k += kL;
+    }
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
-    for (; k + kLanes <= n; k += kLanes) {
+    for (; k + kL <= sn; k += kL) {
+        const auto uk = static_cast<std::size_t>(k);
         // software prefetch a few KiB ahead: one per cache line of this block
         for (std::size_t b = 0; b < kBlockBytes; b += 64)
-            _mm_prefetch(p + k * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
-        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, k + j * kW), s);
+            _mm_prefetch(p + uk * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, uk + j * kW), s);
     }
-    // the tail stays in the vector lanes it belongs to (element k -> lane k % 32)
-    for (std::size_t j = 0; k + j * kW < n; ++j) {
-        const std::size_t m = std::min(kW, n - (k + j * kW));
-        acc[j] = Op::vstep(acc[j], vload_part<D>(p, k + j * kW, m), s);
-    }
-    return vcombine(acc);
+    if (k < sn) partial(k);
+    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
 #else
-    double lanes[kLanes];
-    for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = 0.0;
-    for (; k + kLanes <= n; k += kLanes) {
-        for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k + j), scale);
+    std::size_t lane = lane0;
+    for (std::size_t i = 0; i < n; ++i) {
+        lanes[lane] = Op::step(lanes[lane], Elem<D>::load(p, i), scale);
+        lane = lane + 1 == kLanes ? 0 : lane + 1;
     }
-    for (std::size_t j = 0; k < n; ++k, ++j) lanes[j] = Op::step(lanes[j], Elem<D>::load(p, k), scale);
-    return combine_lanes(lanes);
 #endif
 }
 
 template <DType D>
-double sum_sq(const void* p, std::size_t n, double scale) noexcept {
-    return scale == 1.0 ? reduce_sum<D, SqOp<D, false>>(p, n, scale) : reduce_sum<D, SqOp<D, true>>(p, n, scale);
+void sum_sq(const void* p, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
+    if (scale == 1.0)
+        accumulate<D, SqOp<D, false>>(p, n, lane0, scale, lanes);
+    else
+        accumulate<D, SqOp<D, true>>(p, n, lane0, scale, lanes);
 }
 template <DType D>
-double sum_abs(const void* p, std::size_t n, double scale) noexcept {
-    return scale == 1.0 ? reduce_sum<D, AbsOp<D, false>>(p, n, scale) : reduce_sum<D, AbsOp<D, true>>(p, n, scale);
+void sum_abs(const void* p, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
+    if (scale == 1.0)
+        accumulate<D, AbsOp<D, false>>(p, n, lane0, scale, lanes);
+    else
+        accumulate<D, AbsOp<D, true>>(p, n, lane0, scale, lanes);
 }
 
 // max is exact and order-free, so only the NaN rule needs care: vmaxpd drops a NaN that is
@@ -328,7 +345,7 @@ double max_abs(const void* vp, std::size_t n) noexcept {
         }
     }
     for (std::size_t j = 0; k + j * kW < n; ++j) {
-        const VD x = vload_part<D>(p, k + j * kW, std::min(kW, n - (k + j * kW)));
+        const VD x = vload_part<D>(p, static_cast<std::ptrdiff_t>(k + j * kW), 0, std::min(kW, n - (k + j * kW)));
         nt.add(x);
         acc[j] = vmax(acc[j], vabs(x));
     }

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-import types
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -112,10 +112,21 @@ def _narrow_float(value: float, dtype: np.dtype[Any]) -> np.float32:
 
 
 def _real(value: object, name: str) -> float:
-    """Convert a real number to float; anything else (str, None, complex) is a TypeError."""
+    """Convert a real number to float; anything else (str, None, complex) is a TypeError.
+
+    Python and NumPy real scalars are accepted, and so is any other object ``float()``
+    accepts (a 0-d array, a one-element tensor), except strings and complex numbers.
+    """
     if isinstance(value, numbers.Real):
         return float(value)
-    raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if value is None or isinstance(value, (str, bytes, numbers.Complex)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a complex 0-d array warns, then is rejected
+            return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, Warning):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
 
 
 def _check_max_norm(max_norm: object) -> float:
@@ -169,7 +180,10 @@ def _is_single_array(obj: object) -> bool:
         # A str is an iterable, bytes exposes the buffer protocol; neither is a gradient, and
         # handling them here keeps the error message about the argument as a whole.
         return False
-    if any(hasattr(obj, attr) for attr in ("__dlpack__", "__array_interface__", "__array__")):
+    if any(
+        hasattr(obj, attr)
+        for attr in ("__dlpack__", "__array_interface__", "__array_struct__", "__array__")
+    ):
         return True
     try:
         memoryview(obj)  # type: ignore[arg-type]
@@ -178,13 +192,29 @@ def _is_single_array(obj: object) -> bool:
     return True
 
 
+def _torch_bfloat16_view(obj: Any) -> Array | None:
+    """View a CPU torch.bfloat16 tensor as ml_dtypes.bfloat16 (same memory), else None.
+
+    DLPack has no bfloat16 NumPy can import, so the tensor is exported as int16 bits.
+    """
+    torch = sys.modules.get("torch")
+    bf16 = _bfloat16()
+    if torch is None or bf16 is None or getattr(obj, "dtype", None) != torch.bfloat16:
+        return None
+    bits: Array = np.from_dlpack(obj.view(torch.int16))
+    return bits.view(bf16)
+
+
 def _view(obj: object, where: str) -> Array:
     """View ``obj`` as an ndarray without copying; TypeError naming ``where`` if impossible."""
     if isinstance(obj, np.ndarray):
         return obj
     try:
         if hasattr(obj, "__dlpack__"):
-            return np.from_dlpack(obj)
+            bf16_view = _torch_bfloat16_view(obj)
+            if bf16_view is not None:
+                return bf16_view
+            return np.from_dlpack(obj, copy=False)
         return np.asarray(obj, copy=False)
     except (TypeError, ValueError, BufferError, RuntimeError) as exc:
         raise TypeError(
@@ -230,7 +260,8 @@ def _as_arrays(grads: object, name: str = "grads") -> list[Array | None]:
     """Normalise a ``grads`` argument to a validated list of ndarrays (None where skipped).
 
     One array (ndarray or an object NumPy can view) becomes a list of one; any other iterable
-    is a collection (a generator is consumed once, and an empty one warns). Raises TypeError /
+    is a collection (a generator or other one-shot iterator is consumed once, and an empty one
+    warns, as PyTorch does for an empty generator). Raises TypeError /
     ValueError, naming the position, for anything that cannot be updated in place.
     """
     items: list[object]
@@ -241,9 +272,9 @@ def _as_arrays(grads: object, name: str = "grads") -> list[Array | None]:
             f"{name} must be an array or an iterable of arrays, got {type(grads).__name__}"
         )
     else:
-        is_generator = isinstance(grads, types.GeneratorType)
+        one_shot = isinstance(grads, Iterator)  # generators included
         items = list(grads)
-        if is_generator and not items:
+        if one_shot and not items:
             warnings.warn(
                 f"`{name}` is an empty generator, no gradient clipping will occur.",
                 UserWarning,
@@ -312,7 +343,10 @@ def _power_sum(arrays: Sequence[Array], p: float, exponent_shift: int) -> float:
                     t = np.power(y, p)
                 yield from t.tolist()
 
-    return math.fsum(terms())
+    try:
+        return math.fsum(terms())
+    except OverflowError:  # fsum's "intermediate overflow": all terms are >= 0, so s > max
+        return math.inf
 
 
 def _root(s: float, p: float) -> float:

@@ -4,10 +4,9 @@
 // its own namespace, and each fills one KernelTable. Every kernel is serial: threads
 // belong to the engine.
 //
-// Reductions follow a fixed lane layout so that every target returns the same bits:
-// element k of the block goes to accumulator lane k % kLanes, each lane adds its elements
-// in index order, and the lanes are combined by combine_lanes() below. Callers must start
-// every block at an element index that is a multiple of kLanes within its array.
+// Reductions follow a fixed lane layout so that every target returns the same bits: the
+// engine gives every element a lane (its index in the chunk, modulo kLanes), each lane adds
+// its elements in index order, and a chunk's lanes are combined by combine_lanes() below.
 #pragma once
 
 #include <cstddef>
@@ -19,9 +18,10 @@ namespace gradclip {
 
 inline constexpr std::size_t kLanes = 32;
 
-// sum over the block of (|x| * scale)^2 resp. |x| * scale; `scale` is a power of two
-// (1.0 on the fast pass), so the multiplication is exact.
-using SumFn = double (*)(const void* p, std::size_t n, double scale);
+// lanes[(lane0 + i) % kLanes] += (|x_i| * scale)^2 (sum_sq) resp. |x_i| * scale (sum_abs)
+// for i = 0 .. n-1, in index order within each lane; `lanes` holds kLanes doubles, and
+// lane0 < kLanes. `scale` is a power of two (1.0 on the fast pass), so it multiplies exactly.
+using AccFn = void (*)(const void* p, std::size_t n, std::size_t lane0, double scale, double* lanes);
 // max |x| over the block; NaN if any element is NaN.
 using MaxFn = double (*)(const void* p, std::size_t n);
 // x = x * coef, with coef rounded to float for float16/bfloat16/float32 data and the
@@ -40,8 +40,8 @@ struct KernelTable {
     const char* name;
     ProbeReadFn probe_read;
     ProbeWriteFn probe_rw;
-    SumFn sum_sq[kNumDTypes];
-    SumFn sum_abs[kNumDTypes];
+    AccFn sum_sq[kNumDTypes];
+    AccFn sum_abs[kNumDTypes];
     MaxFn max_abs[kNumDTypes];
     ScaleFn scale[kNumDTypes];
     ClampFn clamp[kNumDTypes];

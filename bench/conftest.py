@@ -1,0 +1,228 @@
+"""Benchmark fixtures: the workloads, thread settings, and the results table.
+
+Every timed case records the bytes the minimal algorithm must move; the session ends by
+writing ``bench/results/latest.json`` (and printing a table) with GB/s per case, the ratio to
+the machine's own read / read+write ceiling measured in the same run, and gradclip's
+speed-up over each peer. ``python bench/report.py`` turns that file into the markdown table
+and the PNG plot.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradclip
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+try:
+    import ml_dtypes
+
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    BF16 = None
+
+
+def bert_base_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of BERT-base (110M parameters): embeddings, 12 encoder layers, pooler."""
+    h, inter, layers = 768, 3072, 12
+    shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
+    for _ in range(layers):
+        for _ in range(4):  # query, key, value, attention output
+            shapes += [(h, h), (h,)]
+        shapes += [(h,), (h,)]  # attention layer norm
+        shapes += [(h, inter), (inter,), (inter, h), (h,)]
+        shapes += [(h,), (h,)]  # output layer norm
+    shapes += [(h, h), (h,)]  # pooler
+    return shapes
+
+
+def _make(shapes: list[tuple[int, ...]], dtype: np.dtype, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # filled (so every page is touched before timing), values like gradients: small, signed
+    return [(rng.standard_normal(s, dtype=np.float32) * 1e-3).astype(dtype) for s in shapes]
+
+
+WORKLOADS = {
+    "W1": lambda: _make([(64 * 1024 * 1024,)], np.dtype(np.float32), 1),
+    "W2": lambda: _make(bert_base_shapes(), np.dtype(np.float32), 2),
+    "W3": lambda: _make([(1000,)] * 10_000, np.dtype(np.float32), 3),
+    "W4": lambda: _make([(100,)] * 100, np.dtype(np.float32), 4),
+    "W5-bf16": lambda: _make(bert_base_shapes(), BF16, 5),
+    "W5-f16": lambda: _make(bert_base_shapes(), np.dtype(np.float16), 6),
+}
+
+
+class Workload:
+    """A workload's arrays, a pristine copy to restore them from, and a flat buffer of
+    the same bytes for the ceiling."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.grads = WORKLOADS[name]()
+        self.orig = [g.copy() for g in self.grads]
+        self.nbytes = sum(g.nbytes for g in self.grads)
+        self.flat = np.ones(self.nbytes // 8, dtype=np.uint64)
+        self._torch = None
+
+    def restore(self) -> None:
+        for g, o in zip(self.grads, self.orig):
+            np.copyto(g, o)
+
+    def torch_params(self):
+        """torch Parameters whose .grad shares memory with self.grads (zero copy)."""
+        if self._torch is None:
+            import torch
+
+            params = []
+            for g in self.grads:
+                if g.dtype == BF16:
+                    t = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16)
+                else:
+                    t = torch.from_numpy(g)
+                p = torch.nn.Parameter(torch.empty(t.shape, dtype=t.dtype), requires_grad=True)
+                p.grad = t
+                params.append(p)
+            self._torch = params
+        return self._torch
+
+
+_CACHE: dict[str, Workload] = {}
+
+
+def get_workload(name: str) -> Workload:
+    # One workload alive at a time keeps peak memory near 1 GiB.
+    if name not in _CACHE:
+        _CACHE.clear()
+        _CACHE[name] = Workload(name)
+    return _CACHE[name]
+
+
+def _threads(n):
+    from threadpoolctl import threadpool_limits
+
+    before = gradclip.get_num_threads()
+    gradclip.set_num_threads(n)
+    torch_before = None
+    try:
+        import torch
+
+        torch_before = torch.get_num_threads()
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+    with threadpool_limits(n):
+        yield n
+    gradclip.set_num_threads(before)
+    if torch_before is not None:
+        import torch
+
+        torch.set_num_threads(torch_before)
+
+
+@pytest.fixture
+def threads_1():
+    yield from _threads(1)
+
+
+@pytest.fixture
+def threads_2():
+    yield from _threads(2)
+
+
+# ------------------------------------------------------------------ results
+_RESULTS: list[dict] = []
+
+
+def record(benchmark, *, workload: str, case: str, threads: int, peer: str, nbytes: int) -> None:
+    """Remember a finished benchmark's median for the summary."""
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        workload=workload, case=case, threads=threads, peer=peer, bytes=nbytes,
+        gbps=nbytes / median / 1e9,
+    )
+    _RESULTS.append(
+        dict(workload=workload, case=case, threads=threads, peer=peer, bytes=nbytes, median=median)
+    )
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per (workload, case, threads, peer) with GB/s, ratio to the ceiling of the
+    same run and gradclip's speed-up over the peer."""
+    ceil = {}
+    for r in results:
+        if r["peer"].startswith("ceiling"):
+            ceil[(r["workload"], r["threads"], r["peer"])] = r["median"]
+    base = {}
+    for r in results:
+        if r["peer"] == "gradclip":
+            base[(r["workload"], r["case"], r["threads"])] = r["median"]
+    rows = []
+    for r in results:
+        if r["peer"].startswith("ceiling"):
+            continue
+        k = (r["workload"], r["threads"])
+        t_read = ceil.get((*k, "ceiling-read"))
+        t_rw = ceil.get((*k, "ceiling-rw"))
+        if r["case"] == "clip":
+            t_ceiling = (t_read + t_rw) if (t_read and t_rw) else None
+        else:
+            t_ceiling = t_read
+        g = base.get((r["workload"], r["case"], r["threads"]))
+        rows.append(
+            dict(
+                r,
+                gbps=r["bytes"] / r["median"] / 1e9,
+                ceiling_gbps=(r["bytes"] / t_ceiling / 1e9) if t_ceiling else None,
+                ratio=(t_ceiling / r["median"]) if t_ceiling else None,
+                gradclip_speedup=(r["median"] / g) if g else None,
+            )
+        )
+    return rows
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _RESULTS:
+        return
+    rows = summarize(_RESULTS)
+    meta = dict(
+        date=_dt.date.today().isoformat(),
+        cpu=_cpu_name(),
+        cores=os.cpu_count(),
+        cpu_target=gradclip.cpu_target(),
+        gradclip=gradclip.__version__,
+        numpy=np.__version__,
+    )
+    try:
+        import torch
+
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / "latest.json"
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    from report import markdown_table  # bench/report.py
+
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line("")
+        tr.write_line(markdown_table(meta, rows))
+        tr.write_line(f"results written to {out}")
