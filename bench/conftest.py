@@ -73,7 +73,7 @@ class Workload:
         self._torch = None
 
     def restore(self) -> None:
-        for g, o in zip(self.grads, self.orig):
+        for g, o in zip(self.grads, self.orig, strict=True):
             np.copyto(g, o)
 
     def torch_params(self):
@@ -145,7 +145,11 @@ def record(benchmark, *, workload: str, case: str, threads: int, peer: str, nbyt
     """Remember a finished benchmark's median for the summary."""
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
-        workload=workload, case=case, threads=threads, peer=peer, bytes=nbytes,
+        workload=workload,
+        case=case,
+        threads=threads,
+        peer=peer,
+        bytes=nbytes,
         gbps=nbytes / median / 1e9,
     )
     _RESULTS.append(

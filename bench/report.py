@@ -31,7 +31,8 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
     )
     lines = [
         head,
-        "| workload | case | threads | peer | time | GB/s | ceiling GB/s | of ceiling | x gradclip |",
+        "| workload | case | threads | peer | time | GB/s | ceiling GB/s | of ceiling "
+        "| x gradclip |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     order = {p: i for i, p in enumerate(PEER_ORDER)}
@@ -57,18 +58,25 @@ def plot(meta: dict, rows: list[dict], out: Path) -> None:
 
     cases = sorted({(r["case"], r["threads"]) for r in rows})
     workloads = sorted({r["workload"] for r in rows})
-    peers = [p for p in ["gradclip", "numpy", "torch", "torch-foreach"] if any(r["peer"] == p for r in rows)]
+    peers = [
+        p
+        for p in ["gradclip", "numpy", "torch", "torch-foreach"]
+        if any(r["peer"] == p for r in rows)
+    ]
     fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4.5), sharey=True)
     if len(cases) == 1:
         axes = [axes]
     width = 0.8 / (len(peers) + 1)
-    for ax, (case, nt) in zip(axes, cases):
+    for ax, (case, nt) in zip(axes, cases, strict=True):
         for j, peer in enumerate(peers + ["ceiling"]):
             ys = []
             for wl in workloads:
                 match = [
-                    r for r in rows
-                    if r["workload"] == wl and r["case"] == case and r["threads"] == nt
+                    r
+                    for r in rows
+                    if r["workload"] == wl
+                    and r["case"] == case
+                    and r["threads"] == nt
                     and r["peer"] == ("gradclip" if peer == "ceiling" else peer)
                 ]
                 if not match:

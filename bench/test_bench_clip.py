@@ -53,7 +53,9 @@ def peer_fn(peer, w, max_norm):
         return lambda: gs.clip_norm_(max_norm)
     if peer == "numpy":
         if w.grads[0].dtype == BF16:
-            pytest.skip("NumPy has no fast bfloat16 dot product (ml_dtypes falls back to a slow loop)")
+            pytest.skip(
+                "NumPy has no fast bfloat16 dot product (ml_dtypes falls back to a slow loop)"
+            )
         return lambda: numpy_clip(w.grads, max_norm)
     if torch is None:
         pytest.skip("torch is not installed")
@@ -95,7 +97,7 @@ def check_agreement(w, case, max_norm):
         assert g == pytest.approx(ref_norm, rel=1e-12)
     for peer, v in got.items():
         assert v == pytest.approx(g, rel=tol), (peer, v, g)
-        for a, b in zip(arrays[peer], arrays["gradclip"]):
+        for a, b in zip(arrays[peer], arrays["gradclip"], strict=True):
             scale = float(np.abs(b).max()) or 1.0
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, err_msg=peer)
     _CHECKED.add(key)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -52,7 +51,8 @@ def _bfloat16_dtype() -> np.dtype[Any] | None:
         import ml_dtypes
     except ImportError:
         return None
-    return np.dtype(ml_dtypes.bfloat16)
+    dt: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dt
 
 
 _BF16 = _bfloat16_dtype()
@@ -140,7 +140,9 @@ def clip_grad_norm_(
     return norm
 
 
-def get_total_norm(grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bool = False) -> float:
+def get_total_norm(
+    grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bool = False
+) -> float:
     """Total ``norm_type``-norm of all elements of all arrays, in one read pass.
 
     Parameters
@@ -169,7 +171,9 @@ def get_total_norm(grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bo
     return norm
 
 
-def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
+def clip_grads_with_norm_(
+    grads: Any, max_norm: float, total_norm: float, *, eps: float = 1e-6
+) -> None:
     """Scale gradients in place using a total norm computed elsewhere.
 
     For sharded training, where each process holds part of the gradients: compute the
@@ -394,7 +398,9 @@ class GradientSet:
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
         """:func:`clip_grads_with_norm_` over the set."""
-        self._set.clip_with_norm(check_max_norm(max_norm), check_total_norm(total_norm), check_eps(eps))
+        self._set.clip_with_norm(
+            check_max_norm(max_norm), check_total_norm(total_norm), check_eps(eps)
+        )
 
     def clip_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` over the set."""
@@ -459,7 +465,3 @@ def _set_cpu_target(name: str) -> None:
         raise ValueError(
             f"unknown or unsupported CPU target {name!r}; available: {available_cpu_targets()}"
         )
-
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise ImportError("gradclip needs Python 3.10 or newer")

@@ -86,8 +86,9 @@ def _torch_bfloat16_view(obj: Any) -> np.ndarray | None:
         return None
     import ml_dtypes
 
-    bits = np.from_dlpack(obj.view(torch.int16))
-    return bits.view(ml_dtypes.bfloat16)
+    bits: np.ndarray = np.from_dlpack(obj.view(torch.int16))
+    view: np.ndarray = bits.view(np.dtype(ml_dtypes.bfloat16))
+    return view
 
 
 def as_array(obj: Any, where: str) -> np.ndarray:
@@ -159,7 +160,9 @@ def check_total_norm(x: Any) -> float:
 
 def resolve_mode(nonfinite: Any, error_if_nonfinite: Any) -> str:
     if not isinstance(nonfinite, str) or nonfinite not in MODES:
-        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, MODES))}, got {nonfinite!r}")
+        raise ValueError(
+            f"nonfinite must be one of {', '.join(map(repr, MODES))}, got {nonfinite!r}"
+        )
     if error_if_nonfinite:
         if nonfinite not in ("propagate", "raise"):
             raise ValueError(
