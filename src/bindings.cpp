@@ -6,6 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <limits>
+#include <memory>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -52,7 +54,7 @@ struct Bounds {
 // Validates every entry of `seq` and describes it; throws TypeError / ValueError naming
 // the argument and position. Nothing is written here, and nothing is written by a caller
 // unless this returns.
-void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& b) {
+void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& b, bool write = true) {
     const std::size_t n = py::len(seq);
     b.npos = n;
     b.keep.reserve(n);
@@ -87,7 +89,7 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
             throw py::type_error(where(arg, i, single) + " has dtype " + py::str(py::object(dt)).cast<std::string>() +
                                  "; expected float16, bfloat16, float32 or float64");
         }
-        if (!arr.writeable()) {
+        if (write && !arr.writeable()) {
             throw py::value_error(where(arg, i, single) +
                                   " is read-only; gradclip writes in place and needs a writeable array");
         }
@@ -117,6 +119,7 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         const std::size_t isz = gradclip::itemsize(dts[k]);
         const bool dense = gradclip::describe_array(data, nd, shape, strides, dts[k], b.spans[k]);
         if (b.spans[k].n == 0) continue;
+        if (!write) continue;  // read-only use: overlaps cannot lose an update
         if (!dense && gradclip::may_self_overlap(nd, shape, strides, isz)) {
             throw py::value_error(where(arg, b.pos[k], single) +
                                   " has elements that share memory (e.g. a stride-0 view); writing to it in "
@@ -237,50 +240,173 @@ py::array_t<double> clip_each(const py::sequence& grads, double max_norm, double
 
 // Norm of every slice of x along `axes` (already normalised, sorted, unique), clipped with
 // the common rule. Returns the norms as a flat array in C order of the kept axes.
+// The slices of every array of a batch: reduced[k] marks the axes array k's slices span.
+struct Slices {
+    std::vector<Span> spans;
+    std::vector<std::ptrdiff_t> meta;
+    std::vector<std::size_t> first;  // first slice of each array, plus the total
+};
+
+void slice_batch(const Batch& b, const std::vector<std::vector<bool>>& reduced, Slices& out) {
+    const std::size_t m = b.keep.size();
+    std::size_t total = 0, meta = 0;
+    std::vector<std::unique_ptr<bool[]>> masks(m);
+    for (std::size_t k = 0; k < m; ++k) {
+        const py::array& arr = b.keep[k];
+        const auto nd = static_cast<std::size_t>(arr.ndim());
+        masks[k].reset(new bool[nd + 1]);
+        for (std::size_t d = 0; d < nd; ++d) masks[k][d] = reduced[k][d];
+        total += gradclip::count_slices(static_cast<int>(nd), arr.shape(), masks[k].get());
+        meta += 2 * nd;
+    }
+    out.spans.resize(total);
+    out.meta.resize(meta);  // sized once: spans point into it
+    out.first.assign(1, 0);
+    std::size_t at = 0, moff = 0;
+    for (std::size_t k = 0; k < m; ++k) {
+        const py::array& arr = b.keep[k];
+        const int nd = static_cast<int>(arr.ndim());
+        char* data = static_cast<char*>(const_cast<void*>(arr.data()));
+        gradclip::make_slices(data, nd, arr.shape(), arr.strides(), b.spans[k].dt, masks[k].get(),
+                              out.meta.data() + moff, out.spans.data() + at);
+        at += gradclip::count_slices(nd, arr.shape(), masks[k].get());
+        moff += 2 * static_cast<std::size_t>(nd);
+        out.first.push_back(at);
+    }
+}
+
+// Norm of every slice of x along `axes` (already normalised, sorted, unique), clipped with
+// the common rule. Returns the norms as a flat array in C order of the kept axes.
 py::array_t<double> clip_by_norm(const py::object& x, double max_norm, const std::vector<int>& axes, double p,
                                  double eps, const std::string& arg) {
     Batch b;
     parse(py::make_tuple(x), arg, true, b);
     if (b.keep.empty()) throw py::type_error(arg + " must be an array, not None");
-    const py::array& arr = b.keep[0];
-    const int nd = static_cast<int>(arr.ndim());
-    std::vector<char> reduced(static_cast<std::size_t>(nd), 0);
-    for (int a : axes) reduced[static_cast<std::size_t>(a)] = 1;
-    std::vector<std::ptrdiff_t> kshape, kstride, rmeta;
-    for (int d = 0; d < nd; ++d) {
-        if (reduced[static_cast<std::size_t>(d)]) continue;
-        kshape.push_back(arr.shape(d));
-        kstride.push_back(arr.strides(d));
-    }
-    for (int d = 0; d < nd; ++d)
-        if (reduced[static_cast<std::size_t>(d)]) rmeta.push_back(arr.shape(d));
-    for (int d = 0; d < nd; ++d)
-        if (reduced[static_cast<std::size_t>(d)]) rmeta.push_back(arr.strides(d));
-    const int rnd = static_cast<int>(rmeta.size() / 2);
-    std::size_t outer = 1;
-    for (auto e : kshape) outer *= static_cast<std::size_t>(e);
-    std::vector<Span> spans(outer);
-    const DType dt = b.spans[0].dt;
-    char* base = static_cast<char*>(const_cast<void*>(arr.data()));
-    const std::ptrdiff_t* rshape = rmeta.data();
-    const std::ptrdiff_t* rstrides = rmeta.data() + rnd;
-    std::vector<std::ptrdiff_t> idx(kshape.size(), 0);
-    for (std::size_t o = 0; o < outer; ++o) {
-        char* p0 = base;
-        for (std::size_t d = 0; d < kshape.size(); ++d) p0 += idx[d] * kstride[d];
-        gradclip::describe_array(p0, rnd, rshape, rstrides, dt, spans[o]);
-        for (std::size_t d = kshape.size(); d-- > 0;) {
-            if (++idx[d] < kshape[d]) break;
-            idx[d] = 0;
-        }
-    }
-    py::array_t<double> out(static_cast<py::ssize_t>(outer));
+    std::vector<std::vector<bool>> reduced(1, std::vector<bool>(static_cast<std::size_t>(b.keep[0].ndim()), false));
+    for (int a : axes) reduced[0][static_cast<std::size_t>(a)] = true;
+    Slices sl;
+    slice_batch(b, reduced, sl);
+    py::array_t<double> out(static_cast<py::ssize_t>(sl.spans.size()));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        gradclip::clip_each(spans.data(), spans.size(), spec_from(p), max_norm, eps, NonFinite::Propagate, o);
+        gradclip::clip_each(sl.spans.data(), sl.spans.size(), spec_from(p), max_norm, eps, NonFinite::Propagate, o);
     }
     return out;
+}
+
+// Adaptive gradient clipping over lists of gradients and parameters of equal shapes.
+// reduce[i] lists the axes a unit of the array at position i spans (the others index units).
+py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, double clipping, double eps,
+                        const std::vector<std::vector<int>>& reduce) {
+    Batch g, w;
+    parse(grads, "grads", false, g);
+    parse(params, "params", false, w, /*write=*/false);
+    if (g.npos != w.npos)
+        throw py::value_error("grads and params must have the same length (" + std::to_string(g.npos) + " and " +
+                              std::to_string(w.npos) + ")");
+    if (g.pos != w.pos) throw py::value_error("grads and params must have None at the same positions");
+    std::vector<std::vector<bool>> reduced;
+    for (std::size_t k = 0; k < g.keep.size(); ++k) {
+        const py::array& ga = g.keep[k];
+        const py::array& wa = w.keep[k];
+        const std::size_t i = g.pos[k];
+        const auto nd = static_cast<std::size_t>(ga.ndim());
+        bool same = wa.ndim() == ga.ndim();
+        for (std::size_t d = 0; same && d < nd; ++d) same = ga.shape(static_cast<py::ssize_t>(d)) == wa.shape(static_cast<py::ssize_t>(d));
+        if (!same)
+            throw py::value_error("grads[" + std::to_string(i) + "] and params[" + std::to_string(i) +
+                                  "] have different shapes");
+        std::vector<bool> r(nd, false);
+        for (int ax : reduce.at(i)) r.at(static_cast<std::size_t>(ax)) = true;
+        reduced.push_back(std::move(r));
+    }
+    Slices gs, ws;
+    slice_batch(g, reduced, gs);
+    slice_batch(w, reduced, ws);
+    const std::size_t n = gs.spans.size();
+    std::vector<double> gn(n), wn(n), coefs(n);
+    {
+        py::gil_scoped_release nogil;
+        gradclip::adaptive_clip(gs.spans.data(), ws.spans.data(), n, clipping, eps, gn.data(), wn.data(), coefs.data());
+    }
+    // per-array pre-clip norms from the unit norms (L2: root of the sum of squares)
+    std::vector<double> per_array(g.keep.size());
+    for (std::size_t k = 0; k < g.keep.size(); ++k)
+        per_array[k] = gradclip::norm_of_norms(gn.data() + gs.first[k], gs.first[k + 1] - gs.first[k],
+                                               gradclip::make_norm_spec(2.0));
+    double cmin = 1.0;
+    bool nan = false;
+    for (double c : coefs) {
+        if (c != c) nan = true;
+        cmin = c < cmin ? c : cmin;
+    }
+    return py::make_tuple(scatter(g, per_array), nan ? std::numeric_limits<double>::quiet_NaN() : cmin);
+}
+
+// Per-example clipping; every array's axis 0 is the batch. Returns (per-example norms,
+// per-example coefficients, clipped count) for the global rule, or (norms, coefs) per
+// (array, example) shaped (n_arrays, batch) for per_layer.
+py::tuple clip_per_example(const py::sequence& grads, double max_norm, bool per_layer, double eps) {
+    Batch g;
+    parse(grads, "grads", false, g);
+    std::vector<std::vector<bool>> reduced;
+    py::ssize_t batch = -1;
+    for (std::size_t k = 0; k < g.keep.size(); ++k) {
+        const py::array& a = g.keep[k];
+        const std::string where_k = "grads[" + std::to_string(g.pos[k]) + "]";
+        if (a.ndim() < 1) throw py::value_error(where_k + " is 0-d; per-example gradients need a batch axis (axis 0)");
+        if (batch < 0) batch = a.shape(0);
+        if (a.shape(0) != batch)
+            throw py::value_error(where_k + " has batch size " + std::to_string(a.shape(0)) + "; expected " +
+                                  std::to_string(batch) + " like the arrays before it");
+        std::vector<bool> r(static_cast<std::size_t>(a.ndim()), true);
+        r[0] = false;
+        reduced.push_back(std::move(r));
+    }
+    if (batch < 0) batch = 0;
+    Slices sl;
+    slice_batch(g, reduced, sl);
+    const std::size_t na = g.keep.size(), nb = static_cast<std::size_t>(batch);
+    py::array_t<double> norms({static_cast<py::ssize_t>(na), batch});
+    py::array_t<double> coefs({static_cast<py::ssize_t>(na), batch});
+    std::size_t clipped;
+    {
+        double* pn = norms.mutable_data();
+        double* pc = coefs.mutable_data();
+        py::gil_scoped_release nogil;
+        clipped = gradclip::clip_per_example(sl.spans.data(), na, nb, per_layer, max_norm, eps, pn, pc);
+    }
+    return py::make_tuple(norms, coefs, clipped);
+}
+
+py::tuple unscale_clip(const py::sequence& grads, double max_norm, double inv_scale, double p, double eps,
+                       bool with_norms, const std::string& arg, bool single) {
+    Batch b;
+    parse(grads, arg, single, b);
+    std::vector<double> norms(with_norms ? b.spans.size() : 0);
+    double coef = 1.0, total;
+    {
+        py::gil_scoped_release nogil;
+        total = gradclip::unscale_clip(b.spans.data(), b.spans.size(), spec_from(p), max_norm, inv_scale, eps, &coef,
+                                       with_norms ? norms.data() : nullptr);
+    }
+    return py::make_tuple(total, coef, with_norms ? py::object(scatter(b, norms)) : py::object(py::none()));
+}
+
+py::tuple clip_total_with_norms(const py::sequence& grads, double max_norm, double p, int mode, double eps,
+                                const std::string& arg, bool single) {
+    Batch b;
+    parse(grads, arg, single, b);
+    const NonFinite md = mode_from(mode);
+    std::vector<double> norms(b.spans.size());
+    double total;
+    {
+        py::gil_scoped_release nogil;
+        total = gradclip::clip_total_with_norms(b.spans.data(), b.spans.size(), spec_from(p), max_norm, eps, md,
+                                                norms.data());
+    }
+    return py::make_tuple(total, scatter(b, norms));
 }
 
 // A fixed list of arrays validated once. Each call re-checks, in C++ and without touching
@@ -398,6 +524,14 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("clip_by_norm", &clip_by_norm, py::arg("x"), py::arg("max_norm"), py::arg("axes"), py::arg("p"),
           py::arg("eps"), py::arg("arg") = "x");
+    m.def("clip_total_with_norms", &clip_total_with_norms, py::arg("grads"), py::arg("max_norm"), py::arg("p"),
+          py::arg("mode"), py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("unscale_clip", &unscale_clip, py::arg("grads"), py::arg("max_norm"), py::arg("inv_scale"), py::arg("p"),
+          py::arg("eps"), py::arg("with_norms"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("adaptive_clip", &adaptive_clip, py::arg("grads"), py::arg("params"), py::arg("clipping"), py::arg("eps"),
+          py::arg("reduce"));
+    m.def("clip_per_example", &clip_per_example, py::arg("grads"), py::arg("max_norm"), py::arg("per_layer"),
+          py::arg("eps"));
     m.def("cpu_target", &gradclip::current_target);
     m.def("available_cpu_targets", &gradclip::available_targets);
     m.def("set_cpu_target", [](const std::string& name) { return gradclip::set_target(name); });

@@ -735,4 +735,133 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm,
     if (any) scale_each(spans, n, coefs.data());
 }
 
+// ------------------------------------------------------------------ slices
+std::size_t count_slices(int ndim, const std::ptrdiff_t* shape, const bool* reduced) noexcept {
+    std::size_t outer = 1;
+    for (int d = 0; d < ndim; ++d)
+        if (!reduced[d]) outer *= static_cast<std::size_t>(shape[d]);
+    return outer;
+}
+
+void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
+                 const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept {
+    std::ptrdiff_t kshape[64], kstride[64], idx[64];
+    int nk = 0, nr = 0;
+    for (int d = 0; d < ndim; ++d) {
+        if (reduced[d]) continue;
+        kshape[nk] = shape[d];
+        kstride[nk] = strides[d];
+        idx[nk] = 0;
+        ++nk;
+    }
+    for (int d = 0; d < ndim; ++d)
+        if (reduced[d]) slice_meta[nr++] = shape[d];
+    for (int d = 0, j = 0; d < ndim; ++d)
+        if (reduced[d]) slice_meta[nr + j++] = strides[d];
+    const std::size_t outer = count_slices(ndim, shape, reduced);
+    for (std::size_t o = 0; o < outer; ++o) {
+        char* p0 = data;
+        for (int d = 0; d < nk; ++d) p0 += idx[d] * kstride[d];
+        describe_array(p0, nr, slice_meta, slice_meta + nr, dt, out[o]);
+        for (int d = nk; d-- > 0;) {
+            if (++idx[d] < kshape[d]) break;
+            idx[d] = 0;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ composite operations
+double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept {
+    double m = 0.0;
+    for (std::size_t i = 0; i < n; ++i) m = max_of(m, norms[i]);
+    if (spec.kind == NormKind::Linf || m != m || m == 0.0 || std::isinf(m)) return m;
+    double s = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const double r = norms[i] / m;
+        s += spec.kind == NormKind::L2 ? r * r : spec.kind == NormKind::L1 ? r : std::pow(r, spec.p);
+    }
+    return m * finish_norm(spec, s);
+}
+
+double clip_total_with_norms(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
+                             NonFinite mode, double* norms) {
+    span_norms(spans, n, spec, norms);
+    const double norm = norm_of_norms(norms, n, spec);
+    if (!std::isfinite(norm)) {
+        if (mode == NonFinite::Skip) return norm;
+        if (mode == NonFinite::Zero) {
+            zero_all(spans, n);
+            return norm;
+        }
+    }
+    const double coef = clip_coef(max_norm, norm, eps);
+    if (coef_writes(coef)) scale_all(spans, n, coef);
+    return norm;
+}
+
+double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
+                    double* coef, double* norms) {
+    double raw;
+    if (norms != nullptr) {
+        span_norms(spans, n, spec, norms);
+        raw = norm_of_norms(norms, n, spec);
+        for (std::size_t i = 0; i < n; ++i) norms[i] *= std::fabs(inv_scale);
+    } else {
+        raw = total_norm(spans, n, spec);
+    }
+    const double norm = raw * std::fabs(inv_scale);
+    *coef = 1.0;
+    if (!std::isfinite(raw)) return norm;  // the caller skips the step and lowers the scale
+    *coef = clip_coef(max_norm, norm, eps);
+    const double factor = inv_scale * (coef_writes(*coef) ? *coef : 1.0);
+    if (factor != 1.0) scale_all(spans, n, factor);
+    return norm;
+}
+
+void adaptive_clip(const Span* g, const Span* w, std::size_t n, double clipping, double eps, double* gnorms,
+                   double* wnorms, double* coefs) {
+    const NormSpec l2{NormKind::L2, 2.0};
+    span_norms(g, n, l2, gnorms);
+    span_norms(w, n, l2, wnorms);
+    bool any = false;
+    for (std::size_t i = 0; i < n; ++i) {
+        const double wn = wnorms[i] > eps ? wnorms[i] : eps;  // max(||w||, eps); NaN -> eps as in max()
+        const double max_i = clipping * (wnorms[i] != wnorms[i] ? wnorms[i] : wn);
+        const double gn = gnorms[i] > 1e-6 ? gnorms[i] : 1e-6;
+        // Optax/timm: where(||g|| < max, g, g * max / max(||g||, 1e-6)); a NaN comparison clips
+        coefs[i] = gnorms[i] < max_i ? 1.0 : max_i / (gnorms[i] != gnorms[i] ? gnorms[i] : gn);
+        any = any || coefs[i] != 1.0;
+    }
+    if (any) scale_each(g, n, coefs);
+}
+
+std::size_t clip_per_example(const Span* slices, std::size_t narrays, std::size_t batch, bool per_layer,
+                             double max_norm, double eps, double* norms, double* coefs) {
+    const NormSpec l2{NormKind::L2, 2.0};
+    const std::size_t n = narrays * batch;
+    span_norms(slices, n, l2, norms);
+    std::size_t clipped = 0;
+    if (per_layer) {
+        for (std::size_t i = 0; i < n; ++i) {
+            const double c = clip_coef(max_norm, norms[i], eps);
+            coefs[i] = coef_writes(c) ? c : 1.0;
+            clipped += c < 1.0 ? 1 : 0;
+        }
+    } else {
+        std::vector<double> col(narrays);
+        for (std::size_t b = 0; b < batch; ++b) {
+            for (std::size_t a = 0; a < narrays; ++a) col[a] = norms[a * batch + b];
+            const double nb = norm_of_norms(col.data(), narrays, l2);
+            const double c = clip_coef(max_norm, nb, eps);
+            clipped += c < 1.0 ? 1 : 0;
+            for (std::size_t a = 0; a < narrays; ++a) {
+                norms[a * batch + b] = nb;
+                coefs[a * batch + b] = coef_writes(c) ? c : 1.0;
+            }
+        }
+    }
+    scale_each(slices, n, coefs);
+    return clipped;
+}
+
 }  // namespace gradclip

@@ -9,21 +9,25 @@ Global norm clipping (:func:`clip_grad_norm_`), per-array and per-slice norm cli
 from __future__ import annotations
 
 from ._errors import NonFiniteNormError
+from ._result import ClipResult
 
 _COMPILED_NAMES = frozenset(
     {
         "GradientSet",
+        "adaptive_grad_clip_",
         "available_cpu_targets",
         "clip_by_norm_",
         "clip_grad_norm_",
         "clip_grad_norm_per_tensor_",
         "clip_grad_value_",
         "clip_grads_with_norm_",
+        "clip_per_example_",
         "cpu_target",
         "get_num_threads",
         "get_total_norm",
         "set_num_threads",
         "tensor_norms",
+        "unscale_clip_grad_norm_",
     }
 )
 
@@ -43,6 +47,7 @@ try:
         set_num_threads,
         tensor_norms,
     )
+    from ._training import adaptive_grad_clip_, clip_per_example_, unscale_clip_grad_norm_
 except ImportError as _exc:  # the compiled core is missing or broken
     # Keep ``import gradclip.reference`` working (the documented pure-NumPy fallback); the
     # compiled functions raise the original error when used.
@@ -62,18 +67,22 @@ from . import reference  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClipResult",
     "GradientSet",
     "NonFiniteNormError",
+    "adaptive_grad_clip_",
     "available_cpu_targets",
     "clip_by_norm_",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
+    "clip_per_example_",
     "cpu_target",
     "get_num_threads",
     "get_total_norm",
     "reference",
     "set_num_threads",
     "tensor_norms",
+    "unscale_clip_grad_norm_",
 ]

@@ -26,6 +26,7 @@ from ._inputs import (
     check_total_norm,
     resolve_mode,
 )
+from ._result import ClipResult
 
 __all__ = [
     "GradientSet",
@@ -74,6 +75,23 @@ def _init_target() -> None:
 _init_target()
 
 
+def _result(
+    norm: float, max_norm: float, eps: float, mode: str, norms: np.ndarray | None
+) -> ClipResult:
+    """The record of a global clip: the coefficient that was applied (1.0 when nothing
+    was scaled)."""
+    finite = math.isfinite(norm)
+    if not finite and mode in ("skip", "raise"):
+        coef = 1.0
+    elif not finite and mode == "zero":
+        coef = 0.0
+    else:
+        coef = min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
+        if math.isnan(norm):
+            coef = math.nan
+    return ClipResult(norm, coef, coef < 1.0, not finite, norms)
+
+
 def _nonfinite_error(norm: float, p: float, what: str) -> NonFiniteNormError:
     return NonFiniteNormError(
         f"The {what} of order {p} is non-finite ({norm}), so it cannot be clipped; nothing "
@@ -90,7 +108,9 @@ def clip_grad_norm_(
     error_if_nonfinite: bool = False,
     nonfinite: str = "propagate",
     eps: float = 1e-6,
-) -> float:
+    return_result: bool = False,
+    per_tensor_norms: bool = False,
+) -> Any:
     """Clip gradients in place so that their total norm is at most ``max_norm``.
 
     The total norm is the ``norm_type``-norm of all elements of all arrays together,
@@ -114,11 +134,18 @@ def clip_grad_norm_(
         every gradient to zero.
     eps : float, default 1e-6
         Added to the norm before dividing.
+    return_result : bool, default False
+        Return a :class:`ClipResult` (norm, coefficient, whether it clipped, whether the
+        norm was non-finite) instead of the norm.
+    per_tensor_norms : bool, default False
+        With ``return_result``, also report each array's norm, from the same read pass. The
+        total is then the norm of those norms, which may differ from the plain call's total
+        in the last bit.
 
     Returns
     -------
-    float
-        The total norm before clipping.
+    float or ClipResult
+        The total norm before clipping (or the record, with ``return_result=True``).
 
     Examples
     --------
@@ -134,10 +161,18 @@ def clip_grad_norm_(
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
     seq, single = as_sequence(grads)
-    norm: float = _core.clip_total(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
+    norms = None
+    if per_tensor_norms:
+        norm, norms = _core.clip_total_with_norms(
+            seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single
+        )
+    else:
+        norm = _core.clip_total(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
     if mode == "raise" and not math.isfinite(norm):
         raise _nonfinite_error(norm, p, "total norm of the gradients")
-    return norm
+    if not return_result and not per_tensor_norms:
+        return norm
+    return _result(norm, max_norm, eps, mode, norms)
 
 
 def get_total_norm(

@@ -64,3 +64,33 @@ class GradientSet:
     def clip_each(
         self, max_norm: float, p: float, mode: int, eps: float
     ) -> npt.NDArray[np.float64]: ...
+
+def clip_total_with_norms(
+    grads: Sequence[Any],
+    max_norm: float,
+    p: float,
+    mode: int,
+    eps: float,
+    arg: str = ...,
+    single: bool = ...,
+) -> tuple[float, npt.NDArray[np.float64]]: ...
+def unscale_clip(
+    grads: Sequence[Any],
+    max_norm: float,
+    inv_scale: float,
+    p: float,
+    eps: float,
+    with_norms: bool,
+    arg: str = ...,
+    single: bool = ...,
+) -> tuple[float, float, npt.NDArray[np.float64] | None]: ...
+def adaptive_clip(
+    grads: Sequence[Any],
+    params: Sequence[Any],
+    clipping: float,
+    eps: float,
+    reduce: Sequence[Sequence[int]],
+) -> tuple[npt.NDArray[np.float64], float]: ...
+def clip_per_example(
+    grads: Sequence[Any], max_norm: float, per_layer: bool, eps: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]: ...

@@ -44,6 +44,13 @@ bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_
 void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
                  std::size_t itemsize, const char*& lo, const char*& hi) noexcept;
 
+// The slices of an n-d array left after fixing every axis not marked in `reduced` (ndim
+// flags), in C order of the kept axes; each slice spans the reduced axes. Their shape and
+// strides are written once to slice_meta (2 * ndim entries, which must outlive the spans).
+std::size_t count_slices(int ndim, const std::ptrdiff_t* shape, const bool* reduced) noexcept;
+void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
+                 const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept;
+
 // ---- operations (all spans must be validated by the caller; none overlap)
 // p-norm of all elements of all spans together; never overflows or underflows where the
 // true result is a finite normal double.
@@ -77,5 +84,36 @@ double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_no
 // norm is non-finite. Writes the pre-clip norms to norms[0..n).
 void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
                NonFinite mode, double* norms);
+
+// Global clip that also reports each span's norm from the same read pass: the total is
+// the p-norm of the per-span norms (bits may differ in the last place from clip_total,
+// which sums across span boundaries).
+double clip_total_with_norms(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
+                             NonFinite mode, double* norms);
+
+// Mixed precision in two passes: one read pass for the norm of the unscaled gradients
+// (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one
+// read+write pass multiplying by inv_scale * coef (skipped when that factor is exactly 1).
+// Returns the unscaled norm; *coef gets the clipping coefficient (1 when not clipping).
+double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
+                    double* coef, double* norms);
+
+// p-norm of a vector of norms, without overflow or underflow (scaled by the largest).
+double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept;
+
+// Adaptive gradient clipping (Brock et al. 2021, "High-Performance Large-Scale Image
+// Recognition Without Normalization", sec. 4.1), as Optax and timm compute it: with
+// max_i = clipping * max(||w_i||, eps), slice g_i is multiplied by max_i / max(||g_i||, 1e-6)
+// unless ||g_i|| < max_i. Writes the L2 norms to gnorms / wnorms and the coefficients to coefs.
+void adaptive_clip(const Span* g, const Span* w, std::size_t n, double clipping, double eps, double* gnorms,
+                   double* wnorms, double* coefs);
+
+// Per-example clipping for DP-SGD. slices[a * batch + b] is example b of array a. Global:
+// each example's L2 norm across all arrays is clipped to max_norm with the common rule;
+// per_layer: each (array, example) slice on its own. norms/coefs get one entry per slice
+// (global: the example's norm and coefficient repeated for each array). Returns how many
+// examples (global) or slices (per_layer) were clipped.
+std::size_t clip_per_example(const Span* slices, std::size_t narrays, std::size_t batch, bool per_layer,
+                             double max_norm, double eps, double* norms, double* coefs);
 
 }  // namespace gradclip

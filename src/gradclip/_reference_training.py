@@ -1,0 +1,228 @@
+"""Pure-NumPy twins of gradclip's training-grade functions (mixed precision, AGC,
+per-example clipping), for :mod:`gradclip.reference`. Written for clarity, not speed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._result import ClipResult
+from .reference import (
+    _as_arrays,
+    _check_eps,
+    _check_max_norm,
+    _check_norm_type,
+    _coefficient,
+    _pnorm,
+    _present,
+    _real,
+    _scale,
+)
+
+__all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
+
+
+def _positive(x: object, name: str) -> float:
+    v = _real(x, name)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+    return v
+
+
+def unscale_clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    inv_scale: float,
+    norm_type: float = 2.0,
+    *,
+    eps: float = 1e-6,
+    per_tensor_norms: bool = False,
+) -> ClipResult:
+    """Reference for :func:`gradclip.unscale_clip_grad_norm_`: the unscaled norm is
+    ``||g|| * inv_scale``; with a finite norm every array is multiplied once by
+    ``inv_scale * min(1, max_norm / (norm + eps))``, otherwise nothing is written."""
+    max_norm = _check_max_norm(max_norm)
+    inv = _positive(inv_scale, "inv_scale")
+    p = _check_norm_type(norm_type)
+    eps = _check_eps(eps)
+    arrays = _as_arrays(grads)
+    present = _present(arrays)
+    norms = None
+    if per_tensor_norms:
+        norms = np.array([0.0 if a is None else _pnorm([a], p) * inv for a in arrays])
+    raw = _pnorm(present, p)
+    total = raw * inv
+    if not math.isfinite(raw):
+        return ClipResult(total, 1.0, False, True, norms)
+    coef = min(1.0, _coefficient(max_norm, total, eps))
+    factor = inv * coef
+    if factor != 1.0:
+        for a in present:
+            _scale(a, factor)
+    return ClipResult(total, coef, coef < 1.0, False, norms)
+
+
+def _unit_axes(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    nd = len(shape)
+    if nd <= 1 or sum(1 for s in shape if s != 1) <= 1:
+        return tuple(range(nd))
+    if layout == "OI":
+        return tuple(range(1, nd))
+    if nd in (2, 3):
+        return (0,)
+    if nd == 4:
+        return (0, 1, 2)
+    raise ValueError(f"layout {layout!r}: no unit-wise norm for a {nd}-d array")
+
+
+def _unit_norms(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """L2 norm of every unit (the slices over `axes`), each with math.fsum-exact care."""
+    kept = [d for d in range(a.ndim) if d not in axes]
+    moved = np.moveaxis(a, kept, list(range(len(kept))))
+    flat = moved.reshape((int(np.prod([a.shape[d] for d in kept])), -1))
+    return np.array([_pnorm([np.ascontiguousarray(row)], 2.0) for row in flat])
+
+
+def adaptive_grad_clip_(
+    grads: Any,
+    params: Any,
+    clipping: float = 0.01,
+    eps: float = 1e-3,
+    *,
+    layout: str = "OI",
+    return_result: bool = False,
+) -> ClipResult | None:
+    """Reference for :func:`gradclip.adaptive_grad_clip_` (Brock et al. 2021)."""
+    clipping = _positive(clipping, "clipping")
+    eps = _check_eps(eps)
+    if layout not in ("OI", "IO", "HWIO"):
+        raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
+    gs = _as_arrays(grads, "grads")
+    ws = [None if w is None else np.asarray(w) for w in _as_arrays_readonly(params)]
+    if len(gs) != len(ws):
+        raise ValueError("grads and params must have the same length")
+    plans = []
+    for i, (g, w) in enumerate(zip(gs, ws, strict=True)):
+        if (g is None) != (w is None):
+            raise ValueError("grads and params must have None at the same positions")
+        if g is None or w is None:
+            continue
+        if g.shape != w.shape:
+            raise ValueError(f"grads[{i}] and params[{i}] have different shapes")
+        axes = _unit_axes(g.shape, layout)
+        gn = _unit_norms(g, axes)
+        wn = _unit_norms(w, axes)
+        with np.errstate(all="ignore"):
+            max_n = clipping * np.maximum(wn, eps)
+            coefs = np.where(gn < max_n, 1.0, max_n / np.maximum(gn, 1e-6))
+        plans.append((g, axes, gn, coefs))
+    per_array = np.zeros(len(gs))
+    cmin = 1.0
+    k = 0
+    for i, g in enumerate(gs):
+        if g is None:
+            continue
+        _, axes, gn, coefs = plans[k]
+        k += 1
+        per_array[i] = math.hypot(*gn.tolist()) if gn.size else 0.0
+        kept = [d for d in range(g.ndim) if d not in axes]
+        moved = np.moveaxis(g, kept, list(range(len(kept))))  # a view: units first
+        for u in range(coefs.size):
+            if coefs[u] != 1.0:
+                unit = moved[np.unravel_index(u, moved.shape[: len(kept)])] if kept else moved
+                _scale_view(unit, float(coefs[u]))
+        cmin = min(cmin, float(coefs.min())) if coefs.size else cmin
+        if np.isnan(coefs).any():
+            cmin = math.nan
+    if not return_result:
+        return None
+    total = math.hypot(*per_array.tolist()) if per_array.size else 0.0
+    return ClipResult(total, cmin, not (cmin >= 1.0), not math.isfinite(total), per_array)
+
+
+def _scale_view(view: np.ndarray, coef: float) -> None:
+    arr = np.asarray(view)
+    tmp = np.array(arr, copy=True)
+    _scale(tmp, coef)
+    arr[...] = tmp
+
+
+def _as_arrays_readonly(params: Any) -> list[np.ndarray | None]:
+    """params are only read: read-only arrays are fine; dtypes must be supported floats."""
+    if isinstance(params, np.ndarray):
+        items: list[Any] = [params]
+    else:
+        items = list(params)
+    out: list[np.ndarray | None] = []
+    for i, p in enumerate(items):
+        if p is None:
+            out.append(None)
+            continue
+        a = np.asarray(p)
+        if (
+            a.dtype.kind not in "fV"
+            or a.dtype.itemsize not in (2, 4, 8)
+            or (a.dtype.kind == "V" and a.dtype.name != "bfloat16")
+        ):
+            raise TypeError(f"params[{i}] has dtype {a.dtype}; expected a float dtype")
+        out.append(a)
+    return out
+
+
+def clip_per_example_(
+    grads: Any, max_norm: float, *, per_layer: bool = False, eps: float = 1e-6
+) -> tuple[list[np.ndarray | None], int | np.ndarray]:
+    """Reference for :func:`gradclip.clip_per_example_`."""
+    max_norm = _check_max_norm(max_norm)
+    eps = _check_eps(eps)
+    arrays = _as_arrays(grads)
+    present = [a for a in arrays if a is not None]
+    batch = None
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        if a.ndim < 1:
+            raise ValueError(f"grads[{i}] is 0-d; per-example gradients need a batch axis")
+        if batch is None:
+            batch = a.shape[0]
+        elif a.shape[0] != batch:
+            raise ValueError(f"grads[{i}] has batch size {a.shape[0]}; expected {batch}")
+    batch = batch or 0
+    norms = [[_pnorm([np.ascontiguousarray(a[b])], 2.0) for b in range(batch)] for a in present]
+    counts = []
+    clipped_examples = 0
+    if per_layer:
+        for a, ns in zip(present, norms, strict=True):
+            c = 0
+            for b in range(batch):
+                coef = min(1.0, _coefficient(max_norm, ns[b], eps))
+                if coef < 1.0:
+                    c += 1
+                if not coef >= 1.0:
+                    _scale_view(a[b], coef)
+            counts.append(c)
+    else:
+        for b in range(batch):
+            nb = math.hypot(*[ns[b] for ns in norms]) if norms else 0.0
+            coef = min(1.0, _coefficient(max_norm, nb, eps))
+            if coef < 1.0:
+                clipped_examples += 1
+            if not coef >= 1.0:
+                for a in present:
+                    _scale_view(a[b], coef)
+    sums: list[np.ndarray | None] = [
+        None if a is None else a.sum(axis=0, dtype=np.float64).astype(a.dtype) for a in arrays
+    ]
+    if per_layer:
+        full = []
+        k = 0
+        for a in arrays:
+            if a is None:
+                full.append(0)
+            else:
+                full.append(counts[k])
+                k += 1
+        return sums, np.asarray(full, dtype=np.int64)
+    return sums, clipped_examples

@@ -1,0 +1,218 @@
+"""Training-grade clipping on the compiled core: mixed precision in two passes, adaptive
+gradient clipping (AGC) and per-example clipping for DP-SGD."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
+from ._result import ClipResult
+
+__all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
+
+
+def _check_positive(x: Any, name: str) -> float:
+    v = check_max_norm(x, name)  # same rule: a finite real > 0
+    return v
+
+
+def unscale_clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    inv_scale: float,
+    norm_type: float = 2.0,
+    *,
+    eps: float = 1e-6,
+    per_tensor_norms: bool = False,
+) -> ClipResult:
+    """Undo a loss scale and clip, in two passes over the gradients.
+
+    Mixed-precision training multiplies the loss by a scale ``S``; its gradients carry the
+    same factor. This reads the gradients once for the norm of the unscaled gradients,
+    ``||g|| * inv_scale``, and for non-finite values; then, only when every value was
+    finite, reads and writes them once, multiplying by ``inv_scale * coef`` with
+    ``coef = min(1, max_norm / (norm + eps))``. The three-pass way (unscale, norm, clip)
+    moves half as many bytes again.
+
+    When the norm is NaN or infinite (an overflow in the scaled backward pass), nothing is
+    written and ``found_nonfinite`` is True: skip the optimizer step and lower ``S``, as
+    dynamic loss scaling does.
+
+    Parameters
+    ----------
+    grads : array or iterable of arrays
+    max_norm : float
+        Clip the unscaled gradients to this norm; finite and > 0.
+    inv_scale : float
+        ``1 / S``; finite and > 0.
+    norm_type : float, default 2.0
+    eps : float, default 1e-6
+    per_tensor_norms : bool, default False
+        Also return each array's unscaled norm (from the same read pass).
+
+    Returns
+    -------
+    ClipResult
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.array([3.0, 4.0]) * 1024]          # gradients of a loss scaled by 1024
+    >>> r = gradclip.unscale_clip_grad_norm_(g, max_norm=1.0, inv_scale=1 / 1024, eps=0.0)
+    >>> r.total_norm, r.clipped, g[0]
+    (5.0, True, array([0.6, 0.8]))
+    """
+    max_norm = check_max_norm(max_norm)
+    inv = _check_positive(inv_scale, "inv_scale")
+    p = check_norm_type(norm_type)
+    eps = check_eps(eps)
+    seq, single = as_sequence(grads)
+    total, coef, norms = _core.unscale_clip(
+        seq, max_norm, inv, p, eps, bool(per_tensor_norms), "grads", single
+    )
+    finite = math.isfinite(total)
+    return ClipResult(
+        total_norm=total,
+        coef=coef,
+        clipped=finite and coef < 1.0,
+        found_nonfinite=not finite,
+        tensor_norms=norms,
+    )
+
+
+def _agc_reduce_axes(shape: tuple[int, ...], layout: str) -> list[int]:
+    """Axes one AGC unit spans, for an array of this shape.
+
+    ``"OI"`` (PyTorch weights, ``(out, in, kh, kw)``; timm's ``unitwise_norm``): every
+    axis but 0. ``"IO"`` / ``"HWIO"`` (JAX kernels; Optax's ``unitwise_norm``): axis 0 for
+    2-d and 3-d arrays, axes 0-2 for 4-d ones. Vectors, scalars and arrays with at most
+    one axis longer than 1 (Optax squeezes) are one unit.
+    """
+    nd = len(shape)
+    if sum(1 for s in shape if s != 1) <= 1 or nd <= 1:
+        return list(range(nd))
+    if layout == "OI":
+        return list(range(1, nd))
+    if nd in (2, 3):
+        return [0]
+    if nd == 4:
+        return [0, 1, 2]
+    raise ValueError(
+        f"layout {layout!r}: no unit-wise norm for a {nd}-d array (Optax defines 2-d to 4-d)"
+    )
+
+
+def adaptive_grad_clip_(
+    grads: Any,
+    params: Any,
+    clipping: float = 0.01,
+    eps: float = 1e-3,
+    *,
+    layout: str = "OI",
+    return_result: bool = False,
+) -> ClipResult | None:
+    """Adaptive gradient clipping (AGC), unit-wise, in place.
+
+    Brock, De, Smith and Simonyan, "High-Performance Large-Scale Image Recognition Without
+    Normalization", ICML 2021, sec. 4.1: each unit's gradient ``g_i`` is clipped so that
+    ``||g_i|| <= clipping * max(||w_i||, eps)``, where a unit is one output row of a
+    weight. As in Optax's ``adaptive_grad_clip`` and timm's ``adaptive_clip_grad``,
+    ``g_i`` is multiplied by ``max_i / max(||g_i||, 1e-6)`` unless ``||g_i|| < max_i``.
+
+    Parameters
+    ----------
+    grads : array or iterable of arrays
+        Modified in place.
+    params : array or iterable of arrays
+        The parameters, same shapes and positions as ``grads``; only read (they may be
+        read-only).
+    clipping : float, default 0.01
+    eps : float, default 1e-3
+    layout : {"OI", "IO", "HWIO"}, default "OI"
+        Where the output axis is: ``"OI"`` for PyTorch-style ``(out, in, ...)`` weights
+        (units along axis 0), ``"IO"``/``"HWIO"`` for JAX-style kernels (Optax's rule).
+    return_result : bool, default False
+        Return a :class:`ClipResult`: the total pre-clip L2 norm, the smallest unit
+        coefficient, whether any unit was clipped, and the per-array pre-clip norms (all from
+        the same read pass).
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> w = np.ones((2, 4))                      # two units with norm 2
+    >>> g = np.array([[1.0, 0, 0, 0], [0.001, 0, 0, 0]])
+    >>> gradclip.adaptive_grad_clip_(g, w, clipping=0.1)
+    >>> g[:, 0]                                  # unit 0 clipped to 0.1 * 2, unit 1 kept
+    array([0.2  , 0.001])
+    """
+    clipping = check_max_norm(clipping, "clipping")
+    eps = check_eps(eps)
+    if layout not in ("OI", "IO", "HWIO"):
+        raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
+    gseq, _ = as_sequence(grads, "grads")
+    pseq, _ = as_sequence(params, "params")
+    reduce = [[] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout) for g in gseq]
+    norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce)
+    if not return_result:
+        return None
+    # L2 norm of the per-array norms; math.hypot neither overflows nor underflows
+    total = math.hypot(*norms.tolist())
+    return ClipResult(
+        total_norm=total,
+        coef=cmin,
+        clipped=not (cmin >= 1.0),
+        found_nonfinite=not math.isfinite(total),
+        tensor_norms=norms,
+    )
+
+
+def clip_per_example_(
+    grads: Any, max_norm: float, *, per_layer: bool = False, eps: float = 1e-6
+) -> tuple[list[np.ndarray | None], int | np.ndarray]:
+    """Clip per-example gradients in place and sum them over the batch (DP-SGD).
+
+    Axis 0 of every array is the batch. Each example's gradient, across all the arrays
+    together (or, with ``per_layer=True``, in each array on its own), is multiplied by
+    ``min(1, max_norm / (norm + eps))`` (Opacus' flat clipping; Optax's
+    ``per_example_global_norm_clip`` / ``per_example_layer_norm_clip`` use eps = 0).
+
+    Returns
+    -------
+    sums : list of ndarray
+        For each array, the sum over the batch of the clipped examples (shape
+        ``g.shape[1:]``, the array's dtype, accumulated in float64); None for None entries.
+    n_clipped : int or ndarray of int
+        How many examples were clipped (per array, shape ``(len(grads),)``, with
+        ``per_layer=True``).
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.array([[3.0, 4.0], [0.3, 0.4]])]  # two examples
+    >>> sums, n = gradclip.clip_per_example_(g, max_norm=1.0, eps=0.0)
+    >>> sums[0], n
+    (array([0.9, 1.2]), 1)
+    """
+    max_norm = check_max_norm(max_norm)
+    eps = check_eps(eps)
+    seq, _ = as_sequence(grads)
+    _, coefs, clipped = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
+    sums: list[np.ndarray | None] = []
+    counts = []
+    k = 0
+    for g in seq:
+        if g is None:
+            sums.append(None)
+            counts.append(0)
+            continue
+        arr = np.asarray(g)
+        sums.append(arr.sum(axis=0, dtype=np.float64).astype(arr.dtype))
+        counts.append(int(np.count_nonzero(coefs[k] < 1.0)))
+        k += 1
+    if per_layer:
+        return sums, np.asarray(counts, dtype=np.int64)
+    return sums, int(clipped)

@@ -1,0 +1,756 @@
+"""Stateful clippers whose threshold follows the history of gradient norms.
+
+- :class:`AutoClip` (Seetharaman, Wichern, Pardo and Le Roux, "AutoClip: Adaptive Gradient
+  Clipping for Source Separation Networks", MLSP 2020): the threshold is the p-th percentile
+  of every gradient norm seen so far, the current one included.
+- :class:`ZClip` (Kumar, Owen, Roy Chowdhury and Güra, "ZClip: Adaptive Spike Mitigation for
+  LLM Pre-Training", 2025, arXiv:2504.02507; reference code github.com/bluorion-com/ZClip):
+  an exponential moving mean and variance of the norm; a step whose z-score marks it as a
+  spike is clipped down to an adaptive threshold.
+
+Both are called once per training step, between the backward pass and the optimizer step:
+``clipper(grads)`` reads the gradients once for the total norm, writes them only when it clips
+(one read+write pass), and returns a :class:`~gradclip._result.ClipResult`, so logging the
+norm, the coefficient and the threshold costs nothing more. ``grads`` is anything
+:func:`gradclip.clip_grad_norm_` accepts, or a :class:`gradclip.GradientSet` (validated once,
+the cheapest per step).
+
+Both clip with ``coef = threshold / (norm + eps)`` and only when ``norm > threshold``. That is
+the rule of ZClip's reference code; it differs from :func:`gradclip.clip_grad_norm_`'s
+``min(1, max_norm / (norm + eps))`` only when the threshold lies in ``[norm, norm + eps)``.
+Here the threshold is computed from the norms themselves and often *is* the current norm
+(AutoClip's first step, or a new maximum at ``percentile=100``), where PyTorch's rule would
+spend a full read+write pass multiplying by ``norm / (norm + eps)`` for nothing.
+
+The state (:meth:`~AutoClip.state_dict`) is a plain dict of Python floats, ints, strings,
+lists and None, holding the constructor's arguments too: ``AutoClip().load_state_dict(d)``
+gives back the clipper that saved ``d``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import numbers
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._api import (
+    GradientSet,
+    clip_grad_norm_,
+    clip_grads_with_norm_,
+    get_total_norm,
+)
+from ._errors import NonFiniteNormError
+from ._inputs import _real, as_sequence, check_eps, check_norm_type, resolve_mode
+from ._result import ClipResult
+
+__all__ = ["AutoClip", "ZClip"]
+
+_STATE_VERSION = 1
+ZCLIP_MODES = ("zscore", "percentile")
+ZCLIP_CLIP_OPTIONS = ("adaptive_scaling", "mean")
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks (shared by the constructors and load_state_dict)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(x: Any, name: str, *, allow_none: bool = False) -> int | None:
+    if x is None and allow_none:
+        return None
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        what = "None or an int" if allow_none else "an int"
+        raise TypeError(f"{name} must be {what}, not {type(x).__name__}")
+    if x < 1:
+        raise ValueError(f"{name} must be >= 1, got {int(x)}")
+    return int(x)
+
+
+def _check_percentile(x: Any) -> float:
+    v = _real(x, "percentile")
+    if not (0.0 < v <= 100.0):
+        raise ValueError(f"percentile must be in (0, 100], got {v!r}")
+    return v
+
+
+def _check_alpha(x: Any) -> float:
+    v = _real(x, "alpha")
+    if not (0.0 < v < 1.0):
+        raise ValueError(f"alpha must be in (0, 1), got {v!r}")
+    return v
+
+
+def _check_positive(x: Any, name: str) -> float:
+    v = _real(x, name)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+    return v
+
+
+def _check_choice(x: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(x, str) or x not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {x!r}")
+    return x
+
+
+def _check_norm_list(x: Any, name: str) -> list[float]:
+    """A list of finite norms >= 0 from a state dict (list or tuple of real numbers)."""
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(f"state_dict[{name!r}] must be a list of floats, not {type(x).__name__}")
+    out: list[float] = []
+    for i, v in enumerate(x):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(
+                f"state_dict[{name!r}][{i}] must be a real number, not {type(v).__name__}"
+            )
+        f = float(v)
+        if not (math.isfinite(f) and f >= 0.0):
+            raise ValueError(f"state_dict[{name!r}][{i}] must be a finite norm >= 0, got {f!r}")
+        out.append(f)
+    return out
+
+
+def _check_stat(x: Any, name: str) -> float:
+    """An EMA statistic from a state dict: a real number >= 0 (inf allowed: it can overflow)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"state_dict[{name!r}] must be a float or None, not {type(x).__name__}")
+    f = float(x)
+    if not f >= 0.0:  # also rejects NaN
+        raise ValueError(f"state_dict[{name!r}] must be >= 0, got {f!r}")
+    return f
+
+
+def _check_state_keys(state: Any, clipper: str, keys: tuple[str, ...]) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a dict, not {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    unexpected = [k for k in state if k not in keys]
+    if missing or unexpected:
+        raise ValueError(
+            f"not a {clipper} state_dict: missing keys {missing}, unexpected keys {unexpected}"
+        )
+    if state["clipper"] != clipper:
+        raise ValueError(
+            f"state_dict is for {state['clipper']!r}; it cannot be loaded into {clipper}"
+        )
+    if state["version"] != _STATE_VERSION:
+        raise ValueError(
+            f"state_dict has version {state['version']!r}; this gradclip reads version "
+            f"{_STATE_VERSION}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the step machinery both clippers share
+# --------------------------------------------------------------------------------------------
+
+
+def _linear_percentile(ordered: list[float], q: float) -> float:
+    """NumPy's default (``method="linear"``) quantile ``q`` in [0, 1] of a sorted list.
+
+    The same operations in the same order as ``np.percentile(values, 100 * q)``, so the
+    result has the same bits, at O(1) cost on a list kept sorted.
+    """
+    n = len(ordered)
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return ordered[-1]
+    below = math.floor(virtual)
+    t = virtual - below
+    a, b = ordered[below], ordered[below + 1]
+    d = b - a
+    # NumPy interpolates from the nearer neighbour (its _lerp), which keeps the result monotonic
+    return b - d * (1.0 - t) if t >= 0.5 else a + d * t
+
+
+class _StatefulClipper:
+    """Reads the norm, asks the subclass for a threshold, writes only when clipping."""
+
+    __slots__ = ("_eps", "_nonfinite", "_norm_type")
+
+    _eps: float
+    _nonfinite: str
+    _norm_type: float
+
+    def __call__(self, grads: Any) -> ClipResult:
+        """Clip ``grads`` in place for one training step; see the class docstring."""
+        if isinstance(grads, GradientSet):
+            return self._step(grads, grads)
+        # A generator is consumed here, once: the norm pass and the write pass need the same
+        # arrays. Lists and tuples pass through untouched.
+        seq, single = as_sequence(grads)
+        return self._step(grads if single else seq, None)
+
+    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
+        raise NotImplementedError
+
+    def _total_norm(self, target: Any, gset: GradientSet | None) -> float:
+        if gset is not None:
+            return gset.total_norm(self._norm_type)
+        return get_total_norm(target, self._norm_type)
+
+    def _scale(self, target: Any, gset: GradientSet | None, threshold: float, norm: float) -> float:
+        """Multiply the gradients by ``threshold / (norm + eps)``; returns that coefficient."""
+        if threshold > 0.0:
+            max_norm, total, eps = threshold, norm, self._eps
+            coef = threshold / (norm + eps)
+        else:
+            # A threshold of 0 (a history of zero norms) scales by exactly 0, which
+            # clip_grads_with_norm_ cannot take as max_norm; 1 / (inf + 0) is the same IEEE
+            # zero (inf * 0 = NaN included), and a NaN norm still gives NaN.
+            max_norm, eps = 1.0, 0.0
+            total = norm if math.isnan(norm) else math.inf
+            coef = math.nan if math.isnan(norm) else 0.0
+        if gset is not None:
+            gset.clip_with_norm_(max_norm, total, eps=eps)
+        else:
+            clip_grads_with_norm_(target, max_norm, total, eps=eps)
+        return coef
+
+    def _clip(
+        self, target: Any, gset: GradientSet | None, norm: float, threshold: float
+    ) -> ClipResult:
+        if norm > threshold:
+            coef = self._scale(target, gset, threshold, norm)
+            return ClipResult(norm, coef, True, False, threshold=threshold)
+        return ClipResult(norm, 1.0, False, False, threshold=threshold)
+
+    def _nonfinite_step(
+        self, target: Any, gset: GradientSet | None, norm: float, threshold: float
+    ) -> ClipResult:
+        """A NaN or infinite norm: the statistics are never updated with it."""
+        mode = self._nonfinite
+        if mode == "raise":
+            raise NonFiniteNormError(
+                f"{type(self).__name__}: the total norm of order {self._norm_type} of the "
+                f"gradients is non-finite ({norm}); nothing was modified and the clipper's "
+                "statistics were not updated. Pass nonfinite='skip' to get the result back "
+                "without an error and skip the optimizer step."
+            )
+        if mode == "skip":
+            return ClipResult(norm, 1.0, False, True, threshold=threshold)
+        if mode == "zero":
+            # Re-reads the gradients: only on this rare step, and the norm is deterministic,
+            # so the zero mode sees the same non-finite norm.
+            if gset is not None:
+                gset.clip_norm_(1.0, self._norm_type, nonfinite="zero")
+            else:
+                clip_grad_norm_(target, 1.0, self._norm_type, nonfinite="zero")
+            return ClipResult(norm, 0.0, True, True, threshold=threshold)
+        # "propagate": PyTorch's arithmetic with this step's bound (a NaN norm makes every
+        # element NaN, an infinite one makes finite elements 0); with no bound, nothing is
+        # written and the non-finite values pass through as they are.
+        if math.isinf(threshold):
+            return ClipResult(norm, 1.0, False, True, threshold=threshold)
+        coef = self._scale(target, gset, threshold, norm)
+        return ClipResult(norm, coef, True, True, threshold=threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# AutoClip
+# --------------------------------------------------------------------------------------------
+
+_AUTOCLIP_KEYS = (
+    "clipper",
+    "version",
+    "percentile",
+    "history_size",
+    "norm_type",
+    "nonfinite",
+    "eps",
+    "history",
+)
+
+
+class AutoClip(_StatefulClipper):
+    """Clip to the p-th percentile of the gradient norms seen so far (AutoClip).
+
+    Seetharaman, Wichern, Pardo and Le Roux, "AutoClip: Adaptive Gradient Clipping for Source
+    Separation Networks", MLSP 2020. Each call computes the total norm, appends it to the
+    history, takes the ``percentile``-th percentile of the history (the current norm
+    included) as the threshold, and clips the gradients to it when the norm exceeds it.
+
+    The percentile is NumPy's default definition (``np.percentile(history, percentile)``,
+    method ``"linear"``), bit for bit, kept O(1) per step with a sorted copy of the history.
+
+    Parameters
+    ----------
+    percentile : float, default 10.0
+        In (0, 100]. The paper recommends the 10th percentile; 100 clips only new maxima.
+    history_size : int or None, default None
+        Keep only the last ``history_size`` norms (None: every norm, as in the paper).
+    norm_type : float, default 2.0
+        Any p > 0, or ``inf``.
+    nonfinite : {"skip", "raise", "zero", "propagate"}, default "skip"
+        What to do with a NaN or infinite total norm. It never enters the history. ``"skip"``
+        writes nothing and returns ``found_nonfinite=True``, so the caller can skip the
+        optimizer step; ``"raise"`` raises :class:`gradclip.NonFiniteNormError`; ``"zero"``
+        zeroes every gradient; ``"propagate"`` multiplies by ``threshold / (norm + eps)``
+        (the percentile of the history so far) as PyTorch would, and writes nothing while the
+        history is empty.
+    eps : float, default 1e-6
+        Added to the norm in the coefficient's denominator.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> clipper = gradclip.AutoClip(percentile=50.0)
+    >>> g = np.array([3.0, 4.0])
+    >>> clipper(g).clipped            # history [5]: the threshold is the norm itself
+    False
+    >>> g[...] = [6.0, 8.0]
+    >>> r = clipper(g)                # history [5, 10]: the median is 7.5
+    >>> r.total_norm, r.threshold, r.clipped
+    (10.0, 7.5, True)
+    >>> round(float(np.linalg.norm(g)), 4)
+    7.5
+    """
+
+    __slots__ = ("_history", "_history_size", "_percentile", "_sorted")
+
+    def __init__(
+        self,
+        percentile: float = 10.0,
+        history_size: int | None = None,
+        norm_type: float = 2.0,
+        *,
+        nonfinite: str = "skip",
+        eps: float = 1e-6,
+    ) -> None:
+        self._percentile = _check_percentile(percentile)
+        self._history_size = _check_int(history_size, "history_size", allow_none=True)
+        self._norm_type = check_norm_type(norm_type)
+        self._nonfinite = resolve_mode(nonfinite, False)
+        self._eps = check_eps(eps)
+        self._set_history([])
+
+    def _set_history(self, norms: list[float]) -> None:
+        # Insertion order (to drop the oldest) and sorted order (for the percentile).
+        self._history: deque[float] = deque(norms)
+        self._sorted = sorted(norms)
+
+    def _push(self, norm: float) -> None:
+        if self._history_size is not None and len(self._history) == self._history_size:
+            oldest = self._history.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._history.append(norm)
+        bisect.insort(self._sorted, norm)
+
+    def _current_threshold(self) -> float:
+        if not self._sorted:
+            return math.inf
+        return _linear_percentile(self._sorted, self._percentile / 100.0)
+
+    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
+        norm = self._total_norm(target, gset)
+        if not math.isfinite(norm):
+            return self._nonfinite_step(target, gset, norm, self._current_threshold())
+        self._push(norm)
+        return self._clip(target, gset, norm, self._current_threshold())
+
+    @property
+    def percentile(self) -> float:
+        return self._percentile
+
+    @property
+    def history_size(self) -> int | None:
+        return self._history_size
+
+    @property
+    def norm_type(self) -> float:
+        return self._norm_type
+
+    @property
+    def nonfinite(self) -> str:
+        return self._nonfinite
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @property
+    def history(self) -> tuple[float, ...]:
+        """The norms in the history, oldest first."""
+        return tuple(self._history)
+
+    def __repr__(self) -> str:
+        return (
+            f"AutoClip(percentile={self._percentile!r}, history_size={self._history_size!r}, "
+            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, eps={self._eps!r}; "
+            f"{len(self._history)} norms seen)"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The arguments and the history, as a plain JSON-serialisable dict.
+
+        Examples
+        --------
+        >>> import json, numpy as np, gradclip
+        >>> a = gradclip.AutoClip(percentile=90.0, history_size=100)
+        >>> _ = a(np.array([3.0, 4.0]))
+        >>> d = json.loads(json.dumps(a.state_dict()))
+        >>> b = gradclip.AutoClip()
+        >>> b.load_state_dict(d)
+        >>> b.percentile, b.history
+        (90.0, (5.0,))
+        """
+        return {
+            "clipper": "AutoClip",
+            "version": _STATE_VERSION,
+            "percentile": self._percentile,
+            "history_size": self._history_size,
+            "norm_type": self._norm_type,
+            "nonfinite": self._nonfinite,
+            "eps": self._eps,
+            "history": list(self._history),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: arguments and history, exactly.
+
+        Everything is checked before anything changes: ``TypeError`` for a value of the wrong
+        type, ``ValueError`` for missing or unexpected keys, another clipper's state or a bad
+        value (the same rules as the constructor; a history longer than ``history_size``).
+        """
+        _check_state_keys(state_dict, "AutoClip", _AUTOCLIP_KEYS)
+        percentile = _check_percentile(state_dict["percentile"])
+        history_size = _check_int(state_dict["history_size"], "history_size", allow_none=True)
+        norm_type = check_norm_type(state_dict["norm_type"])
+        nonfinite = resolve_mode(state_dict["nonfinite"], False)
+        eps = check_eps(state_dict["eps"])
+        history = _check_norm_list(state_dict["history"], "history")
+        if history_size is not None and len(history) > history_size:
+            raise ValueError(
+                f"state_dict['history'] holds {len(history)} norms, more than "
+                f"history_size={history_size}"
+            )
+        self._percentile, self._history_size = percentile, history_size
+        self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
+        self._set_history(history)
+
+
+# --------------------------------------------------------------------------------------------
+# ZClip
+# --------------------------------------------------------------------------------------------
+
+_ZCLIP_KEYS = (
+    "clipper",
+    "version",
+    "alpha",
+    "z_thresh",
+    "warmup_steps",
+    "max_grad_norm",
+    "mode",
+    "clip_option",
+    "norm_type",
+    "nonfinite",
+    "eps",
+    "warmup_norms",
+    "mean",
+    "var",
+)
+
+
+def _ieee_div(a: float, b: float) -> float:
+    """a / b with IEEE semantics for b == 0 (only reachable with eps=0 and zero variance)."""
+    if b == 0.0:
+        return math.copysign(math.inf, a) if a != 0.0 else math.nan
+    return a / b
+
+
+class ZClip(_StatefulClipper):
+    """Clip gradient-norm spikes found by a z-score on running statistics (ZClip).
+
+    Kumar, Owen, Roy Chowdhury and Güra, "ZClip: Adaptive Spike Mitigation for LLM
+    Pre-Training", 2025 (arXiv:2504.02507); the behaviour follows the authors' code
+    (github.com/bluorion-com/ZClip, ``zclip/zclip.py``):
+
+    - **Warm-up.** The first ``warmup_steps`` finite norms are collected and only
+      ``max_grad_norm`` applies. When the last one arrives, the mean and the (population)
+      variance of the collected norms start the statistics.
+    - **Spikes.** Afterwards, with ``std = sqrt(var)`` and ``z = (norm - mean) / (std + eps)``,
+      mode ``"zscore"`` calls the step a spike when ``z > z_thresh`` and clips it to
+      ``mean + z_thresh * std / (z / z_thresh)`` (``clip_option="adaptive_scaling"``: the
+      larger the spike, the harder it is clipped) or to ``mean`` (``clip_option="mean"``).
+      Mode ``"percentile"`` (the authors' name; no percentile is computed) clips every norm
+      above ``mean + z_thresh * std`` to that value; ``clip_option`` is then ignored.
+    - **Hard bound.** ``max_grad_norm``, when not None, caps the threshold of every step.
+    - **Update.** The statistics are then updated with the spike's clipped value, or with the
+      norm itself when the step was not a spike (a ``max_grad_norm`` clip does not count):
+      ``mean = alpha * mean + (1 - alpha) * x``, then
+      ``var = alpha * var + (1 - alpha) * (x - mean) ** 2`` with the *updated* mean, as in
+      the authors' code.
+
+    The result's ``threshold`` is the bound of the step: the spike's clipped value and/or
+    ``max_grad_norm``, whichever is lower; ``inf`` when nothing bounded the step.
+
+    Parameters
+    ----------
+    alpha : float, default 0.97
+        EMA factor, in (0, 1).
+    z_thresh : float, default 2.5
+        Finite and > 0.
+    warmup_steps : int, default 25
+        >= 1.
+    max_grad_norm : float or None, default 1.0
+        Finite and > 0, or None for no hard bound. 1.0 is the default of the authors' code
+        (their README's table lists None); set it to your model's scale, or None.
+    mode : {"zscore", "percentile"}, default "zscore"
+    clip_option : {"adaptive_scaling", "mean"}, default "adaptive_scaling"
+    norm_type : float, default 2.0
+        Any p > 0, or ``inf``.
+    nonfinite : {"skip", "raise", "zero", "propagate"}, default "skip"
+        What to do with a NaN or infinite total norm, which never enters the statistics:
+        ``"skip"`` writes nothing and returns ``found_nonfinite=True`` (skip the optimizer
+        step); ``"raise"`` raises :class:`gradclip.NonFiniteNormError`; ``"zero"`` zeroes
+        every gradient; ``"propagate"`` multiplies by ``max_grad_norm / (norm + eps)`` as
+        PyTorch would (nothing is written when ``max_grad_norm`` is None).
+    eps : float, default 1e-6
+        Added to ``std`` in the z-score and to the norm in the coefficient's denominator.
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> clipper = gradclip.ZClip(warmup_steps=3, max_grad_norm=None)
+    >>> g = np.zeros(2)
+    >>> for norm in [1.0, 1.2, 0.8, 1.1]:     # warm-up, then an ordinary step
+    ...     g[...] = [0.0, norm]
+    ...     assert not clipper(g).clipped
+    >>> g[...] = [0.0, 5.0]                   # a spike: z is about 24.7
+    >>> r = clipper(g)
+    >>> r.clipped, round(r.threshold, 4), round(float(g[1]), 4)
+    (True, 1.0439, 1.0439)
+    """
+
+    __slots__ = (
+        "_alpha",
+        "_clip_option",
+        "_max_grad_norm",
+        "_mean",
+        "_mode",
+        "_var",
+        "_warmup_norms",
+        "_warmup_steps",
+        "_z_thresh",
+    )
+
+    def __init__(
+        self,
+        alpha: float = 0.97,
+        z_thresh: float = 2.5,
+        *,
+        warmup_steps: int = 25,
+        max_grad_norm: float | None = 1.0,
+        mode: str = "zscore",
+        clip_option: str = "adaptive_scaling",
+        norm_type: float = 2.0,
+        nonfinite: str = "skip",
+        eps: float = 1e-6,
+    ) -> None:
+        self._alpha = _check_alpha(alpha)
+        self._z_thresh = _check_positive(z_thresh, "z_thresh")
+        steps = _check_int(warmup_steps, "warmup_steps")
+        assert steps is not None
+        self._warmup_steps = steps
+        self._max_grad_norm = (
+            None if max_grad_norm is None else _check_positive(max_grad_norm, "max_grad_norm")
+        )
+        self._mode = _check_choice(mode, "mode", ZCLIP_MODES)
+        self._clip_option = _check_choice(clip_option, "clip_option", ZCLIP_CLIP_OPTIONS)
+        self._norm_type = check_norm_type(norm_type)
+        self._nonfinite = resolve_mode(nonfinite, False)
+        self._eps = check_eps(eps)
+        self._warmup_norms: list[float] = []
+        self._mean: float | None = None
+        self._var: float | None = None
+
+    def _cap(self) -> float:
+        return math.inf if self._max_grad_norm is None else self._max_grad_norm
+
+    def _spike_value(self, norm: float, mean: float, var: float) -> float | None:
+        """The value a spike is clipped to, or None when ``norm`` is not a spike."""
+        std = math.sqrt(var)
+        if self._mode == "percentile":
+            level = mean + self._z_thresh * std
+            return level if norm > level else None
+        z = _ieee_div(norm - mean, std + self._eps)
+        if not z > self._z_thresh:
+            return None
+        if self._clip_option == "mean":
+            return mean
+        # z / z_thresh > 1 grows with the spike, so the threshold falls back towards the mean
+        eta = z / self._z_thresh
+        return mean + (self._z_thresh * std) / eta
+
+    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
+        norm = self._total_norm(target, gset)
+        if not math.isfinite(norm):
+            # The z-score of a non-finite norm means nothing: only the hard bound applies.
+            return self._nonfinite_step(target, gset, norm, self._cap())
+        if self._mean is None or self._var is None:
+            result = self._clip(target, gset, norm, self._cap())
+            self._warmup_norms.append(norm)
+            if len(self._warmup_norms) >= self._warmup_steps:
+                n = len(self._warmup_norms)
+                mean = math.fsum(self._warmup_norms) / n
+                self._var = math.fsum((x - mean) ** 2 for x in self._warmup_norms) / n
+                self._mean = mean
+                self._warmup_norms = []
+            return result
+        spike = self._spike_value(norm, self._mean, self._var)
+        threshold = self._cap() if spike is None else min(spike, self._cap())
+        result = self._clip(target, gset, norm, threshold)
+        x = norm if spike is None else spike
+        a = self._alpha
+        mean = a * self._mean + (1.0 - a) * x
+        self._var = a * self._var + (1.0 - a) * (x - mean) ** 2
+        self._mean = mean
+        return result
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @property
+    def z_thresh(self) -> float:
+        return self._z_thresh
+
+    @property
+    def warmup_steps(self) -> int:
+        return self._warmup_steps
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        return self._max_grad_norm
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def clip_option(self) -> str:
+        return self._clip_option
+
+    @property
+    def norm_type(self) -> float:
+        return self._norm_type
+
+    @property
+    def nonfinite(self) -> str:
+        return self._nonfinite
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @property
+    def initialized(self) -> bool:
+        """False during the warm-up."""
+        return self._mean is not None
+
+    @property
+    def mean(self) -> float | None:
+        """The moving mean of the norm (None during the warm-up)."""
+        return self._mean
+
+    @property
+    def var(self) -> float | None:
+        """The moving variance of the norm (None during the warm-up)."""
+        return self._var
+
+    @property
+    def warmup_norms(self) -> tuple[float, ...]:
+        """The norms collected so far during the warm-up (empty afterwards)."""
+        return tuple(self._warmup_norms)
+
+    def __repr__(self) -> str:
+        state = (
+            f"warm-up {len(self._warmup_norms)}/{self._warmup_steps}"
+            if self._mean is None
+            else f"mean={self._mean!r}, var={self._var!r}"
+        )
+        return (
+            f"ZClip(alpha={self._alpha!r}, z_thresh={self._z_thresh!r}, "
+            f"warmup_steps={self._warmup_steps!r}, max_grad_norm={self._max_grad_norm!r}, "
+            f"mode={self._mode!r}, clip_option={self._clip_option!r}, "
+            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, "
+            f"eps={self._eps!r}; {state})"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The arguments and the statistics, as a plain JSON-serialisable dict.
+
+        ``mean`` and ``var`` are None during the warm-up, ``warmup_norms`` is empty after it.
+
+        Examples
+        --------
+        >>> import json, numpy as np, gradclip
+        >>> z = gradclip.ZClip(warmup_steps=2)
+        >>> _ = z(np.array([0.3, 0.4]))
+        >>> d = json.loads(json.dumps(z.state_dict()))
+        >>> d["warmup_norms"], d["mean"]
+        ([0.5], None)
+        >>> z2 = gradclip.ZClip()
+        >>> z2.load_state_dict(d)
+        >>> z2.warmup_steps, z2.warmup_norms
+        (2, (0.5,))
+        """
+        return {
+            "clipper": "ZClip",
+            "version": _STATE_VERSION,
+            "alpha": self._alpha,
+            "z_thresh": self._z_thresh,
+            "warmup_steps": self._warmup_steps,
+            "max_grad_norm": self._max_grad_norm,
+            "mode": self._mode,
+            "clip_option": self._clip_option,
+            "norm_type": self._norm_type,
+            "nonfinite": self._nonfinite,
+            "eps": self._eps,
+            "warmup_norms": list(self._warmup_norms),
+            "mean": self._mean,
+            "var": self._var,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: arguments and statistics, exactly.
+
+        Everything is checked before anything changes: ``TypeError`` for a value of the wrong
+        type, ``ValueError`` for missing or unexpected keys, another clipper's state or a bad
+        value (the constructor's rules; ``mean`` and ``var`` both None with fewer than
+        ``warmup_steps`` warm-up norms, or both numbers >= 0 with none).
+        """
+        _check_state_keys(state_dict, "ZClip", _ZCLIP_KEYS)
+        alpha = _check_alpha(state_dict["alpha"])
+        z_thresh = _check_positive(state_dict["z_thresh"], "z_thresh")
+        warmup_steps = _check_int(state_dict["warmup_steps"], "warmup_steps")
+        assert warmup_steps is not None
+        raw_max = state_dict["max_grad_norm"]
+        max_grad_norm = None if raw_max is None else _check_positive(raw_max, "max_grad_norm")
+        mode = _check_choice(state_dict["mode"], "mode", ZCLIP_MODES)
+        clip_option = _check_choice(state_dict["clip_option"], "clip_option", ZCLIP_CLIP_OPTIONS)
+        norm_type = check_norm_type(state_dict["norm_type"])
+        nonfinite = resolve_mode(state_dict["nonfinite"], False)
+        eps = check_eps(state_dict["eps"])
+        warmup_norms = _check_norm_list(state_dict["warmup_norms"], "warmup_norms")
+        raw_mean, raw_var = state_dict["mean"], state_dict["var"]
+        mean = None if raw_mean is None else _check_stat(raw_mean, "mean")
+        var = None if raw_var is None else _check_stat(raw_var, "var")
+        if (mean is None) != (var is None):
+            raise ValueError("state_dict['mean'] and state_dict['var'] must both be None or not")
+        if mean is None and len(warmup_norms) >= warmup_steps:
+            raise ValueError(
+                f"state_dict['warmup_norms'] holds {len(warmup_norms)} norms but the warm-up "
+                f"ends at warmup_steps={warmup_steps} (mean and var would be set)"
+            )
+        if mean is not None and warmup_norms:
+            raise ValueError("state_dict['warmup_norms'] must be empty once mean and var are set")
+        self._alpha, self._z_thresh, self._warmup_steps = alpha, z_thresh, warmup_steps
+        self._max_grad_norm, self._mode, self._clip_option = max_grad_norm, mode, clip_option
+        self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
+        self._warmup_norms, self._mean, self._var = warmup_norms, mean, var
