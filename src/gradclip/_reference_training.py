@@ -81,7 +81,9 @@ def _unit_norms(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """L2 norm of every unit (the slices over `axes`), each with math.fsum-exact care."""
     kept = [d for d in range(a.ndim) if d not in axes]
     moved = np.moveaxis(a, kept, list(range(len(kept))))
-    flat = moved.reshape((int(np.prod([a.shape[d] for d in kept])), -1))
+    units = int(np.prod([a.shape[d] for d in kept]))
+    per_unit = int(np.prod([a.shape[d] for d in axes]))
+    flat = moved.reshape((units, per_unit))
     return np.array([_pnorm([np.ascontiguousarray(row)], 2.0) for row in flat])
 
 
@@ -201,7 +203,7 @@ def clip_per_example_(
                 if coef < 1.0:
                     c += 1
                 if not coef >= 1.0:
-                    _scale_view(a[b], coef)
+                    _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
             counts.append(c)
     else:
         for b in range(batch):
@@ -211,7 +213,7 @@ def clip_per_example_(
                 clipped_examples += 1
             if not coef >= 1.0:
                 for a in present:
-                    _scale_view(a[b], coef)
+                    _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
     sums: list[np.ndarray | None] = [
         None if a is None else a.sum(axis=0, dtype=np.float64).astype(a.dtype) for a in arrays
     ]
