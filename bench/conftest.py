@@ -175,7 +175,7 @@ def summarize(results: list[dict]) -> list[dict]:
         k = (r["workload"], r["threads"])
         t_read = ceil.get((*k, "ceiling-read"))
         t_rw = ceil.get((*k, "ceiling-rw"))
-        if r["case"] == "clip":
+        if r["case"] in ("clip", "unscale"):  # one read pass + one read/write pass
             t_ceiling = (t_read + t_rw) if (t_read and t_rw) else None
         else:
             t_ceiling = t_read
