@@ -79,8 +79,10 @@ def test_unscale(benchmark, request, wl, nthreads, peer):
     ref_fn = peer_fn("gradclip", w, max_norm)
     want = ref_fn()
     want_head = w.grads[0].ravel()[:1000].copy()
-    assert got == pytest.approx(want, rel=1e-4)
-    np.testing.assert_allclose(head, want_head, rtol=1e-4, atol=1e-12)
+    # float32 accumulation is off by up to ~1e-3 (NumPy's vdot) and ~6e-3 (torch's norm)
+    # relative on 64M elements; gradclip accumulates in float64
+    assert got == pytest.approx(want, rel=1e-2)
+    np.testing.assert_allclose(head, want_head, rtol=1e-2, atol=1e-12)
     if exp is not None:
         assert want == pytest.approx(exp * INV, rel=1e-12)
     benchmark.group = f"{wl} unscale {threads}t"
