@@ -206,6 +206,23 @@ void clip_with_norm(const py::sequence& grads, double max_norm, double total, do
     gradclip::scale_all(b.spans.data(), b.spans.size(), coef);
 }
 
+// Multiply every array by `factor` (rounded per element type); used by the distributed
+// paths, which compute the factor from a norm gathered across processes.
+void scale(const py::sequence& grads, double factor, const std::string& arg, bool single) {
+    Batch b;
+    parse(grads, arg, single, b);
+    if (factor == 1.0) return;
+    py::gil_scoped_release nogil;
+    gradclip::scale_all(b.spans.data(), b.spans.size(), factor);
+}
+
+void zero(const py::sequence& grads, const std::string& arg, bool single) {
+    Batch b;
+    parse(grads, arg, single, b);
+    py::gil_scoped_release nogil;
+    gradclip::zero_all(b.spans.data(), b.spans.size());
+}
+
 void clamp(const py::sequence& grads, const std::vector<double>& bounds, const std::string& arg, bool single) {
     if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
     Batch b;
@@ -446,6 +463,17 @@ public:
         py::gil_scoped_release nogil;
         gradclip::scale_all(b_.spans.data(), b_.spans.size(), coef);
     }
+    void scale(double factor) const {
+        check();
+        if (factor == 1.0) return;
+        py::gil_scoped_release nogil;
+        gradclip::scale_all(b_.spans.data(), b_.spans.size(), factor);
+    }
+    void zero() const {
+        check();
+        py::gil_scoped_release nogil;
+        gradclip::zero_all(b_.spans.data(), b_.spans.size());
+    }
     void clamp(const std::vector<double>& bounds) const {
         if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
         check();
@@ -517,6 +545,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("clip_with_norm", &clip_with_norm, py::arg("grads"), py::arg("max_norm"), py::arg("total_norm"),
           py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("scale", &scale, py::arg("grads"), py::arg("factor"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("zero", &zero, py::arg("grads"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("clamp", &clamp, py::arg("grads"), py::arg("bounds"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("tensor_norms", &tensor_norms, py::arg("grads"), py::arg("p"), py::arg("arg") = "grads",
           py::arg("single") = false);
@@ -566,6 +596,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         .def("clip_total", &GradientSet::clip_total)
         .def("clip_with_norm", &GradientSet::clip_with_norm)
         .def("clamp", &GradientSet::clamp)
+        .def("scale", &GradientSet::scale)
+        .def("zero", &GradientSet::zero)
         .def("tensor_norms", &GradientSet::tensor_norms)
         .def("clip_each", &GradientSet::clip_each);
 }

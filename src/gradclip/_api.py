@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _core
+from ._dist import global_norm
 from ._errors import NonFiniteNormError
 from ._inputs import (
     as_array,
@@ -75,6 +76,48 @@ def _init_target() -> None:
 _init_target()
 
 
+def _finish_global(
+    norm: float, max_norm: float, mode: str, eps: float, p: float, zero: Any, scale: Any
+) -> None:
+    """The non-finite rule and the write, once every rank has the same global norm."""
+    if not math.isfinite(norm):
+        if mode == "raise":
+            raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
+        if mode == "skip":
+            return
+        if mode == "zero":
+            zero()
+            return
+    coef = min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
+    if math.isnan(norm):
+        coef = math.nan
+    if not coef >= 1.0:
+        scale(coef)
+
+
+def _clip_global(
+    seq: Any,
+    single: bool,
+    max_norm: float,
+    p: float,
+    mode: str,
+    eps: float,
+    comm: Any,
+    return_result: bool,
+) -> Any:
+    norm = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
+    _finish_global(
+        norm,
+        max_norm,
+        mode,
+        eps,
+        p,
+        lambda: _core.zero(seq, "grads", single),
+        lambda c: _core.scale(seq, c, "grads", single),
+    )
+    return _result(norm, max_norm, eps, mode, None) if return_result else norm
+
+
 def _result(
     norm: float, max_norm: float, eps: float, mode: str, norms: np.ndarray | None
 ) -> ClipResult:
@@ -110,6 +153,7 @@ def clip_grad_norm_(
     eps: float = 1e-6,
     return_result: bool = False,
     per_tensor_norms: bool = False,
+    comm: Any = None,
 ) -> Any:
     """Clip gradients in place so that their total norm is at most ``max_norm``.
 
@@ -141,6 +185,12 @@ def clip_grad_norm_(
         With ``return_result``, also report each array's norm, from the same read pass. The
         total is then the norm of those norms, which may differ from the plain call's total
         in the last bit.
+    comm : mpi4py communicator, optional
+        Sharded training: ``grads`` is this rank's part of the gradients. Every rank reduces
+        its part to its local norm, one collective gathers those (8 bytes per rank), and
+        every rank clips with the same global norm and coefficient. Call it on every rank.
+        The global norm is the same bits on every rank, and within 1e-15 relative of the
+        single-process norm of all the arrays together.
 
     Returns
     -------
@@ -161,6 +211,8 @@ def clip_grad_norm_(
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
     seq, single = as_sequence(grads)
+    if comm is not None:
+        return _clip_global(seq, single, max_norm, p, mode, eps, comm, return_result)
     norms = None
     if per_tensor_norms:
         norm, norms = _core.clip_total_with_norms(
@@ -176,7 +228,7 @@ def clip_grad_norm_(
 
 
 def get_total_norm(
-    grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bool = False
+    grads: Any, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
 ) -> float:
     """Total ``norm_type``-norm of all elements of all arrays, in one read pass.
 
@@ -187,6 +239,8 @@ def get_total_norm(
         Any p > 0, or ``inf``.
     error_if_nonfinite : bool, default False
         Raise :class:`NonFiniteNormError` when the norm is NaN or infinite.
+    comm : mpi4py communicator, optional
+        The global norm over every rank's ``grads`` (see :func:`clip_grad_norm_`).
 
     Returns
     -------
@@ -200,7 +254,10 @@ def get_total_norm(
     """
     p = check_norm_type(norm_type)
     seq, single = as_sequence(grads)
-    norm: float = _core.total_norm(seq, p, "grads", single)
+    if comm is not None:
+        norm = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
+    else:
+        norm = _core.total_norm(seq, p, "grads", single)
     if error_if_nonfinite and not math.isfinite(norm):
         raise _nonfinite_error(norm, p, "total norm of the gradients")
     return norm
@@ -412,21 +469,31 @@ class GradientSet:
         error_if_nonfinite: bool = False,
         nonfinite: str = "propagate",
         eps: float = 1e-6,
+        comm: Any = None,
     ) -> float:
         """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
         max_norm = check_max_norm(max_norm)
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
+        if comm is not None:
+            gnorm = global_norm(comm, lambda: self._set.total_norm(p), p)
+            _finish_global(gnorm, max_norm, mode, eps, p, self._set.zero, self._set.scale)
+            return gnorm
         norm: float = self._set.clip_total(max_norm, p, _MODE_CODE[mode], eps)
         if mode == "raise" and not math.isfinite(norm):
             raise _nonfinite_error(norm, p, "total norm of the gradients")
         return norm
 
-    def total_norm(self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False) -> float:
+    def total_norm(
+        self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
+    ) -> float:
         """:func:`get_total_norm` over the set."""
         p = check_norm_type(norm_type)
-        norm: float = self._set.total_norm(p)
+        if comm is not None:
+            norm = global_norm(comm, lambda: self._set.total_norm(p), p)
+        else:
+            norm = self._set.total_norm(p)
         if error_if_nonfinite and not math.isfinite(norm):
             raise _nonfinite_error(norm, p, "total norm of the gradients")
         return norm

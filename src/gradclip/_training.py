@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._dist import global_norm
 from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
 
@@ -28,6 +29,7 @@ def unscale_clip_grad_norm_(
     *,
     eps: float = 1e-6,
     per_tensor_norms: bool = False,
+    comm: Any = None,
 ) -> ClipResult:
     """Undo a loss scale and clip, in two passes over the gradients.
 
@@ -53,6 +55,9 @@ def unscale_clip_grad_norm_(
     eps : float, default 1e-6
     per_tensor_norms : bool, default False
         Also return each array's unscaled norm (from the same read pass).
+    comm : mpi4py communicator, optional
+        Sharded training: the norm is the global one across ranks (one collective of 8
+        bytes per rank), and every rank makes the same decision (all write, or none).
 
     Returns
     -------
@@ -71,6 +76,14 @@ def unscale_clip_grad_norm_(
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     seq, single = as_sequence(grads)
+    if comm is not None:
+        raw = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
+        total_g = raw * inv
+        if not math.isfinite(raw):
+            return ClipResult(total_g, 1.0, False, True, None)
+        coef_g = min(1.0, max_norm / (total_g + eps))
+        _core.scale(seq, inv * coef_g, "grads", single)
+        return ClipResult(total_g, coef_g, coef_g < 1.0, False, None)
     total, coef, norms = _core.unscale_clip(
         seq, max_norm, inv, p, eps, bool(per_tensor_norms), "grads", single
     )

@@ -1,0 +1,59 @@
+"""Global norms across processes (MPI through mpi4py).
+
+Each rank reduces its own arrays to one number, its local norm (overflow-safe, float64);
+one collective gathers those numbers (8 bytes per rank, whatever the model size); every
+rank then combines them in rank order with the same arithmetic, so all ranks get the same
+bits and apply the same coefficient. A rank whose input fails validation sends its error
+instead of a norm, so every rank raises and none writes (no rank is left waiting in a
+collective).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["combine_norms", "global_norm"]
+
+_BUILTIN_ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
+
+
+def combine_norms(norms: list[float], p: float) -> float:
+    """The p-norm of all elements, given the p-norm of each part: scaled by the largest
+    part, so it neither overflows nor underflows where the result is a normal double."""
+    if any(math.isnan(v) for v in norms):
+        return math.nan
+    m: float = max(norms, default=0.0)
+    if math.isinf(p) or m == 0.0 or math.isinf(m):
+        return m
+    if p == 2.0:
+        return m * math.sqrt(math.fsum((v / m) ** 2 for v in norms))
+    if p == 1.0:
+        return m * math.fsum(v / m for v in norms)
+    s: float = math.fsum((v / m) ** p for v in norms)
+    return m * math.pow(s, 1.0 / p)
+
+
+def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
+    """Run ``local()`` on this rank, gather every rank's result, and combine them.
+
+    ``comm`` is an mpi4py communicator (anything with mpi4py's ``allgather``).
+    """
+    if not callable(getattr(comm, "allgather", None)):
+        raise TypeError(f"comm must be an mpi4py communicator, not {type(comm).__name__}")
+    error: Exception | None = None
+    value = math.nan
+    try:
+        value = float(local())
+    except (TypeError, ValueError) as exc:
+        error = exc
+    sent = (value, None if error is None else (type(error).__name__, str(error)))
+    parts = comm.allgather(sent)
+    if error is not None:
+        raise error
+    for rank, (_, err) in enumerate(parts):
+        if err is not None:
+            kind = _BUILTIN_ERRORS.get(err[0], RuntimeError)
+            raise kind(f"rank {rank} rejected its input, so no rank writes: {err[1]}")
+    return combine_norms([v for v, _ in parts], p)

@@ -1,0 +1,154 @@
+# Global-norm clipping across MPI ranks (run under mpiexec -n 2 and -n 3): sharded norms and
+# clipped values against the single-process result on all the arrays, for p = 1, 2, inf,
+# float32 and bfloat16, an empty shard, a non-finite value on one rank only (every rank
+# raises or skips, none writes), bad input on one rank only (every rank raises, no hang),
+# unscale_clip_grad_norm_ and GradientSet.
+import math
+
+import numpy as np
+import pytest
+
+import gradclip
+
+ml_dtypes = pytest.importorskip("ml_dtypes", exc_type=ImportError)
+DTYPES = [np.float32, ml_dtypes.bfloat16]
+NORMS = [1.0, 2.0, math.inf]
+
+
+@pytest.fixture(scope="module")
+def comm():
+    mpi4py = pytest.importorskip("mpi4py", exc_type=ImportError)
+    from mpi4py import MPI
+
+    assert mpi4py is not None
+    c = MPI.COMM_WORLD
+    if c.Get_size() < 2:
+        pytest.skip("needs at least 2 MPI processes")
+    return c
+
+
+def full_list(dtype, seed=0):
+    """The whole model's gradients, the same on every rank (same seed)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(300, 17), (17,), (1000,), (4, 4, 3), (), (2049,), (5, 0)]
+    return [np.asarray(rng.standard_normal(s) * 3).astype(dtype) for s in shapes]
+
+
+def shard_by_arrays(arrays, rank, size, empty_rank=None):
+    if rank == empty_rank:
+        return []
+    owners = [r for r in range(size) if r != empty_rank]
+    return arrays[owners.index(rank) :: len(owners)]
+
+
+def check_written(local, single_run, idx):
+    for a, i in zip(local, idx, strict=True):
+        np.testing.assert_allclose(
+            a.astype(np.float64), single_run[i].astype(np.float64), rtol=2.0**-6, atol=0
+        )
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("empty_rank", [None, 0])
+def test_sharded_by_arrays(comm, p, dtype, empty_rank):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    everything = full_list(dtype)
+    single = [a.copy() for a in everything]
+    want = gradclip.clip_grad_norm_(single, 1.0, p)
+    idx = shard_by_arrays(list(range(len(everything))), rank, size, empty_rank)
+    local = [everything[i] for i in idx]
+    got = gradclip.clip_grad_norm_(local, 1.0, p, comm=comm)
+    assert got == pytest.approx(want, rel=1e-14)
+    # the same bits on every rank
+    assert len(set(comm.allgather(got))) == 1
+    check_written(local, single, idx)
+    # get_total_norm agrees too, on the clipped arrays
+    after = gradclip.get_total_norm(local, p, comm=comm)
+    assert after == pytest.approx(gradclip.get_total_norm(single, p), rel=1e-14)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_sharded_slices_of_one_array(comm, p):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    big = np.random.default_rng(1).standard_normal(100_003).astype(np.float32)
+    bounds = np.linspace(0, big.size, size + 1).astype(int)  # uneven when size = 3
+    mine = big[bounds[rank] : bounds[rank + 1]].copy()
+    single = big.copy()
+    want = gradclip.clip_grad_norm_(single, 0.5, p)
+    got = gradclip.clip_grad_norm_(mine, 0.5, p, comm=comm)
+    assert got == pytest.approx(want, rel=1e-14)
+    np.testing.assert_allclose(mine, single[bounds[rank] : bounds[rank + 1]], rtol=2.0**-22)
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip", "zero", "propagate"])
+def test_nonfinite_on_one_rank_only(comm, mode):
+    rank = comm.Get_rank()
+    local = [np.ones(1000, np.float32) * (rank + 1), np.ones(10, np.float32)]
+    if rank == 1:
+        local[0][500] = np.nan
+    before = [a.copy() for a in local]
+    if mode == "raise":
+        with pytest.raises(gradclip.NonFiniteNormError):
+            gradclip.clip_grad_norm_(local, 1.0, nonfinite="raise", comm=comm)
+        for a, b in zip(local, before, strict=True):
+            assert a.tobytes() == b.tobytes()
+        return
+    got = gradclip.clip_grad_norm_(local, 1.0, nonfinite=mode, comm=comm)
+    assert math.isnan(got)
+    if mode == "skip":
+        for a, b in zip(local, before, strict=True):
+            assert a.tobytes() == b.tobytes()
+    elif mode == "zero":
+        assert all(not a.any() for a in local)
+    else:  # PyTorch's arithmetic: a NaN norm makes every element NaN, on every rank
+        assert all(np.isnan(a).all() for a in local)
+
+
+def test_bad_input_on_one_rank_raises_everywhere(comm):
+    rank = comm.Get_rank()
+    local = [np.ones(100, np.float32)]
+    if rank == 0:
+        local.append(np.ones(3, np.int32))  # a TypeError on rank 0 only
+    before = [a.tobytes() for a in local]
+    with pytest.raises(TypeError):
+        gradclip.clip_grad_norm_(local, 1e-3, comm=comm)
+    assert [a.tobytes() for a in local] == before
+    comm.Barrier()  # every rank got here: nobody is stuck in a collective
+
+
+def test_unscale_and_gradient_set(comm):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    everything = [np.asarray(a * np.float32(1024)) for a in full_list(np.float32, seed=3)]
+    single = [a.copy() for a in everything]
+    want = gradclip.unscale_clip_grad_norm_(single, 1.0, 1 / 1024)
+    idx = shard_by_arrays(list(range(len(everything))), rank, size)
+    local = [everything[i] for i in idx]
+    got = gradclip.unscale_clip_grad_norm_(local, 1.0, 1 / 1024, comm=comm)
+    assert got.total_norm == pytest.approx(want.total_norm, rel=1e-14)
+    assert got.clipped == want.clipped and not got.found_nonfinite
+    check_written(local, single, idx)
+
+    everything = full_list(np.float32, seed=4)
+    single = [a.copy() for a in everything]
+    want_norm = gradclip.clip_grad_norm_(single, 2.0)
+    local = [everything[i] for i in idx]
+    gs = gradclip.GradientSet(local)
+    assert gs.total_norm(comm=comm) == pytest.approx(want_norm, rel=1e-14)
+    assert gs.clip_norm_(2.0, comm=comm) == pytest.approx(want_norm, rel=1e-14)
+    check_written(local, single, idx)
+
+
+def test_data_parallel_needs_no_comm(comm):
+    # replicated layout: after the user's own gradient all-reduce every rank holds the
+    # global gradients, so the plain call (no comm) already clips by the global norm
+    from mpi4py import MPI
+
+    rank = comm.Get_rank()
+    mine = np.random.default_rng(rank).standard_normal(1000)
+    summed = np.empty_like(mine)
+    comm.Allreduce(mine, summed, op=MPI.SUM)
+    summed /= comm.Get_size()
+    norm = gradclip.clip_grad_norm_(summed, 1.0)
+    assert len(set(comm.allgather(norm))) == 1
+    assert len({a.tobytes() for a in comm.allgather(summed)}) == 1
