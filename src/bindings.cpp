@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "gradclip/capi.h"
 #include "gradclip/engine.hpp"
 
 namespace py = pybind11;
@@ -435,6 +436,7 @@ public:
         parse(grads, arg_, single_, b_);
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
+        plans_ = std::make_unique<gradclip::Plans>(b_.spans.data(), b_.spans.size());
     }
 
     std::size_t size() const { return b_.npos; }
@@ -448,44 +450,44 @@ public:
     double total_norm(double p) const {
         check();
         py::gil_scoped_release nogil;
-        return gradclip::total_norm(b_.spans.data(), b_.spans.size(), spec_from(p));
+        return gradclip::total_norm(b_.spans.data(), b_.spans.size(), spec_from(p), plans_.get());
     }
     double clip_total(double max_norm, double p, int mode, double eps) const {
         check();
         const NonFinite md = mode_from(mode);
         py::gil_scoped_release nogil;
-        return gradclip::clip_total(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md);
+        return gradclip::clip_total(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, plans_.get());
     }
     void clip_with_norm(double max_norm, double total, double eps) const {
         check();
         const double coef = gradclip::clip_coef(max_norm, total, eps);
         if (!gradclip::coef_writes(coef)) return;
         py::gil_scoped_release nogil;
-        gradclip::scale_all(b_.spans.data(), b_.spans.size(), coef);
+        gradclip::scale_all(b_.spans.data(), b_.spans.size(), coef, plans_.get());
     }
     void scale(double factor) const {
         check();
         if (factor == 1.0) return;
         py::gil_scoped_release nogil;
-        gradclip::scale_all(b_.spans.data(), b_.spans.size(), factor);
+        gradclip::scale_all(b_.spans.data(), b_.spans.size(), factor, plans_.get());
     }
     void zero() const {
         check();
         py::gil_scoped_release nogil;
-        gradclip::zero_all(b_.spans.data(), b_.spans.size());
+        gradclip::zero_all(b_.spans.data(), b_.spans.size(), plans_.get());
     }
     void clamp(const std::vector<double>& bounds) const {
         if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
         check();
         py::gil_scoped_release nogil;
-        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), bounds.data());
+        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), bounds.data(), plans_.get());
     }
     py::array_t<double> tensor_norms(double p) const {
         check();
         std::vector<double> norms(b_.spans.size());
         {
             py::gil_scoped_release nogil;
-            gradclip::span_norms(b_.spans.data(), b_.spans.size(), spec_from(p), norms.data());
+            gradclip::span_norms(b_.spans.data(), b_.spans.size(), spec_from(p), norms.data(), plans_.get());
         }
         return scatter(b_, norms);
     }
@@ -495,7 +497,8 @@ public:
         std::vector<double> norms(b_.spans.size());
         {
             py::gil_scoped_release nogil;
-            gradclip::clip_each(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, norms.data());
+            gradclip::clip_each(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, norms.data(),
+                                plans_.get());
         }
         return scatter(b_, norms);
     }
@@ -525,12 +528,17 @@ private:
     bool single_;
     Batch b_;
     std::vector<const void*> data0_;
+    std::unique_ptr<gradclip::Plans> plans_;  // the chunking, computed once
 };
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.doc() = "gradclip's compiled core (private; use the gradclip package)";
+    // The C ABI for gradclip.cython_api and other native callers: the same engine instance, so
+    // set_num_threads and the CPU target apply to them too. The table is static; the capsule
+    // needs no destructor.
+    m.attr("_C_API") = py::capsule(static_cast<const void*>(gradclip_capi_table()), GRADCLIP_CAPI_CAPSULE);
     m.def(
         "_init",
         [](const py::object& bf16_dtype, const py::object& as_array) {

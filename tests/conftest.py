@@ -4,13 +4,28 @@
 # the compiled path's target and thread count as it found them.
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import gradclip
 from gradclip import reference
+
+# Hypothesis profiles. CI runs the default one; HYPOTHESIS_PROFILE=long (or
+# --hypothesis-profile=long) is for nightly-style runs: tests that take their example count
+# from the profile (the fuzzer in test_fuzz.py) run 20,000 examples instead of a few hundred.
+settings.register_profile(
+    "long",
+    max_examples=20_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 @pytest.fixture(params=gradclip.available_cpu_targets())

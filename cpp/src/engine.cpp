@@ -1,10 +1,10 @@
 // The multi-buffer engine. Built for the baseline target only: the per-ISA code lives in
 // the kernel tables, threads live here.
 //
-// Work is cut into chunks whose boundaries follow element indices (kChunkBytes of one
-// array, starting at its element 0), never thread counts or addresses. Each chunk's partial
-// result has its own slot, and slots are combined in chunk order after the parallel loop, so
-// the result has the same bits for any number of threads.
+// Work is cut into chunks whose boundaries follow element indices (at most kChunkBytes of
+// the call's arrays taken in order; see the plans below), never thread counts or addresses.
+// Each chunk's partial result has its own slot, and slots are combined in chunk order after
+// the parallel loop, so the result has the same bits for any number of threads.
 #include "gradclip/engine.hpp"
 
 #include <algorithm>
@@ -104,17 +104,23 @@ struct Seg {
 
 enum class Layout { Stream, PerSpan };
 
-// Per calling thread, reused across calls so the hot path does not allocate once warm.
+// A plan. Built per call into a per-thread buffer (reused across calls, so the hot path does
+// not allocate once warm), or once for a fixed list of spans (Plans, for GradientSet).
 struct Scratch {
     std::vector<Seg> segs;
     std::vector<std::size_t> first;   // first segment of each chunk, plus segs.size()
     std::vector<std::size_t> offset;  // bytes before each chunk, plus the total
-    std::vector<double> partial;
-    std::vector<double> coefs;
-    std::vector<std::uint64_t> words;
     std::size_t nchunks() const noexcept { return first.empty() ? 0 : first.size() - 1; }
 };
 thread_local Scratch t_scratch;
+
+// Per-call outputs, per calling thread (a cached plan may be used by several threads at once).
+struct Work {
+    std::vector<double> partial;
+    std::vector<double> coefs;
+    std::vector<std::uint64_t> words;
+};
+thread_local Work t_work;
 
 template <class Keep>
 void build_plan(const Span* spans, std::size_t n, Scratch& s, Layout layout, Keep keep) {
@@ -353,20 +359,20 @@ double finish_norm(NormSpec spec, double s) noexcept {
     return s;
 }
 
-// Fills s.partial with one value per chunk of the current plan.
-void reduce_plan(const Span* spans, Scratch& s, NormSpec spec, double scale) {
+// Fills t_work.partial with one value per chunk of the plan.
+void reduce_plan(const Span* spans, const Scratch& s, NormSpec spec, double scale) {
     const KernelTable& kt = table();
-    s.partial.resize(s.nchunks());
-    double* out = s.partial.data();
-    const Scratch& cs = s;
-    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, cs, c, spec, scale); });
+    t_work.partial.resize(s.nchunks());
+    double* out = t_work.partial.data();
+    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, s, c, spec, scale); });
 }
 
 // Partials of the plan combined in chunk order.
 double combine_plan(const Scratch& s, NormSpec spec) noexcept {
     const std::size_t nc = s.nchunks();
     double total = 0.0;
-    for (std::size_t c = 0; c < nc; ++c) total = spec.kind == NormKind::Linf ? max_of(total, s.partial[c]) : total + s.partial[c];
+    const double* partial = t_work.partial.data();
+    for (std::size_t c = 0; c < nc; ++c) total = spec.kind == NormKind::Linf ? max_of(total, partial[c]) : total + partial[c];
     return total;
 }
 
@@ -385,7 +391,7 @@ bool rescale_for(double m, int& e) noexcept {
 }
 
 // Finishes a norm from its fast sum `s` over a plan; re-reads the plan when s lost range.
-double norm_from_plan(const Span* spans, Scratch& s, NormSpec spec, double sum) {
+double norm_from_plan(const Span* spans, const Scratch& s, NormSpec spec, double sum) {
     if (spec.kind == NormKind::Linf || sum != sum || !needs_rescale(sum)) return finish_norm(spec, sum);
     reduce_plan(spans, s, NormSpec{NormKind::Linf, spec.p}, 1.0);
     const double m = combine_plan(s, NormSpec{NormKind::Linf, spec.p});
@@ -543,29 +549,48 @@ void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const 
     hi = data + pos + static_cast<std::ptrdiff_t>(isz);
 }
 
+// ------------------------------------------------------------------ cached plans
+struct Plans::Impl {
+    Scratch stream;
+    Scratch per_span;
+};
+
+Plans::Plans(const Span* spans, std::size_t n) : impl_(new Impl) {
+    build_plan(spans, n, impl_->stream, Layout::Stream);
+    build_plan(spans, n, impl_->per_span, Layout::PerSpan);
+}
+Plans::~Plans() = default;
+
+namespace {
+const Scratch& plan_for(const Span* spans, std::size_t n, Layout layout, const Plans* cached) {
+    if (cached != nullptr) return layout == Layout::Stream ? cached->impl().stream : cached->impl().per_span;
+    build_plan(spans, n, t_scratch, layout);
+    return t_scratch;
+}
+}  // namespace
+
 // ------------------------------------------------------------------ operations
 double clip_coef(double max_norm, double norm, double eps) noexcept {
     const double c = max_norm / (norm + eps);
     return c > 1.0 ? 1.0 : c;  // NaN stays NaN
 }
 
-double total_norm(const Span* spans, std::size_t n, NormSpec spec) {
-    Scratch& s = t_scratch;
-    build_plan(spans, n, s, Layout::Stream);
+double total_norm(const Span* spans, std::size_t n, NormSpec spec, const Plans* cached) {
+    const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     if (s.nchunks() == 0) return 0.0;
     reduce_plan(spans, s, spec, 1.0);
     return norm_from_plan(spans, s, spec, combine_plan(s, spec));
 }
 
-void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out) {
-    Scratch& s = t_scratch;
-    build_plan(spans, n, s, Layout::PerSpan);
+void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const Plans* cached) {
+    const Scratch& s = plan_for(spans, n, Layout::PerSpan, cached);
     reduce_plan(spans, s, spec, 1.0);
     for (std::size_t i = 0; i < n; ++i) out[i] = 0.0;
     // chunks of one span are consecutive: combine them in order
+    const double* partial = t_work.partial.data();
     for (std::size_t c = 0; c < s.nchunks(); ++c) {
         const std::size_t span = s.segs[s.first[c]].span;
-        out[span] = spec.kind == NormKind::Linf ? max_of(out[span], s.partial[c]) : out[span] + s.partial[c];
+        out[span] = spec.kind == NormKind::Linf ? max_of(out[span], partial[c]) : out[span] + partial[c];
     }
     // Spans whose sum lost range are redone one by one (rare: values near the ends of the
     // double range), each with its own plan and scale.
@@ -603,9 +628,8 @@ void for_each_segment(const Span* spans, const Scratch& s, Op&& op) {
 
 }  // namespace
 
-void scale_all(const Span* spans, std::size_t n, double coef) {
-    Scratch& s = t_scratch;
-    build_plan(spans, n, s, Layout::Stream);
+void scale_all(const Span* spans, std::size_t n, double coef, const Plans* cached) {
+    const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         if (sp.ndim == 0)
@@ -628,9 +652,8 @@ void scale_each(const Span* spans, std::size_t n, const double* coefs) {
     });
 }
 
-void clamp_all(const Span* spans, std::size_t n, const double* bound) {
-    Scratch& s = t_scratch;
-    build_plan(spans, n, s, Layout::Stream);
+void clamp_all(const Span* spans, std::size_t n, const double* bound, const Plans* cached) {
+    const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         const int di = static_cast<int>(sp.dt);
@@ -649,9 +672,8 @@ void clamp_all(const Span* spans, std::size_t n, const double* bound) {
     });
 }
 
-void zero_all(const Span* spans, std::size_t n) {
-    Scratch& s = t_scratch;
-    build_plan(spans, n, s, Layout::Stream);
+void zero_all(const Span* spans, std::size_t n, const Plans* cached) {
+    const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         const std::size_t isz = itemsize(sp.dt);
         if (sp.ndim == 0)
@@ -669,8 +691,8 @@ std::uint64_t probe_read(const char* p, std::size_t bytes) {
     Scratch& s = t_scratch;
     build_plan(&sp, 1, s, Layout::Stream);
     const KernelTable& kt = table();
-    s.words.assign(s.nchunks(), 0);
-    std::uint64_t* out = s.words.data();
+    t_work.words.assign(s.nchunks(), 0);
+    std::uint64_t* out = t_work.words.data();
     run_chunks(s, [&](std::size_t c) {
         const Seg& g = s.segs[s.first[c]];
         out[c] = kt.probe_read(sp.data + 8 * g.start, g.count);
@@ -699,23 +721,24 @@ void probe_rw(char* p, std::size_t bytes) {
     });
 }
 
-double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode) {
-    const double norm = total_norm(spans, n, spec);
+double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+                  const Plans* cached) {
+    const double norm = total_norm(spans, n, spec, cached);
     if (!std::isfinite(norm)) {
         if (mode == NonFinite::Skip) return norm;
         if (mode == NonFinite::Zero) {
-            zero_all(spans, n);
+            zero_all(spans, n, cached);
             return norm;
         }
     }
     const double coef = clip_coef(max_norm, norm, eps);
-    if (coef_writes(coef)) scale_all(spans, n, coef);
+    if (coef_writes(coef)) scale_all(spans, n, coef, cached);
     return norm;
 }
 
 void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
-               double* norms) {
-    span_norms(spans, n, spec, norms);
+               double* norms, const Plans* cached) {
+    span_norms(spans, n, spec, norms, cached);
     bool nonfinite = false;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(norms[i])) nonfinite = true;
@@ -724,7 +747,7 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm,
         zero_all(spans, n);
         return;
     }
-    std::vector<double>& coefs = t_scratch.coefs;
+    std::vector<double>& coefs = t_work.coefs;
     coefs.resize(n);
     bool any = false;
     for (std::size_t i = 0; i < n; ++i) {

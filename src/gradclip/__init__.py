@@ -13,7 +13,9 @@ from ._result import ClipResult
 
 _COMPILED_NAMES = frozenset(
     {
+        "AutoClip",
         "GradientSet",
+        "ZClip",
         "adaptive_grad_clip_",
         "available_cpu_targets",
         "clip_by_norm_",
@@ -48,6 +50,7 @@ try:
         tensor_norms,
     )
     from ._training import adaptive_grad_clip_, clip_per_example_, unscale_clip_grad_norm_
+    from .adaptive import AutoClip, ZClip
 except ImportError as _exc:  # the compiled core is missing or broken
     # Keep ``import gradclip.reference`` working (the documented pure-NumPy fallback); the
     # compiled functions raise the original error when used.
@@ -67,9 +70,11 @@ from . import reference  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoClip",
     "ClipResult",
     "GradientSet",
     "NonFiniteNormError",
+    "ZClip",
     "adaptive_grad_clip_",
     "available_cpu_targets",
     "clip_by_norm_",

@@ -35,7 +35,7 @@ import math
 import numbers
 import sys
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,12 @@ def _check_positive(x: Any, name: str) -> float:
     if not (math.isfinite(v) and v > 0.0):
         raise ValueError(f"{name} must be finite and > 0, got {v!r}")
     return v
+
+
+def _check_bool(x: Any, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, not {type(x).__name__}")
+    return bool(x)
 
 
 def _check_choice(x: Any, name: str, choices: tuple[str, ...]) -> str:
@@ -261,8 +267,8 @@ class _StatefulClipper:
         -------
         ClipResult
             ``total_norm`` (before clipping), ``coef`` (1.0 when nothing was written),
-            ``clipped``, ``found_nonfinite`` and ``threshold`` (this step's bound; ``inf``
-            when there was none). ``tensor_norms`` is None.
+            ``clipped``, ``found_nonfinite``, ``threshold`` (this step's bound; ``inf``
+            when there was none) and ``tensor_norms`` (None unless ``per_tensor_norms``).
 
         Raises
         ------
@@ -290,8 +296,9 @@ class _StatefulClipper:
             # coef >= 1 for every finite norm and "skip" (code 1) covers the others, so nothing
             # is written. The total is the norm of the per-array norms (as for
             # clip_grad_norm_(per_tensor_norms=True)): it may differ in the last bit.
+            seq: Sequence[Any]
             if gset is not None:
-                seq, single = list(gset.arrays), False
+                seq, single = gset.arrays, False
             elif isinstance(target, (list, tuple)):
                 seq, single = target, False
             else:
@@ -373,6 +380,7 @@ _AUTOCLIP_KEYS = (
     "norm_type",
     "nonfinite",
     "eps",
+    "per_tensor_norms",
     "history",
 )
 
@@ -406,6 +414,10 @@ class AutoClip(_StatefulClipper):
         history is empty.
     eps : float, default 1e-6
         Added to the norm in the coefficient's denominator.
+    per_tensor_norms : bool, default False
+        Also report each array's norm (``ClipResult.tensor_norms``), from the same read
+        pass. The total is then the norm of those norms, which may differ from the plain
+        total in the last bit (as with ``clip_grad_norm_(per_tensor_norms=True)``).
 
     Examples
     --------
@@ -432,12 +444,14 @@ class AutoClip(_StatefulClipper):
         *,
         nonfinite: str = "skip",
         eps: float = 1e-6,
+        per_tensor_norms: bool = False,
     ) -> None:
         self._percentile = _check_percentile(percentile)
         self._history_size = _check_int(history_size, "history_size", allow_none=True)
         self._norm_type = check_norm_type(norm_type)
         self._nonfinite = resolve_mode(nonfinite, False)
         self._eps = check_eps(eps)
+        self._per_tensor_norms = _check_bool(per_tensor_norms, "per_tensor_norms")
         self._set_history([])
 
     def _set_history(self, norms: list[float]) -> None:
@@ -487,6 +501,10 @@ class AutoClip(_StatefulClipper):
         return self._eps
 
     @property
+    def per_tensor_norms(self) -> bool:
+        return self._per_tensor_norms
+
+    @property
     def history(self) -> tuple[float, ...]:
         """The norms in the history, oldest first."""
         return tuple(self._history)
@@ -494,8 +512,8 @@ class AutoClip(_StatefulClipper):
     def __repr__(self) -> str:
         return (
             f"AutoClip(percentile={self._percentile!r}, history_size={self._history_size!r}, "
-            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, eps={self._eps!r}; "
-            f"{len(self._history)} norms seen)"
+            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, eps={self._eps!r}, "
+            f"per_tensor_norms={self._per_tensor_norms!r}; {len(self._history)} norms seen)"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -520,6 +538,7 @@ class AutoClip(_StatefulClipper):
             "norm_type": self._norm_type,
             "nonfinite": self._nonfinite,
             "eps": self._eps,
+            "per_tensor_norms": self._per_tensor_norms,
             "history": list(self._history),
         }
 
@@ -536,6 +555,7 @@ class AutoClip(_StatefulClipper):
         norm_type = check_norm_type(state_dict["norm_type"])
         nonfinite = resolve_mode(state_dict["nonfinite"], False)
         eps = check_eps(state_dict["eps"])
+        per_tensor_norms = _check_bool(state_dict["per_tensor_norms"], "per_tensor_norms")
         history = _check_norm_list(state_dict["history"], "history")
         if history_size is not None and len(history) > history_size:
             raise ValueError(
@@ -544,6 +564,7 @@ class AutoClip(_StatefulClipper):
             )
         self._percentile, self._history_size = percentile, history_size
         self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
+        self._per_tensor_norms = per_tensor_norms
         self._set_history(history)
 
 
@@ -563,6 +584,7 @@ _ZCLIP_KEYS = (
     "norm_type",
     "nonfinite",
     "eps",
+    "per_tensor_norms",
     "warmup_norms",
     "mean",
     "var",
@@ -625,6 +647,8 @@ class ZClip(_StatefulClipper):
         PyTorch would (nothing is written when ``max_grad_norm`` is None).
     eps : float, default 1e-6
         Added to ``std`` in the z-score and to the norm in the coefficient's denominator.
+    per_tensor_norms : bool, default False
+        Also report each array's norm, from the same read pass (see :class:`AutoClip`).
 
     Examples
     --------
@@ -664,6 +688,7 @@ class ZClip(_StatefulClipper):
         norm_type: float = 2.0,
         nonfinite: str = "skip",
         eps: float = 1e-6,
+        per_tensor_norms: bool = False,
     ) -> None:
         self._alpha = _check_alpha(alpha)
         self._z_thresh = _check_positive(z_thresh, "z_thresh")
@@ -678,6 +703,7 @@ class ZClip(_StatefulClipper):
         self._norm_type = check_norm_type(norm_type)
         self._nonfinite = resolve_mode(nonfinite, False)
         self._eps = check_eps(eps)
+        self._per_tensor_norms = _check_bool(per_tensor_norms, "per_tensor_norms")
         self._warmup_norms: list[float] = []
         self._mean: float | None = None
         self._var: float | None = None
@@ -762,6 +788,10 @@ class ZClip(_StatefulClipper):
         return self._eps
 
     @property
+    def per_tensor_norms(self) -> bool:
+        return self._per_tensor_norms
+
+    @property
     def initialized(self) -> bool:
         """False during the warm-up."""
         return self._mean is not None
@@ -792,7 +822,7 @@ class ZClip(_StatefulClipper):
             f"warmup_steps={self._warmup_steps!r}, max_grad_norm={self._max_grad_norm!r}, "
             f"mode={self._mode!r}, clip_option={self._clip_option!r}, "
             f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, "
-            f"eps={self._eps!r}; {state})"
+            f"eps={self._eps!r}, per_tensor_norms={self._per_tensor_norms!r}; {state})"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -825,6 +855,7 @@ class ZClip(_StatefulClipper):
             "norm_type": self._norm_type,
             "nonfinite": self._nonfinite,
             "eps": self._eps,
+            "per_tensor_norms": self._per_tensor_norms,
             "warmup_norms": list(self._warmup_norms),
             "mean": self._mean,
             "var": self._var,
@@ -850,6 +881,7 @@ class ZClip(_StatefulClipper):
         norm_type = check_norm_type(state_dict["norm_type"])
         nonfinite = resolve_mode(state_dict["nonfinite"], False)
         eps = check_eps(state_dict["eps"])
+        per_tensor_norms = _check_bool(state_dict["per_tensor_norms"], "per_tensor_norms")
         warmup_norms = _check_norm_list(state_dict["warmup_norms"], "warmup_norms")
         raw_mean, raw_var = state_dict["mean"], state_dict["var"]
         mean = None if raw_mean is None else _check_stat(raw_mean, "mean")
@@ -866,4 +898,5 @@ class ZClip(_StatefulClipper):
         self._alpha, self._z_thresh, self._warmup_steps = alpha, z_thresh, warmup_steps
         self._max_grad_norm, self._mode, self._clip_option = max_grad_norm, mode, clip_option
         self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
+        self._per_tensor_norms = per_tensor_norms
         self._warmup_norms, self._mean, self._var = warmup_norms, mean, var

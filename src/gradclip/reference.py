@@ -800,6 +800,7 @@ _AUTOCLIP_KEYS = (
     "norm_type",
     "nonfinite",
     "eps",
+    "per_tensor_norms",
     "history",
 )
 _ZCLIP_KEYS = (
@@ -814,6 +815,7 @@ _ZCLIP_KEYS = (
     "norm_type",
     "nonfinite",
     "eps",
+    "per_tensor_norms",
     "warmup_norms",
     "mean",
     "var",
@@ -855,6 +857,21 @@ def _check_nonfinite(value: object) -> str:
     return _check_mode(value, False)
 
 
+def _check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool")
+    return bool(value)
+
+
+def _norm_and_norms(
+    grads: object, p: float, per_tensor_norms: bool
+) -> tuple[list[Array], float, Float64Array | None]:
+    """The arrays, their total norm, and each one's norm (None entries: 0.0) when asked."""
+    arrays = _as_arrays(grads)
+    present = _present(arrays)
+    return present, _pnorm(present, p), _norms_each(arrays, p) if per_tensor_norms else None
+
+
 def _state_norms(value: object, key: str) -> list[float]:
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"state_dict[{key!r}] must be a list of floats")
@@ -889,33 +906,43 @@ def _check_state(state: object, clipper: str, keys: tuple[str, ...]) -> Mapping[
 
 
 def _adaptive_clip(
-    arrays: Sequence[Array], norm: float, threshold: float, eps: float
+    arrays: Sequence[Array],
+    norm: float,
+    norms: Float64Array | None,
+    threshold: float,
+    eps: float,
 ) -> ClipResult:
     if norm > threshold:
         coef = _coefficient(threshold, norm, eps)
         for arr in arrays:
             _scale(arr, coef)
-        return ClipResult(norm, coef, True, False, threshold=threshold)
-    return ClipResult(norm, 1.0, False, False, threshold=threshold)
+        return ClipResult(norm, coef, True, False, norms, threshold)
+    return ClipResult(norm, 1.0, False, False, norms, threshold)
 
 
 def _adaptive_nonfinite(
-    arrays: Sequence[Array], norm: float, threshold: float, p: float, eps: float, mode: str
+    arrays: Sequence[Array],
+    norm: float,
+    norms: Float64Array | None,
+    threshold: float,
+    p: float,
+    eps: float,
+    mode: str,
 ) -> ClipResult:
     """A non-finite norm: the statistics are left alone, ``mode`` says what is written."""
     if mode == "raise":
         raise _nonfinite_error(norm, p)
     if mode == "skip":
-        return ClipResult(norm, 1.0, False, True, threshold=threshold)
+        return ClipResult(norm, 1.0, False, True, norms, threshold)
     if mode == "zero":
         _zero(arrays)
-        return ClipResult(norm, 0.0, True, True, threshold=threshold)
+        return ClipResult(norm, 0.0, True, True, norms, threshold)
     if math.isinf(threshold):  # propagate, but no bound this step: nothing to scale by
-        return ClipResult(norm, 1.0, False, True, threshold=threshold)
+        return ClipResult(norm, 1.0, False, True, norms, threshold)
     coef = _coefficient(threshold, norm, eps)
     for arr in arrays:
         _scale(arr, coef)
-    return ClipResult(norm, coef, True, True, threshold=threshold)
+    return ClipResult(norm, coef, True, True, norms, threshold)
 
 
 class AutoClip:
@@ -942,12 +969,14 @@ class AutoClip:
         *,
         nonfinite: str = "skip",
         eps: float = 1e-6,
+        per_tensor_norms: bool = False,
     ) -> None:
         self.percentile = _check_in_range(percentile, "percentile", 0.0, 100.0, True)
         self.history_size = _check_count(history_size, "history_size", allow_none=True)
         self.norm_type = _check_norm_type(norm_type)
         self.nonfinite = _check_nonfinite(nonfinite)
         self.eps = _check_eps(eps)
+        self.per_tensor_norms = _check_flag(per_tensor_norms, "per_tensor_norms")
         self._history: deque[float] = deque(maxlen=self.history_size)
 
     @property
@@ -960,15 +989,14 @@ class AutoClip:
         return float(np.percentile(np.array(self._history, dtype=np.float64), self.percentile))
 
     def __call__(self, grads: object) -> ClipResult:
-        arrays = _present(_as_arrays(grads))
-        norm = _pnorm(arrays, self.norm_type)
+        arrays, norm, norms = _norm_and_norms(grads, self.norm_type, self.per_tensor_norms)
         if not math.isfinite(norm):
             threshold = self._threshold()
             return _adaptive_nonfinite(
-                arrays, norm, threshold, self.norm_type, self.eps, self.nonfinite
+                arrays, norm, norms, threshold, self.norm_type, self.eps, self.nonfinite
             )
         self._history.append(norm)  # the deque drops the oldest norm when it is full
-        return _adaptive_clip(arrays, norm, self._threshold(), self.eps)
+        return _adaptive_clip(arrays, norm, norms, self._threshold(), self.eps)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -979,6 +1007,7 @@ class AutoClip:
             "norm_type": self.norm_type,
             "nonfinite": self.nonfinite,
             "eps": self.eps,
+            "per_tensor_norms": self.per_tensor_norms,
             "history": list(self._history),
         }
 
@@ -989,11 +1018,12 @@ class AutoClip:
         norm_type = _check_norm_type(state["norm_type"])
         nonfinite = _check_nonfinite(state["nonfinite"])
         eps = _check_eps(state["eps"])
+        per_tensor_norms = _check_flag(state["per_tensor_norms"], "per_tensor_norms")
         history = _state_norms(state["history"], "history")
         if history_size is not None and len(history) > history_size:
             raise ValueError("state_dict['history'] is longer than history_size")
         self.percentile, self.history_size, self.norm_type = percentile, history_size, norm_type
-        self.nonfinite, self.eps = nonfinite, eps
+        self.nonfinite, self.eps, self.per_tensor_norms = nonfinite, eps, per_tensor_norms
         self._history = deque(history, maxlen=history_size)
 
 
@@ -1022,6 +1052,7 @@ class ZClip:
         norm_type: float = 2.0,
         nonfinite: str = "skip",
         eps: float = 1e-6,
+        per_tensor_norms: bool = False,
     ) -> None:
         self.alpha = _check_in_range(alpha, "alpha", 0.0, 1.0, False)
         self.z_thresh = _check_finite_positive(z_thresh, "z_thresh")
@@ -1036,6 +1067,7 @@ class ZClip:
         self.norm_type = _check_norm_type(norm_type)
         self.nonfinite = _check_nonfinite(nonfinite)
         self.eps = _check_eps(eps)
+        self.per_tensor_norms = _check_flag(per_tensor_norms, "per_tensor_norms")
         self.warmup_norms: list[float] = []
         self.mean: float | None = None
         self.var: float | None = None
@@ -1048,14 +1080,13 @@ class ZClip:
         return math.inf if self.max_grad_norm is None else self.max_grad_norm
 
     def __call__(self, grads: object) -> ClipResult:
-        arrays = _present(_as_arrays(grads))
-        norm = _pnorm(arrays, self.norm_type)
+        arrays, norm, norms = _norm_and_norms(grads, self.norm_type, self.per_tensor_norms)
         if not math.isfinite(norm):
             return _adaptive_nonfinite(
-                arrays, norm, self._bound(), self.norm_type, self.eps, self.nonfinite
+                arrays, norm, norms, self._bound(), self.norm_type, self.eps, self.nonfinite
             )
         if self.mean is None or self.var is None:  # warm-up: only the hard bound applies
-            result = _adaptive_clip(arrays, norm, self._bound(), self.eps)
+            result = _adaptive_clip(arrays, norm, norms, self._bound(), self.eps)
             self.warmup_norms.append(norm)
             if len(self.warmup_norms) == self.warmup_steps:
                 n = len(self.warmup_norms)
@@ -1080,7 +1111,7 @@ class ZClip:
                 else:
                     spike = self.mean + (self.z_thresh * std) / (z / self.z_thresh)
         threshold = self._bound() if spike is None else min(spike, self._bound())
-        result = _adaptive_clip(arrays, norm, threshold, self.eps)
+        result = _adaptive_clip(arrays, norm, norms, threshold, self.eps)
         x = norm if spike is None else spike
         self.mean = self.alpha * self.mean + (1.0 - self.alpha) * x
         self.var = self.alpha * self.var + (1.0 - self.alpha) * (x - self.mean) ** 2
@@ -1099,6 +1130,7 @@ class ZClip:
             "norm_type": self.norm_type,
             "nonfinite": self.nonfinite,
             "eps": self.eps,
+            "per_tensor_norms": self.per_tensor_norms,
             "warmup_norms": list(self.warmup_norms),
             "mean": self.mean,
             "var": self.var,
@@ -1120,6 +1152,7 @@ class ZClip:
         norm_type = _check_norm_type(state["norm_type"])
         nonfinite = _check_nonfinite(state["nonfinite"])
         eps = _check_eps(state["eps"])
+        per_tensor_norms = _check_flag(state["per_tensor_norms"], "per_tensor_norms")
         warmup_norms = _state_norms(state["warmup_norms"], "warmup_norms")
         mean = _state_statistic(state["mean"], "mean")
         var = _state_statistic(state["var"], "var")
@@ -1133,4 +1166,5 @@ class ZClip:
         self.alpha, self.z_thresh, self.warmup_steps = alpha, z_thresh, warmup_steps
         self.max_grad_norm, self.mode, self.clip_option = max_grad_norm, mode, clip_option
         self.norm_type, self.nonfinite, self.eps = norm_type, nonfinite, eps
+        self.per_tensor_norms = per_tensor_norms
         self.warmup_norms, self.mean, self.var = warmup_norms, mean, var

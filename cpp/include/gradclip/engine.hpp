@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,20 +52,37 @@ std::size_t count_slices(int ndim, const std::ptrdiff_t* shape, const bool* redu
 void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
                  const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept;
 
+// ---- cached plans
+// The chunking of a fixed list of spans, computed once (GradientSet). Operations given one
+// skip planning; it must describe exactly the spans passed with it. Read-only after
+// construction, so several threads may use one at once.
+class Plans {
+public:
+    Plans(const Span* spans, std::size_t n);
+    ~Plans();
+    Plans(const Plans&) = delete;
+    Plans& operator=(const Plans&) = delete;
+    struct Impl;
+    const Impl& impl() const noexcept { return *impl_; }
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
 // ---- operations (all spans must be validated by the caller; none overlap)
 // p-norm of all elements of all spans together; never overflows or underflows where the
 // true result is a finite normal double.
-double total_norm(const Span* spans, std::size_t n, NormSpec spec);
+double total_norm(const Span* spans, std::size_t n, NormSpec spec, const Plans* cached = nullptr);
 // p-norm of each span into out[0..n).
-void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out);
+void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const Plans* cached = nullptr);
 // Multiply every element of every span by coef (rounded per element type).
-void scale_all(const Span* spans, std::size_t n, double coef);
+void scale_all(const Span* spans, std::size_t n, double coef, const Plans* cached = nullptr);
 // Multiply span i by coefs[i]; spans whose coefficient is exactly 1 are not touched.
 void scale_each(const Span* spans, std::size_t n, const double* coefs);
 // Clamp each element to [-bound, bound], bound[dtype] already rounded to that dtype.
-void clamp_all(const Span* spans, std::size_t n, const double* bound_per_dtype);
+void clamp_all(const Span* spans, std::size_t n, const double* bound_per_dtype, const Plans* cached = nullptr);
 // Set every element to +0.0.
-void zero_all(const Span* spans, std::size_t n);
+void zero_all(const Span* spans, std::size_t n, const Plans* cached = nullptr);
 
 // Bandwidth probes over one flat buffer, split across threads like every other call:
 // a read-only pass, or a read+write pass that leaves the data unchanged.
@@ -79,11 +97,11 @@ inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
 // Global clip: total norm, then the non-finite rule, then (maybe) one scaling pass.
 // Returns the pre-clip total norm.
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-                  NonFinite mode);
+                  NonFinite mode, const Plans* cached = nullptr);
 // Per-span clip with the same rule per span; mode applies to the whole call when any span
 // norm is non-finite. Writes the pre-clip norms to norms[0..n).
 void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-               NonFinite mode, double* norms);
+               NonFinite mode, double* norms, const Plans* cached = nullptr);
 
 // Global clip that also reports each span's norm from the same read pass: the total is
 // the p-norm of the per-span norms (bits may differ in the last place from clip_total,

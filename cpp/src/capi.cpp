@@ -1,0 +1,296 @@
+// The C ABI (gradclip/capi.h) over the engine: dense buffers become ndim-0 spans and go to the
+// same engine functions the Python bindings call, so both front doors share one dispatch table,
+// one thread count and one set of numerics. No Python here, and no exception leaves this file:
+// a C or Cython caller without the GIL cannot receive one.
+#include "gradclip/capi.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <utility>
+#include <vector>
+
+#include "gradclip/engine.hpp"
+#include "gradclip/types.hpp"
+#include "half.hpp"
+
+namespace {
+
+using gradclip::DType;
+using gradclip::NonFinite;
+using gradclip::Span;
+
+static_assert(GRADCLIP_F16 == static_cast<int>(DType::F16) && GRADCLIP_BF16 == static_cast<int>(DType::BF16) &&
+                  GRADCLIP_F32 == static_cast<int>(DType::F32) && GRADCLIP_F64 == static_cast<int>(DType::F64),
+              "capi.h dtype codes must equal gradclip::DType");
+
+// Runs f, turning any exception into a return code.
+template <class F>
+int guarded(F&& f) noexcept {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        return GRADCLIP_E_NOMEM;
+    } catch (...) {
+        return GRADCLIP_E_INTERNAL;
+    }
+}
+
+bool dtype_from(int code, DType& dt) noexcept {
+    if (code < GRADCLIP_F16 || code > GRADCLIP_F64) return false;
+    dt = static_cast<DType>(code);
+    return true;
+}
+
+bool valid_p(double p) noexcept { return p > 0.0; }  // false for NaN; +inf is the max norm
+
+// One buffer as a span. Checks the pointer and that its byte size fits in size_t (the engine
+// adds byte counts). Read-only callers pass a const buffer: the engine never writes through
+// a span given to a norm.
+int make_span(int code, const void* x, std::size_t n, Span& sp) noexcept {
+    DType dt;
+    if (!dtype_from(code, dt)) return GRADCLIP_E_DTYPE;
+    if (n > 0 && x == nullptr) return GRADCLIP_E_NULL;
+    if (n > std::numeric_limits<std::size_t>::max() / gradclip::itemsize(dt)) return GRADCLIP_E_VALUE;
+    sp = Span{};
+    sp.data = static_cast<char*>(const_cast<void*>(x));
+    sp.n = n;
+    sp.dt = dt;
+    return GRADCLIP_OK;
+}
+
+// Per-thread buffers reused across calls, so a warm caller does not allocate (as the engine's
+// own plans).
+struct Scratch {
+    std::vector<Span> spans;
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+};
+thread_local Scratch t_scratch;
+
+// Validates buffers 0..n-1 into t_scratch.spans. With `writes`, buffers must not share a byte:
+// a gradient present twice would be scaled twice.
+int make_spans(std::size_t n, const void* const* ptrs, const std::size_t* lens, const int* dtypes, bool writes) {
+    if (n > 0 && (ptrs == nullptr || lens == nullptr || dtypes == nullptr)) return GRADCLIP_E_NULL;
+    std::vector<Span>& spans = t_scratch.spans;
+    spans.resize(n);
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const int rc = make_span(dtypes[i], ptrs[i], lens[i], spans[i]);
+        if (rc != GRADCLIP_OK) return rc;
+        const std::size_t bytes = lens[i] * gradclip::itemsize(spans[i].dt);
+        if (bytes > std::numeric_limits<std::size_t>::max() - total) return GRADCLIP_E_VALUE;
+        total += bytes;
+    }
+    if (!writes) return GRADCLIP_OK;
+    auto& ranges = t_scratch.ranges;
+    ranges.clear();
+    for (const Span& sp : spans) {
+        if (sp.n == 0) continue;  // an empty buffer shares no byte with anything
+        const auto lo = reinterpret_cast<std::uintptr_t>(sp.data);
+        const std::size_t bytes = sp.n * gradclip::itemsize(sp.dt);
+        if (bytes > std::numeric_limits<std::uintptr_t>::max() - lo) return GRADCLIP_E_VALUE;
+        ranges.emplace_back(lo, lo + bytes);
+    }
+    std::sort(ranges.begin(), ranges.end());
+    std::uintptr_t reach = 0;  // highest end so far
+    for (std::size_t j = 0; j < ranges.size(); ++j) {
+        if (j > 0 && ranges[j].first < reach) return GRADCLIP_E_OVERLAP;
+        reach = std::max(reach, ranges[j].second);
+    }
+    return GRADCLIP_OK;
+}
+
+// double -> float rounded to nearest even as NumPy's np.float32(v) does, with out-of-range
+// values going to +-inf or +-FLT_MAX explicitly (a plain cast of an out-of-range double is
+// undefined behaviour in C++).
+float round_f32(double v) noexcept {
+    const double a = std::fabs(v);
+    if (a > static_cast<double>(std::numeric_limits<float>::max())) {
+        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
+        const float big = a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity()
+                                              : std::numeric_limits<float>::max();
+        return std::signbit(v) ? -big : big;
+    }
+    return static_cast<float>(v);
+}
+
+// double -> float rounded to odd: truncate, then set the last bit if anything was dropped. A
+// second rounding of that float to nearest even at <= 22 bits gives the correctly rounded result
+// of the double (the dropped bits survive as the sticky last bit), which is how NumPy's
+// np.float16(v) rounds a double in one step. |v| must be <= FLT_MAX.
+float round_odd_f32(double v) noexcept {
+    float f = static_cast<float>(v);
+    if (static_cast<double>(f) == v) return f;
+    if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+    std::uint32_t u = gradclip::detail::f32_bits(f);
+    u |= 1u;
+    return gradclip::detail::f32_from_bits(u);
+}
+
+// clip_value rounded to the element type, as gradclip's _bounds() does in Python: float16 in one
+// rounding (NumPy), bfloat16 through float32 (ml_dtypes converts a double that way).
+double bound_for(DType dt, double v) noexcept {
+    switch (dt) {
+        case DType::F16: {
+            // every |v| >= 65520 rounds to inf; capping keeps the float conversion in range
+            const double c = std::fabs(v) > 65536.0 ? std::copysign(65536.0, v) : v;
+            return static_cast<double>(gradclip::detail::half_to_float(gradclip::detail::float_to_half(round_odd_f32(c))));
+        }
+        case DType::BF16:
+            return static_cast<double>(gradclip::detail::bf16_to_float(gradclip::detail::float_to_bf16(round_f32(v))));
+        case DType::F32:
+            return static_cast<double>(round_f32(v));
+        case DType::F64:
+            break;
+    }
+    return v;
+}
+
+// ------------------------------------------------------------------ the table's functions
+int c_norm(int dtype, const void* x, std::size_t n, double p, double* out) {
+    return guarded([&] {
+        Span sp;
+        const int rc = make_span(dtype, x, n, sp);
+        if (rc != GRADCLIP_OK) return rc;
+        if (out == nullptr) return GRADCLIP_E_NULL;
+        if (!valid_p(p)) return GRADCLIP_E_VALUE;
+        *out = gradclip::total_norm(&sp, 1, gradclip::make_norm_spec(p));
+        return GRADCLIP_OK;
+    });
+}
+
+int c_sum_pow(int dtype, const void* x, std::size_t n, double p, double* out) {
+    double norm = 0.0;
+    const int rc = c_norm(dtype, x, n, p, &norm);
+    if (rc != GRADCLIP_OK) return rc;
+    // the engine's raw sum is internal (and overflows where the norm does not); norm^p is it
+    // to a few ulps, exactly so for p = 1 and p = inf
+    if (std::isinf(p) || p == 1.0)
+        *out = norm;
+    else if (p == 2.0)
+        *out = norm * norm;
+    else
+        *out = std::pow(norm, p);
+    return GRADCLIP_OK;
+}
+
+int c_scale(int dtype, void* x, std::size_t n, double coef) {
+    return guarded([&] {
+        Span sp;
+        const int rc = make_span(dtype, x, n, sp);
+        if (rc != GRADCLIP_OK) return rc;
+        if (coef != 1.0) gradclip::scale_all(&sp, 1, coef);  // a factor of 1 saves the write pass
+        return GRADCLIP_OK;
+    });
+}
+
+int c_clamp(int dtype, void* x, std::size_t n, double clip_value) {
+    return guarded([&] {
+        Span sp;
+        const int rc = make_span(dtype, x, n, sp);
+        if (rc != GRADCLIP_OK) return rc;
+        if (!(std::isfinite(clip_value) && clip_value >= 0.0)) return GRADCLIP_E_VALUE;
+        double bounds[gradclip::kNumDTypes];
+        for (int d = 0; d < gradclip::kNumDTypes; ++d) bounds[d] = bound_for(static_cast<DType>(d), clip_value);
+        gradclip::clamp_all(&sp, 1, bounds);
+        return GRADCLIP_OK;
+    });
+}
+
+int c_total_norm(std::size_t n_buffers, const void* const* ptrs, const std::size_t* lens, const int* dtypes, double p,
+                 double* out) {
+    return guarded([&] {
+        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/false);
+        if (rc != GRADCLIP_OK) return rc;
+        if (out == nullptr) return GRADCLIP_E_NULL;
+        if (!valid_p(p)) return GRADCLIP_E_VALUE;
+        *out = gradclip::total_norm(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p));
+        return GRADCLIP_OK;
+    });
+}
+
+int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
+                     double max_norm, double p, double eps, int nonfinite_mode, double* total_norm) {
+    return guarded([&] {
+        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        if (rc != GRADCLIP_OK) return rc;
+        if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
+            return GRADCLIP_E_VALUE;
+        NonFinite mode;
+        switch (nonfinite_mode) {
+            case GRADCLIP_PROPAGATE:
+                mode = NonFinite::Propagate;
+                break;
+            case GRADCLIP_SKIP:
+                mode = NonFinite::Skip;
+                break;
+            case GRADCLIP_ZERO:
+                mode = NonFinite::Zero;
+                break;
+            default:
+                return GRADCLIP_E_VALUE;
+        }
+        const double norm = gradclip::clip_total(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p),
+                                                 max_norm, eps, mode);
+        if (total_norm != nullptr) *total_norm = norm;
+        return mode == NonFinite::Skip && !std::isfinite(norm) ? GRADCLIP_NONFINITE : GRADCLIP_OK;
+    });
+}
+
+int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
+                           double max_norm, double total_norm, double eps) {
+    return guarded([&] {
+        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        if (rc != GRADCLIP_OK) return rc;
+        if (!(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0) || total_norm < 0.0)
+            return GRADCLIP_E_VALUE;
+        const double coef = gradclip::clip_coef(max_norm, total_norm, eps);
+        if (gradclip::coef_writes(coef)) gradclip::scale_all(t_scratch.spans.data(), n_buffers, coef);
+        return GRADCLIP_OK;
+    });
+}
+
+const char* c_strerror(int code) {
+    switch (code) {
+        case GRADCLIP_OK:
+            return "success";
+        case GRADCLIP_NONFINITE:
+            return "the total norm is NaN or infinite; nothing was written (nonfinite mode SKIP)";
+        case GRADCLIP_E_DTYPE:
+            return "unknown dtype code (expected GRADCLIP_F16, GRADCLIP_BF16, GRADCLIP_F32 or GRADCLIP_F64)";
+        case GRADCLIP_E_NULL:
+            return "a NULL pointer where a buffer with elements or an output is needed";
+        case GRADCLIP_E_VALUE:
+            return "bad argument value (p must be > 0 or inf; max_norm finite and > 0; clip_value and eps finite "
+                   "and >= 0; total_norm >= 0; a known nonfinite mode; a length whose byte size fits in size_t)";
+        case GRADCLIP_E_OVERLAP:
+            return "two buffers share memory; each gradient must appear once";
+        case GRADCLIP_E_NOMEM:
+            return "out of memory";
+        case GRADCLIP_E_INTERNAL:
+            return "internal error in gradclip";
+        default:
+            return "unknown gradclip return code";
+    }
+}
+
+// Constant-initialised: ready before any dynamic initialiser runs, and never destroyed.
+// In the member order of capi.h.
+constexpr gradclip_capi kTable = {
+    GRADCLIP_CAPI_VERSION,
+    &c_norm,
+    &c_sum_pow,
+    &c_scale,
+    &c_clamp,
+    &c_total_norm,
+    &c_clip_grad_norm,
+    &c_clip_grads_with_norm,
+    &c_strerror,
+};
+
+}  // namespace
+
+extern "C" const gradclip_capi* gradclip_capi_table(void) { return &kTable; }

@@ -1,0 +1,939 @@
+"""``python -m gradclip demo``: exploding gradients tamed on the adding problem.
+
+Trains a vanilla tanh RNN on the adding problem with plain NumPy and a hand-written
+backpropagation through time, the kind of custom autograd code gradclip is for, and runs the
+same seeds (same initialisation, same data) under several clipping rules:
+
+- no clipping;
+- global norm clipping, :func:`gradclip.clip_grad_norm_` (the rule the paper introduced);
+- local, per-array norm clipping, :func:`gradclip.clip_grad_norm_per_tensor_`;
+- element-wise value clipping, :func:`gradclip.clip_grad_value_`.
+
+An adaptive clipper (AutoClip, ZClip) becomes one more entry in :data:`ARMS` when gradclip
+ships one; there is none yet, so the demo has no such arm rather than a stand-in.
+
+The task and the failure mode are those of Pascanu, Mikolov and Bengio, "On the difficulty of
+training recurrent neural networks", ICML 2013 (PMLR 28(3):1310-1318, arXiv:1211.5063): the
+recurrent weights start with spectral radius above 1, the regime in which the loss surface
+has "cliffs" where the gradient norm jumps by orders of magnitude; one unclipped step off such
+a cliff throws the parameters far away. The adding problem (Hochreiter and Schmidhuber, 1997)
+presents a sequence of (value, marker) pairs, values uniform on [0, 1], exactly two markers:
+the first within the first 10% of the sequence, the second within the next 40%. The target is
+the mean of the two marked values. Always answering 0.5 gives a mean squared error of 1/24
+(about 0.042), the baseline to beat; a sequence counts as solved when its squared error is
+below 0.04.
+
+The three clipping arms bound the update by the same amount: with ``max_norm`` ``c``, global
+clipping caps the total norm at ``c``; per-array clipping caps each of the ``k`` arrays at
+``c / sqrt(k)``; value clipping caps each of the ``n`` elements at ``c / sqrt(n)``. In every
+arm the clipped gradient therefore has a total norm of at most ``c``, and the comparison is
+about the direction each rule keeps, not about step size.
+
+Nothing in the printed table is fixed in advance: every number comes from the runs, and the
+verdict column says when an arm did not behave as expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import gradclip
+
+__all__ = [
+    "ARMS",
+    "Arm",
+    "DemoConfig",
+    "RunResult",
+    "adding_batch",
+    "format_table",
+    "init_params",
+    "loss_and_grads",
+    "main",
+    "plot_runs",
+    "predict",
+    "run_demo",
+    "train",
+]
+
+FloatArray = npt.NDArray[np.floating[Any]]
+
+#: Mean squared error of always predicting 0.5: the variance of the mean of two U(0, 1).
+BASELINE_MSE = 1.0 / 24.0
+#: A test sequence is solved when its squared error is below this (as in the paper).
+SOLVED_SQUARED_ERROR = 0.04
+#: A seed has learned the task when its test MSE is below this, a quarter of the baseline.
+LEARNED_MSE = 0.01
+#: A training loss above this (100x the baseline) counts as a blow-up.
+DIVERGED_LOSS = 100.0 * BASELINE_MSE
+#: Names of the parameter (and gradient) arrays, in order.
+PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
+#: The ``eps`` gradclip adds to a norm before dividing (its default).
+_CLIP_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of one demo run; every arm and seed uses the same ones.
+
+    The defaults were chosen by experiment so that the unclipped runs blow up while the
+    globally clipped runs learn the task, within 90 seconds on two cores.
+    """
+
+    steps: int = 5000
+    seeds: int = 4
+    seq_len: int = 40
+    hidden: int = 64
+    batch: int = 50
+    lr: float = 0.07
+    momentum: float = 0.9
+    spectral_radius: float = 1.2
+    max_norm: float = 0.35
+    test_size: int = 2000
+    #: Training steps between two progress reports.
+    report_every: int = 50
+
+    def check(self) -> None:
+        """Raise ValueError when a setting is out of range."""
+        for name in ("steps", "seeds", "hidden", "batch", "test_size", "report_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
+        for name in ("lr", "spectral_radius", "max_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+
+QUICK = DemoConfig(steps=300, seeds=1, test_size=500)
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def adding_batch(
+    rng: np.random.Generator, batch: int, seq_len: int, dtype: npt.DTypeLike = np.float32
+) -> tuple[FloatArray, FloatArray]:
+    """Draw a batch of the adding problem.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness.
+    batch, seq_len : int
+        Number of sequences and their length (at least 2).
+    dtype : dtype, optional
+        Floating-point type of the arrays.
+
+    Returns
+    -------
+    x : ndarray, shape (seq_len, batch, 2)
+        Time-major inputs: ``x[t, b] = (value, marker)``.
+    y : ndarray, shape (batch, 1)
+        Targets: the mean of the two marked values.
+
+    Examples
+    --------
+    >>> x, y = adding_batch(np.random.default_rng(0), 3, 10)
+    >>> x.shape, y.shape, x[:, :, 1].sum(axis=0).tolist()
+    ((10, 3, 2), (3, 1), [2.0, 2.0, 2.0])
+    """
+    first_end = max(1, seq_len // 10)  # first marker in the first 10%
+    second_end = max(first_end + 1, seq_len // 2)  # second one in the next 40%
+    values = rng.random((batch, seq_len))
+    rows = np.arange(batch)
+    first = rng.integers(0, first_end, batch)
+    second = rng.integers(first_end, second_end, batch)
+    x = np.zeros((seq_len, batch, 2), dtype=dtype)
+    x[:, :, 0] = values.T
+    x[first, rows, 1] = 1
+    x[second, rows, 1] = 1
+    y = 0.5 * (values[rows, first] + values[rows, second])
+    return x, y[:, None].astype(dtype)
+
+
+def init_params(
+    rng: np.random.Generator,
+    hidden: int,
+    spectral_radius: float,
+    dtype: npt.DTypeLike = np.float32,
+) -> list[FloatArray]:
+    """Initial weights ``[W_xh, W_hh, b_h, W_hy, b_y]`` of a tanh RNN with two inputs.
+
+    ``W_hh`` is Gaussian, rescaled so that its spectral radius is exactly
+    ``spectral_radius``: above 1 is the exploding regime of Pascanu et al. (2013).
+    """
+    w_hh = rng.standard_normal((hidden, hidden))
+    w_hh *= spectral_radius / np.max(np.abs(np.linalg.eigvals(w_hh)))
+    w_xh = rng.standard_normal((hidden, 2))
+    w_hy = rng.standard_normal((1, hidden)) / math.sqrt(hidden)
+    params = [w_xh, w_hh, np.zeros(hidden), w_hy, np.zeros(1)]
+    return [np.ascontiguousarray(p, dtype=dtype) for p in params]
+
+
+def _param_shapes(hidden: int) -> list[tuple[int, ...]]:
+    return [(hidden, 2), (hidden, hidden), (hidden,), (1, hidden), (1,)]
+
+
+def _forward(params: Sequence[FloatArray], x: FloatArray) -> FloatArray:
+    """Hidden states ``h[0..T]`` (``h[0] = 0``), shape (T + 1, batch, hidden)."""
+    w_xh, w_hh, b_h = params[0], params[1], params[2]
+    seq_len, batch, _ = x.shape
+    h = np.empty((seq_len + 1, batch, w_hh.shape[0]), dtype=x.dtype)
+    h[0] = 0
+    # the input projection of all steps in one matmul; only the recurrence is sequential
+    np.matmul(x, w_xh.T, out=h[1:])
+    h[1:] += b_h
+    w_hh_t = w_hh.T
+    for t in range(seq_len):
+        h[t + 1] += h[t] @ w_hh_t
+        np.tanh(h[t + 1], out=h[t + 1])
+    return h
+
+
+def predict(params: Sequence[FloatArray], x: FloatArray) -> FloatArray:
+    """The network's outputs for inputs ``x`` (seq_len, batch, 2), shape (batch, 1).
+
+    Keeps one hidden state at a time, so large test batches need little memory.
+    """
+    w_xh, w_hh, b_h, w_hy, b_y = params
+    h = np.zeros((x.shape[1], w_hh.shape[0]), dtype=x.dtype)
+    for t in range(x.shape[0]):
+        h = np.tanh(x[t] @ w_xh.T + b_h + h @ w_hh.T)
+    out: FloatArray = h @ w_hy.T + b_y
+    return out
+
+
+def loss_and_grads(
+    params: Sequence[FloatArray], x: FloatArray, y: FloatArray
+) -> tuple[float, list[FloatArray]]:
+    """Mean squared error and its gradient by backpropagation through time.
+
+    The network reads the whole sequence, ``h[t] = tanh(W_xh x[t] + W_hh h[t-1] + b_h)``
+    from ``h[0] = 0``, then predicts ``W_hy h[T] + b_y``.
+
+    Parameters
+    ----------
+    params : sequence of ndarray
+        ``[W_xh (H, 2), W_hh (H, H), b_h (H,), W_hy (1, H), b_y (1,)]``.
+    x : ndarray, shape (T, batch, 2)
+        Inputs, as from :func:`adding_batch`.
+    y : ndarray, shape (batch, 1)
+        Targets.
+
+    Returns
+    -------
+    loss : float
+        ``mean((prediction - y) ** 2)``.
+    grads : list of ndarray
+        Gradients of ``loss``, same shapes and order as ``params``: the list gradclip
+        clips in place.
+    """
+    w_hh, w_hy = params[1], params[3]
+    seq_len, batch, _ = x.shape
+    hidden = w_hh.shape[0]
+    h = _forward(params, x)
+    err = h[seq_len] @ w_hy.T + params[4] - y
+    loss = float(np.mean(err * err))
+
+    d_out = err * (2.0 / batch)
+    g_w_hy = d_out.T @ h[seq_len]
+    g_b_y = d_out.sum(axis=0)
+    # d_pre[t] = dL/d(pre-activation at step t+1); start from tanh' = 1 - h^2 for all steps
+    d_pre = h[1:] * h[1:]
+    np.subtract(1, d_pre, out=d_pre)
+    d_h = d_out @ w_hy
+    # Gradients that fade through saturated units end up as subnormal floats, and arithmetic
+    # on those is many times slower on x86: flush them to zero, as torch.set_flush_denormal
+    # does. Anything this small cannot change a sum of normal-sized terms.
+    tiny = np.finfo(x.dtype).tiny * 2.0**16
+    magnitude = np.empty_like(d_h)
+    is_tiny = np.empty(d_h.shape, dtype=bool)
+    for t in range(seq_len - 1, -1, -1):
+        d_pre[t] *= d_h
+        if t:
+            np.matmul(d_pre[t], w_hh, out=d_h)
+            np.abs(d_h, out=magnitude)
+            np.less(magnitude, tiny, out=is_tiny)
+            np.copyto(d_h, 0, where=is_tiny)
+    # the weight gradients sum over all steps: one matmul each instead of one per step
+    flat = d_pre.reshape(-1, hidden)
+    g_w_hh = flat.T @ h[:seq_len].reshape(-1, hidden)
+    g_w_xh = flat.T @ x.reshape(-1, x.shape[2])
+    g_b_h = flat.sum(axis=0)
+    return loss, [g_w_xh, g_w_hh, g_b_h, g_w_hy, g_b_y]
+
+
+# --------------------------------------------------------------------------- the arms
+
+#: A clipping rule for one run: clips ``grads`` in place and returns the total 2-norm before
+#: clipping and whether it changed anything.
+ClipFn = Callable[[list[FloatArray]], tuple[float, bool]]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of treating the gradients before the update.
+
+    ``make(config, grads)`` builds the clipping function of one run from the settings and
+    the gradient arrays' shapes (``grads`` holds arrays of the right shapes); a stateful
+    clipper starts afresh in every run. ``threshold(config, grads)`` describes the threshold
+    for the table.
+    """
+
+    name: str
+    title: str
+    make: Callable[[DemoConfig, Sequence[FloatArray]], ClipFn]
+    threshold: Callable[[DemoConfig, Sequence[FloatArray]], str]
+
+
+def _no_clip(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
+        return gradclip.get_total_norm(grads), False
+
+    return clip
+
+
+def _global_norm(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+    limit = config.max_norm
+
+    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
+        norm = gradclip.clip_grad_norm_(grads, limit)
+        return norm, not norm + _CLIP_EPS <= limit
+
+    return clip
+
+
+def _per_tensor_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
+    return config.max_norm / math.sqrt(len(grads))
+
+
+def _per_tensor_norm(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+    limit = _per_tensor_limit(config, shapes)
+
+    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
+        norms = gradclip.clip_grad_norm_per_tensor_(grads, limit)
+        return math.hypot(*norms.tolist()), not bool(np.all(norms + _CLIP_EPS <= limit))
+
+    return clip
+
+
+def _value_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
+    return config.max_norm / math.sqrt(sum(g.size for g in grads))
+
+
+def _value(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+    limit = _value_limit(config, shapes)
+
+    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
+        norm = gradclip.get_total_norm(grads)
+        largest = gradclip.get_total_norm(grads, norm_type=math.inf)
+        gradclip.clip_grad_value_(grads, limit)
+        return norm, not largest <= limit
+
+    return clip
+
+
+#: The arms, in table order. An adaptive clipper (AutoClip, ZClip) is appended here once
+#: gradclip exports one: its ``make`` creates the clipper, and its clip function returns
+#: the clipper's pre-clip norm and whether it clipped.
+ARMS: tuple[Arm, ...] = (
+    Arm("none", "no clipping", _no_clip, lambda c, g: "-"),
+    Arm(
+        "global",
+        "global norm (clip_grad_norm_)",
+        _global_norm,
+        lambda c, g: f"norm {c.max_norm:.3g}",
+    ),
+    Arm(
+        "per-tensor",
+        "per-array norm (clip_grad_norm_per_tensor_)",
+        _per_tensor_norm,
+        lambda c, g: f"norm {_per_tensor_limit(c, g):.3g} each",
+    ),
+    Arm(
+        "value",
+        "value (clip_grad_value_)",
+        _value,
+        lambda c, g: f"|g| {_value_limit(c, g):.2g}",
+    ),
+)
+_ARM_BY_NAME = {arm.name: arm for arm in ARMS}
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class RunResult:
+    """What one (arm, seed) training run did."""
+
+    arm: str
+    seed: int
+    #: Training loss per step (float64); NaN after the run stopped.
+    loss: npt.NDArray[np.float64]
+    #: Total gradient 2-norm before clipping, per step; NaN after the run stopped.
+    grad_norm: npt.NDArray[np.float64]
+    steps_run: int
+    #: Steps at which clipping changed the gradient.
+    clipped: int
+    #: First step whose loss was non-finite or above :data:`DIVERGED_LOSS`, else None.
+    diverged_at: int | None
+    #: True when the run stopped early on a non-finite loss or gradient.
+    stopped: bool
+    test_mse: float
+    error_rate: float
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the loss blew up (non-finite, or 100x the baseline) at some step."""
+        return self.diverged_at is not None
+
+    @property
+    def outcome(self) -> str:
+        """``diverged``, ``learned``, ``partly`` or ``baseline`` (no better than 0.5)."""
+        if self.diverged:
+            return "diverged"
+        if self.test_mse < LEARNED_MSE:
+            return "learned"
+        if self.test_mse < 0.9 * BASELINE_MSE:
+            return "partly"
+        return "baseline"
+
+
+def train(
+    arm: Arm | str,
+    seed: int,
+    config: DemoConfig = DemoConfig(),
+    report: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train one network with one clipping arm; SGD with momentum on fresh batches.
+
+    Parameters
+    ----------
+    arm : Arm or str
+        The clipping rule, or its name in :data:`ARMS`.
+    seed : int
+        Seeds the initialisation, the training batches and the test set, separately, so
+        every arm sees the same network and the same data for a given seed.
+    config : DemoConfig, optional
+        Sizes, learning rate, threshold and number of steps.
+    report : callable, optional
+        Called with a number of steps done, every ``config.report_every`` steps.
+
+    Returns
+    -------
+    RunResult
+    """
+    if isinstance(arm, str):
+        arm = _ARM_BY_NAME[arm]
+    config.check()
+    dtype = np.float32
+    params = init_params(
+        np.random.default_rng([seed, 0]), config.hidden, config.spectral_radius, dtype
+    )
+    velocity = [np.zeros_like(p) for p in params]
+    clip = arm.make(config, velocity)
+    data = np.random.default_rng([seed, 1])
+    losses = np.full(config.steps, np.nan)
+    norms = np.full(config.steps, np.nan)
+    clipped = 0
+    diverged_at: int | None = None
+    stopped = False
+    step = 0
+    start = time.perf_counter()
+    # An exploding run overflows float32 on purpose: divergence is detected below from the
+    # loss and the norm, so NumPy's overflow warnings would only be noise.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for step in range(config.steps):
+            x, y = adding_batch(data, config.batch, config.seq_len, dtype)
+            loss, grads = loss_and_grads(params, x, y)
+            norm, fired = clip(grads)
+            losses[step], norms[step] = loss, norm
+            clipped += fired
+            if diverged_at is None and not loss <= DIVERGED_LOSS:
+                diverged_at = step
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                # a non-finite update would make every weight NaN: the run is over
+                stopped = True
+                break
+            for p, g, v in zip(params, grads, velocity, strict=True):
+                v *= config.momentum
+                v += g
+                p -= config.lr * v
+            if report is not None and (step + 1) % config.report_every == 0:
+                report(config.report_every)
+        x_test, y_test = adding_batch(
+            np.random.default_rng([seed, 2]), config.test_size, config.seq_len, dtype
+        )
+        squared = (predict(params, x_test).astype(np.float64) - y_test) ** 2
+    seconds = time.perf_counter() - start
+    return RunResult(
+        arm=arm.name,
+        seed=seed,
+        loss=losses,
+        grad_norm=norms,
+        steps_run=step + 1,
+        clipped=int(clipped),
+        diverged_at=diverged_at,
+        stopped=stopped,
+        test_mse=float(np.mean(squared)),
+        # NaN predictions count as errors: only a squared error below the bound solves
+        error_rate=float(np.mean(~(squared < SOLVED_SQUARED_ERROR))),
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------- running all
+
+_progress_queue: Any = None
+
+
+def _worker_init(progress: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress
+
+
+def _worker_train(arm: str, seed: int, config: DemoConfig) -> RunResult:
+    def report(steps: int) -> None:
+        _progress_queue.put(((arm, seed), steps))
+
+    return train(arm, seed, config, report)
+
+
+@contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    # Each worker process runs one small network; BLAS threads on 64x64 matrices only
+    # fight the other worker for the cores. Children read these at import time.
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def default_jobs() -> int:
+    """The number of CPU cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def run_demo(
+    config: DemoConfig = DemoConfig(),
+    arms: Sequence[Arm] = ARMS,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> list[RunResult]:
+    """Train every arm on every seed, in ``jobs`` worker processes.
+
+    Parameters
+    ----------
+    config : DemoConfig, optional
+        Settings shared by all runs; seeds ``0 .. config.seeds - 1`` are used.
+    arms : sequence of Arm, optional
+        The arms; they must be entries of :data:`ARMS` (workers look them up by name).
+    jobs : int, optional
+        Worker processes; 0 trains in this process. Default: the cores available, at most
+        one per run.
+    progress : bool, optional
+        Show a progress bar (tqdm) on stderr.
+
+    Returns
+    -------
+    list of RunResult
+        Ordered by arm, then seed.
+    """
+    config.check()
+    runs = [(arm.name, seed) for seed in range(config.seeds) for arm in arms]
+    if jobs is None:
+        jobs = min(default_jobs(), len(runs))
+    bar = _progress_bar(len(runs) * config.steps, progress)
+    results: dict[tuple[str, int], RunResult] = {}
+    try:
+        if jobs == 0:
+            for name, seed in runs:
+                results[name, seed] = _train_in_process(name, seed, config, bar)
+        else:
+            _run_in_workers(runs, config, jobs, bar, results)
+    finally:
+        bar.close()
+    return [results[arm.name, seed] for arm in arms for seed in range(config.seeds)]
+
+
+def _train_in_process(name: str, seed: int, config: DemoConfig, bar: Any) -> RunResult:
+    done = 0
+
+    def report(steps: int) -> None:
+        nonlocal done
+        done += steps
+        bar.update(steps)
+
+    result = train(name, seed, config, report)
+    bar.update(config.steps - done)  # the rest of a run that stopped early
+    return result
+
+
+def _run_in_workers(
+    runs: list[tuple[str, int]],
+    config: DemoConfig,
+    jobs: int,
+    bar: Any,
+    results: dict[tuple[str, int], RunResult],
+) -> None:
+    # spawn, not fork: the parent may already hold OpenMP and BLAS thread pools, which do
+    # not survive a fork
+    context = multiprocessing.get_context("spawn")
+    progress = context.Queue()
+    reported = dict.fromkeys(runs, 0)
+
+    def drain() -> None:
+        while True:
+            try:
+                key, steps = progress.get_nowait()
+            except queue.Empty:
+                return
+            if key not in results:  # late reports of a finished run are already counted
+                reported[key] += steps
+                bar.update(steps)
+
+    with (
+        _single_threaded_children(),
+        ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_worker_init, initargs=(progress,)
+        ) as pool,
+    ):
+        pending: dict[Future[RunResult], tuple[str, int]] = {
+            pool.submit(_worker_train, name, seed, config): (name, seed) for name, seed in runs
+        }
+        while pending:
+            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            drain()
+            for future in done:
+                key = pending.pop(future)
+                results[key] = future.result()
+                bar.update(config.steps - reported[key])
+    progress.close()
+    progress.join_thread()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm  # imported here: `import gradclip` must not need tqdm
+
+    return tqdm(total=total, desc="training", unit="step", unit_scale=True, smoothing=0.1)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf"
+    if value != 0 and not 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits - 1}e}".replace("e+0", "e+").replace("e-0", "e-")
+    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits + 1}f}"
+
+
+def _arm_rows(
+    results: Sequence[RunResult], arms: Sequence[Arm], config: DemoConfig
+) -> list[list[str]]:
+    probe = [np.empty(shape) for shape in _param_shapes(config.hidden)]
+    rows = []
+    for arm in arms:
+        runs = [r for r in results if r.arm == arm.name]
+        if not runs:
+            continue
+        outcomes = [r.outcome for r in runs]
+        steps = sum(r.steps_run for r in runs)
+        seen = np.concatenate([r.grad_norm[: r.steps_run] for r in runs])
+        peak = float(np.max(seen)) if np.all(np.isfinite(seen)) else math.inf
+        tally = ", ".join(
+            f"{outcomes.count(kind)} {kind}"
+            for kind in ("learned", "partly", "baseline", "diverged")
+            if outcomes.count(kind)
+        )
+        test = np.array([r.test_mse for r in runs])
+        rows.append(
+            [
+                arm.name,
+                arm.threshold(config, probe),
+                f"{sum(r.diverged for r in runs)}/{len(runs)}",
+                _fmt(float(np.median(np.where(np.isnan(test), np.inf, test)))),
+                f"{100 * float(np.median([r.error_rate for r in runs])):.1f}%",
+                "-" if arm.name == "none" else f"{100 * sum(r.clipped for r in runs) / steps:.0f}%",
+                _fmt(peak),
+                f"{sum(r.seconds for r in runs):.1f}",
+                tally,
+            ]
+        )
+    return rows
+
+
+def format_table(
+    results: Sequence[RunResult], config: DemoConfig, arms: Sequence[Arm] = ARMS
+) -> str:
+    """The summary table of a demo run, plus what was expected and whether it happened."""
+    header = [
+        "arm",
+        "clip at",
+        "diverged",
+        "test MSE",
+        "error rate",
+        "clipped",
+        "peak |g|",
+        "time s",
+        "seeds",
+    ]
+    rows = _arm_rows(results, arms, config)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    out = [line(header), rule, *(line(row) for row in rows)]
+    out += [
+        "",
+        f"test MSE and error rate: median over seeds, on {config.test_size} fresh sequences "
+        f"(always answering 0.5: MSE 1/24 = {BASELINE_MSE:.3f}, error rate ~36%); "
+        f"error = squared error >= {SOLVED_SQUARED_ERROR}",
+        f"diverged: training loss non-finite or above {DIVERGED_LOSS:.2f} (100x the "
+        "baseline) at some step; clipped: share of steps where clipping changed the "
+        "gradient; peak |g|: largest total gradient norm before clipping; "
+        f"seeds: learned = test MSE < {LEARNED_MSE}, partly = below 0.9x baseline",
+        "adaptive clipping (AutoClip, ZClip): not in gradclip yet; its arm is added when it ships",
+        "",
+        *_verdicts(results),
+    ]
+    return "\n".join(out)
+
+
+def _verdicts(results: Sequence[RunResult]) -> list[str]:
+    lines = []
+    expected: dict[str, tuple[str, Callable[[RunResult], bool]]] = {
+        "none": ("blow up", lambda r: r.diverged),
+        "global": ("learn the task", lambda r: r.outcome == "learned"),
+    }
+    for name, (what, happened) in expected.items():
+        runs = [r for r in results if r.arm == name]
+        if not runs:
+            continue
+        hits = sum(happened(r) for r in runs)
+        mark = "as expected" if 2 * hits > len(runs) else "NOT as expected"
+        lines.append(f"{name}: expected to {what}; did so on {hits}/{len(runs)} seeds: {mark}")
+    return lines
+
+
+def _bin_edges(steps: int, bins: int = 150) -> npt.NDArray[np.intp]:
+    """Step boundaries of about ``bins`` windows, equally wide on a log axis.
+
+    The first windows are single steps, so a blow-up in the first hundred steps is drawn
+    step by step, while the late part of a run is still summarised.
+    """
+    ends = np.unique(np.geomspace(1, steps, bins).astype(np.intp))
+    return np.concatenate([[0], ends[ends > 0]])
+
+
+def _binned(
+    values: npt.NDArray[np.float64], steps_run: int, edges: npt.NDArray[np.intp], reduce: str
+) -> npt.NDArray[np.float64]:
+    """Window means (or maxima) of one run's per-step values; NaN once non-finite."""
+    ufunc = np.maximum if reduce == "max" else np.add
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = ufunc.reduceat(values, edges[:-1])
+        if reduce != "max":
+            out = out / np.diff(edges)
+    out[edges[1:] > steps_run] = np.nan  # windows the run did not finish
+    out[~np.isfinite(out)] = np.nan
+    return np.asarray(out, dtype=np.float64)
+
+
+def plot_runs(
+    results: Sequence[RunResult],
+    config: DemoConfig,
+    path: str | os.PathLike[str],
+    arms: Sequence[Arm] = ARMS,
+) -> Path:
+    """Save training loss and pre-clip gradient norm against step, one line per arm.
+
+    The thick line of each arm is the median over seeds (drawn while at least half the
+    seeds are still running with finite values), the thin ones are single seeds; a cross
+    marks the last finite point of a run that blew up. Both axes are logarithmic; losses
+    are averaged and gradient norms maximised over windows that widen with the step, so
+    spikes stay visible.
+    """
+    from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    edges = _bin_edges(config.steps)
+    x = edges[1:]
+    loss_top = 10.0  # the loss panel stops here: a blow-up leaves through the top
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    ax_loss, ax_norm = fig.subplots(1, 2)
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    lowest = loss_top
+    for color, arm in zip(colors * 2, arms, strict=False):
+        runs = [r for r in results if r.arm == arm.name]
+        if not runs:
+            continue
+        for ax, attr, reduce in ((ax_loss, "loss", "mean"), (ax_norm, "grad_norm", "max")):
+            curves = np.array([_binned(getattr(r, attr), r.steps_run, edges, reduce) for r in runs])
+            for curve, run in zip(curves, runs, strict=True):
+                ax.plot(x, curve, color=color, lw=0.6, alpha=0.4)
+                shown = np.flatnonzero(np.isfinite(curve))
+                if run.stopped and shown.size:
+                    y = curve[shown[-1]]
+                    y = min(y, 0.8 * loss_top) if ax is ax_loss else y
+                    ax.plot(x[shown[-1]], y, "x", color=color, ms=8, mew=2)
+            # a stopped run counts as +inf, so the median exists while most runs do
+            median = np.median(np.where(np.isnan(curves), np.inf, curves), axis=0)
+            median[~np.isfinite(median)] = np.nan
+            ax.plot(x, median, color=color, lw=2.2, label=arm.title if ax is ax_loss else None)
+            if ax is ax_loss and np.any(np.isfinite(curves)):
+                lowest = min(lowest, float(np.nanmin(curves)))
+    ax_loss.axhline(BASELINE_MSE, color="gray", ls="--", lw=1, label="always answering 0.5")
+    ax_norm.axhline(config.max_norm, color="gray", ls=":", lw=1, label="max_norm")
+    ax_loss.set(
+        xscale="log",
+        yscale="log",
+        xlim=(1, config.steps),
+        ylim=(0.7 * lowest, loss_top),
+        xlabel="step",
+        ylabel="training loss (MSE)",
+        title=f"Adding problem, T = {config.seq_len}: training loss",
+    )
+    ax_norm.set(
+        xscale="log",
+        yscale="log",
+        xlim=(1, config.steps),
+        xlabel="step",
+        ylabel="total gradient norm before clipping",
+        title="Gradient norm before clipping (window maxima)",
+    )
+    handles, labels = ax_loss.get_legend_handles_labels()
+    extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
+    fig.legend(
+        handles + extra_handles,
+        labels + extra_labels,
+        loc="outside lower center",
+        ncols=3,
+        fontsize=9,
+        frameon=False,
+    )
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradclip", description="gradclip command-line tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="train an RNN on the adding problem with and without gradient clipping",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    d = DemoConfig()
+    demo.add_argument("--steps", type=int, help=f"training steps per run (default {d.steps})")
+    demo.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per arm (default {d.seeds})")
+    demo.add_argument("--seq-len", type=int, help=f"sequence length (default {d.seq_len})")
+    demo.add_argument("--hidden", type=int, help=f"hidden units (default {d.hidden})")
+    demo.add_argument("--batch", type=int, help=f"sequences per step (default {d.batch})")
+    demo.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    demo.add_argument(
+        "--max-norm", type=float, help=f"clipping threshold, total norm (default {d.max_norm})"
+    )
+    demo.add_argument(
+        "--out",
+        default="gradclip_demo.png",
+        help="where to write the figure (PNG; a directory gets gradclip_demo.png)",
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK.steps} steps, {QUICK.seeds} seed (other options override)",
+    )
+    demo.add_argument(
+        "--jobs", type=int, help="worker processes (default: available cores; 0: in-process)"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m gradclip`` and the ``gradclip`` console script."""
+    args = _parser().parse_args(argv)
+    config = QUICK if args.quick else DemoConfig()
+    overrides = {
+        name: getattr(args, name)
+        for name in ("steps", "seeds", "seq_len", "hidden", "batch", "lr", "max_norm")
+        if getattr(args, name) is not None
+    }
+    config = replace(config, **overrides)
+    try:
+        config.check()
+    except ValueError as exc:
+        print(f"gradclip demo: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.is_dir():
+        out = out / "gradclip_demo.png"
+
+    print(
+        f"Adding problem (Pascanu, Mikolov & Bengio 2013): tanh RNN, {config.hidden} units, "
+        f"sequences of {config.seq_len}, batch {config.batch}, SGD lr {config.lr} momentum "
+        f"{config.momentum}, W_hh spectral radius {config.spectral_radius}; "
+        f"{config.steps} steps x {config.seeds} seed(s) per arm",
+        flush=True,
+    )
+    start = time.perf_counter()
+    results = run_demo(config, jobs=args.jobs, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    print()
+    print(format_table(results, config))
+    path = plot_runs(results, config, out)
+    print(f"\n{len(results)} runs in {elapsed:.0f} s; figure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

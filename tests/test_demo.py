@@ -1,0 +1,186 @@
+# The demo (`python -m gradclip demo`): the adding-problem data, the hand-written BPTT against
+# central finite differences, the quick mode's claims (the unclipped run explodes, the clipped
+# runs stay finite and learn something), and the command line end to end.
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradclip
+from gradclip import demo
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread() -> Iterator[None]:
+    # BLAS threads only slow down 64x64 matmuls, and two test workers may share the cores
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _naive_loss(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """The loss one sequence and one step at a time, straight from the definition."""
+    w_xh, w_hh, b_h, w_hy, b_y = params
+    total = 0.0
+    for b in range(x.shape[1]):
+        h = np.zeros(w_hh.shape[0])
+        for t in range(x.shape[0]):
+            h = np.tanh(w_xh @ x[t, b] + w_hh @ h + b_h)
+        total += float((w_hy @ h + b_y - y[b])[0] ** 2)
+    return total / x.shape[1]
+
+
+def _tiny_problem(seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = demo.init_params(rng, hidden=5, spectral_radius=1.3, dtype=np.float64)
+    # non-zero biases and a non-trivial readout, so every gradient term is exercised
+    params[2][:] = rng.normal(0, 0.3, params[2].shape)
+    params[4][:] = 0.2
+    x, y = demo.adding_batch(rng, batch=4, seq_len=7, dtype=np.float64)
+    return params, x, y
+
+
+def test_adding_batch_follows_the_paper() -> None:
+    rng = np.random.default_rng(1)
+    seq_len = 50
+    x, y = demo.adding_batch(rng, batch=4000, seq_len=seq_len)
+    assert x.shape == (seq_len, 4000, 2) and y.shape == (4000, 1)
+    assert x.dtype == y.dtype == np.float32
+    markers = x[:, :, 1]
+    assert set(np.unique(markers)) == {0.0, 1.0}
+    assert np.all(markers.sum(axis=0) == 2)
+    positions = np.sort(np.nonzero(markers.T)[1].reshape(-1, 2), axis=1)
+    assert positions[:, 0].min() == 0 and positions[:, 0].max() == seq_len // 10 - 1
+    assert positions[:, 1].min() == seq_len // 10 and positions[:, 1].max() == seq_len // 2 - 1
+    values = x[:, :, 0].T
+    assert values.min() >= 0 and values.max() < 1
+    marked = np.where(markers.T == 1, values, 0).sum(axis=1) / 2
+    np.testing.assert_allclose(y[:, 0], marked, rtol=1e-6)
+    # always answering 0.5 scores the baseline 1/24
+    assert abs(float(np.mean((y - 0.5) ** 2)) - demo.BASELINE_MSE) < 0.1 * demo.BASELINE_MSE
+
+
+def test_forward_matches_the_definition() -> None:
+    params, x, y = _tiny_problem()
+    loss, _ = demo.loss_and_grads(params, x, y)
+    assert loss == pytest.approx(_naive_loss(params, x, y), rel=1e-12)
+    err = demo.predict(params, x) - y
+    assert float(np.mean(err**2)) == pytest.approx(loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bptt_matches_central_finite_differences(seed: int) -> None:
+    params, x, y = _tiny_problem(seed)
+    _, grads = demo.loss_and_grads(params, x, y)
+    step = 1e-6
+    for name, p, g in zip(demo.PARAM_NAMES, params, grads, strict=True):
+        assert g.shape == p.shape and g.dtype == np.float64
+        numeric = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            saved = p[i]
+            p[i] = saved + step
+            up = _naive_loss(params, x, y)
+            p[i] = saved - step
+            down = _naive_loss(params, x, y)
+            p[i] = saved
+            numeric[i] = (up - down) / (2 * step)
+        rel = np.linalg.norm(g - numeric) / np.linalg.norm(numeric)
+        assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+
+
+def test_every_arm_starts_from_the_same_network_and_data() -> None:
+    config = replace(demo.QUICK, steps=3, test_size=10)
+    runs = [demo.train(arm, 0, config) for arm in demo.ARMS]
+    assert len({r.loss[0] for r in runs}) == 1  # same weights, same first batch
+    assert demo.train("global", 1, config).loss[0] != runs[0].loss[0]
+
+
+@pytest.mark.parametrize("arm", [a for a in demo.ARMS if a.name != "none"], ids=lambda a: a.name)
+def test_clipping_arms_bound_the_update_by_max_norm(arm: demo.Arm) -> None:
+    config = demo.DemoConfig(hidden=16, max_norm=0.5)
+    rng = np.random.default_rng(0)
+    shapes = [(16, 2), (16, 16), (16,), (1, 16), (1,)]
+    grads = [(1e3 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    before = gradclip.get_total_norm(grads)
+    norm, fired = arm.make(config, grads)(grads)
+    assert norm == pytest.approx(before) and fired
+    assert gradclip.get_total_norm(grads) <= config.max_norm * (1 + 1e-5)
+
+
+def test_quick_mode_unclipped_explodes() -> None:
+    run = demo.train("none", 0, demo.QUICK)
+    assert run.diverged and run.stopped
+    assert run.steps_run < demo.QUICK.steps
+    finite = run.grad_norm[np.isfinite(run.grad_norm)]
+    assert finite.max() > 1e6 * finite[0]  # orders of magnitude, not a wobble
+    assert run.error_rate == 1.0
+
+
+@pytest.mark.parametrize("arm", ["global", "per-tensor", "value"])
+def test_quick_mode_clipped_runs_stay_finite_and_learn(arm: str) -> None:
+    run = demo.train(arm, 0, demo.QUICK)
+    assert not run.diverged and not run.stopped
+    assert run.steps_run == demo.QUICK.steps
+    assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
+    assert run.clipped > 0
+    assert np.mean(run.loss[-50:]) < 0.5 * np.mean(run.loss[:10])
+    assert math.isfinite(run.test_mse) and run.test_mse < 2 * demo.BASELINE_MSE
+
+
+def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
+    config = replace(demo.QUICK, steps=20, seeds=2, test_size=10)
+    results = demo.run_demo(config, jobs=0, progress=False)
+    assert [(r.arm, r.seed) for r in results] == [
+        (arm.name, seed) for arm in demo.ARMS for seed in (0, 1)
+    ]
+    table = demo.format_table(results, config)
+    for arm in demo.ARMS:
+        assert f"| {arm.name} " in table
+    assert "expected to blow up" in table
+
+
+def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    code = demo.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    figure = tmp_path / "gradclip_demo.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure: {figure}" in out
+    assert "none: expected to blow up; did so on 1/1 seeds: as expected" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"arm"} | {arm.name for arm in demo.ARMS}
+    assert "| 1/1 " in rows["none"] and "| 0/1 " in rows["global"]
+
+
+def test_command_line_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["demo", "--steps", "0"]) == 2
+    assert "steps must be at least 1" in capsys.readouterr().err
+
+
+def test_python_m_gradclip_and_lazy_imports() -> None:
+    # `import gradclip` (and the demo module) must not pull in matplotlib or tqdm
+    code = (
+        "import sys, gradclip, gradclip.demo; "
+        "assert not {'matplotlib', 'tqdm'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "gradclip", "demo", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "--seq-len" in done.stdout and "--quick" in done.stdout
