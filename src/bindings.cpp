@@ -52,32 +52,43 @@ struct Bounds {
     std::size_t idx;  // into Batch::spans
 };
 
+[[noreturn]] void bad_dtype(const py::handle& arr, const std::string& at, bool byteorder) {
+    const std::string name = py::str(arr.attr("dtype")).cast<std::string>();
+    if (byteorder) {
+        throw py::type_error(at + " has non-native byte order (dtype " + name +
+                             "); expected native float16, bfloat16, float32 or float64");
+    }
+    throw py::type_error(at + " has dtype " + name + "; expected float16, bfloat16, float32 or float64");
+}
+
 // Validates every entry of `seq` and describes it; throws TypeError / ValueError naming
 // the argument and position. Nothing is written here, and nothing is written by a caller
-// unless this returns.
+// unless this returns. Runs once per array on every call, so it reads NumPy's array
+// structs directly instead of going through Python attribute lookups.
 void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& b, bool write = true) {
-    const std::size_t n = py::len(seq);
+    // a list or tuple as is (any other sequence materialised once): a C array of items
+    const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "grads must be a sequence"));
+    if (!fast) throw py::error_already_set();
+    const auto n = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fast.ptr()));
+    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+    const auto& api = py::detail::npy_api::get();
     b.npos = n;
     b.keep.reserve(n);
     b.pos.reserve(n);
-    std::vector<DType> dts;
-    dts.reserve(n);
+    b.spans.reserve(n);
+    b.meta_off.reserve(n);
     std::size_t meta_need = 0;
     for (std::size_t i = 0; i < n; ++i) {
-        py::object item = seq[i];
-        if (item.is_none()) continue;
+        PyObject* item = items[i];
+        if (item == Py_None) continue;
         // (a default-constructed py::array would allocate a new empty array: avoid it)
-        py::array arr = py::isinstance<py::array>(item)
-                            ? py::reinterpret_borrow<py::array>(item)
-                            : (*g_as_array)(item, where(arg, i, single)).cast<py::array>();
-        const py::dtype dt = arr.dtype();
-        const int num = dt.num();
+        py::array arr = api.PyArray_Check_(item) ? py::reinterpret_borrow<py::array>(item)
+                                                 : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
+        const auto* proxy = py::detail::array_proxy(arr.ptr());
+        const auto* descr = py::detail::array_descriptor_proxy(proxy->descr);
+        const int num = descr->type_num;
         DType d;
-        if (dt.byteorder() == '>') {
-            throw py::type_error(where(arg, i, single) + " has non-native byte order (dtype " +
-                                 py::str(py::object(dt)).cast<std::string>() +
-                                 "); expected native float16, bfloat16, float32 or float64");
-        }
+        if (descr->byteorder == '>') bad_dtype(arr, where(arg, i, single), true);
         if (num == kNpyFloat) {
             d = DType::F32;
         } else if (num == kNpyDouble) {
@@ -87,54 +98,75 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         } else if (g_bf16_num >= 0 && num == g_bf16_num) {
             d = DType::BF16;
         } else {
-            throw py::type_error(where(arg, i, single) + " has dtype " + py::str(py::object(dt)).cast<std::string>() +
-                                 "; expected float16, bfloat16, float32 or float64");
+            bad_dtype(arr, where(arg, i, single), false);
         }
-        if (write && !arr.writeable()) {
+        if (write && (proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
             throw py::value_error(where(arg, i, single) +
                                   " is read-only; gradclip writes in place and needs a writeable array");
         }
-        meta_need += 2 * static_cast<std::size_t>(arr.ndim());
-        dts.push_back(d);
+        meta_need += 2 * static_cast<std::size_t>(proxy->nd);
+        Span sp;
+        sp.dt = d;
+        b.spans.push_back(sp);
         b.pos.push_back(i);
         b.keep.push_back(std::move(arr));
     }
 
     // second pass: spans, self-overlap, then overlap between arrays
     const std::size_t m = b.keep.size();
-    b.meta.reserve(meta_need);  // no reallocation below: spans point into meta
-    b.spans.resize(m);
-    b.meta_off.reserve(m);
+    b.meta.resize(meta_need);  // sized once: spans point into it
     std::vector<Bounds> bounds;
-    bounds.reserve(m);
+    if (write && m > 1) bounds.reserve(m);
+    std::size_t off = 0;
     for (std::size_t k = 0; k < m; ++k) {
-        const py::array& arr = b.keep[k];
-        const int nd = static_cast<int>(arr.ndim());
-        const std::size_t off = b.meta.size();
+        const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
+        const int nd = proxy->nd;
         b.meta_off.push_back(off);
-        for (int d = 0; d < nd; ++d) b.meta.push_back(static_cast<std::ptrdiff_t>(arr.shape(d)));
-        for (int d = 0; d < nd; ++d) b.meta.push_back(static_cast<std::ptrdiff_t>(arr.strides(d)));
-        const std::ptrdiff_t* shape = b.meta.data() + off;
-        const std::ptrdiff_t* strides = shape + nd;
-        char* data = static_cast<char*>(const_cast<void*>(arr.data()));
-        const std::size_t isz = gradclip::itemsize(dts[k]);
-        const bool dense = gradclip::describe_array(data, nd, shape, strides, dts[k], b.spans[k]);
-        if (b.spans[k].n == 0) continue;
+        std::ptrdiff_t* shape = b.meta.data() + off;
+        std::ptrdiff_t* strides = shape + nd;
+        for (int d = 0; d < nd; ++d) {
+            shape[d] = proxy->dimensions[d];
+            strides[d] = proxy->strides[d];
+        }
+        off += 2 * static_cast<std::size_t>(nd);
+        char* data = proxy->data;
+        const DType d = b.spans[k].dt;
+        const std::size_t isz = gradclip::itemsize(d);
+        Span& sp = b.spans[k];
+        bool dense;
+        if ((proxy->flags & (py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_)) != 0) {
+            // the common case, without sorting strides: NumPy's flags already say dense,
+            // and a C- or F-contiguous array starts at its lowest address
+            std::size_t count = 1;
+            for (int q = 0; q < nd; ++q) count *= static_cast<std::size_t>(shape[q]);
+            sp.data = data;
+            sp.n = count;
+            sp.ndim = 0;
+            dense = true;
+        } else {
+            dense = gradclip::describe_array(data, nd, shape, strides, d, sp);
+        }
+        if (sp.n == 0) continue;
         if (!write) continue;  // read-only use: overlaps cannot lose an update
         if (!dense && gradclip::may_self_overlap(nd, shape, strides, isz)) {
             throw py::value_error(where(arg, b.pos[k], single) +
                                   " has elements that share memory (e.g. a stride-0 view); writing to it in "
                                   "place would apply the update more than once");
         }
-        const char* lo;
-        const char* hi;
-        gradclip::byte_bounds(data, nd, shape, strides, isz, lo, hi);
-        bounds.push_back({lo, hi, k});
+        if (m < 2) continue;
+        if (dense) {
+            bounds.push_back({sp.data, sp.data + sp.n * isz, k});
+        } else {
+            const char* lo;
+            const char* hi;
+            gradclip::byte_bounds(data, nd, shape, strides, isz, lo, hi);
+            bounds.push_back({lo, hi, k});
+        }
     }
     if (bounds.size() < 2) return;
-    std::sort(bounds.begin(), bounds.end(), [](const Bounds& x, const Bounds& y) {
-        return x.lo < y.lo || (x.lo == y.lo && x.idx < y.idx);
-    });
+    const auto by_start = [](const Bounds& x, const Bounds& y) { return x.lo < y.lo || (x.lo == y.lo && x.idx < y.idx); };
+    // arrays allocated one after another often arrive in address order: skip the sort then
+    if (!std::is_sorted(bounds.begin(), bounds.end(), by_start)) std::sort(bounds.begin(), bounds.end(), by_start);
     std::size_t reach = 0;  // the entry reaching furthest so far
     for (std::size_t j = 1; j < bounds.size(); ++j) {
         const Bounds& cur = bounds[j];

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -33,6 +34,8 @@ int guarded(F&& f) noexcept {
     try {
         return f();
     } catch (const std::bad_alloc&) {
+        return GRADCLIP_E_NOMEM;
+    } catch (const std::length_error&) {  // a vector asked for more than it can ever hold
         return GRADCLIP_E_NOMEM;
     } catch (...) {
         return GRADCLIP_E_INTERNAL;
@@ -166,6 +169,7 @@ int c_sum_pow(int dtype, const void* x, std::size_t n, double p, double* out) {
     double norm = 0.0;
     const int rc = c_norm(dtype, x, n, p, &norm);
     if (rc != GRADCLIP_OK) return rc;
+    if (out == nullptr) return GRADCLIP_E_NULL;  // c_norm saw &norm, not the caller's output
     // the engine's raw sum is internal (and overflows where the norm does not); norm^p is it
     // to a few ulps, exactly so for p = 1 and p = inf
     if (std::isinf(p) || p == 1.0)

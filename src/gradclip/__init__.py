@@ -9,6 +9,7 @@ Global norm clipping (:func:`clip_grad_norm_`), per-array and per-slice norm cli
 from __future__ import annotations
 
 from ._errors import NonFiniteNormError
+from ._include import get_include
 from ._result import ClipResult
 
 _COMPILED_NAMES = frozenset(
@@ -84,6 +85,7 @@ __all__ = [
     "clip_grads_with_norm_",
     "clip_per_example_",
     "cpu_target",
+    "get_include",
     "get_num_threads",
     "get_total_norm",
     "reference",

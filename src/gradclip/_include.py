@@ -20,6 +20,7 @@ def get_include() -> str:
 
     >>> from Cython.Build import cythonize  # doctest: +SKIP
     >>> import gradclip
-    >>> ext_modules = cythonize("mymod.pyx", include_path=[gradclip.get_include()])  # doctest: +SKIP
+    >>> include = [gradclip.get_include()]  # doctest: +SKIP
+    >>> ext_modules = cythonize("mymod.pyx", include_path=include)  # doctest: +SKIP
     """
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,8 +1,10 @@
-# cython: language_level=3
+# cython: language_level=3, freethreading_compatible=True
 # gradclip.cython_api: the functions declared in cython_api.pxd. Each one is a thin call through
 # the C function table gradclip._core exports (cpp/include/gradclip/capi.h), so this module links
 # nothing of gradclip's: one engine, one thread count and one CPU target serve Python and Cython.
 # Arithmetic and validation live in the engine and cpp/src/capi.cpp, not here.
+# freethreading_compatible: the module's only state is the table pointer, set once at import,
+# so a free-threaded interpreter need not re-enable the GIL for it (as for gradclip._core).
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint16_t

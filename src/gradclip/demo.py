@@ -30,7 +30,19 @@ arm the clipped gradient therefore has a total norm of at most ``c``, and the co
 about the direction each rule keeps, not about step size.
 
 Nothing in the printed table is fixed in advance: every number comes from the runs, and the
-verdict column says when an arm did not behave as expected.
+lines under it say whether, with the default settings, the unclipped runs blew up and the
+globally clipped runs learned the task, as they are expected to.
+
+Why these defaults (see :class:`DemoConfig`): SGD with momentum 0.9 at learning rate 0.05 and
+``W_hh`` at spectral radius 1.2. In the sweeps behind them (8 seeds), the unclipped runs at
+this rate blew up on 7: three within the first hundred steps, four after 1,600-3,100 steps
+spent near the baseline, when gradient spikes of 10-20 times the usual norm appear; unclipped,
+each spike kicks the weights further, and within a few dozen steps the norm passes 1e3 and
+then overflows. The globally clipped runs see the same spikes, cut them to ``max_norm``, and
+learned the task on 6 of the 8 seeds (test MSE 0.001-0.005). A smaller learning rate (0.03)
+lets most unclipped runs learn, slowly, with an occasional loss spike: clipping is what makes the
+faster rate usable. Sequences of 40 rather than the paper's 50 or more keep the run within 90
+seconds: at 50, half of the clipped runs were still at the baseline after 5,000 steps.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,7 +103,9 @@ class DemoConfig:
     """Settings of one demo run; every arm and seed uses the same ones.
 
     The defaults were chosen by experiment so that the unclipped runs blow up while the
-    globally clipped runs learn the task, within 90 seconds on two cores.
+    globally clipped runs learn the task, within 90 seconds on two cores (see the module
+    docstring). ``max_norm`` is the bound on the clipped gradient's total norm in every
+    clipping arm.
     """
 
     steps: int = 5000
@@ -99,10 +113,10 @@ class DemoConfig:
     seq_len: int = 40
     hidden: int = 64
     batch: int = 50
-    lr: float = 0.07
+    lr: float = 0.05
     momentum: float = 0.9
     spectral_radius: float = 1.2
-    max_norm: float = 0.35
+    max_norm: float = 0.5
     test_size: int = 2000
     #: Training steps between two progress reports.
     report_every: int = 50
@@ -122,7 +136,9 @@ class DemoConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
-QUICK = DemoConfig(steps=300, seeds=1, test_size=500)
+#: ``--quick``: a smoke run. Too short to learn the task or to reach the later blow-ups; seed 1
+#: of the unclipped arm blows up within it.
+QUICK = DemoConfig(steps=300, seeds=2, test_size=500)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -523,7 +539,13 @@ def _worker_train(arm: str, seed: int, config: DemoConfig) -> RunResult:
 def _single_threaded_children() -> Iterator[None]:
     # Each worker process runs one small network; BLAS threads on 64x64 matrices only
     # fight the other worker for the cores. Children read these at import time.
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    names = (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "BLIS_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+    )
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update(dict.fromkeys(names, "1"))
     try:
@@ -534,6 +556,15 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    # the in-process counterpart of _single_threaded_children, when threadpoolctl is there
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(1, user_api="blas")  # type: ignore[no-any-return]
 
 
 def default_jobs() -> int:
@@ -576,8 +607,9 @@ def run_demo(
     results: dict[tuple[str, int], RunResult] = {}
     try:
         if jobs == 0:
-            for name, seed in runs:
-                results[name, seed] = _train_in_process(name, seed, config, bar)
+            with _one_blas_thread():
+                for name, seed in runs:
+                    results[name, seed] = _train_in_process(name, seed, config, bar)
         else:
             _run_in_workers(runs, config, jobs, bar, results)
     finally:
@@ -630,13 +662,19 @@ def _run_in_workers(
         pending: dict[Future[RunResult], tuple[str, int]] = {
             pool.submit(_worker_train, name, seed, config): (name, seed) for name, seed in runs
         }
-        while pending:
-            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-            drain()
-            for future in done:
-                key = pending.pop(future)
-                results[key] = future.result()
-                bar.update(config.steps - reported[key])
+        try:
+            while pending:
+                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                drain()
+                for future in done:
+                    key = pending.pop(future)
+                    results[key] = future.result()
+                    bar.update(config.steps - reported[key])
+        except BaseException:
+            # Ctrl-C or a failed run: do not start the queued runs while shutting down
+            for future in pending:
+                future.cancel()
+            raise
     progress.close()
     progress.join_thread()
 
@@ -658,6 +696,10 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- reporting
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -739,35 +781,36 @@ def format_table(
         f"seeds: learned = test MSE < {LEARNED_MSE}, partly = below 0.9x baseline",
         "adaptive clipping (AutoClip, ZClip): not in gradclip yet; its arm is added when it ships",
         "",
-        *_verdicts(results),
+        *_verdicts(results, config),
     ]
     return "\n".join(out)
 
 
-def _verdicts(results: Sequence[RunResult]) -> list[str]:
-    lines = []
-    expected: dict[str, tuple[str, Callable[[RunResult], bool]]] = {
-        "none": ("blow up", lambda r: r.diverged),
-        "global": ("learn the task", lambda r: r.outcome == "learned"),
-    }
-    for name, (what, happened) in expected.items():
+def _verdicts(results: Sequence[RunResult], config: DemoConfig) -> list[str]:
+    claims: list[tuple[str, str, Callable[[RunResult], bool]]] = [
+        ("none", "blew up", lambda r: r.diverged),
+        ("global", "learned the task", lambda r: r.outcome == "learned"),
+    ]
+    checked = replace(config, seeds=DemoConfig().seeds) == DemoConfig()
+    lines = [
+        "expected with the default settings: no clipping blows up, global norm clipping "
+        "learns the task" + ("" if checked else " (not checked: the settings differ)")
+    ]
+    for name, what, happened in claims:
         runs = [r for r in results if r.arm == name]
         if not runs:
             continue
         hits = sum(happened(r) for r in runs)
-        mark = "as expected" if 2 * hits > len(runs) else "NOT as expected"
-        lines.append(f"{name}: expected to {what}; did so on {hits}/{len(runs)} seeds: {mark}")
+        line = f"{name}: {what} on {hits}/{len(runs)} seeds"
+        if checked:
+            line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
+        lines.append(line)
     return lines
 
 
-def _bin_edges(steps: int, bins: int = 150) -> npt.NDArray[np.intp]:
-    """Step boundaries of about ``bins`` windows, equally wide on a log axis.
-
-    The first windows are single steps, so a blow-up in the first hundred steps is drawn
-    step by step, while the late part of a run is still summarised.
-    """
-    ends = np.unique(np.geomspace(1, steps, bins).astype(np.intp))
-    return np.concatenate([[0], ends[ends > 0]])
+def _bin_edges(steps: int, bins: int = 100) -> npt.NDArray[np.intp]:
+    """Step boundaries of ``bins`` equal windows (fewer when there are fewer steps)."""
+    return np.unique(np.linspace(0, steps, min(bins, steps) + 1).astype(np.intp))
 
 
 def _binned(
@@ -794,9 +837,9 @@ def plot_runs(
 
     The thick line of each arm is the median over seeds (drawn while at least half the
     seeds are still running with finite values), the thin ones are single seeds; a cross
-    marks the last finite point of a run that blew up. Both axes are logarithmic; losses
-    are averaged and gradient norms maximised over windows that widen with the step, so
-    spikes stay visible.
+    marks the last finite point of a run that blew up. Losses are averaged and gradient
+    norms maximised over windows of ``steps / 100`` steps, so spikes stay visible; both
+    are drawn on a log scale.
     """
     from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state
 
@@ -805,7 +848,7 @@ def plot_runs(
     edges = _bin_edges(config.steps)
     x = edges[1:]
     loss_top = 10.0  # the loss panel stops here: a blow-up leaves through the top
-    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
     ax_loss, ax_norm = fig.subplots(1, 2)
     colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     lowest = loss_top
@@ -817,35 +860,40 @@ def plot_runs(
             curves = np.array([_binned(getattr(r, attr), r.steps_run, edges, reduce) for r in runs])
             for curve, run in zip(curves, runs, strict=True):
                 ax.plot(x, curve, color=color, lw=0.6, alpha=0.4)
-                shown = np.flatnonzero(np.isfinite(curve))
-                if run.stopped and shown.size:
-                    y = curve[shown[-1]]
+                raw = getattr(run, attr)[: run.steps_run]
+                finite = np.flatnonzero(np.isfinite(raw))
+                if run.stopped and finite.size:
+                    # the last finite value; a loss beyond the panel sits at its top edge
+                    y = float(raw[finite[-1]])
                     y = min(y, 0.8 * loss_top) if ax is ax_loss else y
-                    ax.plot(x[shown[-1]], y, "x", color=color, ms=8, mew=2)
+                    ax.plot(finite[-1] + 1, y, "x", color=color, ms=8, mew=2)
             # a stopped run counts as +inf, so the median exists while most runs do
             median = np.median(np.where(np.isnan(curves), np.inf, curves), axis=0)
             median[~np.isfinite(median)] = np.nan
             ax.plot(x, median, color=color, lw=2.2, label=arm.title if ax is ax_loss else None)
             if ax is ax_loss and np.any(np.isfinite(curves)):
                 lowest = min(lowest, float(np.nanmin(curves)))
+    ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
     ax_loss.axhline(BASELINE_MSE, color="gray", ls="--", lw=1, label="always answering 0.5")
     ax_norm.axhline(config.max_norm, color="gray", ls=":", lw=1, label="max_norm")
     ax_loss.set(
-        xscale="log",
         yscale="log",
-        xlim=(1, config.steps),
+        xlim=(0, config.steps),
         ylim=(0.7 * lowest, loss_top),
         xlabel="step",
-        ylabel="training loss (MSE)",
-        title=f"Adding problem, T = {config.seq_len}: training loss",
+        ylabel=f"training loss (MSE, mean over {edges[1]} steps)",
+        title=f"Training loss, adding problem with T = {config.seq_len}",
     )
     ax_norm.set(
-        xscale="log",
         yscale="log",
-        xlim=(1, config.steps),
+        xlim=(0, config.steps),
         xlabel="step",
-        ylabel="total gradient norm before clipping",
-        title="Gradient norm before clipping (window maxima)",
+        ylabel=f"total gradient norm before clipping (max over {edges[1]} steps)",
+        title="Gradient norm before clipping",
+    )
+    fig.suptitle(
+        f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
+        f"{config.momentum}; thick: median of {_seeds(config.seeds)}, thin: each seed"
     )
     handles, labels = ax_loss.get_legend_handles_labels()
     extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
@@ -890,7 +938,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run: {QUICK.steps} steps, {QUICK.seeds} seed (other options override)",
+        help=f"a smoke run: {QUICK.steps} steps, {QUICK.seeds} seeds (other options override)",
     )
     demo.add_argument(
         "--jobs", type=int, help="worker processes (default: available cores; 0: in-process)"
@@ -914,6 +962,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gradclip demo: {exc}", file=sys.stderr)
         return 2
+    try:  # fail now rather than after the training
+        import matplotlib  # noqa: F401
+
+        if not args.no_progress:
+            import tqdm  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"gradclip demo needs matplotlib and tqdm ({exc}): pip install matplotlib tqdm",
+            file=sys.stderr,
+        )
+        return 1
     out = Path(args.out)
     if out.is_dir():
         out = out / "gradclip_demo.png"
@@ -922,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Adding problem (Pascanu, Mikolov & Bengio 2013): tanh RNN, {config.hidden} units, "
         f"sequences of {config.seq_len}, batch {config.batch}, SGD lr {config.lr} momentum "
         f"{config.momentum}, W_hh spectral radius {config.spectral_radius}; "
-        f"{config.steps} steps x {config.seeds} seed(s) per arm",
+        f"{config.steps} steps x {_seeds(config.seeds)} per arm",
         flush=True,
     )
     start = time.perf_counter()
