@@ -363,18 +363,28 @@ double max_abs(const void* vp, std::size_t n) noexcept {
 }
 
 // ---------------------------------------------------------------- scale
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+// Software prefetch kPrefetchBytes ahead of a block of `bytes` about to be read and written:
+// on one core the hardware prefetchers alone leave about a third of the bandwidth unused.
+inline void prefetch_ahead(const void* p, std::size_t bytes) noexcept {
+    const char* q = static_cast<const char*>(p) + kPrefetchBytes;
+    for (std::size_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+}
+#endif
 void scale_f64(void* vp, std::size_t n, double coef) noexcept {
     std::size_t k = 0;
 #if defined(GRADCLIP_TARGET_AVX512)
     double* p = static_cast<double*>(vp);
     const __m512d c = _mm512_set1_pd(coef);
     for (; k + 32 <= n; k += 32) {
+        prefetch_ahead(p + k, 256);
         for (std::size_t j = 0; j < 32; j += 8) _mm512_storeu_pd(p + k + j, _mm512_mul_pd(_mm512_loadu_pd(p + k + j), c));
     }
 #elif defined(GRADCLIP_TARGET_AVX2)
     double* p = static_cast<double*>(vp);
     const __m256d c = _mm256_set1_pd(coef);
     for (; k + 16 <= n; k += 16) {
+        prefetch_ahead(p + k, 128);
         for (std::size_t j = 0; j < 16; j += 4) _mm256_storeu_pd(p + k + j, _mm256_mul_pd(_mm256_loadu_pd(p + k + j), c));
     }
 #endif
@@ -392,12 +402,14 @@ void scale_f32(void* vp, std::size_t n, double coef) noexcept {
     float* p = static_cast<float*>(vp);
     const __m512 c = _mm512_set1_ps(cf);
     for (; k + 64 <= n; k += 64) {
+        prefetch_ahead(p + k, 256);
         for (std::size_t j = 0; j < 64; j += 16) _mm512_storeu_ps(p + k + j, _mm512_mul_ps(_mm512_loadu_ps(p + k + j), c));
     }
 #elif defined(GRADCLIP_TARGET_AVX2)
     float* p = static_cast<float*>(vp);
     const __m256 c = _mm256_set1_ps(cf);
     for (; k + 32 <= n; k += 32) {
+        prefetch_ahead(p + k, 128);
         for (std::size_t j = 0; j < 32; j += 8) _mm256_storeu_ps(p + k + j, _mm256_mul_ps(_mm256_loadu_ps(p + k + j), c));
     }
 #endif
@@ -460,6 +472,7 @@ void scale_half(void* vp, std::size_t n, double coef) noexcept {
     const __m512 c = _mm512_set1_ps(cf);
     for (; k + 16 <= n; k += 16) {
         char* q = b + 2 * k;
+        if ((k & 31) == 0) prefetch_ahead(q, 64);
         if constexpr (D == DType::F16) {
             store16_f16(q, _mm512_mul_ps(load16_f16(q), c));
         } else {
@@ -470,6 +483,7 @@ void scale_half(void* vp, std::size_t n, double coef) noexcept {
     const __m256 c = _mm256_set1_ps(cf);
     for (; k + 8 <= n; k += 8) {
         char* q = b + 2 * k;
+        if ((k & 31) == 0) prefetch_ahead(q, 64);
         if constexpr (D == DType::F16) {
             store8_f16(q, _mm256_mul_ps(load8_f16(q), c));
         } else {
@@ -602,6 +616,7 @@ void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
 #if defined(GRADCLIP_TARGET_AVX512)
     const __m512i d = _mm512_set1_epi64(static_cast<long long>(k64));
     for (; k + 32 <= n; k += 32) {
+        prefetch_ahead(b + 8 * k, 256);
         for (std::size_t j = 0; j < 4; ++j) {
             char* q = b + 8 * k + 64 * j;
             _mm512_storeu_si512(q, _mm512_add_epi64(_mm512_loadu_si512(q), d));
@@ -610,6 +625,7 @@ void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
 #elif defined(GRADCLIP_TARGET_AVX2)
     const __m256i d = _mm256_set1_epi64x(static_cast<long long>(k64));
     for (; k + 16 <= n; k += 16) {
+        prefetch_ahead(b + 8 * k, 128);
         for (std::size_t j = 0; j < 4; ++j) {
             auto* q = reinterpret_cast<__m256i*>(b + 8 * k + 32 * j);
             _mm256_storeu_si256(q, _mm256_add_epi64(_mm256_loadu_si256(q), d));
