@@ -152,3 +152,16 @@ def test_data_parallel_needs_no_comm(comm):
     norm = gradclip.clip_grad_norm_(summed, 1.0)
     assert len(set(comm.allgather(norm))) == 1
     assert len({a.tobytes() for a in comm.allgather(summed)}) == 1
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_example_trains_with_identical_parameters_on_every_rank(comm, sharded):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "mpi_data_parallel.py"
+    spec = importlib.util.spec_from_file_location("mpi_data_parallel", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # main() returns 0 only when the parameters are the same bits on every rank
+    assert mod.main(["--steps", "60"] + (["--sharded"] if sharded else [])) == 0
