@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     data_rng = np.random.default_rng(1000 + rank)
     local_batch = max(1, cfg.batch // size)
     clipped = 0
-    for step in range(args.steps):
+    for _ in range(args.steps):
         x, y = demo.adding_batch(data_rng, local_batch, cfg.seq_len)
         with np.errstate(all="ignore"):
             loss, grads = demo.loss_and_grads(params, x, y)

@@ -106,8 +106,12 @@ def test_every_arm_starts_from_the_same_network_and_data() -> None:
     assert demo.train("global", 1, config).loss[0] != runs[0].loss[0]
 
 
-@pytest.mark.parametrize("arm", [a for a in demo.ARMS if a.name != "none"], ids=lambda a: a.name)
-def test_clipping_arms_bound_the_update_by_max_norm(arm: demo.Arm) -> None:
+@pytest.mark.parametrize(
+    "arm",
+    [a for a in demo.ARMS if a.name in {"global", "per-tensor", "value"}],
+    ids=lambda a: a.name,
+)
+def test_fixed_threshold_arms_bound_the_update_by_max_norm(arm: demo.Arm) -> None:
     config = demo.DemoConfig(hidden=16, max_norm=0.5)
     rng = np.random.default_rng(0)
     shapes = [(16, 2), (16, 16), (16,), (1, 16), (1,)]
@@ -119,17 +123,22 @@ def test_clipping_arms_bound_the_update_by_max_norm(arm: demo.Arm) -> None:
 
 
 def test_quick_mode_unclipped_explodes() -> None:
-    run = demo.train("none", 0, demo.QUICK)
-    assert run.diverged and run.stopped
-    assert run.steps_run < demo.QUICK.steps
-    finite = run.grad_norm[np.isfinite(run.grad_norm)]
-    assert finite.max() > 1e6 * finite[0]  # orders of magnitude, not a wobble
-    assert run.error_rate == 1.0
+    # most unclipped runs hit their cliff after 1,500-3,000 steps; within the quick run's
+    # 300 steps, seed 1 already blows up
+    runs = [demo.train("none", seed, demo.QUICK) for seed in range(demo.QUICK.seeds)]
+    exploded = [r for r in runs if r.diverged]
+    assert exploded
+    for run in exploded:
+        assert run.stopped and run.steps_run < demo.QUICK.steps
+        finite = run.grad_norm[np.isfinite(run.grad_norm)]
+        assert finite.max() > 1e6 * finite[0]  # orders of magnitude, not a wobble
+        assert run.error_rate == 1.0
 
 
-@pytest.mark.parametrize("arm", ["global", "per-tensor", "value"])
-def test_quick_mode_clipped_runs_stay_finite_and_learn(arm: str) -> None:
-    run = demo.train(arm, 0, demo.QUICK)
+@pytest.mark.parametrize("seed", range(demo.QUICK.seeds))
+@pytest.mark.parametrize("arm", ["global", "per-tensor", "value", "autoclip"])
+def test_quick_mode_clipped_runs_stay_finite_and_learn(arm: str, seed: int) -> None:
+    run = demo.train(arm, seed, demo.QUICK)
     assert not run.diverged and not run.stopped
     assert run.steps_run == demo.QUICK.steps
     assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
@@ -147,22 +156,22 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
     table = demo.format_table(results, config)
     for arm in demo.ARMS:
         assert f"| {arm.name} " in table
-    assert "expected to blow up" in table
+    assert "none: blew up on " in table
 
 
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     pytest.importorskip("tqdm")
-    code = demo.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "1"])
+    code = demo.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "2"])
     assert code == 0
     out = capsys.readouterr().out
     figure = tmp_path / "gradclip_demo.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"figure: {figure}" in out
-    assert "none: expected to blow up; did so on 1/1 seeds: as expected" in out
+    assert "none: blew up on " in out and "(not checked: the settings differ)" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) == {"arm"} | {arm.name for arm in demo.ARMS}
-    assert "| 1/1 " in rows["none"] and "| 0/1 " in rows["global"]
+    assert "| 0/2 " in rows["global"]
 
 
 def test_command_line_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,10 +7,11 @@ same seeds (same initialisation, same data) under several clipping rules:
 - no clipping;
 - global norm clipping, :func:`gradclip.clip_grad_norm_` (the rule the paper introduced);
 - local, per-array norm clipping, :func:`gradclip.clip_grad_norm_per_tensor_`;
-- element-wise value clipping, :func:`gradclip.clip_grad_value_`.
+- element-wise value clipping, :func:`gradclip.clip_grad_value_`;
+- adaptive clipping, :class:`gradclip.AutoClip` with its defaults (Seetharaman et al., 2020:
+  the threshold is the 10th percentile of every gradient norm seen so far).
 
-An adaptive clipper (AutoClip, ZClip) becomes one more entry in :data:`ARMS` when gradclip
-ships one; there is none yet, so the demo has no such arm rather than a stand-in.
+Other clippers (ZClip, say) are one more entry in :data:`ARMS` each.
 
 The task and the failure mode are those of Pascanu, Mikolov and Bengio, "On the difficulty of
 training recurrent neural networks", ICML 2013 (PMLR 28(3):1310-1318, arXiv:1211.5063): the
@@ -23,11 +24,12 @@ the mean of the two marked values. Always answering 0.5 gives a mean squared err
 (about 0.042), the baseline to beat; a sequence counts as solved when its squared error is
 below 0.04.
 
-The three clipping arms bound the update by the same amount: with ``max_norm`` ``c``, global
-clipping caps the total norm at ``c``; per-array clipping caps each of the ``k`` arrays at
-``c / sqrt(k)``; value clipping caps each of the ``n`` elements at ``c / sqrt(n)``. In every
-arm the clipped gradient therefore has a total norm of at most ``c``, and the comparison is
-about the direction each rule keeps, not about step size.
+The three fixed-threshold arms bound the update by the same amount: with ``max_norm`` ``c``,
+global clipping caps the total norm at ``c``; per-array clipping caps each of the ``k`` arrays
+at ``c / sqrt(k)``; value clipping caps each of the ``n`` elements at ``c / sqrt(n)``. In each
+of them the clipped gradient therefore has a total norm of at most ``c``, and the comparison
+is about the direction each rule keeps, not about step size. AutoClip picks its own threshold
+from the history of norms and ignores ``max_norm``.
 
 Nothing in the printed table is fixed in advance: every number comes from the runs, and the
 lines under it say whether, with the default settings, the unclipped runs blew up and the
@@ -308,10 +310,9 @@ ClipFn = Callable[[list[FloatArray]], tuple[float, bool]]
 class Arm:
     """One way of treating the gradients before the update.
 
-    ``make(config, grads)`` builds the clipping function of one run from the settings and
-    the gradient arrays' shapes (``grads`` holds arrays of the right shapes); a stateful
-    clipper starts afresh in every run. ``threshold(config, grads)`` describes the threshold
-    for the table.
+    ``make(config, like)`` builds the clipping function of one run from the settings and
+    arrays shaped like the gradients; a stateful clipper starts afresh in every run.
+    ``threshold(config, like)`` describes the threshold for the table.
     """
 
     name: str
@@ -320,14 +321,14 @@ class Arm:
     threshold: Callable[[DemoConfig, Sequence[FloatArray]], str]
 
 
-def _no_clip(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+def _no_clip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
     def clip(grads: list[FloatArray]) -> tuple[float, bool]:
         return gradclip.get_total_norm(grads), False
 
     return clip
 
 
-def _global_norm(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
+def _global_norm(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
     limit = config.max_norm
 
     def clip(grads: list[FloatArray]) -> tuple[float, bool]:
@@ -341,8 +342,8 @@ def _per_tensor_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
     return config.max_norm / math.sqrt(len(grads))
 
 
-def _per_tensor_norm(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
-    limit = _per_tensor_limit(config, shapes)
+def _per_tensor_norm(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
+    limit = _per_tensor_limit(config, like)
 
     def clip(grads: list[FloatArray]) -> tuple[float, bool]:
         norms = gradclip.clip_grad_norm_per_tensor_(grads, limit)
@@ -355,8 +356,8 @@ def _value_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
     return config.max_norm / math.sqrt(sum(g.size for g in grads))
 
 
-def _value(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
-    limit = _value_limit(config, shapes)
+def _value(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
+    limit = _value_limit(config, like)
 
     def clip(grads: list[FloatArray]) -> tuple[float, bool]:
         norm = gradclip.get_total_norm(grads)
@@ -367,9 +368,20 @@ def _value(config: DemoConfig, shapes: Sequence[FloatArray]) -> ClipFn:
     return clip
 
 
-#: The arms, in table order. An adaptive clipper (AutoClip, ZClip) is appended here once
-#: gradclip exports one: its ``make`` creates the clipper, and its clip function returns
-#: the clipper's pre-clip norm and whether it clipped.
+def _autoclip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
+    # gradclip's defaults, which are the paper's: the 10th percentile of every norm so far
+    clipper = gradclip.AutoClip()
+
+    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
+        result = clipper(grads)
+        return result.total_norm, result.clipped
+
+    return clip
+
+
+#: The arms, in table order. Another adaptive clipper (ZClip, say) is one more entry: its
+#: ``make`` creates a fresh clipper per run, and its clip function returns the clipper's
+#: pre-clip norm and whether it clipped.
 ARMS: tuple[Arm, ...] = (
     Arm("none", "no clipping", _no_clip, lambda c, g: "-"),
     Arm(
@@ -389,6 +401,12 @@ ARMS: tuple[Arm, ...] = (
         "value (clip_grad_value_)",
         _value,
         lambda c, g: f"|g| {_value_limit(c, g):.2g}",
+    ),
+    Arm(
+        "autoclip",
+        "adaptive (AutoClip, 10th percentile)",
+        _autoclip,
+        lambda c, g: "10th pct.",
     ),
 )
 _ARM_BY_NAME = {arm.name: arm for arm in ARMS}
@@ -467,7 +485,7 @@ def train(
         np.random.default_rng([seed, 0]), config.hidden, config.spectral_radius, dtype
     )
     velocity = [np.zeros_like(p) for p in params]
-    clip = arm.make(config, velocity)
+    clip = arm.make(config, velocity)  # velocity is shaped like the gradients
     data = np.random.default_rng([seed, 1])
     losses = np.full(config.steps, np.nan)
     norms = np.full(config.steps, np.nan)
@@ -702,14 +720,11 @@ def _seeds(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf"
-    if value != 0 and not 1e-3 <= abs(value) < 1e4:
-        return f"{value:.{digits - 1}e}".replace("e+0", "e+").replace("e-0", "e-")
-    return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits + 1}f}"
+def _fmt(value: float) -> str:
+    """Two significant digits: 0.0013, 0.042, 12, 7e+21."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.2g}".replace("e+0", "e+").replace("e-0", "e-")
 
 
 def _arm_rows(
@@ -779,7 +794,8 @@ def format_table(
         "baseline) at some step; clipped: share of steps where clipping changed the "
         "gradient; peak |g|: largest total gradient norm before clipping; "
         f"seeds: learned = test MSE < {LEARNED_MSE}, partly = below 0.9x baseline",
-        "adaptive clipping (AutoClip, ZClip): not in gradclip yet; its arm is added when it ships",
+        "autoclip: threshold = 10th percentile of all gradient norms so far (AutoClip's "
+        "default), independent of max_norm",
         "",
         *_verdicts(results, config),
     ]
