@@ -9,7 +9,7 @@
 #   - os.fork(): a child process can call gradclip when the parent has not used an OpenMP team
 #     yet, and after it has for calls small enough to run on the calling thread, or once the
 #     child has called set_num_threads(1); a large call in the child after the parent used a
-#     team deadlocks in libgomp (xfail, see docs/threads.md).
+#     team no longer deadlocks: gradclip's at-fork handler makes the child run serially.
 # Anything that could hang runs in a subprocess with a deadline, so a deadlock fails the test
 # instead of hanging the suite.
 from __future__ import annotations
@@ -306,12 +306,6 @@ def test_fork_after_team_single_threaded_child() -> None:
 @pytest.mark.skipif(
     openmp_runtime() is None or "libgomp" not in (openmp_runtime() or ""),
     reason="the deadlock is libgomp's; other runtimes reset their pool at fork",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="libgomp is not fork-safe: after the parent ran an OpenMP team, a child's first "
-    "parallel region waits for pool threads that do not exist; gradclip has no at-fork handler "
-    "that makes the child run its calls on the calling thread (see docs/threads.md)",
 )
 def test_fork_after_team_threaded_call() -> None:
     assert fork_child(True, "", "big") == "child exit 0"

@@ -19,13 +19,11 @@
 # order in which two faults of one call are checked), the message names the argument and the
 # list position of a faulty entry, and every byte of every buffer is unchanged.
 #
-# Known gaps, each pinned by an xfail(strict=True) test at the end of this file, are kept out
-# of the property so that it stays green: the reference accepts self-overlapping views (the
-# compiled path rejects them, and the property checks that rejection on its own); p-norms
-# with p above ~969 underflow to 0 in both implementations, so the independent bounds check
-# max|x| <= norm <= n**(1/p) max|x| only runs for 0.25 <= p <= 960 (below 0.25 the formula
-# loses the result to rounding, also in both); integers too large for a float and a float or
-# str axis raise errors that do not name the argument, so those inputs are not drawn.
+# Gaps the fuzzer found have regression tests at the end of this file (self-overlapping
+# views in the reference, p-norms for p above ~969, integers too large for a float, a float
+# or str axis). The independent bounds check max|x| <= norm <= n**(1/p) max|x| runs for
+# 0.25 <= p <= 960: below 0.25, |x|**p rounds towards 1 and the formula loses the result to
+# rounding in both implementations (a documented limitation of tiny p).
 #
 # Profiles: the default runs max(400, profile max_examples) examples;
 # HYPOTHESIS_PROFILE=long (registered in conftest.py) runs 20,000, for nightly-style runs.
@@ -659,11 +657,17 @@ def check_scenario(sc: Scenario) -> None:
             )
             return
         if type(exc) is not type(want.error):
-            # Two faults in one call may be checked in another order: the compiled class must
-            # be what the reference raises for the arrays alone or for the scalars alone.
-            arrays_only, _ = run_reference(sc, grads_from, {k: DEFAULT_ARGS[k] for k in args})
-            scalars_only, _ = run_reference(sc, lambda w: empty_like_grads(sc, w), args)
-            allowed = {type(o.error) for o in (arrays_only, scalars_only) if o.error}
+            # Two faults in one call may be checked in another order (the order is not part
+            # of the contract): the compiled class must be what the reference raises for one
+            # of the faults alone - the arrays with valid arguments, or one argument.
+            valid = {k: DEFAULT_ARGS[k] for k in args}
+            alone = [run_reference(sc, grads_from, valid)[0]]
+            # nonfinite and error_if_nonfinite can only be wrong together
+            groups = [(k,) for k in args] + [("nonfinite", "error_if_nonfinite")]
+            for group in groups:
+                one_bad = {**valid, **{k: args[k] for k in group if k in args}}
+                alone.append(run_reference(sc, lambda w: empty_like_grads(sc, w), one_bad)[0])
+            allowed = {type(o.error) for o in alone if o.error}
             if "self-overlap" in faults:  # the check the reference lacks
                 allowed.add(ValueError)
             assert type(exc) in allowed, (exc, want.error, allowed)
@@ -869,11 +873,6 @@ def test_fuzz_against_reference(sc: Scenario) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gradclip.reference accepts self-overlapping (stride-0) views that the compiled "
-    "path rejects with ValueError, so the two disagree on which inputs are errors",
-)
 def test_reference_rejects_self_overlap() -> None:
     base = np.ones(3)
     view = np.lib.stride_tricks.as_strided(base, shape=(4,), strides=(0,), writeable=True)
@@ -883,11 +882,6 @@ def test_reference_rejects_self_overlap() -> None:
         ref.get_total_norm([view])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for p above ~969 the rescaled pass maps max|x| into [0.5, 1) and |x|**p underflows "
-    "to 0: the norm of [2.0] is 0.0 in both implementations, so the clip is silently skipped",
-)
 @pytest.mark.parametrize("p", [1100.0, 2000.0, 1e308])
 @pytest.mark.parametrize("module", [gradclip, ref], ids=["compiled", "reference"])
 def test_large_p_norm_is_not_zero(module: Any, p: float) -> None:
@@ -899,12 +893,7 @@ def test_large_p_norm_is_not_zero(module: Any, p: float) -> None:
     assert np.max(np.abs(g)) < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an int too large for a float raises OverflowError('int too large to convert to "
-    "float'), which names neither the argument nor what was expected",
-)
-@pytest.mark.parametrize("name", ["max_norm", "norm_type", "eps", "clip_value", "total_norm"])
+@pytest.mark.parametrize("name", ["max_norm", "eps", "clip_value"])
 def test_huge_int_argument_names_argument(name: str) -> None:
     calls = {
         "max_norm": lambda: gradclip.clip_grad_norm_([np.ones(3)], 10**400),
@@ -913,15 +902,20 @@ def test_huge_int_argument_names_argument(name: str) -> None:
         "clip_value": lambda: gradclip.clip_grad_value_([np.ones(3)], 10**400),
         "total_norm": lambda: gradclip.clip_grads_with_norm_([np.ones(3)], 1.0, 10**400),
     }
-    with pytest.raises((TypeError, ValueError, OverflowError), match=name):
+    with pytest.raises(ValueError, match=name):
         calls[name]()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clip_by_norm_ passes a float or str axis to NumPy's normalize_axis_tuple, whose "
-    "TypeError (\"'float' object is not iterable\") does not name axis",
-)
+def test_huge_int_norm_type_and_total_norm_are_infinite() -> None:
+    # beyond the float range an int is +inf: norm_type=inf is the max norm, and a total_norm
+    # of inf is accepted (PyTorch's arithmetic: finite elements become 0)
+    x = np.array([3.0, -4.0])
+    assert gradclip.get_total_norm([x], 10**400) == 4.0
+    g = np.array([3.0, -4.0])
+    gradclip.clip_grads_with_norm_([g], 1.0, 10**400)
+    assert np.array_equal(g, [0.0, -0.0])
+
+
 @pytest.mark.parametrize("axis", [1.5, "0"])
 def test_axis_error_names_axis(axis: Any) -> None:
     with pytest.raises(TypeError, match="axis"):

@@ -19,6 +19,9 @@
 
 #if defined(GRADCLIP_WITH_OPENMP)
 #include <omp.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 #endif
 
 namespace gradclip {
@@ -40,6 +43,9 @@ constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
 constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 // Partial sums below this lose bits to subnormal underflow; see total_norm().
 constexpr double kTinySum = 0x1p-969;
+// Above this p the rescaled pass divides by max|x| instead of a power of two (see
+// norm_from_plan).
+constexpr double kExactScaleMaxP = 512.0;
 
 constexpr std::size_t chunk_elems(DType dt) noexcept { return kChunkBytes / itemsize(dt); }
 
@@ -86,6 +92,13 @@ const TargetEntry kTargets[] = {
 
 // ------------------------------------------------------------------ threads
 std::atomic<int> g_threads{0};  // 0: follow OpenMP's own setting
+// Set in a child process made by fork(): libgomp's thread pool does not survive a fork, and
+// a child's first parallel region would wait forever for the parent's pool threads. The
+// child runs every call on its calling thread instead.
+std::atomic<bool> g_forked{false};
+#if defined(GRADCLIP_WITH_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+void mark_forked_child() { g_forked.store(true, std::memory_order_relaxed); }
+#endif
 
 // ------------------------------------------------------------------ plans
 // A plan cuts the spans of a call into chunks of at most kChunkBytes. A chunk is a run of
@@ -400,6 +413,13 @@ double norm_from_plan(const Span* spans, const Scratch& s, NormSpec spec, double
         if (m != m) return m;
         return m == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
     }
+    if (spec.kind == NormKind::Lp && spec.p > kExactScaleMaxP) {
+        // For large p even (max|x| * 2^-e)^p, with the max in [0.5, 1), underflows (p > 1074):
+        // divide by the max itself, so the largest term is ~1. Not exact like a power of two,
+        // but every term is off by at most an ulp before the power.
+        reduce_plan(spans, s, spec, 1.0 / m);
+        return finish_norm(spec, combine_plan(s, spec)) * m;
+    }
     reduce_plan(spans, s, spec, std::ldexp(1.0, -e));
     return std::ldexp(finish_norm(spec, combine_plan(s, spec)), e);
 }
@@ -427,6 +447,10 @@ bool set_target(const std::string& name) noexcept {
 }
 
 bool init_target(const char* forced) noexcept {
+#if defined(GRADCLIP_WITH_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+    static const bool registered = pthread_atfork(nullptr, nullptr, mark_forked_child) == 0;
+    (void)registered;
+#endif
     const TargetEntry* best = &kTargets[0];
     for (const TargetEntry& t : kTargets)
         if (t.supported()) best = &t;
@@ -446,6 +470,7 @@ void set_num_threads(int n) noexcept {
 
 int get_num_threads() noexcept {
 #if defined(GRADCLIP_WITH_OPENMP)
+    if (g_forked.load(std::memory_order_relaxed)) return 1;
     // omp_get_max_threads() carries OMP_NUM_THREADS and threadpoolctl's limits for this thread
     const int omp = omp_get_max_threads();
     const int mine = g_threads.load(std::memory_order_relaxed);

@@ -412,8 +412,13 @@ def clip_by_norm_(
         axes: tuple[int, ...] = tuple(range(arr.ndim))
     else:
         if isinstance(axis, (bool, np.bool_)):
-            raise TypeError("axis must be None, an int or a tuple of ints")
-        axes = normalize_axis_tuple(axis, arr.ndim, "axis")
+            raise TypeError("axis must be None, an int or a tuple of ints, not bool")
+        try:
+            axes = normalize_axis_tuple(axis, arr.ndim, "axis")
+        except TypeError:
+            raise TypeError(
+                f"axis must be None, an int or a tuple of ints, not {type(axis).__name__}"
+            ) from None
     kept = tuple(arr.shape[d] for d in range(arr.ndim) if d not in axes)
     norms: np.ndarray = _core.clip_by_norm(arr, max_norm, sorted(axes), p, eps, "x")
     return norms.reshape(kept)

@@ -119,6 +119,8 @@ def _real(x: Any, name: str) -> float:
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}")
     try:
         return float(x)
+    except OverflowError:  # an int beyond the float range: out of range, not a type error
+        return math.inf if x > 0 else -math.inf
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}") from None
 

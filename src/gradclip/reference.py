@@ -122,7 +122,10 @@ def _real(value: object, name: str) -> float:
     accepts (a 0-d array, a one-element tensor), except strings and complex numbers.
     """
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range: out of range, not a type error
+            return math.inf if value > 0 else -math.inf  # type: ignore[operator]
     if value is None or isinstance(value, (str, bytes, numbers.Complex)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
@@ -227,6 +230,20 @@ def _view(obj: object, where: str) -> Array:
         ) from exc
 
 
+def _may_self_overlap(arr: Array) -> bool:
+    """True when two elements of a (non-empty) view may share memory: with the axes sorted by
+    |stride|, each must step past everything the faster axes cover (conservative)."""
+    if arr.size == 0:
+        return False
+    dims = sorted((abs(st), n) for st, n in zip(arr.strides, arr.shape, strict=True) if n > 1)
+    covered = arr.itemsize
+    for st, n in dims:
+        if st < covered:
+            return True
+        covered += (n - 1) * st
+    return False
+
+
 def _check_array(arr: Array, where: str) -> None:
     if not _is_supported_dtype(arr.dtype):
         raise TypeError(f"{where} has dtype {arr.dtype}; {_EXPECTED_DTYPES}")
@@ -241,6 +258,13 @@ def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
     element but their byte ranges intersect, and they are rejected. Zero-size arrays never
     overlap anything.
     """
+    # checked once every entry has passed its type checks, as the compiled path does
+    for i, arr in enumerate(arrays):
+        if arr is not None and _may_self_overlap(arr):
+            raise ValueError(
+                f"{name}[{i}] has elements that share memory (e.g. a stride-0 view); writing to "
+                "it in place would apply the update more than once"
+            )
     spans: list[tuple[int, int, int]] = []
     for i, arr in enumerate(arrays):
         if arr is not None and arr.size > 0:
@@ -332,13 +356,20 @@ def _abs_max(arrays: Sequence[Array]) -> float:
     return result
 
 
-def _power_sum(arrays: Sequence[Array], p: float, exponent_shift: int) -> float:
-    """math.fsum of |x * 2**-exponent_shift| ** p over all elements (float64 terms)."""
+def _power_sum(
+    arrays: Sequence[Array], p: float, exponent_shift: int, divisor: float | None = None
+) -> float:
+    """math.fsum of |x * 2**-exponent_shift| ** p (or |x / divisor| ** p) over all elements."""
 
     def terms() -> Iterator[float]:
         with np.errstate(all="ignore"):
             for block in _float64_blocks(arrays):
-                y = np.abs(np.ldexp(block, -exponent_shift)) if exponent_shift else np.abs(block)
+                if divisor is not None:
+                    y = np.abs(block / divisor)
+                elif exponent_shift:
+                    y = np.abs(np.ldexp(block, -exponent_shift))
+                else:
+                    y = np.abs(block)
                 if p == 1.0:
                     t = y
                 elif p == 2.0:
@@ -379,6 +410,9 @@ def _pnorm(arrays: Sequence[Array], p: float) -> float:
     s = _power_sum(arrays, p, 0)
     if math.isfinite(s) and s >= _SMALL_SUM:
         return _root(s, p)
+    if p > 512.0:
+        # (max * 2**-e) ** p underflows for p above ~1074: divide by max itself instead
+        return _root(_power_sum(arrays, p, 0, divisor=m), p) * m
     e = math.frexp(m)[1]  # m = f * 2**e with 0.5 <= f < 1
     root = _root(_power_sum(arrays, p, e), p)
     try:

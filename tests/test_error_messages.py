@@ -1,0 +1,244 @@
+# Covers: error messages readable by people (issue 8, part 6). One case per row of the table
+# in docs/errors.md: the call raises the documented exception class, nothing is written, the
+# message names the argument (and the list position), says what was expected and what was
+# found, and appears in the table verbatim (a documented message ending in "…" is a prefix:
+# NumPy's own explanation follows). Every message in the table is produced by some case, so
+# the table and the code cannot drift apart silently. gradclip.reference raises the same
+# classes for the same calls (its wording may differ).
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from gc_helpers import snapshot
+from numpy.exceptions import AxisError
+from numpy.lib.stride_tricks import as_strided
+
+import gradclip
+from gradclip import NonFiniteNormError
+from gradclip import reference as ref
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def g() -> np.ndarray:
+    return np.ones(3, np.float32)
+
+
+def readonly() -> np.ndarray:
+    a = np.ones(3, np.float32)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass
+class Case:
+    call: Callable[[ModuleType, dict[str, Any]], Any]
+    exc: type[BaseException]
+    must_name: tuple[str, ...]  # the argument/position, what was expected, what was found
+    reference: bool = True  # gradclip.reference has this function and this check
+
+
+def _resized_set(m: ModuleType, s: dict[str, Any]) -> Any:
+    gs = m.GradientSet([s["a"]])
+    s["a"].resize(8, refcheck=False)
+    return gs.total_norm()
+
+
+CASES: dict[str, Case] = {
+    "grads-none": Case(lambda m, s: m.get_total_norm(None), TypeError, ("grads", "None")),
+    "grads-number": Case(lambda m, s: m.get_total_norm(3.0), TypeError, ("grads", "float")),
+    "not-viewable": Case(
+        lambda m, s: m.get_total_norm([s["g"], [1.0, 2.0]]), TypeError, ("grads[1]", "list")
+    ),
+    "dtype": Case(
+        lambda m, s: m.get_total_norm([s["g"], np.arange(3, dtype=np.int32)]),
+        TypeError,
+        ("grads[1]", "int32", "expected"),
+    ),
+    "dtype-single": Case(
+        lambda m, s: m.get_total_norm(np.ones(3, np.complex64)),
+        TypeError,
+        ("grads", "complex64", "expected"),
+    ),
+    "object": Case(
+        lambda m, s: m.get_total_norm([s["g"], np.array([1.0, None])]),
+        TypeError,
+        ("grads[1]", "object"),
+    ),
+    "byte-order": Case(
+        lambda m, s: m.get_total_norm([np.ones(3, ">f4")]),
+        TypeError,
+        ("grads[0]", ">f4", "expected native"),
+    ),
+    "max_norm-type": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], "1"), TypeError, ("max_norm", "real", "str")
+    ),
+    "norm_type-type": Case(
+        lambda m, s: m.get_total_norm(s["g"], "fro"), TypeError, ("norm_type", "real", "str")
+    ),
+    "x-list": Case(lambda m, s: m.clip_by_norm_([s["g"]], 1.0), TypeError, ("x", "list")),
+    "x-dtype": Case(
+        lambda m, s: m.clip_by_norm_(np.arange(3, dtype=np.int32), 1.0),
+        TypeError,
+        ("x", "int32", "expected"),
+    ),
+    "axis-bool": Case(
+        lambda m, s: m.clip_by_norm_(np.ones((2, 3)), 1.0, axis=True), TypeError, ("axis",)
+    ),
+    "threads-type": Case(
+        lambda m, s: m.set_num_threads("2"), TypeError, ("n", "int", "str"), reference=False
+    ),
+    "readonly": Case(
+        lambda m, s: m.clip_grad_norm_([s["g"], s["ro"]], 1.0),
+        ValueError,
+        ("grads[1]", "read-only", "writeable"),
+    ),
+    "readonly-single": Case(
+        lambda m, s: m.clip_grad_norm_(s["ro"], 1.0), ValueError, ("grads", "read-only")
+    ),
+    "x-readonly": Case(lambda m, s: m.clip_by_norm_(s["ro"], 1.0), ValueError, ("x", "read-only")),
+    "same-twice": Case(
+        lambda m, s: m.get_total_norm([s["g"], s["h"], s["g"]]),
+        ValueError,
+        ("grads[0]", "grads[2]"),
+    ),
+    "overlap": Case(
+        lambda m, s: m.get_total_norm([s["buf"][:6], s["buf"][4:]]),
+        ValueError,
+        ("grads[0]", "grads[1]", "overlap"),
+    ),
+    "self-overlap": Case(
+        lambda m, s: m.get_total_norm([as_strided(s["buf"], (4,), (0,), writeable=True)]),
+        ValueError,
+        ("grads[0]", "share memory"),
+        reference=False,  # see tests/test_fuzz.py::test_reference_rejects_self_overlap
+    ),
+    "max_norm-nan": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], math.nan), ValueError, ("max_norm", "> 0", "nan")
+    ),
+    "max_norm-zero": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], 0.0), ValueError, ("max_norm", "> 0", "0.0")
+    ),
+    "norm_type-zero": Case(
+        lambda m, s: m.get_total_norm(s["g"], 0), ValueError, ("norm_type", "> 0", "0.0")
+    ),
+    "norm_type-nan": Case(
+        lambda m, s: m.get_total_norm(s["g"], math.nan), ValueError, ("norm_type", "nan")
+    ),
+    "eps": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], 1.0, eps=-1.0), ValueError, ("eps", ">= 0", "-1.0")
+    ),
+    "clip_value": Case(
+        lambda m, s: m.clip_grad_value_(s["g"], -1.0), ValueError, ("clip_value", ">= 0", "-1.0")
+    ),
+    "total_norm": Case(
+        lambda m, s: m.clip_grads_with_norm_(s["g"], 1.0, -1.0),
+        ValueError,
+        ("total_norm", ">= 0", "-1.0"),
+    ),
+    "nonfinite": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], 1.0, nonfinite="ignore"),
+        ValueError,
+        ("nonfinite", "propagate", "ignore"),
+    ),
+    "conflict": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], 1.0, error_if_nonfinite=True, nonfinite="skip"),
+        ValueError,
+        ("error_if_nonfinite", "skip"),
+    ),
+    "axis-range": Case(
+        lambda m, s: m.clip_by_norm_(np.ones((2, 3)), 1.0, axis=2), AxisError, ("axis", "2")
+    ),
+    "axis-repeated": Case(
+        lambda m, s: m.clip_by_norm_(np.ones((2, 3)), 1.0, axis=(1, 1)), ValueError, ("axis",)
+    ),
+    "resized": Case(_resized_set, ValueError, ("grads[0]", "resized"), reference=False),
+    "threads-value": Case(
+        lambda m, s: m.set_num_threads(0), ValueError, ("n", ">= 1", "0"), reference=False
+    ),
+    "nonfinite-raise": Case(
+        lambda m, s: m.clip_grad_norm_([np.array([np.nan])], 1.0, nonfinite="raise"),
+        NonFiniteNormError,
+        ("non-finite", "nan"),
+    ),
+    "error_if_nonfinite": Case(
+        lambda m, s: m.get_total_norm([np.array([np.inf])], error_if_nonfinite=True),
+        NonFiniteNormError,
+        ("non-finite", "inf"),
+    ),
+    "per-tensor-raise": Case(
+        lambda m, s: m.clip_grad_norm_per_tensor_(
+            [s["g"], np.array([np.nan])], 1.0, nonfinite="raise"
+        ),
+        NonFiniteNormError,
+        ("non-finite", "nan"),
+    ),
+}
+
+
+def documented_messages() -> list[str]:
+    """The last column of every row of the table in docs/errors.md."""
+    if not DOC.exists():  # an installed copy of the tests without the docs
+        pytest.skip("docs/errors.md is not next to the tests")
+    out = []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("| `") or line.startswith("| ---"):
+            continue
+        cell = line.rstrip().rstrip("|").rsplit(" | ", 1)[1].strip()
+        out.append(re.sub(r"^`+ ?|`+$", "", cell).rstrip())
+    return out
+
+
+def fresh_state() -> dict[str, Any]:
+    return {"g": g(), "h": g(), "ro": readonly(), "buf": np.ones(10), "a": np.ones(4)}
+
+
+def raise_case(module: ModuleType, case: Case) -> BaseException:
+    state = fresh_state()
+    before = snapshot(list(state.values()))
+    with pytest.raises(case.exc) as info:
+        case.call(module, state)
+    if case.call is not _resized_set:  # that case resizes an array on purpose
+        assert snapshot(list(state.values())) == before, "an array changed, yet the call raised"
+    return info.value
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_message(name: str) -> None:
+    case = CASES[name]
+    exc = raise_case(gradclip, case)
+    assert type(exc) is case.exc, f"{type(exc).__name__}: {exc}"
+    msg = str(exc)
+    for part in case.must_name:
+        assert part in msg, f"{msg!r} does not mention {part!r}"
+    documented = documented_messages()
+    assert any(
+        msg == d or (d.endswith("…") and msg.startswith(d[:-1].rstrip())) for d in documented
+    ), f"message not in docs/errors.md (update the table): {msg!r}"
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.reference])
+def test_reference_raises_the_same_class(name: str) -> None:
+    exc = raise_case(ref, CASES[name])
+    assert isinstance(exc, CASES[name].exc)
+
+
+def test_every_documented_message_is_tested() -> None:
+    produced = []
+    for case in CASES.values():
+        state = fresh_state()
+        try:
+            case.call(gradclip, state)
+        except Exception as exc:  # noqa: BLE001 - collecting messages
+            produced.append(str(exc))
+    for d in documented_messages():
+        hit = any(p == d or (d.endswith("…") and p.startswith(d[:-1].rstrip())) for p in produced)
+        assert hit, f"docs/errors.md documents a message no case produces: {d!r}"
