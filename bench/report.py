@@ -56,6 +56,9 @@ def plot(meta: dict, rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # the clipping benchmark's four panels (clip / noclip x 1 / 2 threads); the adaptive and
+    # unscale groups are in the table
+    rows = [r for r in rows if r["case"] in ("clip", "noclip") and "adaptive" not in r["workload"]]
     cases = sorted({(r["case"], r["threads"]) for r in rows})
     workloads = sorted({r["workload"] for r in rows})
     peers = [
@@ -63,9 +66,8 @@ def plot(meta: dict, rows: list[dict], out: Path) -> None:
         for p in ["gradclip", "numpy", "torch", "torch-foreach"]
         if any(r["peer"] == p for r in rows)
     ]
-    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4.5), sharey=True)
-    if len(cases) == 1:
-        axes = [axes]
+    fig, grid = plt.subplots(2, 2, figsize=(12, 8), sharey=True)
+    axes = list(grid.ravel())[: len(cases)]
     width = 0.8 / (len(peers) + 1)
     for ax, (case, nt) in zip(axes, cases, strict=True):
         for j, peer in enumerate(peers + ["ceiling"]):
