@@ -653,28 +653,27 @@ void for_each_segment(const Span* spans, const Scratch& s, Op&& op) {
 
 }  // namespace
 
+namespace {
+// Multiplies one segment by coef, through the kernel table or the strided path.
+void scale_segment(const KernelTable& kt, const Span& sp, const Seg& g, double coef) {
+    if (sp.ndim == 0)
+        kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
+    else
+        scale_strided(sp, g.start, g.count, coef);
+}
+}  // namespace
+
 void scale_all(const Span* spans, std::size_t n, double coef, const Plans* cached) {
     const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
-    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
-        if (sp.ndim == 0)
-            kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
-        else
-            scale_strided(sp, g.start, g.count, coef);
-    });
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coef); });
 }
 
 void scale_each(const Span* spans, std::size_t n, const double* coefs) {
     Scratch& s = t_scratch;
     build_plan(spans, n, s, Layout::Stream, [&](std::size_t i) { return coefs[i] != 1.0; });
     const KernelTable& kt = table();
-    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
-        const double coef = coefs[&sp - spans];
-        if (sp.ndim == 0)
-            kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
-        else
-            scale_strided(sp, g.start, g.count, coef);
-    });
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coefs[&sp - spans]); });
 }
 
 void clamp_all(const Span* spans, std::size_t n, const double* bound, const Plans* cached) {
