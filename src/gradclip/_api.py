@@ -76,6 +76,14 @@ def _init_target() -> None:
 _init_target()
 
 
+def clip_coef(max_norm: float, norm: float, eps: float) -> float:
+    """``min(1, max_norm / (norm + eps))``, NaN for a NaN norm: the engine's rule
+    (gradclip::clip_coef), for the paths that decide in Python (distributed clipping)."""
+    if math.isnan(norm):
+        return math.nan
+    return min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
+
+
 def _finish_global(
     norm: float, max_norm: float, mode: str, eps: float, p: float, zero: Any, scale: Any
 ) -> None:
@@ -88,9 +96,7 @@ def _finish_global(
         if mode == "zero":
             zero()
             return
-    coef = min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
-    if math.isnan(norm):
-        coef = math.nan
+    coef = clip_coef(max_norm, norm, eps)
     if not coef >= 1.0:
         scale(coef)
 
@@ -129,9 +135,7 @@ def _result(
     elif not finite and mode == "zero":
         coef = 0.0
     else:
-        coef = min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
-        if math.isnan(norm):
-            coef = math.nan
+        coef = clip_coef(max_norm, norm, eps)
     return ClipResult(norm, coef, coef < 1.0, not finite, norms)
 
 

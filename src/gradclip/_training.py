@@ -9,16 +9,12 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._api import clip_coef
 from ._dist import global_norm
 from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
-
-
-def _check_positive(x: Any, name: str) -> float:
-    v = check_max_norm(x, name)  # same rule: a finite real > 0
-    return v
 
 
 def unscale_clip_grad_norm_(
@@ -72,7 +68,7 @@ def unscale_clip_grad_norm_(
     (5.0, True, array([0.6, 0.8]))
     """
     max_norm = check_max_norm(max_norm)
-    inv = _check_positive(inv_scale, "inv_scale")
+    inv = check_max_norm(inv_scale, "inv_scale")  # same rule: a finite real > 0
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     seq, single = as_sequence(grads)
@@ -81,7 +77,7 @@ def unscale_clip_grad_norm_(
         total_g = raw * inv
         if not math.isfinite(raw):
             return ClipResult(total_g, 1.0, False, True, None)
-        coef_g = min(1.0, max_norm / (total_g + eps))
+        coef_g = clip_coef(max_norm, total_g, eps)
         _core.scale(seq, inv * coef_g, "grads", single)
         return ClipResult(total_g, coef_g, coef_g < 1.0, False, None)
     total, coef, norms = _core.unscale_clip(
