@@ -256,12 +256,11 @@ void zero(const py::sequence& grads, const std::string& arg, bool single) {
     gradclip::zero_all(b.spans.data(), b.spans.size());
 }
 
-void clamp(const py::sequence& grads, const std::vector<double>& bounds, const std::string& arg, bool single) {
-    if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
+void clamp(const py::sequence& grads, double lo, double hi, const std::string& arg, bool single) {
     Batch b;
     parse(grads, arg, single, b);
     py::gil_scoped_release nogil;
-    gradclip::clamp_all(b.spans.data(), b.spans.size(), bounds.data());
+    gradclip::clamp_all(b.spans.data(), b.spans.size(), lo, hi);
 }
 
 py::array_t<double> tensor_norms(const py::sequence& grads, double p, const std::string& arg, bool single) {
@@ -508,11 +507,10 @@ public:
         py::gil_scoped_release nogil;
         gradclip::zero_all(b_.spans.data(), b_.spans.size(), plans_.get());
     }
-    void clamp(const std::vector<double>& bounds) const {
-        if (bounds.size() != static_cast<std::size_t>(gradclip::kNumDTypes)) throw py::value_error("need 4 bounds");
+    void clamp(double lo, double hi) const {
         check();
         py::gil_scoped_release nogil;
-        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), bounds.data(), plans_.get());
+        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), lo, hi, plans_.get());
     }
     py::array_t<double> tensor_norms(double p) const {
         check();
@@ -587,7 +585,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("scale", &scale, py::arg("grads"), py::arg("factor"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("zero", &zero, py::arg("grads"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("clamp", &clamp, py::arg("grads"), py::arg("bounds"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("clamp", &clamp, py::arg("grads"), py::arg("lo"), py::arg("hi"), py::arg("arg") = "grads",
+          py::arg("single") = false);
     m.def("tensor_norms", &tensor_norms, py::arg("grads"), py::arg("p"), py::arg("arg") = "grads",
           py::arg("single") = false);
     m.def("clip_each", &clip_each, py::arg("grads"), py::arg("max_norm"), py::arg("p"), py::arg("mode"),

@@ -279,3 +279,49 @@ def ulps_for(dtype: np.dtype[Any]) -> float:
     bit of a float64, which can move a float32 product by one ulp and a float16/bfloat16 result
     by one ulp after rounding)."""
     return {"float64": 8192.0, "float32": 2.0, "float16": 1.0, "bfloat16": 1.0}[dtype_name(dtype)]
+
+
+# ---------------------------------------------------------------------------------------------
+# bound rounding: every float16 / bfloat16 rounding midpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode(name: str, bits: np.ndarray) -> np.ndarray:
+    """float64 values of float16 / bfloat16 / float32 bit patterns, decoded without ml_dtypes."""
+    if name == "float16":
+        return bits.astype(np.uint16).view(np.float16).astype(np.float64)
+    if name == "bfloat16":  # the top half of a float32
+        return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+# bit pattern of the largest finite positive value; the next pattern is +inf
+LARGEST_BITS = {"float16": 0x7BFF, "bfloat16": 0x7F7F, "float32": 0x7F7FFFFF}
+
+
+def rounding_cases(name: str, bits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(v, expected): float64 bounds at and next to rounding midpoints of type ``name``, and
+    each one rounded once to nearest, ties to even, as the definition gives it.
+
+    For each pair of neighbouring non-negative values a < b of the type (bit patterns k and
+    k + 1; every one for the 16-bit types, the patterns ``bits`` for float32), v runs over
+    the midpoint (a + b) / 2 (exact in float64), the doubles just below and just above it, a
+    and b themselves: they round to the even one of a and b, to a, to b, to a and to b. The
+    last pair is (largest finite, +inf), whose midpoint is the overflow threshold (the tie
+    goes to inf, as its pattern is even). Positive v only: negating v negates the result.
+    """
+    if bits is None:
+        bits = np.arange(LARGEST_BITS[name] + 1, dtype=np.int64)
+    k = np.asarray(bits, dtype=np.int64)
+    a = _decode(name, k)
+    b = _decode(name, k + 1)
+    with np.errstate(over="ignore"):
+        top = k == LARGEST_BITS[name]
+        # the "value" after the largest finite one, for the midpoint: 2**(emax + 1)
+        b_mid = np.where(top, np.ldexp(1.0, 16 if name == "float16" else 128), b)
+        mid = a + (b_mid - a) / 2.0
+    even = np.where(k % 2 == 0, a, b)
+    v = np.concatenate([mid, np.nextafter(mid, 0.0), np.nextafter(mid, np.inf), a, b])
+    expected = np.concatenate([even, a, b, a, b])
+    keep = np.isfinite(v)  # b = +inf for the top pattern is no bound
+    return v[keep], expected[keep]

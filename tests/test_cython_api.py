@@ -5,8 +5,9 @@
 #   - its constants are the documented dtype codes, nonfinite modes and return codes;
 #   - norm_* / sum_pow_* match the Python API bit for bit (one engine) on every CPU target and
 #     thread count, and gradclip.reference within the norm contract;
-#   - scale_* / clamp_* write what gradclip.reference writes (clamp bounds rounded to the dtype
-#     as clip_grad_value_ does, including doubles that round differently through float32);
+#   - scale_* / clamp_* write what gradclip.reference writes (clamp bounds rounded once to the
+#     dtype as clip_grad_value_ does, including doubles that round differently through float32,
+#     and every float16 / bfloat16 rounding midpoint and its neighbours);
 #   - total_norm / clip_grad_norm / clip_grads_with_norm over mixed-dtype buffers match the
 #     Python API (norm bits and writes) and the reference, in every nonfinite mode;
 #   - bad arguments give the documented negative codes, write nothing and leave outputs as
@@ -47,6 +48,8 @@ from gc_helpers import (
     dtype_of,
     each_config,
     expected_scaled,
+    needs_bf16,
+    rounding_cases,
     snapshot,
     ulps_for,
 )
@@ -64,6 +67,7 @@ DOWNSTREAM_PYX = '''
 # on raw pointers inside `with nogil:`. Buffers come in as (address, length) from the tests.
 from libc.stdint cimport uint16_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from gradclip.cython_api cimport (
     GRADCLIP_BF16, GRADCLIP_E_DTYPE, GRADCLIP_E_INTERNAL, GRADCLIP_E_NOMEM, GRADCLIP_E_NULL,
@@ -145,6 +149,24 @@ def clamp(int dt, uintptr_t addr, size_t n, double clip_value):
             rc = clamp_f32(<float*>x, n, clip_value)
         else:
             rc = clamp_f64(<double*>x, n, clip_value)
+    return rc
+
+
+def clamp_bounds(int dt, uintptr_t addr, size_t n, uintptr_t src_addr, uintptr_t bounds_addr,
+                 size_t n_bounds, uintptr_t out_addr):
+    """For each bound i: copy the n-element buffer at src to addr, clamp it there, copy the
+    result to the i-th n-element slot at out. Returns the first nonzero return code."""
+    cdef size_t nbytes = n * (8 if dt == GRADCLIP_F64 else 4 if dt == GRADCLIP_F32 else 2)
+    cdef const double* bounds = <const double*>bounds_addr
+    cdef char* out = <char*>out_addr
+    cdef size_t i
+    cdef int rc = 0
+    for i in range(n_bounds):
+        memcpy(<void*>addr, <const void*>src_addr, nbytes)
+        rc = clamp(dt, addr, n, bounds[i])
+        if rc != 0:
+            return rc
+        memcpy(out + i * nbytes, <const void*>addr, nbytes)
     return rc
 
 
@@ -411,7 +433,8 @@ def test_scale(ext: ModuleType, dtype: str, coef: float) -> None:
         1.0 / 3.0,
         2.0,
         1.0 + 2.0**-11 + 2.0**-40,  # float16 rounds it up in one step, down through float32
-        1.0 + 2.0**-8 + 2.0**-30,  # bfloat16 (ml_dtypes) rounds it through float32
+        1.0 + 2.0**-8 + 2.0**-30,  # likewise for bfloat16
+        1.0039062509313226,  # the same for bfloat16 (ml_dtypes < 0.7 rounded it through float32)
         70000.0,  # beyond float16: the bound is inf
         1e300,  # beyond float32
     ],
@@ -430,6 +453,27 @@ def test_clamp(ext: ModuleType, dtype: str, clip_value: float) -> None:
         gradclip.clip_grad_value_(compiled, clip_value)
         assert_same_values(arr, expected, f"n={n} vs reference")
         assert arr.tobytes() == compiled.tobytes(), f"n={n} vs the Python API"
+
+
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=needs_bf16)])
+def test_clamp_bounds_at_every_midpoint(ext: ModuleType, dtype: str) -> None:
+    # The C API rounds clip_value with the engine's one rule, as clip_grad_value_ does: every
+    # float16 / bfloat16 rounding midpoint, and the doubles next to it, against the definition.
+    dt = dtype_of(dtype)
+    bounds, expected = rounding_cases(dtype)
+    src = np.array([np.inf, -np.inf, 0.0], dtype=dt)
+    work = np.empty_like(src)
+    out = np.empty((bounds.size, src.size), dtype=dt)
+    rc = ext.clamp_bounds(
+        ext.DTYPES[dtype], work.ctypes.data, src.size, src.ctypes.data, bounds.ctypes.data,
+        bounds.size, out.ctypes.data,
+    )
+    assert rc == 0
+    got = out.astype(np.float64)
+    bad = np.flatnonzero(got[:, 0] != expected)
+    assert bad.size == 0, f"{bad.size} bounds, first {bounds[bad[:3]]!r} -> {got[bad[:3], 0]!r}"
+    assert np.array_equal(got[:, 1], -expected)
+    assert np.array_equal(got[:, 2], np.zeros(bounds.size))
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0, 3.0, math.inf], ids=str)

@@ -160,8 +160,8 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
 
 
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("matplotlib")
-    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    pytest.importorskip("tqdm", exc_type=ImportError)
     code = demo.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "2"])
     assert code == 0
     out = capsys.readouterr().out

@@ -106,52 +106,6 @@ int make_spans(std::size_t n, const void* const* ptrs, const std::size_t* lens, 
     return GRADCLIP_OK;
 }
 
-// double -> float rounded to nearest even as NumPy's np.float32(v) does, with out-of-range
-// values going to +-inf or +-FLT_MAX explicitly (a plain cast of an out-of-range double is
-// undefined behaviour in C++).
-float round_f32(double v) noexcept {
-    const double a = std::fabs(v);
-    if (a > static_cast<double>(std::numeric_limits<float>::max())) {
-        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
-        const float big = a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity()
-                                              : std::numeric_limits<float>::max();
-        return std::signbit(v) ? -big : big;
-    }
-    return static_cast<float>(v);
-}
-
-// double -> float rounded to odd: truncate, then set the last bit if anything was dropped. A
-// second rounding of that float to nearest even at <= 22 bits gives the correctly rounded result
-// of the double (the dropped bits survive as the sticky last bit), which is how NumPy's
-// np.float16(v) rounds a double in one step. |v| must be <= FLT_MAX.
-float round_odd_f32(double v) noexcept {
-    float f = static_cast<float>(v);
-    if (static_cast<double>(f) == v) return f;
-    if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
-    std::uint32_t u = gradclip::detail::f32_bits(f);
-    u |= 1u;
-    return gradclip::detail::f32_from_bits(u);
-}
-
-// clip_value rounded to the element type, as gradclip's _bounds() does in Python: float16 in one
-// rounding (NumPy), bfloat16 through float32 (ml_dtypes converts a double that way).
-double bound_for(DType dt, double v) noexcept {
-    switch (dt) {
-        case DType::F16: {
-            // every |v| >= 65520 rounds to inf; capping keeps the float conversion in range
-            const double c = std::fabs(v) > 65536.0 ? std::copysign(65536.0, v) : v;
-            return static_cast<double>(gradclip::detail::half_to_float(gradclip::detail::float_to_half(round_odd_f32(c))));
-        }
-        case DType::BF16:
-            return static_cast<double>(gradclip::detail::bf16_to_float(gradclip::detail::float_to_bf16(round_f32(v))));
-        case DType::F32:
-            return static_cast<double>(round_f32(v));
-        case DType::F64:
-            break;
-    }
-    return v;
-}
-
 // ------------------------------------------------------------------ the table's functions
 int c_norm(int dtype, const void* x, std::size_t n, double p, double* out) {
     return guarded([&] {
@@ -197,9 +151,7 @@ int c_clamp(int dtype, void* x, std::size_t n, double clip_value) {
         const int rc = make_span(dtype, x, n, sp);
         if (rc != GRADCLIP_OK) return rc;
         if (!(std::isfinite(clip_value) && clip_value >= 0.0)) return GRADCLIP_E_VALUE;
-        double bounds[gradclip::kNumDTypes];
-        for (int d = 0; d < gradclip::kNumDTypes; ++d) bounds[d] = bound_for(static_cast<DType>(d), clip_value);
-        gradclip::clamp_all(&sp, 1, bounds);
+        gradclip::clamp_all(&sp, 1, -clip_value, clip_value);
         return GRADCLIP_OK;
     });
 }

@@ -44,7 +44,7 @@ constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 // Partial sums below this lose bits to subnormal underflow; see total_norm().
 constexpr double kTinySum = 0x1p-969;
 // Above this p the rescaled pass divides by max|x| instead of a power of two (see
-// norm_from_plan).
+// rescaled_norm).
 constexpr double kExactScaleMaxP = 512.0;
 
 constexpr std::size_t chunk_elems(DType dt) noexcept { return kChunkBytes / itemsize(dt); }
@@ -297,7 +297,8 @@ void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& 
 // ------------------------------------------------------------------ per-chunk reductions
 // The scalar paths below follow the kernels' lane layout, so a strided view gives the bits
 // of its contiguous copy.
-double step_value(NormSpec spec, double x, double scale) noexcept {
+// |x * scale| ** p, or |x| / div ** p for the ratio form (div = max|x|, see rescaled_norm).
+double step_value(NormSpec spec, double x, double scale, double div) noexcept {
     const double t = x * scale;
     switch (spec.kind) {
         case NormKind::L2:
@@ -305,7 +306,7 @@ double step_value(NormSpec spec, double x, double scale) noexcept {
         case NormKind::L1:
             return std::fabs(t);
         default:
-            return std::pow(std::fabs(t), spec.p);
+            return std::pow(std::fabs(t) / div, spec.p);
     }
 }
 
@@ -315,8 +316,9 @@ double max_of(double a, double b) noexcept {
 }
 
 // Sum (or max, for Linf) over one chunk of the plan.
+// `div` is 1 except in the ratio form, which only general p uses (the kernels take `scale`).
 double reduce_chunk(const KernelTable& kt, const Span* spans, const Scratch& s, std::size_t c, NormSpec spec,
-                    double scale) noexcept {
+                    double scale, double div) noexcept {
     double lanes[kLanes] = {};
     double m = 0.0;
     for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) {
@@ -339,7 +341,7 @@ double reduce_chunk(const KernelTable& kt, const Span* spans, const Scratch& s, 
                     const std::size_t isz = itemsize(sp.dt);
                     std::size_t lane = g.lane0;
                     for (std::size_t k = 0; k < g.count; ++k) {
-                        lanes[lane] = lanes[lane] + step_value(spec, load_elem(p + k * isz, sp.dt), scale);
+                        lanes[lane] = lanes[lane] + step_value(spec, load_elem(p + k * isz, sp.dt), scale, div);
                         lane = lane + 1 == kLanes ? 0 : lane + 1;
                     }
                     break;
@@ -352,7 +354,7 @@ double reduce_chunk(const KernelTable& kt, const Span* spans, const Scratch& s, 
         } else {
             for_each_strided(sp, g.start, g.count, [&](const char* p, std::size_t k) {
                 double& l = lanes[(g.lane0 + k) % kLanes];
-                l = l + step_value(spec, load_elem(p, sp.dt), scale);
+                l = l + step_value(spec, load_elem(p, sp.dt), scale, div);
             });
         }
     }
@@ -373,11 +375,11 @@ double finish_norm(NormSpec spec, double s) noexcept {
 }
 
 // Fills t_work.partial with one value per chunk of the plan.
-void reduce_plan(const Span* spans, const Scratch& s, NormSpec spec, double scale) {
+void reduce_plan(const Span* spans, const Scratch& s, NormSpec spec, double scale, double div = 1.0) {
     const KernelTable& kt = table();
     t_work.partial.resize(s.nchunks());
     double* out = t_work.partial.data();
-    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, s, c, spec, scale); });
+    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, s, c, spec, scale, div); });
 }
 
 // Partials of the plan combined in chunk order.
@@ -392,7 +394,13 @@ double combine_plan(const Scratch& s, NormSpec spec) noexcept {
 // Whether the fast sum s (of |x|^p, scale 1) lost range: it overflowed, or it is so small
 // that subnormal terms may have lost bits (below 2^-969 the absolute error of each
 // subnormal term, 2^-1075, is no longer negligible against the sum).
-bool needs_rescale(double s) noexcept { return std::isinf(s) || s < kTinySum; }
+bool lost_range(NormSpec spec, double s) noexcept {
+    return spec.kind != NormKind::Linf && s == s && (std::isinf(s) || s < kTinySum);
+}
+
+// General p below 1 skips the fast sum: its rounding error grows by 1/p in the root (for
+// p = 1e-300 the norm of [3.0] would come out as 1.0). The ratio form is exact there.
+bool ratio_form_only(NormSpec spec) noexcept { return spec.kind == NormKind::Lp && spec.p < 1.0; }
 
 // Picks the power-of-two scale that maps the largest |x| into [0.5, 1). Returns false when
 // no rescaled pass can help (m zero or non-finite).
@@ -403,21 +411,23 @@ bool rescale_for(double m, int& e) noexcept {
     return true;
 }
 
-// Finishes a norm from its fast sum `s` over a plan; re-reads the plan when s lost range.
-double norm_from_plan(const Span* spans, const Scratch& s, NormSpec spec, double sum) {
-    if (spec.kind == NormKind::Linf || sum != sum || !needs_rescale(sum)) return finish_norm(spec, sum);
-    reduce_plan(spans, s, NormSpec{NormKind::Linf, spec.p}, 1.0);
-    const double m = combine_plan(s, NormSpec{NormKind::Linf, spec.p});
+// The norm over a plan from max|x| = m and a second pass relative to it, for sums that lose
+// range at scale 1 and for ratio_form_only. p = 1, 2 and p <= 512 scale by the power of two
+// 2^-e that maps m into [0.5, 1): exact, and (m 2^-e)^p >= 2^-512 keeps the sum in range.
+// Other p use the ratio form m * (sum (|x| / m)^p)^(1/p): dividing (not multiplying by 1/m,
+// which can round m / m to 1 - 2^-53, whose 1e20th power is 0) makes the largest term exactly
+// 1, so the sum lies in [1, n] and the norm is never below m, for any p up to DBL_MAX.
+double rescaled_norm(const Span* spans, const Scratch& s, NormSpec spec) {
+    const NormSpec linf{NormKind::Linf, spec.p};
+    reduce_plan(spans, s, linf, 1.0);
+    const double m = combine_plan(s, linf);
     int e = 0;
     if (!rescale_for(m, e)) {
         if (m != m) return m;
         return m == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
     }
-    if (spec.kind == NormKind::Lp && spec.p > kExactScaleMaxP) {
-        // For large p even (max|x| * 2^-e)^p, with the max in [0.5, 1), underflows (p > 1074):
-        // divide by the max itself, so the largest term is ~1. Not exact like a power of two,
-        // but every term is off by at most an ulp before the power.
-        reduce_plan(spans, s, spec, 1.0 / m);
+    if (spec.kind == NormKind::Lp && (spec.p > kExactScaleMaxP || spec.p < 1.0)) {
+        reduce_plan(spans, s, spec, 1.0, m);
         return finish_norm(spec, combine_plan(s, spec)) * m;
     }
     reduce_plan(spans, s, spec, std::ldexp(1.0, -e));
@@ -594,6 +604,59 @@ const Scratch& plan_for(const Span* spans, std::size_t n, Layout layout, const P
 }
 }  // namespace
 
+// ------------------------------------------------------------------ bound rounding
+namespace {
+
+// double -> float, rounded to nearest even (IEEE 754's default), with out-of-range values
+// going to +-inf or +-FLT_MAX explicitly: a plain cast of an out-of-range double is undefined
+// behaviour in C++.
+float round_f32(double v) noexcept {
+    const double a = std::fabs(v);
+    if (a > static_cast<double>(std::numeric_limits<float>::max())) {
+        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
+        const float big = a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
+        return std::signbit(v) ? -big : big;
+    }
+    return static_cast<float>(v);
+}
+
+// double -> float rounded to odd: truncate, then set the last bit if anything was dropped.
+// Rounding that float once more, to nearest even at a precision of at most 22 bits, gives
+// the double correctly rounded in one step: the dropped bits survive as the sticky last bit
+// (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+// rounding to odd", IEEE Trans. Computers 57(4), 2008). |v| must be <= FLT_MAX.
+float round_odd_f32(double v) noexcept {
+    float f = static_cast<float>(v);
+    if (static_cast<double>(f) == v) return f;
+    if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+    return detail::f32_from_bits(detail::f32_bits(f) | 1u);
+}
+
+}  // namespace
+
+double round_to_dtype(DType dt, double v) noexcept {
+    if (v != v) return v;
+    switch (dt) {
+        case DType::F16: {
+            // every |v| >= 65520 rounds to inf; capping keeps the float conversion in range
+            const double c = std::fabs(v) > 65536.0 ? std::copysign(65536.0, v) : v;
+            return static_cast<double>(detail::half_to_float(detail::float_to_half(round_odd_f32(c))));
+        }
+        case DType::BF16: {
+            // every |v| > FLT_MAX rounds to inf in bfloat16 too (its largest finite value is
+            // 0x1.fep127 and the midpoint to 2^128 is 0x1.ffp127 < FLT_MAX)
+            const double cap = static_cast<double>(std::numeric_limits<float>::max());
+            const double c = std::fabs(v) > cap ? std::copysign(cap, v) : v;
+            return static_cast<double>(detail::bf16_to_float(detail::float_to_bf16(round_odd_f32(c))));
+        }
+        case DType::F32:
+            return static_cast<double>(round_f32(v));
+        case DType::F64:
+            break;
+    }
+    return v;
+}
+
 // ------------------------------------------------------------------ operations
 double clip_coef(double max_norm, double norm, double eps) noexcept {
     const double c = max_norm / (norm + eps);
@@ -603,30 +666,35 @@ double clip_coef(double max_norm, double norm, double eps) noexcept {
 double total_norm(const Span* spans, std::size_t n, NormSpec spec, const Plans* cached) {
     const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     if (s.nchunks() == 0) return 0.0;
-    reduce_plan(spans, s, spec, 1.0);
-    return norm_from_plan(spans, s, spec, combine_plan(s, spec));
+    if (!ratio_form_only(spec)) {
+        reduce_plan(spans, s, spec, 1.0);
+        const double sum = combine_plan(s, spec);
+        if (!lost_range(spec, sum)) return finish_norm(spec, sum);
+    }
+    return rescaled_norm(spans, s, spec);
 }
 
 void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const Plans* cached) {
     const Scratch& s = plan_for(spans, n, Layout::PerSpan, cached);
-    reduce_plan(spans, s, spec, 1.0);
+    const bool redo_all = ratio_form_only(spec);
+    if (!redo_all) reduce_plan(spans, s, spec, 1.0);
     for (std::size_t i = 0; i < n; ++i) out[i] = 0.0;
     // chunks of one span are consecutive: combine them in order
     const double* partial = t_work.partial.data();
-    for (std::size_t c = 0; c < s.nchunks(); ++c) {
+    for (std::size_t c = 0; !redo_all && c < s.nchunks(); ++c) {
         const std::size_t span = s.segs[s.first[c]].span;
         out[span] = spec.kind == NormKind::Linf ? max_of(out[span], partial[c]) : out[span] + partial[c];
     }
-    // Spans whose sum lost range are redone one by one (rare: values near the ends of the
-    // double range), each with its own plan and scale.
+    // Spans whose sum lost range (rare: values near the ends of the double range), or all of
+    // them for ratio_form_only, are redone one by one, each with its own plan and scale.
     Scratch one;
     for (std::size_t i = 0; i < n; ++i) {
-        if (spec.kind == NormKind::Linf || out[i] != out[i] || !needs_rescale(out[i]) || spans[i].n == 0) {
+        if (spans[i].n == 0 || !(redo_all || lost_range(spec, out[i]))) {
             out[i] = finish_norm(spec, out[i]);
             continue;
         }
         build_plan(spans + i, 1, one, Layout::PerSpan);
-        out[i] = norm_from_plan(spans + i, one, spec, out[i]);
+        out[i] = rescaled_norm(spans + i, one, spec);
     }
 }
 
@@ -676,12 +744,17 @@ void scale_each(const Span* spans, std::size_t n, const double* coefs) {
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coefs[&sp - spans]); });
 }
 
-void clamp_all(const Span* spans, std::size_t n, const double* bound, const Plans* cached) {
+void clamp_all(const Span* spans, std::size_t n, double lo64, double hi64, const Plans* cached) {
     const Scratch& s = plan_for(spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
+    double lo_of[kNumDTypes], hi_of[kNumDTypes];
+    for (int d = 0; d < kNumDTypes; ++d) {
+        lo_of[d] = round_to_dtype(static_cast<DType>(d), lo64);
+        hi_of[d] = round_to_dtype(static_cast<DType>(d), hi64);
+    }
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         const int di = static_cast<int>(sp.dt);
-        const double hi = bound[di], lo = -hi;
+        const double lo = lo_of[di], hi = hi_of[di];
         if (sp.ndim == 0) {
             kt.clamp[di](sp.data + g.start * itemsize(sp.dt), g.count, lo, hi);
         } else {

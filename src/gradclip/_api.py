@@ -291,20 +291,12 @@ def clip_grads_with_norm_(
     _core.clip_with_norm(seq, max_norm, total, eps, "grads", single)
 
 
-def _bounds(v: float) -> list[float]:
-    # The bound each dtype clamps to is v rounded to that dtype, in DType order:
-    # float16, bfloat16, float32, float64.
-    with np.errstate(over="ignore"):
-        f16 = float(np.float16(v))
-        bf16 = float(np.array(v).astype(_BF16)) if _BF16 is not None else v
-        f32 = float(np.float32(v))
-    return [f16, bf16, f32, v]
-
-
 def clip_grad_value_(grads: Any, clip_value: float) -> None:
     """Clamp every element in place to ``[-clip_value, clip_value]``; NaN stays NaN.
 
-    The bound is ``clip_value`` rounded to each array's dtype.
+    The bound is ``clip_value`` rounded once, to nearest with ties to even, to each array's
+    dtype (by gradclip itself, the same in every path and for every version of NumPy and
+    ml_dtypes).
 
     Examples
     --------
@@ -316,7 +308,7 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     """
     v = check_clip_value(clip_value)
     seq, single = as_sequence(grads)
-    _core.clamp(seq, _bounds(v), "grads", single)
+    _core.clamp(seq, -v, v, "grads", single)
 
 
 def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
@@ -515,7 +507,8 @@ class GradientSet:
 
     def clip_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` over the set."""
-        self._set.clamp(_bounds(check_clip_value(clip_value)))
+        v = check_clip_value(clip_value)
+        self._set.clamp(-v, v)
 
     def tensor_norms(self, norm_type: float = 2.0) -> np.ndarray:
         """:func:`tensor_norms` over the set."""

@@ -100,14 +100,43 @@ def _is_supported_dtype(dtype: np.dtype[Any]) -> bool:
     return bf16 is not None and dtype == bf16
 
 
-def _narrow_float(value: float, dtype: np.dtype[Any]) -> np.float32:
-    """Round ``value`` to ``dtype`` (round-to-nearest-even) and return it as an exact float32.
+# (significand digits, exponent of the smallest normal, largest finite value) of each type
+# a bound can be rounded to; bfloat16 has float32's exponent range and 8 digits.
+_FORMATS: dict[str, tuple[int, int, float]] = {
+    "float16": (11, -14, 65504.0),
+    "bfloat16": (8, -126, float.fromhex("0x1.fep127")),
+    "float32": (24, -126, float.fromhex("0x1.fffffep127")),
+}
 
-    float16 and bfloat16 values are all exactly representable in float32.
+
+def _round_to_dtype(value: float, dtype: np.dtype[Any]) -> float:
+    """``value`` rounded once, to nearest with ties to even, to ``dtype``, as a float.
+
+    Written out in integer arithmetic so that it depends on no library's conversion (the
+    float64 -> bfloat16 cast of ml_dtypes rounded through float32 before 0.7.0). IEEE 754:
+    the result is the multiple of the type's spacing at ``value`` nearest to it (the even
+    multiple on a tie); a result beyond the largest finite value is an infinity.
     """
-    with np.errstate(all="ignore"):
-        rounded = np.array(value, dtype=np.float64).astype(dtype)
-        return np.float32(rounded.astype(np.float32))
+    if dtype == np.float64 or value == 0.0 or not math.isfinite(value):
+        return value
+    digits, emin, largest = _FORMATS[dtype.name]
+    exponent = math.frexp(value)[1]  # |value| = f * 2**exponent, 0.5 <= f < 1
+    shift = max(exponent, emin + 1) - digits  # the spacing is 2**shift (fixed for subnormals)
+    num, den = abs(value).as_integer_ratio()  # den is a power of two
+    if shift >= 0:
+        den <<= shift
+    else:
+        num <<= -shift
+    q, r = divmod(num, den)  # |value| / 2**shift = q + r / den
+    if 2 * r > den or (2 * r == den and q % 2 == 1):
+        q += 1
+    try:
+        rounded = math.ldexp(float(q), shift)  # q has at most digits + 1 bits: exact
+    except OverflowError:  # beyond the double range, so far beyond the type's
+        rounded = math.inf
+    if rounded > largest:
+        rounded = math.inf
+    return math.copysign(rounded, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,15 +432,20 @@ def _pnorm(arrays: Sequence[Array], p: float) -> float:
     NaN, inf if any element is infinite. When the plain sum overflows or is below 2**-969 the
     sum is redone on elements scaled by 2**-e, where 2**e is the power of two just above max |x|
     (exact: scaling by a power of two only moves the exponent), and the root is scaled back.
+    For p < 1 (always) and p > 512 (when the plain sum lost range) the ratio form
+    max * (sum (|x| / max)**p) ** (1/p) is used instead: the largest term is exactly 1, so the
+    result is never below max |x|; for p < 1 the plain sum's rounding error would be
+    multiplied by 1/p in the root, and for large p even (max * 2**-e) ** p underflows.
     """
     m = _abs_max(arrays)
     if math.isnan(m) or math.isinf(m) or m == 0.0 or math.isinf(p):
         return m
+    if p < 1.0:
+        return _root(_power_sum(arrays, p, 0, divisor=m), p) * m
     s = _power_sum(arrays, p, 0)
     if math.isfinite(s) and s >= _SMALL_SUM:
         return _root(s, p)
     if p > 512.0:
-        # (max * 2**-e) ** p underflows for p above ~1074: divide by max itself instead
         return _root(_power_sum(arrays, p, 0, divisor=m), p) * m
     e = math.frexp(m)[1]  # m = f * 2**e with 0.5 <= f < 1
     root = _root(_power_sum(arrays, p, e), p)
@@ -640,16 +674,14 @@ def clip_grad_value_(grads: object, clip_value: float) -> None:
     arrays = _present(_as_arrays(grads))
     with np.errstate(all="ignore"):
         for arr in arrays:
-            if arr.dtype == np.float64:
-                np.clip(arr, -v, v, out=arr)
-            elif arr.dtype == np.float32:
-                b32 = np.float32(v)
-                np.clip(arr, -b32, b32, out=arr)
-            else:  # float16 / bfloat16: clamp exactly in float32, convert back exactly
-                b = _narrow_float(v, arr.dtype)
-                wide = arr.astype(np.float32)
-                np.clip(wide, -b, b, out=wide)
-                arr[...] = wide.astype(arr.dtype)
+            # the bound, rounded to the array's type, is exactly a float64: clamp there and
+            # convert back (exact, since every result is an element or the bound). Spelled
+            # out rather than np.clip, whose choice between -0.0 and 0.0 at clip_value = 0
+            # changed between NumPy releases: x < -b gives -b, x > b gives b, NaN stays.
+            b = _round_to_dtype(v, arr.dtype)
+            wide = arr.astype(np.float64)
+            wide = np.where(wide < -b, -b, np.where(wide > b, b, wide))
+            arr[...] = wide.astype(arr.dtype)
 
 
 def tensor_norms(grads: object, norm_type: float = 2.0) -> Float64Array:

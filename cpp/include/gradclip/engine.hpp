@@ -79,8 +79,14 @@ void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, co
 void scale_all(const Span* spans, std::size_t n, double coef, const Plans* cached = nullptr);
 // Multiply span i by coefs[i]; spans whose coefficient is exactly 1 are not touched.
 void scale_each(const Span* spans, std::size_t n, const double* coefs);
-// Clamp each element to [-bound, bound], bound[dtype] already rounded to that dtype.
-void clamp_all(const Span* spans, std::size_t n, const double* bound_per_dtype, const Plans* cached = nullptr);
+// v rounded once, to nearest with ties to even, to a value of dtype dt (overflow gives
+// +-inf), returned as the double it equals. The one rounding rule for every scalar bound
+// applied to an array, whichever front door (Python, Cython, C) the call came through.
+double round_to_dtype(DType dt, double v) noexcept;
+
+// Clamp each element to [lo, hi], both given as float64 and rounded to each span's dtype
+// with round_to_dtype.
+void clamp_all(const Span* spans, std::size_t n, double lo, double hi, const Plans* cached = nullptr);
 // Set every element to +0.0.
 void zero_all(const Span* spans, std::size_t n, const Plans* cached = nullptr);
 
