@@ -122,6 +122,16 @@ def test_fixed_threshold_arms_bound_the_update_by_max_norm(arm: demo.Arm) -> Non
     assert gradclip.get_total_norm(grads) <= config.max_norm * (1 + 1e-5)
 
 
+# The quick runs are chaotic: last-bit differences in float32 arithmetic (another NumPy or
+# OpenBLAS release, another CPU) change each trajectory. NumPy 2.5 on Python 3.13 gave
+# different runs from NumPy 2.4, and a check that the unclipped run reached inf, or that a
+# clipped run halved its loss, failed there. The claims below were chosen by perturbing the
+# initial weights by relative 1e-6 and 1e-4 (12 to 24 runs per arm and seed): the unclipped
+# seed 1 diverged every time, its gradient norm grew at least 1e10-fold, though not always to
+# inf; no clipped run diverged; the last-50-step loss stayed below 0.67 of the first 10
+# steps', and the test MSE below 2.8 times the baseline's. The bounds leave room over those.
+
+
 def test_quick_mode_unclipped_explodes() -> None:
     # most unclipped runs hit their cliff after 1,500-3,000 steps; within the quick run's
     # 300 steps, seed 1 already blows up
@@ -129,10 +139,10 @@ def test_quick_mode_unclipped_explodes() -> None:
     exploded = [r for r in runs if r.diverged]
     assert exploded
     for run in exploded:
-        assert run.stopped and run.steps_run < demo.QUICK.steps
         finite = run.grad_norm[np.isfinite(run.grad_norm)]
         assert finite.max() > 1e6 * finite[0]  # orders of magnitude, not a wobble
         assert run.error_rate == 1.0
+        assert not run.test_mse < 100 * demo.BASELINE_MSE  # NaN counts as exploded
 
 
 @pytest.mark.parametrize("seed", range(demo.QUICK.seeds))
@@ -143,8 +153,8 @@ def test_quick_mode_clipped_runs_stay_finite_and_learn(arm: str, seed: int) -> N
     assert run.steps_run == demo.QUICK.steps
     assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
     assert run.clipped > 0
-    assert np.mean(run.loss[-50:]) < 0.5 * np.mean(run.loss[:10])
-    assert math.isfinite(run.test_mse) and run.test_mse < 2 * demo.BASELINE_MSE
+    assert np.mean(run.loss[-50:]) < 0.85 * np.mean(run.loss[:10])
+    assert math.isfinite(run.test_mse) and run.test_mse < 4 * demo.BASELINE_MSE
 
 
 def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
