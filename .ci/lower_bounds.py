@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,11 +51,13 @@ def pins() -> dict[str, str]:
 def main() -> int:
     want, have = lower_bounds(), pins()
     if want == have:
-        print("constraints-oldest.txt pins the lower bounds of pyproject.toml:", len(want), "packages")
+        print(
+            "constraints-oldest.txt pins the lower bounds of pyproject.toml:", len(want), "packages"
+        )
         return 0
     for name in sorted(want.keys() | have.keys()):
         if want.get(name) != have.get(name):
-            print(f"{name}: pyproject.toml >= {want.get(name)}, constraints-oldest.txt == {have.get(name)}")
+            print(f"{name}: pyproject.toml >= {want.get(name)}, pinned == {have.get(name)}")
     return 1
 
 

@@ -6,10 +6,10 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <limits>
-#include <memory>
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,8 +28,8 @@ constexpr int kNpyFloat = 11;
 constexpr int kNpyDouble = 12;
 constexpr int kNpyHalf = 23;
 
-int g_bf16_num = -1;      // ml_dtypes.bfloat16's type number, when ml_dtypes is present
-py::object* g_as_array;   // Python helper: non-ndarray -> ndarray view, or TypeError
+int g_bf16_num = -1;     // ml_dtypes.bfloat16's type number, when ml_dtypes is present
+py::object* g_as_array;  // Python helper: non-ndarray -> ndarray view, or TypeError
 
 std::string where(const std::string& arg, std::size_t pos, bool single) {
     return single ? arg : arg + "[" + std::to_string(pos) + "]";
@@ -38,11 +38,11 @@ std::string where(const std::string& arg, std::size_t pos, bool single) {
 // The validated arrays of one call. `keep` holds references so the memory stays alive
 // while the GIL is released.
 struct Batch {
-    std::vector<Span> spans;          // one per array (None entries excluded)
-    std::vector<std::size_t> pos;     // input position of each span
+    std::vector<Span> spans;       // one per array (None entries excluded)
+    std::vector<std::size_t> pos;  // input position of each span
     std::vector<py::array> keep;
-    std::vector<std::ptrdiff_t> meta;     // shape then strides of every kept array
-    std::vector<std::size_t> meta_off;    // where each kept array's shape starts in meta
+    std::vector<std::ptrdiff_t> meta;   // shape then strides of every kept array
+    std::vector<std::size_t> meta_off;  // where each kept array's shape starts in meta
     std::size_t npos = 0;
 };
 
@@ -82,8 +82,9 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         PyObject* item = items[i];
         if (item == Py_None) continue;
         // (a default-constructed py::array would allocate a new empty array: avoid it)
-        py::array arr = api.PyArray_Check_(item) ? py::reinterpret_borrow<py::array>(item)
-                                                 : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
+        py::array arr = api.PyArray_Check_(item)
+                            ? py::reinterpret_borrow<py::array>(item)
+                            : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
         const auto* proxy = py::detail::array_proxy(arr.ptr());
         const auto* descr = py::detail::array_descriptor_proxy(proxy->descr);
         const int num = descr->type_num;
@@ -134,7 +135,8 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         const std::size_t isz = gradclip::itemsize(d);
         Span& sp = b.spans[k];
         bool dense;
-        if ((proxy->flags & (py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_)) != 0) {
+        if ((proxy->flags &
+             (py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_)) != 0) {
             // the common case, without sorting strides: NumPy's flags already say dense,
             // and a C- or F-contiguous array starts at its lowest address
             std::size_t count = 1;
@@ -164,7 +166,9 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         }
     }
     if (bounds.size() < 2) return;
-    const auto by_start = [](const Bounds& x, const Bounds& y) { return x.lo < y.lo || (x.lo == y.lo && x.idx < y.idx); };
+    const auto by_start = [](const Bounds& x, const Bounds& y) {
+        return x.lo < y.lo || (x.lo == y.lo && x.idx < y.idx);
+    };
     // arrays allocated one after another often arrive in address order: skip the sort then
     if (!std::is_sorted(bounds.begin(), bounds.end(), by_start)) std::sort(bounds.begin(), bounds.end(), by_start);
     std::size_t reach = 0;  // the entry reaching furthest so far
@@ -362,7 +366,8 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
         const std::size_t i = g.pos[k];
         const auto nd = static_cast<std::size_t>(ga.ndim());
         bool same = wa.ndim() == ga.ndim();
-        for (std::size_t d = 0; same && d < nd; ++d) same = ga.shape(static_cast<py::ssize_t>(d)) == wa.shape(static_cast<py::ssize_t>(d));
+        for (std::size_t d = 0; same && d < nd; ++d)
+            same = ga.shape(static_cast<py::ssize_t>(d)) == wa.shape(static_cast<py::ssize_t>(d));
         if (!same)
             throw py::value_error("grads[" + std::to_string(i) + "] and params[" + std::to_string(i) +
                                   "] have different shapes");
@@ -589,8 +594,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("single") = false);
     m.def("tensor_norms", &tensor_norms, py::arg("grads"), py::arg("p"), py::arg("arg") = "grads",
           py::arg("single") = false);
-    m.def("clip_each", &clip_each, py::arg("grads"), py::arg("max_norm"), py::arg("p"), py::arg("mode"),
-          py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
+    m.def("clip_each", &clip_each, py::arg("grads"), py::arg("max_norm"), py::arg("p"), py::arg("mode"), py::arg("eps"),
+          py::arg("arg") = "grads", py::arg("single") = false);
     m.def("clip_by_norm", &clip_by_norm, py::arg("x"), py::arg("max_norm"), py::arg("axes"), py::arg("p"),
           py::arg("eps"), py::arg("arg") = "x");
     m.def("clip_total_with_norms", &clip_total_with_norms, py::arg("grads"), py::arg("max_norm"), py::arg("p"),

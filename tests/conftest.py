@@ -25,11 +25,18 @@ from gradclip import reference
 # explicit @example before the fix, so the default run keeps checking it.
 _NO_TIMING = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile(
-    "repro", derandomize=True, database=None, deadline=None, print_blob=True,
+    "repro",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=_NO_TIMING,
 )
 settings.register_profile(
-    "explore", max_examples=20_000, deadline=None, print_blob=True,
+    "explore",
+    max_examples=20_000,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=_NO_TIMING,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "repro")

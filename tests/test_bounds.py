@@ -118,7 +118,9 @@ def test_gradient_set_and_strided_bounds_at_every_midpoint(name: str) -> None:
 def test_float32_and_float64_bounds(cpu_target: str) -> None:
     bounds, expected = cases("float32")
     buf = np.array([np.inf, -np.inf, 0.0], dtype=np.float32)
-    check_clamped(clamp_each(lambda b: gradclip.clip_grad_value_(buf, b), buf, bounds), bounds, expected)
+    check_clamped(
+        clamp_each(lambda b: gradclip.clip_grad_value_(buf, b), buf, bounds), bounds, expected
+    )
     # float64 takes the bound as it is
     buf64 = np.array([np.inf, -np.inf, 0.0])
     out = clamp_each(lambda b: gradclip.clip_grad_value_(buf64, b), buf64, bounds)

@@ -465,8 +465,13 @@ def test_clamp_bounds_at_every_midpoint(ext: ModuleType, dtype: str) -> None:
     work = np.empty_like(src)
     out = np.empty((bounds.size, src.size), dtype=dt)
     rc = ext.clamp_bounds(
-        ext.DTYPES[dtype], work.ctypes.data, src.size, src.ctypes.data, bounds.ctypes.data,
-        bounds.size, out.ctypes.data,
+        ext.DTYPES[dtype],
+        work.ctypes.data,
+        src.size,
+        src.ctypes.data,
+        bounds.ctypes.data,
+        bounds.size,
+        out.ctypes.data,
     )
     assert rc == 0
     got = out.astype(np.float64)

@@ -857,19 +857,37 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     )
 
 
-def regression(
-    op: str, arrays: list[tuple[str, tuple[int, ...], float]], **args: Any
-) -> Scenario:
+def regression(op: str, arrays: list[tuple[str, tuple[int, ...], float]], **args: Any) -> Scenario:
     """A clean scenario for @example: dense arrays (dtype, shape, log10 magnitude) in a list,
     through the function, on the default CPU target with one thread."""
     specs = tuple(
-        ("array", ArraySpec(dtype=d, shape=shape, layout="C", layout_arg=0, misalign=0,
-                            buffer=-1, place=None, readonly=False, wrapper="ndarray",
-                            magnitude=mag, special="none"))
+        (
+            "array",
+            ArraySpec(
+                dtype=d,
+                shape=shape,
+                layout="C",
+                layout_arg=0,
+                misalign=0,
+                buffer=-1,
+                place=None,
+                readonly=False,
+                wrapper="ndarray",
+                magnitude=mag,
+                special="none",
+            ),
+        )
         for d, shape, mag in arrays
     )
-    return Scenario(entries=specs, container="list", op=op, via="function",
-                    args=tuple(args.items()), seed=0, config=(CONFIGS[-1][0], 1))
+    return Scenario(
+        entries=specs,
+        container="list",
+        op=op,
+        via="function",
+        args=tuple(args.items()),
+        seed=0,
+        config=(CONFIGS[-1][0], 1),
+    )
 
 
 @settings(
@@ -882,12 +900,16 @@ def regression(
 # |x| < 1 (max|x| * (1 / max|x|) rounded below 1, and its 1e20th power is 0).
 @example(sc=regression("tensor_norms", [("float16", (7,), 0.0)], norm_type=1e308))
 @example(sc=regression("get_total_norm", [("float64", (), 0.0)], norm_type=1e20))
-@example(sc=regression("clip_grad_norm_", [("float32", (17,), -1.0)], norm_type=1e20,
-                       max_norm=1e-3))
+@example(
+    sc=regression("clip_grad_norm_", [("float32", (17,), -1.0)], norm_type=1e20, max_norm=1e-3)
+)
 # Found by the derandomized run (2026-12-02): the reference's own bound rounding overflowed
 # (OverflowError) for clip_value near the largest double.
-@example(sc=regression("clip_grad_value_", [("float16", (70001,), 0.0)],
-                       clip_value=1.7976931348623157e308))
+@example(
+    sc=regression(
+        "clip_grad_value_", [("float16", (70001,), 0.0)], clip_value=1.7976931348623157e308
+    )
+)
 def test_fuzz_against_reference(sc: Scenario) -> None:
     check_scenario(sc)
 

@@ -86,7 +86,9 @@ def test_clip_grad_norm_for_every_p(dtype_name: str, cpu_target: str) -> None:
             # may differ in the last place; the reference checks the writes bit for bit
             # elsewhere. Here: every array was scaled down, as the reference scaled it.
             np.testing.assert_allclose(
-                a.astype(np.float64), b.astype(np.float64), rtol=1e-2 if dt.itemsize == 2 else 1e-6,
+                a.astype(np.float64),
+                b.astype(np.float64),
+                rtol=1e-2 if dt.itemsize == 2 else 1e-6,
                 err_msg=f"p={p!r} array {i}",
             )
         if math.isfinite(norm) and norm > 0.0:

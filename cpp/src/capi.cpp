@@ -189,8 +189,8 @@ int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t
             default:
                 return GRADCLIP_E_VALUE;
         }
-        const double norm = gradclip::clip_total(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p),
-                                                 max_norm, eps, mode);
+        const double norm =
+            gradclip::clip_total(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm, eps, mode);
         if (total_norm != nullptr) *total_norm = norm;
         return mode == NonFinite::Skip && !std::isfinite(norm) ? GRADCLIP_NONFINITE : GRADCLIP_OK;
     });
@@ -234,7 +234,8 @@ const char* c_strerror(int code) {
 }
 
 // Constant-initialised: ready before any dynamic initialiser runs, and never destroyed.
-// In the member order of capi.h.
+// In the member order of capi.h, one per line.
+// clang-format off
 constexpr gradclip_capi kTable = {
     GRADCLIP_CAPI_VERSION,
     &c_norm,
@@ -246,6 +247,7 @@ constexpr gradclip_capi kTable = {
     &c_clip_grads_with_norm,
     &c_strerror,
 };
+// clang-format on
 
 }  // namespace
 

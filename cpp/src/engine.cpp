@@ -201,8 +201,8 @@ void run_chunks(const Scratch& s, F&& f) {
         const auto T = static_cast<std::size_t>(omp_get_num_threads());
         const auto first_at = [&](std::size_t k) -> std::size_t {
             if (k >= T) return nc;
-            const std::size_t target = static_cast<std::size_t>(static_cast<double>(total) * static_cast<double>(k) /
-                                                                static_cast<double>(T));
+            const std::size_t target =
+                static_cast<std::size_t>(static_cast<double>(total) * static_cast<double>(k) / static_cast<double>(T));
             return static_cast<std::size_t>(std::lower_bound(s.offset.begin(), s.offset.end() - 1, target) -
                                             s.offset.begin());
         };
@@ -348,9 +348,8 @@ double reduce_chunk(const KernelTable& kt, const Span* spans, const Scratch& s, 
                 }
             }
         } else if (spec.kind == NormKind::Linf) {
-            for_each_strided(sp, g.start, g.count, [&](const char* p, std::size_t) {
-                m = max_of(m, std::fabs(load_elem(p, sp.dt)));
-            });
+            for_each_strided(sp, g.start, g.count,
+                             [&](const char* p, std::size_t) { m = max_of(m, std::fabs(load_elem(p, sp.dt))); });
         } else {
             for_each_strided(sp, g.start, g.count, [&](const char* p, std::size_t k) {
                 double& l = lanes[(g.lane0 + k) % kLanes];
@@ -387,7 +386,8 @@ double combine_plan(const Scratch& s, NormSpec spec) noexcept {
     const std::size_t nc = s.nchunks();
     double total = 0.0;
     const double* partial = t_work.partial.data();
-    for (std::size_t c = 0; c < nc; ++c) total = spec.kind == NormKind::Linf ? max_of(total, partial[c]) : total + partial[c];
+    for (std::size_t c = 0; c < nc; ++c)
+        total = spec.kind == NormKind::Linf ? max_of(total, partial[c]) : total + partial[c];
     return total;
 }
 
@@ -540,8 +540,7 @@ bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std
     return true;
 }
 
-bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
-                      std::size_t isz) noexcept {
+bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, std::size_t isz) noexcept {
     // sorted by |stride|, each axis must step past everything the faster axes cover
     std::ptrdiff_t st[64], sh[64];
     int m = 0;
@@ -614,7 +613,8 @@ float round_f32(double v) noexcept {
     const double a = std::fabs(v);
     if (a > static_cast<double>(std::numeric_limits<float>::max())) {
         // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
-        const float big = a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
+        const float big =
+            a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
         return std::signbit(v) ? -big : big;
     }
     return static_cast<float>(v);

@@ -57,7 +57,7 @@ static inline std::uint16_t float_to_half(float f) noexcept {
     }
     if (x < 0x33000000u) return static_cast<std::uint16_t>(sign);  // < 2^-25 (ties to 0)
     // subnormal result: value / 2^-24 rounded to an integer (1024 encodes 2^-14 exactly)
-    const std::uint32_t e = x >> 23;                     // 102 .. 112
+    const std::uint32_t e = x >> 23;                      // 102 .. 112
     const std::uint32_t m = (x & 0x7fffffu) | 0x800000u;  // 24-bit significand
     const std::uint32_t shift = 126u - e;                 // 14 .. 24
     std::uint32_t q = m >> shift;

@@ -10,13 +10,14 @@
 // an array. Products for float64 input are rounded before the add on every target (this
 // file is built with -ffp-contract=off and uses no FMA), so all targets agree to the bit.
 // Inputs narrower than float64 are converted exactly, and their squares are exact in float64.
+#include "gradclip/kernels.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
-#include "gradclip/kernels.hpp"
 #include "half.hpp"
 
 #ifndef GRADCLIP_PREFETCH
@@ -282,7 +283,8 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
             const std::ptrdiff_t lo = g < 0 ? -g : 0;
             const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
             if (hi > lo)
-                acc[j] = Op::vstep(acc[j], vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
+                acc[j] = Op::vstep(acc[j],
+                                   vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
         }
     };
     std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane0);
@@ -378,14 +380,16 @@ void scale_f64(void* vp, std::size_t n, double coef) noexcept {
     const __m512d c = _mm512_set1_pd(coef);
     for (; k + 32 <= n; k += 32) {
         prefetch_ahead(p + k, 256);
-        for (std::size_t j = 0; j < 32; j += 8) _mm512_storeu_pd(p + k + j, _mm512_mul_pd(_mm512_loadu_pd(p + k + j), c));
+        for (std::size_t j = 0; j < 32; j += 8)
+            _mm512_storeu_pd(p + k + j, _mm512_mul_pd(_mm512_loadu_pd(p + k + j), c));
     }
 #elif defined(GRADCLIP_TARGET_AVX2)
     double* p = static_cast<double*>(vp);
     const __m256d c = _mm256_set1_pd(coef);
     for (; k + 16 <= n; k += 16) {
         prefetch_ahead(p + k, 128);
-        for (std::size_t j = 0; j < 16; j += 4) _mm256_storeu_pd(p + k + j, _mm256_mul_pd(_mm256_loadu_pd(p + k + j), c));
+        for (std::size_t j = 0; j < 16; j += 4)
+            _mm256_storeu_pd(p + k + j, _mm256_mul_pd(_mm256_loadu_pd(p + k + j), c));
     }
 #endif
     char* b = static_cast<char*>(vp);
@@ -403,14 +407,16 @@ void scale_f32(void* vp, std::size_t n, double coef) noexcept {
     const __m512 c = _mm512_set1_ps(cf);
     for (; k + 64 <= n; k += 64) {
         prefetch_ahead(p + k, 256);
-        for (std::size_t j = 0; j < 64; j += 16) _mm512_storeu_ps(p + k + j, _mm512_mul_ps(_mm512_loadu_ps(p + k + j), c));
+        for (std::size_t j = 0; j < 64; j += 16)
+            _mm512_storeu_ps(p + k + j, _mm512_mul_ps(_mm512_loadu_ps(p + k + j), c));
     }
 #elif defined(GRADCLIP_TARGET_AVX2)
     float* p = static_cast<float*>(vp);
     const __m256 c = _mm256_set1_ps(cf);
     for (; k + 32 <= n; k += 32) {
         prefetch_ahead(p + k, 128);
-        for (std::size_t j = 0; j < 32; j += 8) _mm256_storeu_ps(p + k + j, _mm256_mul_ps(_mm256_loadu_ps(p + k + j), c));
+        for (std::size_t j = 0; j < 32; j += 8)
+            _mm256_storeu_ps(p + k + j, _mm256_mul_ps(_mm256_loadu_ps(p + k + j), c));
     }
 #endif
     char* b = static_cast<char*>(vp);
@@ -423,7 +429,8 @@ inline __m512 load16_f16(const char* p) noexcept {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 inline void store16_f16(char* p, __m512 v) noexcept {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 inline __m512 load16_bf16(const char* p) noexcept {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -578,7 +585,8 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
         a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(q + 128));
         a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(q + 192));
     }
-    out = static_cast<std::uint64_t>(_mm512_reduce_or_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
+    out = static_cast<std::uint64_t>(
+        _mm512_reduce_or_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
 #elif defined(GRADCLIP_TARGET_AVX2)
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 16 <= n; k += 16) {
@@ -590,7 +598,8 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
         a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 96)));
     }
     alignas(32) std::uint64_t t[4];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t),
+                       _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
     out = t[0] ^ t[1] ^ t[2] ^ t[3];
 #endif
     std::uint64_t acc[8] = {};

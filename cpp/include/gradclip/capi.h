@@ -43,13 +43,14 @@ extern "C" {
 /* Return codes: 0 success, > 0 success with something to report, < 0 error (nothing written;
  * outputs untouched). */
 #define GRADCLIP_OK 0
-#define GRADCLIP_NONFINITE 1    /* SKIP mode: the total norm is NaN or inf; nothing written */
-#define GRADCLIP_E_DTYPE (-1)   /* a dtype code is not one of GRADCLIP_F16 .. GRADCLIP_F64 */
-#define GRADCLIP_E_NULL (-2)    /* a NULL pointer where data or an output is needed */
-#define GRADCLIP_E_VALUE (-3)   /* a bad scalar: p, max_norm, clip_value, eps, total_norm,
-                                   nonfinite mode, or a length whose byte size overflows */
-#define GRADCLIP_E_OVERLAP (-4) /* two buffers of one writing call share memory */
-#define GRADCLIP_E_NOMEM (-5)   /* out of memory */
+#define GRADCLIP_NONFINITE 1  /* SKIP mode: the total norm is NaN or inf; nothing written */
+#define GRADCLIP_E_DTYPE (-1) /* a dtype code is not one of GRADCLIP_F16 .. GRADCLIP_F64 */
+#define GRADCLIP_E_NULL (-2)  /* a NULL pointer where data or an output is needed */
+/* a bad scalar (p, max_norm, clip_value, eps, total_norm, nonfinite mode), or a length whose
+   byte size overflows */
+#define GRADCLIP_E_VALUE (-3)
+#define GRADCLIP_E_OVERLAP (-4)  /* two buffers of one writing call share memory */
+#define GRADCLIP_E_NOMEM (-5)    /* out of memory */
 #define GRADCLIP_E_INTERNAL (-6) /* any other failure inside gradclip (a bug: please report) */
 
 typedef struct gradclip_capi {
@@ -78,8 +79,8 @@ typedef struct gradclip_capi {
      * nothing written when coef is 1. max_norm finite > 0, eps finite >= 0, p > 0 or +inf.
      * *total_norm (may be NULL) gets the pre-clip total norm, also when GRADCLIP_NONFINITE is
      * returned. Buffers must not overlap (GRADCLIP_E_OVERLAP). */
-    int (*clip_grad_norm)(size_t n_buffers, void* const* ptrs, const size_t* lens, const int* dtypes,
-                          double max_norm, double p, double eps, int nonfinite_mode, double* total_norm);
+    int (*clip_grad_norm)(size_t n_buffers, void* const* ptrs, const size_t* lens, const int* dtypes, double max_norm,
+                          double p, double eps, int nonfinite_mode, double* total_norm);
     /* As gradclip.clip_grads_with_norm_: scale by min(1, max_norm / (total_norm + eps)) with a
      * total norm computed elsewhere (total_norm >= 0, or NaN / inf). */
     int (*clip_grads_with_norm)(size_t n_buffers, void* const* ptrs, const size_t* lens, const int* dtypes,

@@ -35,8 +35,8 @@ bool have_openmp() noexcept;
 // Describes an n-d array (shape, byte strides, itemsize) as a Span. Returns true for a dense
 // block (C, F, reversed or any permutation of contiguous axes); then `span.data` is its lowest
 // address and ndim is 0. Otherwise `span` keeps `data`, `ndim`, `shape`, `strides` as given.
-bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
-                    DType dt, Span& span) noexcept;
+bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
+                    Span& span) noexcept;
 // True when two elements of a strided array may share memory (a stride-0 or otherwise
 // self-overlapping view). Conservative: it may say so for some views that do not.
 bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
@@ -102,12 +102,12 @@ inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
 
 // Global clip: total norm, then the non-finite rule, then (maybe) one scaling pass.
 // Returns the pre-clip total norm.
-double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-                  NonFinite mode, const Plans* cached = nullptr);
+double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+                  const Plans* cached = nullptr);
 // Per-span clip with the same rule per span; mode applies to the whole call when any span
 // norm is non-finite. Writes the pre-clip norms to norms[0..n).
-void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-               NonFinite mode, double* norms, const Plans* cached = nullptr);
+void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+               double* norms, const Plans* cached = nullptr);
 
 // Global clip that also reports each span's norm from the same read pass: the total is
 // the p-norm of the per-span norms (bits may differ in the last place from clip_total,

@@ -11,9 +11,7 @@ namespace gradclip {
 enum class DType : std::uint8_t { F16 = 0, BF16 = 1, F32 = 2, F64 = 3 };
 inline constexpr int kNumDTypes = 4;
 
-static constexpr std::size_t itemsize(DType dt) noexcept {
-    return dt == DType::F64 ? 8 : dt == DType::F32 ? 4 : 2;
-}
+static constexpr std::size_t itemsize(DType dt) noexcept { return dt == DType::F64 ? 8 : dt == DType::F32 ? 4 : 2; }
 
 // One array as the engine sees it.
 //
