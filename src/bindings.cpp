@@ -192,19 +192,6 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
     }
 }
 
-NonFinite mode_from(int mode) {
-    switch (mode) {
-        case 0:
-            return NonFinite::Propagate;
-        case 1:
-            return NonFinite::Skip;
-        case 2:
-            return NonFinite::Zero;
-        default:
-            throw py::value_error("unknown non-finite mode");
-    }
-}
-
 gradclip::NormSpec spec_from(double p) { return gradclip::make_norm_spec(p); }
 
 // Per-position output: norms of the spans at their positions, 0.0 for None entries.
@@ -216,83 +203,7 @@ py::array_t<double> scatter(const Batch& b, const std::vector<double>& per_span)
     return out;
 }
 
-// ------------------------------------------------------------------ entry points
-double total_norm(const py::sequence& grads, double p, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    py::gil_scoped_release nogil;  // safe: no Python object is touched until it is re-acquired
-    return gradclip::total_norm(b.spans.data(), b.spans.size(), spec_from(p));
-}
-
-double clip_total(const py::sequence& grads, double max_norm, double p, int mode, double eps, const std::string& arg,
-                  bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    const NonFinite md = mode_from(mode);
-    py::gil_scoped_release nogil;
-    return gradclip::clip_total(b.spans.data(), b.spans.size(), spec_from(p), max_norm, eps, md);
-}
-
-void clip_with_norm(const py::sequence& grads, double max_norm, double total, double eps, const std::string& arg,
-                    bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    const double coef = gradclip::clip_coef(max_norm, total, eps);
-    if (!gradclip::coef_writes(coef)) return;
-    py::gil_scoped_release nogil;
-    gradclip::scale_all(b.spans.data(), b.spans.size(), coef);
-}
-
-// Multiply every array by `factor` (rounded per element type); used by the distributed
-// paths, which compute the factor from a norm gathered across processes.
-void scale(const py::sequence& grads, double factor, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    if (factor == 1.0) return;
-    py::gil_scoped_release nogil;
-    gradclip::scale_all(b.spans.data(), b.spans.size(), factor);
-}
-
-void zero(const py::sequence& grads, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    py::gil_scoped_release nogil;
-    gradclip::zero_all(b.spans.data(), b.spans.size());
-}
-
-void clamp(const py::sequence& grads, double lo, double hi, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    py::gil_scoped_release nogil;
-    gradclip::clamp_all(b.spans.data(), b.spans.size(), lo, hi);
-}
-
-py::array_t<double> tensor_norms(const py::sequence& grads, double p, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    std::vector<double> norms(b.spans.size());
-    {
-        py::gil_scoped_release nogil;
-        gradclip::span_norms(b.spans.data(), b.spans.size(), spec_from(p), norms.data());
-    }
-    return scatter(b, norms);
-}
-
-py::array_t<double> clip_each(const py::sequence& grads, double max_norm, double p, int mode, double eps,
-                              const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    const NonFinite md = mode_from(mode);
-    std::vector<double> norms(b.spans.size());
-    {
-        py::gil_scoped_release nogil;
-        gradclip::clip_each(b.spans.data(), b.spans.size(), spec_from(p), max_norm, eps, md, norms.data());
-    }
-    return scatter(b, norms);
-}
-
-// Norm of every slice of x along `axes` (already normalised, sorted, unique), clipped with
-// the common rule. Returns the norms as a flat array in C order of the kept axes.
+// ------------------------------------------------------------------ slices
 // The slices of every array of a batch: reduced[k] marks the axes array k's slices span.
 struct Slices {
     std::vector<Span> spans;
@@ -434,42 +345,19 @@ py::tuple clip_per_example(const py::sequence& grads, double max_norm, bool per_
     return py::make_tuple(norms, coefs, clipped);
 }
 
-py::tuple unscale_clip(const py::sequence& grads, double max_norm, double inv_scale, double p, double eps,
-                       bool with_norms, const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    std::vector<double> norms(with_norms ? b.spans.size() : 0);
-    double coef = 1.0, total;
-    {
-        py::gil_scoped_release nogil;
-        total = gradclip::unscale_clip(b.spans.data(), b.spans.size(), spec_from(p), max_norm, inv_scale, eps, &coef,
-                                       with_norms ? norms.data() : nullptr);
-    }
-    return py::make_tuple(total, coef, with_norms ? py::object(scatter(b, norms)) : py::object(py::none()));
-}
-
-py::tuple clip_total_with_norms(const py::sequence& grads, double max_norm, double p, int mode, double eps,
-                                const std::string& arg, bool single) {
-    Batch b;
-    parse(grads, arg, single, b);
-    const NonFinite md = mode_from(mode);
-    std::vector<double> norms(b.spans.size());
-    double total;
-    {
-        py::gil_scoped_release nogil;
-        total = gradclip::clip_total_with_norms(b.spans.data(), b.spans.size(), spec_from(p), max_norm, eps, md,
-                                                norms.data());
-    }
-    return py::make_tuple(total, scatter(b, norms));
-}
-
-// A fixed list of arrays validated once. Each call re-checks, in C++ and without touching
-// Python objects' reference counts, that no array was resized, re-allocated or made
-// read-only since (data pointer, shape, strides, writeable flag).
-class GradientSet {
+// ------------------------------------------------------------------ the operations
+// A list of arrays, validated once, and every operation over it: each operation's one binding
+// entry. gradclip.GradientSet keeps one (cached: the chunking plan is computed once, and each
+// call first re-checks, in C++ and without touching reference counts, that no array was
+// resized, re-allocated or made read-only since: data pointer, shape, strides, writeable
+// flag). Every free function makes a one-shot one (not cached: its arrays were parsed a
+// moment ago, and the plan goes into a per-thread buffer).
+class GradSet {
 public:
-    GradientSet(const py::sequence& grads, std::string arg, bool single) : arg_(std::move(arg)), single_(single) {
+    GradSet(const py::sequence& grads, std::string arg, bool single, bool cached)
+        : arg_(std::move(arg)), single_(single) {
         parse(grads, arg_, single_, b_);
+        if (!cached) return;
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
         plans_ = std::make_unique<gradclip::Plans>(b_.spans.data(), b_.spans.size());
@@ -485,61 +373,98 @@ public:
 
     double total_norm(double p) const {
         check();
-        py::gil_scoped_release nogil;
-        return gradclip::total_norm(b_.spans.data(), b_.spans.size(), spec_from(p), plans_.get());
+        py::gil_scoped_release nogil;  // safe: no Python object is touched until it is re-acquired
+        return gradclip::total_norm(spans(), n(), spec_from(p), plan());
     }
-    double clip_total(double max_norm, double p, int mode, double eps) const {
+    // (total norm, norm of each array) from one read pass, nothing written; the total is the
+    // norm of the per-array norms.
+    py::tuple norms(double p) const {
         check();
-        const NonFinite md = mode_from(mode);
-        py::gil_scoped_release nogil;
-        return gradclip::clip_total(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, plans_.get());
+        std::vector<double> each(n());
+        double total;
+        {
+            py::gil_scoped_release nogil;
+            gradclip::span_norms(spans(), n(), spec_from(p), each.data(), plan());
+            total = gradclip::norm_of_norms(each.data(), n(), spec_from(p));
+        }
+        return py::make_tuple(total, scatter(b_, each));
     }
-    void clip_with_norm(double max_norm, double total, double eps) const {
+    py::array_t<double> tensor_norms(double p) const {
         check();
-        const double coef = gradclip::clip_coef(max_norm, total, eps);
-        if (!gradclip::coef_writes(coef)) return;
-        py::gil_scoped_release nogil;
-        gradclip::scale_all(b_.spans.data(), b_.spans.size(), coef, plans_.get());
+        std::vector<double> each(n());
+        {
+            py::gil_scoped_release nogil;
+            gradclip::span_norms(spans(), n(), spec_from(p), each.data(), plan());
+        }
+        return scatter(b_, each);
     }
+    // (pre-clip total norm, applied coefficient, per-array norms or None)
+    py::tuple clip_total(double max_norm, double p, NonFinite mode, double eps, bool with_norms) const {
+        check();
+        std::vector<double> each(with_norms ? n() : 0);
+        double norm, coef;
+        {
+            py::gil_scoped_release nogil;
+            norm = gradclip::clip_total(spans(), n(), spec_from(p), max_norm, eps, mode, plan(), &coef,
+                                        with_norms ? each.data() : nullptr);
+        }
+        return py::make_tuple(norm, coef, with_norms ? py::object(scatter(b_, each)) : py::object(py::none()));
+    }
+    // The global rule with a norm from elsewhere (the user, other processes); returns the
+    // applied coefficient.
+    double apply_norm(double max_norm, double norm, double eps, NonFinite mode) const {
+        check();
+        py::gil_scoped_release nogil;
+        return gradclip::apply_global_clip(spans(), n(), norm, max_norm, eps, mode, plan());
+    }
+    // Multiply by factor (rounded per element type); nothing is written for exactly 1.
     void scale(double factor) const {
         check();
         if (factor == 1.0) return;
         py::gil_scoped_release nogil;
-        gradclip::scale_all(b_.spans.data(), b_.spans.size(), factor, plans_.get());
-    }
-    void zero() const {
-        check();
-        py::gil_scoped_release nogil;
-        gradclip::zero_all(b_.spans.data(), b_.spans.size(), plans_.get());
+        gradclip::scale_all(spans(), n(), factor, plan());
     }
     void clamp(double lo, double hi) const {
         check();
         py::gil_scoped_release nogil;
-        gradclip::clamp_all(b_.spans.data(), b_.spans.size(), lo, hi, plans_.get());
+        gradclip::clamp_all(spans(), n(), lo, hi, plan());
     }
-    py::array_t<double> tensor_norms(double p) const {
+    py::array_t<double> clip_each(double max_norm, double p, NonFinite mode, double eps) const {
         check();
-        std::vector<double> norms(b_.spans.size());
+        std::vector<double> each(n());
         {
             py::gil_scoped_release nogil;
-            gradclip::span_norms(b_.spans.data(), b_.spans.size(), spec_from(p), norms.data(), plans_.get());
+            gradclip::clip_each(spans(), n(), spec_from(p), max_norm, eps, mode, each.data(), plan());
         }
-        return scatter(b_, norms);
+        return scatter(b_, each);
     }
-    py::array_t<double> clip_each(double max_norm, double p, int mode, double eps) const {
+    // (unscaled total norm, clipping coefficient, per-array unscaled norms or None)
+    py::tuple unscale_clip(double max_norm, double inv_scale, double p, double eps, bool with_norms) const {
         check();
-        const NonFinite md = mode_from(mode);
-        std::vector<double> norms(b_.spans.size());
+        std::vector<double> each(with_norms ? n() : 0);
+        double coef = 1.0, total;
         {
             py::gil_scoped_release nogil;
-            gradclip::clip_each(b_.spans.data(), b_.spans.size(), spec_from(p), max_norm, eps, md, norms.data(),
-                                plans_.get());
+            total = gradclip::unscale_clip(spans(), n(), spec_from(p), max_norm, inv_scale, eps, &coef,
+                                           with_norms ? each.data() : nullptr, plan());
         }
-        return scatter(b_, norms);
+        return py::make_tuple(total, coef, with_norms ? py::object(scatter(b_, each)) : py::object(py::none()));
+    }
+
+    // unscale_clip's write half with the scaled gradients' norm from elsewhere; returns coef
+    double apply_unscale(double max_norm, double raw_norm, double inv_scale, double eps) const {
+        check();
+        py::gil_scoped_release nogil;
+        return gradclip::apply_unscale_clip(spans(), n(), raw_norm, max_norm, inv_scale, eps, plan());
     }
 
 private:
+    const Span* spans() const noexcept { return b_.spans.data(); }
+    std::size_t n() const noexcept { return b_.spans.size(); }
+    const gradclip::Plans* plan() const noexcept { return plans_.get(); }
+
     void check() const {
+        if (!plans_) return;  // one-shot: parsed just now
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
             const auto nd = static_cast<std::size_t>(a.ndim());
@@ -563,7 +488,7 @@ private:
     bool single_;
     Batch b_;
     std::vector<const void*> data0_;
-    std::unique_ptr<gradclip::Plans> plans_;  // the chunking, computed once
+    std::unique_ptr<gradclip::Plans> plans_;  // the chunking, computed once; null for one-shot sets
 };
 
 }  // namespace
@@ -582,26 +507,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
             g_as_array = new py::object(as_array);
         },
         py::arg("bf16_dtype"), py::arg("as_array"));
-    m.def("total_norm", &total_norm, py::arg("grads"), py::arg("p"), py::arg("arg") = "grads",
-          py::arg("single") = false);
-    m.def("clip_total", &clip_total, py::arg("grads"), py::arg("max_norm"), py::arg("p"), py::arg("mode"),
-          py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("clip_with_norm", &clip_with_norm, py::arg("grads"), py::arg("max_norm"), py::arg("total_norm"),
-          py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("scale", &scale, py::arg("grads"), py::arg("factor"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("zero", &zero, py::arg("grads"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("clamp", &clamp, py::arg("grads"), py::arg("lo"), py::arg("hi"), py::arg("arg") = "grads",
-          py::arg("single") = false);
-    m.def("tensor_norms", &tensor_norms, py::arg("grads"), py::arg("p"), py::arg("arg") = "grads",
-          py::arg("single") = false);
-    m.def("clip_each", &clip_each, py::arg("grads"), py::arg("max_norm"), py::arg("p"), py::arg("mode"), py::arg("eps"),
-          py::arg("arg") = "grads", py::arg("single") = false);
+    py::enum_<NonFinite>(m, "NonFinite", "What the engine does with a NaN or infinite norm")
+        .value("propagate", NonFinite::Propagate)
+        .value("skip", NonFinite::Skip)
+        .value("zero", NonFinite::Zero);
     m.def("clip_by_norm", &clip_by_norm, py::arg("x"), py::arg("max_norm"), py::arg("axes"), py::arg("p"),
           py::arg("eps"), py::arg("arg") = "x");
-    m.def("clip_total_with_norms", &clip_total_with_norms, py::arg("grads"), py::arg("max_norm"), py::arg("p"),
-          py::arg("mode"), py::arg("eps"), py::arg("arg") = "grads", py::arg("single") = false);
-    m.def("unscale_clip", &unscale_clip, py::arg("grads"), py::arg("max_norm"), py::arg("inv_scale"), py::arg("p"),
-          py::arg("eps"), py::arg("with_norms"), py::arg("arg") = "grads", py::arg("single") = false);
     m.def("adaptive_clip", &adaptive_clip, py::arg("grads"), py::arg("params"), py::arg("clipping"), py::arg("eps"),
           py::arg("reduce"));
     m.def("clip_per_example", &clip_per_example, py::arg("grads"), py::arg("max_norm"), py::arg("per_layer"),
@@ -631,17 +542,19 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
             gradclip::probe_rw(static_cast<char*>(info.ptr), bytes);
         },
         "Read and write back every 64-bit word of a contiguous buffer (data unchanged).");
-    py::class_<GradientSet>(m, "GradientSet")
-        .def(py::init<const py::sequence&, std::string, bool>(), py::arg("grads"), py::arg("arg") = "grads",
-             py::arg("single") = false)
-        .def("__len__", &GradientSet::size)
-        .def("arrays", &GradientSet::arrays)
-        .def("total_norm", &GradientSet::total_norm)
-        .def("clip_total", &GradientSet::clip_total)
-        .def("clip_with_norm", &GradientSet::clip_with_norm)
-        .def("clamp", &GradientSet::clamp)
-        .def("scale", &GradientSet::scale)
-        .def("zero", &GradientSet::zero)
-        .def("tensor_norms", &GradientSet::tensor_norms)
-        .def("clip_each", &GradientSet::clip_each);
+    py::class_<GradSet>(m, "GradientSet")
+        .def(py::init<const py::sequence&, std::string, bool, bool>(), py::arg("grads"), py::arg("arg") = "grads",
+             py::arg("single") = false, py::arg("cached") = true)
+        .def("__len__", &GradSet::size)
+        .def("arrays", &GradSet::arrays)
+        .def("total_norm", &GradSet::total_norm)
+        .def("norms", &GradSet::norms)
+        .def("tensor_norms", &GradSet::tensor_norms)
+        .def("clip_total", &GradSet::clip_total)
+        .def("apply_norm", &GradSet::apply_norm)
+        .def("scale", &GradSet::scale)
+        .def("clamp", &GradSet::clamp)
+        .def("clip_each", &GradSet::clip_each)
+        .def("unscale_clip", &GradSet::unscale_clip)
+        .def("apply_unscale", &GradSet::apply_unscale);
 }

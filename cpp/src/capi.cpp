@@ -203,8 +203,7 @@ int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::
         if (rc != GRADCLIP_OK) return rc;
         if (!(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0) || total_norm < 0.0)
             return GRADCLIP_E_VALUE;
-        const double coef = gradclip::clip_coef(max_norm, total_norm, eps);
-        if (gradclip::coef_writes(coef)) gradclip::scale_all(t_scratch.spans.data(), n_buffers, coef);
+        gradclip::apply_global_clip(t_scratch.spans.data(), n_buffers, total_norm, max_norm, eps, NonFinite::Propagate);
         return GRADCLIP_OK;
     });
 }

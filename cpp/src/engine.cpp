@@ -818,18 +818,32 @@ void probe_rw(char* p, std::size_t bytes) {
     });
 }
 
-double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
-                  const Plans* cached) {
-    const double norm = total_norm(spans, n, spec, cached);
+double apply_global_clip(const Span* spans, std::size_t n, double norm, double max_norm, double eps, NonFinite mode,
+                         const Plans* cached) {
     if (!std::isfinite(norm)) {
-        if (mode == NonFinite::Skip) return norm;
+        if (mode == NonFinite::Skip) return 1.0;
         if (mode == NonFinite::Zero) {
             zero_all(spans, n, cached);
-            return norm;
+            return 0.0;
         }
     }
     const double coef = clip_coef(max_norm, norm, eps);
-    if (coef_writes(coef)) scale_all(spans, n, coef, cached);
+    if (!coef_writes(coef)) return 1.0;
+    scale_all(spans, n, coef, cached);
+    return coef;
+}
+
+double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+                  const Plans* cached, double* coef, double* norms) {
+    double norm;
+    if (norms != nullptr) {
+        span_norms(spans, n, spec, norms, cached);
+        norm = norm_of_norms(norms, n, spec);
+    } else {
+        norm = total_norm(spans, n, spec, cached);
+    }
+    const double c = apply_global_clip(spans, n, norm, max_norm, eps, mode, cached);
+    if (coef != nullptr) *coef = c;
     return norm;
 }
 
@@ -841,7 +855,7 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm,
         if (!std::isfinite(norms[i])) nonfinite = true;
     if (nonfinite && mode == NonFinite::Skip) return;
     if (nonfinite && mode == NonFinite::Zero) {
-        zero_all(spans, n);
+        zero_all(spans, n, cached);
         return;
     }
     std::vector<double>& coefs = t_work.coefs;
@@ -903,39 +917,27 @@ double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept
     return m * finish_norm(spec, s);
 }
 
-double clip_total_with_norms(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-                             NonFinite mode, double* norms) {
-    span_norms(spans, n, spec, norms);
-    const double norm = norm_of_norms(norms, n, spec);
-    if (!std::isfinite(norm)) {
-        if (mode == NonFinite::Skip) return norm;
-        if (mode == NonFinite::Zero) {
-            zero_all(spans, n);
-            return norm;
-        }
-    }
-    const double coef = clip_coef(max_norm, norm, eps);
-    if (coef_writes(coef)) scale_all(spans, n, coef);
-    return norm;
-}
-
 double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
-                    double* coef, double* norms) {
+                    double* coef, double* norms, const Plans* cached) {
     double raw;
     if (norms != nullptr) {
-        span_norms(spans, n, spec, norms);
+        span_norms(spans, n, spec, norms, cached);
         raw = norm_of_norms(norms, n, spec);
         for (std::size_t i = 0; i < n; ++i) norms[i] *= std::fabs(inv_scale);
     } else {
-        raw = total_norm(spans, n, spec);
+        raw = total_norm(spans, n, spec, cached);
     }
-    const double norm = raw * std::fabs(inv_scale);
-    *coef = 1.0;
-    if (!std::isfinite(raw)) return norm;  // the caller skips the step and lowers the scale
-    *coef = clip_coef(max_norm, norm, eps);
-    const double factor = inv_scale * (coef_writes(*coef) ? *coef : 1.0);
-    if (factor != 1.0) scale_all(spans, n, factor);
-    return norm;
+    *coef = apply_unscale_clip(spans, n, raw, max_norm, inv_scale, eps, cached);
+    return raw * std::fabs(inv_scale);
+}
+
+double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, double max_norm, double inv_scale,
+                          double eps, const Plans* cached) {
+    if (!std::isfinite(raw_norm)) return 1.0;  // the caller skips the step and lowers the scale
+    const double coef = clip_coef(max_norm, raw_norm * std::fabs(inv_scale), eps);
+    const double factor = inv_scale * (coef_writes(coef) ? coef : 1.0);
+    if (factor != 1.0) scale_all(spans, n, factor, cached);
+    return coef;
 }
 
 void adaptive_clip(const Span* g, const Span* w, std::size_t n, double clipping, double eps, double* gnorms,

@@ -44,8 +44,14 @@ __all__ = [
     "tensor_norms",
 ]
 
-# engine codes: raise is "skip" in the core, then an exception here
-_MODE_CODE = {"propagate": 0, "raise": 1, "skip": 1, "zero": 2}
+# The engine's non-finite policies; "raise" is the engine's "skip" (nothing written), then
+# an exception here. The one mapping from the public spelling to the engine's.
+ENGINE_MODE: dict[str, Any] = {
+    "propagate": _core.NonFinite.propagate,
+    "raise": _core.NonFinite.skip,
+    "skip": _core.NonFinite.skip,
+    "zero": _core.NonFinite.zero,
+}
 
 
 def _bfloat16_dtype() -> np.dtype[Any] | None:
@@ -76,67 +82,64 @@ def _init_target() -> None:
 _init_target()
 
 
-def clip_coef(max_norm: float, norm: float, eps: float) -> float:
-    """``min(1, max_norm / (norm + eps))``, NaN for a NaN norm: the engine's rule
-    (gradclip::clip_coef), for the paths that decide in Python (distributed clipping)."""
-    if math.isnan(norm):
-        return math.nan
-    return min(1.0, max_norm / (norm + eps)) if norm + eps > 0 else 1.0
+def one_shot(grads: Any) -> Any:
+    """The compiled core's set of ``grads`` for one call: every free function is a one-shot
+    :class:`GradientSet` (validated now, no cached plan, no re-check)."""
+    seq, single = as_sequence(grads)
+    return _core.GradientSet(seq, "grads", single, False)
 
 
-def _finish_global(
-    norm: float, max_norm: float, mode: str, eps: float, p: float, zero: Any, scale: Any
-) -> None:
-    """The non-finite rule and the write, once every rank has the same global norm."""
-    if not math.isfinite(norm):
-        if mode == "raise":
-            raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
-        if mode == "skip":
-            return
-        if mode == "zero":
-            zero()
-            return
-    coef = clip_coef(max_norm, norm, eps)
-    if not coef >= 1.0:
-        scale(coef)
+def core_set(grads: Any) -> Any:
+    """The compiled set behind ``grads``: a :class:`GradientSet`'s own, else a one-shot one."""
+    return grads._set if isinstance(grads, GradientSet) else one_shot(grads)
 
 
-def _clip_global(
-    seq: Any,
-    single: bool,
+# ---------------------------------------------------------------- each operation, once
+# The functions below take a compiled set (a GradientSet's, or a one-shot one) and scalar
+# arguments already checked; the public function and the GradientSet method both call them.
+
+
+def _clip_norm(
+    s: Any,
     max_norm: float,
     p: float,
     mode: str,
     eps: float,
     comm: Any,
     return_result: bool,
+    per_tensor_norms: bool,
 ) -> Any:
-    norm = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
-    _finish_global(
-        norm,
-        max_norm,
-        mode,
-        eps,
-        p,
-        lambda: _core.zero(seq, "grads", single),
-        lambda c: _core.scale(seq, c, "grads", single),
-    )
-    return _result(norm, max_norm, eps, mode, None) if return_result else norm
-
-
-def _result(
-    norm: float, max_norm: float, eps: float, mode: str, norms: np.ndarray | None
-) -> ClipResult:
-    """The record of a global clip: the coefficient that was applied (1.0 when nothing
-    was scaled)."""
-    finite = math.isfinite(norm)
-    if not finite and mode in ("skip", "raise"):
-        coef = 1.0
-    elif not finite and mode == "zero":
-        coef = 0.0
+    if comm is not None:
+        norm = global_norm(comm, lambda: s.total_norm(p), p)
+        norms = None
+        if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
+            raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
+        coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
     else:
-        coef = clip_coef(max_norm, norm, eps)
-    return ClipResult(norm, coef, coef < 1.0, not finite, norms)
+        norm, coef, norms = s.clip_total(max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms)
+        if mode == "raise" and not math.isfinite(norm):
+            raise _nonfinite_error(norm, p, "total norm of the gradients")
+    if not return_result and not per_tensor_norms:
+        return norm
+    return ClipResult(norm, coef, coef < 1.0, not math.isfinite(norm), norms)
+
+
+def _total_norm(s: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
+    if comm is not None:
+        norm = global_norm(comm, lambda: s.total_norm(p), p)
+    else:
+        norm = s.total_norm(p)
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise _nonfinite_error(norm, p, "total norm of the gradients")
+    return float(norm)
+
+
+def _clip_each(s: Any, max_norm: float, p: float, mode: str, eps: float) -> np.ndarray:
+    norms: np.ndarray = s.clip_each(max_norm, p, ENGINE_MODE[mode], eps)
+    if mode == "raise" and not np.isfinite(norms).all():
+        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
+        raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
+    return norms
 
 
 def _nonfinite_error(norm: float, p: float, what: str) -> NonFiniteNormError:
@@ -214,21 +217,9 @@ def clip_grad_norm_(
     p = check_norm_type(norm_type)
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
-    seq, single = as_sequence(grads)
-    if comm is not None:
-        return _clip_global(seq, single, max_norm, p, mode, eps, comm, return_result)
-    norms = None
-    if per_tensor_norms:
-        norm, norms = _core.clip_total_with_norms(
-            seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single
-        )
-    else:
-        norm = _core.clip_total(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
-    if mode == "raise" and not math.isfinite(norm):
-        raise _nonfinite_error(norm, p, "total norm of the gradients")
-    if not return_result and not per_tensor_norms:
-        return norm
-    return _result(norm, max_norm, eps, mode, norms)
+    return _clip_norm(
+        one_shot(grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
+    )
 
 
 def get_total_norm(
@@ -257,14 +248,7 @@ def get_total_norm(
     5.0
     """
     p = check_norm_type(norm_type)
-    seq, single = as_sequence(grads)
-    if comm is not None:
-        norm = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
-    else:
-        norm = _core.total_norm(seq, p, "grads", single)
-    if error_if_nonfinite and not math.isfinite(norm):
-        raise _nonfinite_error(norm, p, "total norm of the gradients")
-    return norm
+    return _total_norm(one_shot(grads), p, error_if_nonfinite, comm)
 
 
 def clip_grads_with_norm_(
@@ -287,8 +271,7 @@ def clip_grads_with_norm_(
     max_norm = check_max_norm(max_norm)
     total = check_total_norm(total_norm)
     eps = check_eps(eps)
-    seq, single = as_sequence(grads)
-    _core.clip_with_norm(seq, max_norm, total, eps, "grads", single)
+    one_shot(grads).apply_norm(max_norm, total, eps, ENGINE_MODE["propagate"])
 
 
 def clip_grad_value_(grads: Any, clip_value: float) -> None:
@@ -307,8 +290,7 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     array([-1. ,  0.5,  1. ,  nan])
     """
     v = check_clip_value(clip_value)
-    seq, single = as_sequence(grads)
-    _core.clamp(seq, -v, v, "grads", single)
+    one_shot(grads).clamp(-v, v)
 
 
 def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
@@ -321,8 +303,7 @@ def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
     array([5., 0., 2.])
     """
     p = check_norm_type(norm_type)
-    seq, single = as_sequence(grads)
-    out: np.ndarray = _core.tensor_norms(seq, p, "grads", single)
+    out: np.ndarray = one_shot(grads).tensor_norms(p)
     return out
 
 
@@ -360,12 +341,7 @@ def clip_grad_norm_per_tensor_(
     p = check_norm_type(norm_type)
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
-    seq, single = as_sequence(grads)
-    norms: np.ndarray = _core.clip_each(seq, max_norm, p, _MODE_CODE[mode], eps, "grads", single)
-    if mode == "raise" and not np.isfinite(norms).all():
-        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-        raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
-    return norms
+    return _clip_each(one_shot(grads), max_norm, p, mode, eps)
 
 
 def clip_by_norm_(
@@ -448,7 +424,7 @@ class GradientSet:
 
     def __init__(self, grads: Any) -> None:
         seq, single = as_sequence(grads)
-        self._set = _core.GradientSet(seq, "grads", single)
+        self._set = _core.GradientSet(seq, "grads", single, True)
 
     def __len__(self) -> int:
         return len(self._set)
@@ -477,33 +453,19 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        if comm is not None:
-            gnorm = global_norm(comm, lambda: self._set.total_norm(p), p)
-            _finish_global(gnorm, max_norm, mode, eps, p, self._set.zero, self._set.scale)
-            return gnorm
-        norm: float = self._set.clip_total(max_norm, p, _MODE_CODE[mode], eps)
-        if mode == "raise" and not math.isfinite(norm):
-            raise _nonfinite_error(norm, p, "total norm of the gradients")
+        norm: float = _clip_norm(self._set, max_norm, p, mode, eps, comm, False, False)
         return norm
 
     def total_norm(
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
     ) -> float:
         """:func:`get_total_norm` over the set."""
-        p = check_norm_type(norm_type)
-        if comm is not None:
-            norm = global_norm(comm, lambda: self._set.total_norm(p), p)
-        else:
-            norm = self._set.total_norm(p)
-        if error_if_nonfinite and not math.isfinite(norm):
-            raise _nonfinite_error(norm, p, "total norm of the gradients")
-        return norm
+        return _total_norm(self._set, check_norm_type(norm_type), error_if_nonfinite, comm)
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
         """:func:`clip_grads_with_norm_` over the set."""
-        self._set.clip_with_norm(
-            check_max_norm(max_norm), check_total_norm(total_norm), check_eps(eps)
-        )
+        max_norm, total = check_max_norm(max_norm), check_total_norm(total_norm)
+        self._set.apply_norm(max_norm, total, check_eps(eps), ENGINE_MODE["propagate"])
 
     def clip_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` over the set."""
@@ -529,11 +491,7 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        norms: np.ndarray = self._set.clip_each(max_norm, p, _MODE_CODE[mode], eps)
-        if mode == "raise" and not np.isfinite(norms).all():
-            bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-            raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
-        return norms
+        return _clip_each(self._set, max_norm, p, mode, eps)
 
 
 def set_num_threads(n: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._api import clip_coef
+from ._api import core_set
 from ._dist import global_norm
 from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
@@ -71,18 +71,12 @@ def unscale_clip_grad_norm_(
     inv = check_max_norm(inv_scale, "inv_scale")  # same rule: a finite real > 0
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
-    seq, single = as_sequence(grads)
+    s = core_set(grads)
     if comm is not None:
-        raw = global_norm(comm, lambda: _core.total_norm(seq, p, "grads", single), p)
-        total_g = raw * inv
-        if not math.isfinite(raw):
-            return ClipResult(total_g, 1.0, False, True, None)
-        coef_g = clip_coef(max_norm, total_g, eps)
-        _core.scale(seq, inv * coef_g, "grads", single)
-        return ClipResult(total_g, coef_g, coef_g < 1.0, False, None)
-    total, coef, norms = _core.unscale_clip(
-        seq, max_norm, inv, p, eps, bool(per_tensor_norms), "grads", single
-    )
+        raw = global_norm(comm, lambda: s.total_norm(p), p)
+        total, coef, norms = raw * inv, s.apply_unscale(max_norm, raw, inv, eps), None
+    else:
+        total, coef, norms = s.unscale_clip(max_norm, inv, p, eps, bool(per_tensor_norms))
     finite = math.isfinite(total)
     return ClipResult(
         total_norm=total,

@@ -33,22 +33,15 @@ import bisect
 import heapq
 import math
 import numbers
-import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._api import (
-    GradientSet,
-    clip_grad_norm_,
-    clip_grads_with_norm_,
-    get_total_norm,
-)
+from ._api import ENGINE_MODE, core_set
 from ._errors import NonFiniteNormError
-from ._inputs import _real, as_sequence, check_eps, check_norm_type, resolve_mode
+from ._inputs import _real, check_eps, check_norm_type, resolve_mode
 from ._result import ClipResult
 
 __all__ = ["AutoClip", "ZClip"]
@@ -279,67 +272,37 @@ class _StatefulClipper:
             With ``nonfinite="raise"`` and a NaN or infinite norm; nothing is written and the
             statistics are unchanged.
         """
-        if isinstance(grads, GradientSet):
-            return self._step(grads, grads)
-        # A generator is consumed here, once: the norm pass and the write pass need the same
-        # arrays. Lists and tuples pass through untouched.
-        seq, single = as_sequence(grads)
-        return self._step(grads if single else seq, None)
+        # A generator is consumed here, once (a one-shot set): the norm pass and the write
+        # pass need the same arrays. A GradientSet brings its own set.
+        return self._step(core_set(grads))
 
-    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
+    def _step(self, s: Any) -> ClipResult:
         raise NotImplementedError
 
-    def _total_norm(self, target: Any, gset: GradientSet | None) -> tuple[float, Norms]:
-        """The total norm, and with ``per_tensor_norms`` each array's norm from the same pass."""
+    def _total_norm(self, s: Any) -> tuple[float, Norms]:
+        """The total norm, and with ``per_tensor_norms`` each array's norm from the same pass
+        (the total is then the norm of those norms, as for
+        ``clip_grad_norm_(per_tensor_norms=True)``: it may differ in the last bit)."""
         if self._per_tensor_norms:
-            # The core's fused "norms, then clip" with no bound: max_norm = DBL_MAX gives
-            # coef >= 1 for every finite norm and "skip" (code 1) covers the others, so nothing
-            # is written. The total is the norm of the per-array norms (as for
-            # clip_grad_norm_(per_tensor_norms=True)): it may differ in the last bit.
-            seq: Sequence[Any]
-            if gset is not None:
-                seq, single = gset.arrays, False
-            elif isinstance(target, (list, tuple)):
-                seq, single = target, False
-            else:
-                seq, single = (target,), True
-            norm, norms = _core.clip_total_with_norms(
-                seq, sys.float_info.max, self._norm_type, 1, 1.0, "grads", single
-            )
+            norm, norms = s.norms(self._norm_type)
             return float(norm), norms
-        if gset is not None:
-            return gset.total_norm(self._norm_type), None
-        return get_total_norm(target, self._norm_type), None
+        return float(s.total_norm(self._norm_type)), None
 
-    def _scale(self, target: Any, gset: GradientSet | None, threshold: float, norm: float) -> float:
-        """Multiply the gradients by ``threshold / (norm + eps)``; returns that coefficient."""
-        if threshold > 0.0:
-            max_norm, total, eps = threshold, norm, self._eps
-            coef = threshold / (norm + eps)
-        else:
-            # A threshold of 0 (a history of zero norms) scales by exactly 0, which
-            # clip_grads_with_norm_ cannot take as max_norm; 1 / (inf + 0) is the same IEEE
-            # zero (inf * 0 = NaN included), and a NaN norm still gives NaN.
-            max_norm, eps = 1.0, 0.0
-            total = norm if math.isnan(norm) else math.inf
-            coef = math.nan if math.isnan(norm) else 0.0
-        if gset is not None:
-            gset.clip_with_norm_(max_norm, total, eps=eps)
-        else:
-            clip_grads_with_norm_(target, max_norm, total, eps=eps)
+    def _scale(self, s: Any, threshold: float, norm: float) -> float:
+        """Multiply the gradients by ``threshold / (norm + eps)``; returns that coefficient.
+
+        The engine's global rule with this step's threshold as max_norm (a threshold of 0,
+        after a history of zero norms, scales by exactly 0; a NaN norm gives NaN)."""
+        coef: float = s.apply_norm(threshold, norm, self._eps, ENGINE_MODE["propagate"])
         return coef
 
-    def _clip(
-        self, target: Any, gset: GradientSet | None, norm: float, norms: Norms, threshold: float
-    ) -> ClipResult:
+    def _clip(self, s: Any, norm: float, norms: Norms, threshold: float) -> ClipResult:
         if norm > threshold:
-            coef = self._scale(target, gset, threshold, norm)
+            coef = self._scale(s, threshold, norm)
             return ClipResult(norm, coef, True, False, norms, threshold)
         return ClipResult(norm, 1.0, False, False, norms, threshold)
 
-    def _nonfinite_step(
-        self, target: Any, gset: GradientSet | None, norm: float, norms: Norms, threshold: float
-    ) -> ClipResult:
+    def _nonfinite_step(self, s: Any, norm: float, norms: Norms, threshold: float) -> ClipResult:
         """A NaN or infinite norm: the statistics are never updated with it."""
         mode = self._nonfinite
         if mode == "raise":
@@ -352,19 +315,14 @@ class _StatefulClipper:
         if mode == "skip":
             return ClipResult(norm, 1.0, False, True, norms, threshold)
         if mode == "zero":
-            # Re-reads the gradients: only on this rare step, and the norm is deterministic,
-            # so the zero mode sees the same non-finite norm.
-            if gset is not None:
-                gset.clip_norm_(1.0, self._norm_type, nonfinite="zero")
-            else:
-                clip_grad_norm_(target, 1.0, self._norm_type, nonfinite="zero")
+            s.apply_norm(1.0, norm, self._eps, ENGINE_MODE["zero"])
             return ClipResult(norm, 0.0, True, True, norms, threshold)
         # "propagate": PyTorch's arithmetic with this step's bound (a NaN norm makes every
         # element NaN, an infinite one makes finite elements 0); with no bound, nothing is
         # written and the non-finite values pass through as they are.
         if math.isinf(threshold):
             return ClipResult(norm, 1.0, False, True, norms, threshold)
-        coef = self._scale(target, gset, threshold, norm)
+        coef = self._scale(s, threshold, norm)
         return ClipResult(norm, coef, True, True, norms, threshold)
 
 
@@ -473,12 +431,12 @@ class AutoClip(_StatefulClipper):
     def _current_threshold(self) -> float:
         return self._index.quantile() if self._history else math.inf
 
-    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
-        norm, norms = self._total_norm(target, gset)
+    def _step(self, s: Any) -> ClipResult:
+        norm, norms = self._total_norm(s)
         if not math.isfinite(norm):
-            return self._nonfinite_step(target, gset, norm, norms, self._current_threshold())
+            return self._nonfinite_step(s, norm, norms, self._current_threshold())
         self._push(norm)
-        return self._clip(target, gset, norm, norms, self._current_threshold())
+        return self._clip(s, norm, norms, self._current_threshold())
 
     @property
     def percentile(self) -> float:
@@ -726,13 +684,13 @@ class ZClip(_StatefulClipper):
         eta = z / self._z_thresh
         return mean + (self._z_thresh * std) / eta
 
-    def _step(self, target: Any, gset: GradientSet | None) -> ClipResult:
-        norm, norms = self._total_norm(target, gset)
+    def _step(self, s: Any) -> ClipResult:
+        norm, norms = self._total_norm(s)
         if not math.isfinite(norm):
             # The z-score of a non-finite norm means nothing: only the hard bound applies.
-            return self._nonfinite_step(target, gset, norm, norms, self._cap())
+            return self._nonfinite_step(s, norm, norms, self._cap())
         if self._mean is None or self._var is None:
-            result = self._clip(target, gset, norm, norms, self._cap())
+            result = self._clip(s, norm, norms, self._cap())
             self._warmup_norms.append(norm)
             if len(self._warmup_norms) >= self._warmup_steps:
                 n = len(self._warmup_norms)
@@ -743,7 +701,7 @@ class ZClip(_StatefulClipper):
             return result
         spike = self._spike_value(norm, self._mean, self._var)
         threshold = self._cap() if spike is None else min(spike, self._cap())
-        result = self._clip(target, gset, norm, norms, threshold)
+        result = self._clip(s, norm, norms, threshold)
         x = norm if spike is None else spike
         a = self._alpha
         mean = a * self._mean + (1.0 - a) * x

@@ -100,27 +100,38 @@ double clip_coef(double max_norm, double norm, double eps) noexcept;
 // True when a coefficient asks for a write: coef < 1 or NaN.
 inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
 
-// Global clip: total norm, then the non-finite rule, then (maybe) one scaling pass.
-// Returns the pre-clip total norm.
+// The global rule once the total norm is known, its one home: the non-finite policy (Skip:
+// write nothing; Zero: set every element to 0; Propagate: go on with PyTorch's arithmetic),
+// then coef = clip_coef(max_norm, norm, eps) and, only when coef_writes(coef), one scaling
+// pass. Returns the coefficient the gradients were multiplied by (1 when nothing was written,
+// 0 for Zero). Used by clip_total, and by the callers that get the norm elsewhere (another
+// process, a norm supplied by the user).
+double apply_global_clip(const Span* spans, std::size_t n, double norm, double max_norm, double eps, NonFinite mode,
+                         const Plans* cached = nullptr);
+
+// Global clip: the total norm, then apply_global_clip. Returns the pre-clip total norm and
+// puts the applied coefficient in *coef when coef is not null. With norms not null, also
+// writes each span's norm from the same read pass; the total is then the p-norm of those
+// (its bits may differ in the last place from the plain total, which sums across span
+// boundaries).
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
-                  const Plans* cached = nullptr);
+                  const Plans* cached = nullptr, double* coef = nullptr, double* norms = nullptr);
 // Per-span clip with the same rule per span; mode applies to the whole call when any span
 // norm is non-finite. Writes the pre-clip norms to norms[0..n).
 void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
                double* norms, const Plans* cached = nullptr);
-
-// Global clip that also reports each span's norm from the same read pass: the total is
-// the p-norm of the per-span norms (bits may differ in the last place from clip_total,
-// which sums across span boundaries).
-double clip_total_with_norms(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps,
-                             NonFinite mode, double* norms);
 
 // Mixed precision in two passes: one read pass for the norm of the unscaled gradients
 // (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one
 // read+write pass multiplying by inv_scale * coef (skipped when that factor is exactly 1).
 // Returns the unscaled norm; *coef gets the clipping coefficient (1 when not clipping).
 double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
-                    double* coef, double* norms);
+                    double* coef, double* norms, const Plans* cached = nullptr);
+// The second half of unscale_clip, given the norm of the scaled gradients (raw_norm; from
+// another process, say): nothing written when it is not finite, else one pass multiplying by
+// inv_scale * coef. Returns coef (1 when not clipping).
+double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, double max_norm, double inv_scale,
+                          double eps, const Plans* cached = nullptr);
 
 // p-norm of a vector of norms, without overflow or underflow (scaled by the largest).
 double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept;
