@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "half.hpp"
+#include "kernels.hpp"
 
 #if defined(GRADCLIP_WITH_OPENMP)
 #include <omp.h>

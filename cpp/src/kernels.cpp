@@ -10,7 +10,7 @@
 // an array. Products for float64 input are rounded before the add on every target (this
 // file is built with -ffp-contract=off and uses no FMA), so all targets agree to the bit.
 // Inputs narrower than float64 are converted exactly, and their squares are exact in float64.
-#include "gradclip/kernels.hpp"
+#include "kernels.hpp"
 
 #include <algorithm>
 #include <cmath>

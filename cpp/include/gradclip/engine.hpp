@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "gradclip/kernels.hpp"
 #include "gradclip/types.hpp"
 
 namespace gradclip {
