@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradclip
-from gradclip import _reference_training as ref
+from gradclip import reference as ref
 
 ml_dtypes = pytest.importorskip("ml_dtypes", exc_type=ImportError)
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]

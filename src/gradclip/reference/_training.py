@@ -8,18 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ._result import ClipResult
-from .reference import (
-    _as_arrays,
-    _check_eps,
-    _check_max_norm,
-    _check_norm_type,
-    _coefficient,
-    _pnorm,
-    _present,
-    _real,
-    _scale,
-)
+from .._result import ClipResult
+from ._arith import _coefficient, _pnorm, _present, _scale
+from ._inputs import _as_arrays, _check_eps, _check_max_norm, _check_norm_type, _real
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
 

@@ -1,0 +1,311 @@
+"""Dtypes, bound rounding and the checks of scalar and array arguments (gradclip.reference)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.array_utils import byte_bounds
+
+Array = npt.NDArray[Any]
+Float64Array = npt.NDArray[np.float64]
+
+_NONFINITE_MODES = ("propagate", "raise", "skip", "zero")
+
+# Below this the plain float64 sum of |x|**p may have lost relative precision to gradual
+# underflow (2**-1022 is the smallest normal, 53 more bits keep full precision).
+_SMALL_SUM = 2.0**-969
+
+# Elements per block when converting to float64: bounds the temporary memory of the reference
+# (a 50M-element array is never materialised as one float64 copy or one Python list).
+_BLOCK = 1 << 18
+
+_EXPECTED_DTYPES = "expected float16, bfloat16, float32 or float64"
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------------
+
+
+def _bfloat16() -> np.dtype[Any] | None:
+    """Return ``ml_dtypes.bfloat16`` as a dtype, or None when ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    bf16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bf16
+
+
+def _is_supported_dtype(dtype: np.dtype[Any]) -> bool:
+    if dtype.kind == "f":
+        return dtype.isnative and dtype.itemsize in (2, 4, 8)
+    bf16 = _bfloat16()
+    return bf16 is not None and dtype == bf16
+
+
+# (significand digits, exponent of the smallest normal, largest finite value) of each type
+# a bound can be rounded to; bfloat16 has float32's exponent range and 8 digits.
+_FORMATS: dict[str, tuple[int, int, float]] = {
+    "float16": (11, -14, 65504.0),
+    "bfloat16": (8, -126, float.fromhex("0x1.fep127")),
+    "float32": (24, -126, float.fromhex("0x1.fffffep127")),
+}
+
+
+def _round_to_dtype(value: float, dtype: np.dtype[Any]) -> float:
+    """``value`` rounded once, to nearest with ties to even, to ``dtype``, as a float.
+
+    Written out in integer arithmetic so that it depends on no library's conversion (the
+    float64 -> bfloat16 cast of ml_dtypes rounded through float32 before 0.7.0). IEEE 754:
+    the result is the multiple of the type's spacing at ``value`` nearest to it (the even
+    multiple on a tie); a result beyond the largest finite value is an infinity.
+    """
+    if dtype == np.float64 or value == 0.0 or not math.isfinite(value):
+        return value
+    digits, emin, largest = _FORMATS[dtype.name]
+    exponent = math.frexp(value)[1]  # |value| = f * 2**exponent, 0.5 <= f < 1
+    shift = max(exponent, emin + 1) - digits  # the spacing is 2**shift (fixed for subnormals)
+    num, den = abs(value).as_integer_ratio()  # den is a power of two
+    if shift >= 0:
+        den <<= shift
+    else:
+        num <<= -shift
+    q, r = divmod(num, den)  # |value| / 2**shift = q + r / den
+    if 2 * r > den or (2 * r == den and q % 2 == 1):
+        q += 1
+    try:
+        rounded = math.ldexp(float(q), shift)  # q has at most digits + 1 bits: exact
+    except OverflowError:  # beyond the double range, so far beyond the type's
+        rounded = math.inf
+    if rounded > largest:
+        rounded = math.inf
+    return math.copysign(rounded, value)
+
+
+# --------------------------------------------------------------------------------------------
+# scalar arguments
+# --------------------------------------------------------------------------------------------
+
+
+def _real(value: object, name: str) -> float:
+    """Convert a real number to float; anything else (str, None, complex) is a TypeError.
+
+    Python and NumPy real scalars are accepted, and so is any other object ``float()``
+    accepts (a 0-d array, a one-element tensor), except strings and complex numbers.
+    """
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range: out of range, not a type error
+            return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    if value is None or isinstance(value, (str, bytes, numbers.Complex)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a complex 0-d array warns, then is rejected
+            return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, Warning):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+
+
+def _check_max_norm(max_norm: object) -> float:
+    value = _real(max_norm, "max_norm")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"max_norm must be finite and > 0, got {value!r}")
+    return value
+
+
+def _check_norm_type(norm_type: object) -> float:
+    value = _real(norm_type, "norm_type")
+    if math.isnan(value) or value <= 0.0:
+        raise ValueError(f"norm_type must be > 0 or inf, got {value!r}")
+    return value
+
+
+def _check_eps(eps: object) -> float:
+    value = _real(eps, "eps")
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"eps must be finite and >= 0, got {value!r}")
+    return value
+
+
+def _check_mode(nonfinite: object, error_if_nonfinite: object) -> str:
+    if not isinstance(nonfinite, str) or nonfinite not in _NONFINITE_MODES:
+        raise ValueError(
+            f"nonfinite must be one of 'propagate', 'raise', 'skip', 'zero', got {nonfinite!r}"
+        )
+    if error_if_nonfinite:
+        # error_if_nonfinite=True is PyTorch's spelling of nonfinite="raise"; the default
+        # "propagate" cannot be told apart from an explicit one, so only skip/zero conflict.
+        if nonfinite in ("skip", "zero"):
+            raise ValueError(
+                f"error_if_nonfinite=True conflicts with nonfinite={nonfinite!r}; "
+                "pass only one of them"
+            )
+        return "raise"
+    return nonfinite
+
+
+# --------------------------------------------------------------------------------------------
+# array arguments
+# --------------------------------------------------------------------------------------------
+
+
+def _is_single_array(obj: object) -> bool:
+    """True for an object that stands for ONE array rather than a collection of arrays."""
+    if isinstance(obj, np.ndarray):
+        return True
+    if isinstance(obj, (str, bytes)):
+        # A str is an iterable, bytes exposes the buffer protocol; neither is a gradient, and
+        # handling them here keeps the error message about the argument as a whole.
+        return False
+    if any(
+        hasattr(obj, attr)
+        for attr in ("__dlpack__", "__array_interface__", "__array_struct__", "__array__")
+    ):
+        return True
+    try:
+        memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def _torch_bfloat16_view(obj: Any) -> Array | None:
+    """View a CPU torch.bfloat16 tensor as ml_dtypes.bfloat16 (same memory), else None.
+
+    DLPack has no bfloat16 NumPy can import, so the tensor is exported as int16 bits.
+    """
+    torch = sys.modules.get("torch")
+    bf16 = _bfloat16()
+    if torch is None or bf16 is None or getattr(obj, "dtype", None) != torch.bfloat16:
+        return None
+    bits: Array = np.from_dlpack(obj.view(torch.int16))
+    return bits.view(bf16)
+
+
+def _view(obj: object, where: str) -> Array:
+    """View ``obj`` as an ndarray without copying; TypeError naming ``where`` if impossible."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    try:
+        if hasattr(obj, "__dlpack__"):
+            bf16_view = _torch_bfloat16_view(obj)
+            if bf16_view is not None:
+                return bf16_view
+            return np.from_dlpack(obj, copy=False)
+        return np.asarray(obj, copy=False)
+    except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+        raise TypeError(
+            f"{where} ({type(obj).__name__}) cannot be viewed as a NumPy array without a copy; "
+            "gradients must be writeable float arrays updated in place"
+        ) from exc
+
+
+def _may_self_overlap(arr: Array) -> bool:
+    """True when two elements of a (non-empty) view may share memory: with the axes sorted by
+    |stride|, each must step past everything the faster axes cover (conservative)."""
+    if arr.size == 0:
+        return False
+    dims = sorted((abs(st), n) for st, n in zip(arr.strides, arr.shape, strict=True) if n > 1)
+    covered = arr.itemsize
+    for st, n in dims:
+        if st < covered:
+            return True
+        covered += (n - 1) * st
+    return False
+
+
+def _check_array(arr: Array, where: str) -> None:
+    if not _is_supported_dtype(arr.dtype):
+        raise TypeError(f"{where} has dtype {arr.dtype}; {_EXPECTED_DTYPES}")
+    if not arr.flags.writeable:
+        raise ValueError(f"{where} is read-only")
+
+
+def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
+    """Reject two arrays whose byte ranges [lowest, highest+1) intersect.
+
+    Conservative: interleaved strided views such as ``a[::2]`` and ``a[1::2]`` share no
+    element but their byte ranges intersect, and they are rejected. Zero-size arrays never
+    overlap anything.
+    """
+    # checked once every entry has passed its type checks, as the compiled path does
+    for i, arr in enumerate(arrays):
+        if arr is not None and _may_self_overlap(arr):
+            raise ValueError(
+                f"{name}[{i}] has elements that share memory (e.g. a stride-0 view); writing to "
+                "it in place would apply the update more than once"
+            )
+    spans: list[tuple[int, int, int]] = []
+    for i, arr in enumerate(arrays):
+        if arr is not None and arr.size > 0:
+            low, high = byte_bounds(arr)
+            spans.append((low, high, i))
+    spans.sort()
+    reach_high, reach_index = -1, -1
+    for low, high, i in spans:
+        if low < reach_high:
+            first, second = sorted((reach_index, i))
+            raise ValueError(
+                f"{name}[{first}] and {name}[{second}] overlap in memory (the same memory twice "
+                "or views whose byte ranges intersect; interleaved strided views count as "
+                "overlapping)"
+            )
+        if high > reach_high:
+            reach_high, reach_index = high, i
+
+
+def _as_arrays(grads: object, name: str = "grads") -> list[Array | None]:
+    """Normalise a ``grads`` argument to a validated list of ndarrays (None where skipped).
+
+    One array (ndarray or an object NumPy can view) becomes a list of one; any other iterable
+    is a collection (a generator or other one-shot iterator is consumed once, and an empty one
+    warns, as PyTorch does for an empty generator). Raises TypeError /
+    ValueError, naming the position, for anything that cannot be updated in place.
+    """
+    items: list[object]
+    if _is_single_array(grads):
+        items = [grads]
+    elif isinstance(grads, (str, bytes)) or not isinstance(grads, Iterable):
+        raise TypeError(
+            f"{name} must be an array or an iterable of arrays, got {type(grads).__name__}"
+        )
+    else:
+        one_shot = isinstance(grads, Iterator)  # generators included
+        items = list(grads)
+        if one_shot and not items:
+            warnings.warn(
+                f"`{name}` is an empty generator, no gradient clipping will occur.",
+                UserWarning,
+                stacklevel=3,
+            )
+    arrays: list[Array | None] = []
+    for i, item in enumerate(items):
+        if item is None:
+            arrays.append(None)
+            continue
+        where = f"{name}[{i}]"
+        arr = _view(item, where)
+        _check_array(arr, where)
+        arrays.append(arr)
+    _check_no_overlap(arrays, name)
+    return arrays
+
+
+def _as_single_array(x: object, name: str = "x") -> Array:
+    if x is None or isinstance(x, (str, bytes)) or not _is_single_array(x):
+        raise TypeError(
+            f"{name} must be one array NumPy can view without a copy, got {type(x).__name__}"
+        )
+    arr = _view(x, name)
+    _check_array(arr, name)
+    return arr
