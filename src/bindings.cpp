@@ -517,6 +517,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("reduce"));
     m.def("clip_per_example", &clip_per_example, py::arg("grads"), py::arg("max_norm"), py::arg("per_layer"),
           py::arg("eps"));
+    m.def(
+        "norm_of_norms",
+        [](const std::vector<double>& norms, double p) {
+            return gradclip::norm_of_norms(norms.data(), norms.size(), spec_from(p));
+        },
+        py::arg("norms"), py::arg("p"), "The p-norm of parts given the p-norm of each (the engine's one combination).");
     m.def("cpu_target", &gradclip::current_target);
     m.def("available_cpu_targets", &gradclip::available_targets);
     m.def("set_cpu_target", [](const std::string& name) { return gradclip::set_target(name); });

@@ -8,8 +8,9 @@
 // k % 32, in index order, in float64, and lanes are combined by combine_lanes(). The vector
 // code keeps the 32 lanes in 4 (AVX-512) or 8 (AVX2) registers; the scalar code keeps them in
 // an array. Products for float64 input are rounded before the add on every target (this
-// file is built with -ffp-contract=off and uses no FMA), so all targets agree to the bit.
-// Inputs narrower than float64 are converted exactly, and their squares are exact in float64.
+// file is built with -ffp-contract=off, so the compiler fuses nothing), so all targets agree
+// to the bit. Inputs narrower than float64 are converted exactly and their squares are exact
+// in float64, so there the vector code may use an explicit FMA (SqOp): one rounding either way.
 #include "kernels.hpp"
 
 #include <algorithm>

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -94,13 +96,28 @@ def core_set(grads: Any) -> Any:
     return grads._set if isinstance(grads, GradientSet) else one_shot(grads)
 
 
+def global_norm_of(comm: Any, make_set: Callable[[], Any], p: float) -> tuple[float, Any]:
+    """The norm over every rank's arrays, and this rank's compiled set. The set is made inside
+    the collective's error handling: a rank whose input is bad still takes part in the
+    collective, and then every rank raises (none is left waiting, none writes)."""
+    made: list[Any] = []
+
+    def local() -> float:
+        made.append(make_set())
+        norm: float = made[0].total_norm(p)
+        return norm
+
+    return global_norm(comm, local, p), made[0]
+
+
 # ---------------------------------------------------------------- each operation, once
-# The functions below take a compiled set (a GradientSet's, or a one-shot one) and scalar
-# arguments already checked; the public function and the GradientSet method both call them.
+# The functions below take the compiled set (``make_set()``: a GradientSet's own, or a
+# one-shot one) and scalar arguments already checked; the public function and the
+# GradientSet method both call them.
 
 
 def _clip_norm(
-    s: Any,
+    make_set: Callable[[], Any],
     max_norm: float,
     p: float,
     mode: str,
@@ -110,13 +127,15 @@ def _clip_norm(
     per_tensor_norms: bool,
 ) -> Any:
     if comm is not None:
-        norm = global_norm(comm, lambda: s.total_norm(p), p)
+        norm, s = global_norm_of(comm, make_set, p)
         norms = None
         if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
             raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
         coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
     else:
-        norm, coef, norms = s.clip_total(max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms)
+        norm, coef, norms = make_set().clip_total(
+            max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
+        )
         if mode == "raise" and not math.isfinite(norm):
             raise _nonfinite_error(norm, p, "total norm of the gradients")
     if not return_result and not per_tensor_norms:
@@ -124,11 +143,13 @@ def _clip_norm(
     return ClipResult(norm, coef, coef < 1.0, not math.isfinite(norm), norms)
 
 
-def _total_norm(s: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
+def _total_norm(
+    make_set: Callable[[], Any], p: float, error_if_nonfinite: bool, comm: Any
+) -> float:
     if comm is not None:
-        norm = global_norm(comm, lambda: s.total_norm(p), p)
+        norm = global_norm_of(comm, make_set, p)[0]
     else:
-        norm = s.total_norm(p)
+        norm = make_set().total_norm(p)
     if error_if_nonfinite and not math.isfinite(norm):
         raise _nonfinite_error(norm, p, "total norm of the gradients")
     return float(norm)
@@ -218,7 +239,7 @@ def clip_grad_norm_(
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
     return _clip_norm(
-        one_shot(grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
+        partial(one_shot, grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
     )
 
 
@@ -248,7 +269,7 @@ def get_total_norm(
     5.0
     """
     p = check_norm_type(norm_type)
-    return _total_norm(one_shot(grads), p, error_if_nonfinite, comm)
+    return _total_norm(partial(one_shot, grads), p, error_if_nonfinite, comm)
 
 
 def clip_grads_with_norm_(
@@ -429,6 +450,9 @@ class GradientSet:
     def __len__(self) -> int:
         return len(self._set)
 
+    def _own(self) -> Any:
+        return self._set
+
     @property
     def arrays(self) -> tuple[Any, ...]:
         """The arrays (as NumPy views), ``None`` where the input had ``None``."""
@@ -453,14 +477,14 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        norm: float = _clip_norm(self._set, max_norm, p, mode, eps, comm, False, False)
+        norm: float = _clip_norm(self._own, max_norm, p, mode, eps, comm, False, False)
         return norm
 
     def total_norm(
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
     ) -> float:
         """:func:`get_total_norm` over the set."""
-        return _total_norm(self._set, check_norm_type(norm_type), error_if_nonfinite, comm)
+        return _total_norm(self._own, check_norm_type(norm_type), error_if_nonfinite, comm)
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
         """:func:`clip_grads_with_norm_` over the set."""

@@ -14,25 +14,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["combine_norms", "global_norm"]
+from . import _core
+
+__all__ = ["global_norm"]
 
 _BUILTIN_ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
-
-
-def combine_norms(norms: list[float], p: float) -> float:
-    """The p-norm of all elements, given the p-norm of each part: scaled by the largest
-    part, so it neither overflows nor underflows where the result is a normal double."""
-    if any(math.isnan(v) for v in norms):
-        return math.nan
-    m: float = max(norms, default=0.0)
-    if math.isinf(p) or m == 0.0 or math.isinf(m):
-        return m
-    if p == 2.0:
-        return m * math.sqrt(math.fsum((v / m) ** 2 for v in norms))
-    if p == 1.0:
-        return m * math.fsum(v / m for v in norms)
-    s: float = math.fsum((v / m) ** p for v in norms)
-    return m * math.pow(s, 1.0 / p)
 
 
 def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
@@ -56,4 +42,5 @@ def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
         if err is not None:
             kind = _BUILTIN_ERRORS.get(err[0], RuntimeError)
             raise kind(f"rank {rank} rejected its input, so no rank writes: {err[1]}")
-    return combine_norms([v for v, _ in parts], p)
+    # the engine's combination of partial norms (scaled by the largest, in rank order)
+    return _core.norm_of_norms([v for v, _ in parts], p)

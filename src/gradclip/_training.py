@@ -4,13 +4,13 @@ gradient clipping (AGC) and per-example clipping for DP-SGD."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from . import _core
-from ._api import core_set
-from ._dist import global_norm
+from ._api import core_set, global_norm_of
 from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
 
@@ -71,11 +71,11 @@ def unscale_clip_grad_norm_(
     inv = check_max_norm(inv_scale, "inv_scale")  # same rule: a finite real > 0
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
-    s = core_set(grads)
     if comm is not None:
-        raw = global_norm(comm, lambda: s.total_norm(p), p)
+        raw, s = global_norm_of(comm, partial(core_set, grads), p)
         total, coef, norms = raw * inv, s.apply_unscale(max_norm, raw, inv, eps), None
     else:
+        s = core_set(grads)
         total, coef, norms = s.unscale_clip(max_norm, inv, p, eps, bool(per_tensor_norms))
     finite = math.isfinite(total)
     return ClipResult(
@@ -162,8 +162,7 @@ def adaptive_grad_clip_(
     norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce)
     if not return_result:
         return None
-    # L2 norm of the per-array norms; math.hypot neither overflows nor underflows
-    total = math.hypot(*norms.tolist())
+    total = _core.norm_of_norms(norms.tolist(), 2.0)  # the engine's combination
     return ClipResult(
         total_norm=total,
         coef=cmin,
