@@ -1,6 +1,6 @@
 """Where does a second thread start to pay? Times get_total_norm and a clipping call on one
 float32 array of growing size at 1 and 2 threads (medians of many runs), and prints the
-ratio; the engine's serial threshold (kSerialBytes in cpp/src/engine.cpp) is set from this.
+ratio; the engine's serial threshold (kSerialBytes in cpp/src/engine_impl.hpp) is set from this.
 
     python bench/threshold.py
 """

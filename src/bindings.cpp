@@ -360,7 +360,7 @@ public:
         if (!cached) return;
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
-        plans_ = std::make_unique<gradclip::Plans>(b_.spans.data(), b_.spans.size());
+        plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
     }
 
     std::size_t size() const { return b_.npos; }
@@ -461,7 +461,7 @@ public:
 private:
     const Span* spans() const noexcept { return b_.spans.data(); }
     std::size_t n() const noexcept { return b_.spans.size(); }
-    const gradclip::Plans* plan() const noexcept { return plans_.get(); }
+    const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
 
     void check() const {
         if (!plans_) return;  // one-shot: parsed just now
@@ -488,7 +488,7 @@ private:
     bool single_;
     Batch b_;
     std::vector<const void*> data0_;
-    std::unique_ptr<gradclip::Plans> plans_;  // the chunking, computed once; null for one-shot sets
+    std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets
 };
 
 }  // namespace

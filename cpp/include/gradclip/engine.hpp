@@ -55,12 +55,12 @@ void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::p
 // The chunking of a fixed list of spans, computed once (GradientSet). Operations given one
 // skip planning; it must describe exactly the spans passed with it. Read-only after
 // construction, so several threads may use one at once.
-class Plans {
+class PlanCache {
 public:
-    Plans(const Span* spans, std::size_t n);
-    ~Plans();
-    Plans(const Plans&) = delete;
-    Plans& operator=(const Plans&) = delete;
+    PlanCache(const Span* spans, std::size_t n);
+    ~PlanCache();
+    PlanCache(const PlanCache&) = delete;
+    PlanCache& operator=(const PlanCache&) = delete;
     struct Impl;
     const Impl& impl() const noexcept { return *impl_; }
 
@@ -71,11 +71,11 @@ private:
 // ---- operations (all spans must be validated by the caller; none overlap)
 // p-norm of all elements of all spans together; never overflows or underflows where the
 // true result is a finite normal double.
-double total_norm(const Span* spans, std::size_t n, NormSpec spec, const Plans* cached = nullptr);
+double total_norm(const Span* spans, std::size_t n, NormSpec spec, const PlanCache* cached = nullptr);
 // p-norm of each span into out[0..n).
-void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const Plans* cached = nullptr);
+void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const PlanCache* cached = nullptr);
 // Multiply every element of every span by coef (rounded per element type).
-void scale_all(const Span* spans, std::size_t n, double coef, const Plans* cached = nullptr);
+void scale_all(const Span* spans, std::size_t n, double coef, const PlanCache* cached = nullptr);
 // Multiply span i by coefs[i]; spans whose coefficient is exactly 1 are not touched.
 void scale_each(const Span* spans, std::size_t n, const double* coefs);
 // v rounded once, to nearest with ties to even, to a value of dtype dt (overflow gives
@@ -85,9 +85,9 @@ double round_to_dtype(DType dt, double v) noexcept;
 
 // Clamp each element to [lo, hi], both given as float64 and rounded to each span's dtype
 // with round_to_dtype.
-void clamp_all(const Span* spans, std::size_t n, double lo, double hi, const Plans* cached = nullptr);
+void clamp_all(const Span* spans, std::size_t n, double lo, double hi, const PlanCache* cached = nullptr);
 // Set every element to +0.0.
-void zero_all(const Span* spans, std::size_t n, const Plans* cached = nullptr);
+void zero_all(const Span* spans, std::size_t n, const PlanCache* cached = nullptr);
 
 // Bandwidth probes over one flat buffer, split across threads like every other call:
 // a read-only pass, or a read+write pass that leaves the data unchanged.
@@ -106,7 +106,7 @@ inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
 // 0 for Zero). Used by clip_total, and by the callers that get the norm elsewhere (another
 // process, a norm supplied by the user).
 double apply_global_clip(const Span* spans, std::size_t n, double norm, double max_norm, double eps, NonFinite mode,
-                         const Plans* cached = nullptr);
+                         const PlanCache* cached = nullptr);
 
 // Global clip: the total norm, then apply_global_clip. Returns the pre-clip total norm and
 // puts the applied coefficient in *coef when coef is not null. With norms not null, also
@@ -114,23 +114,23 @@ double apply_global_clip(const Span* spans, std::size_t n, double norm, double m
 // (its bits may differ in the last place from the plain total, which sums across span
 // boundaries).
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
-                  const Plans* cached = nullptr, double* coef = nullptr, double* norms = nullptr);
+                  const PlanCache* cached = nullptr, double* coef = nullptr, double* norms = nullptr);
 // Per-span clip with the same rule per span; mode applies to the whole call when any span
 // norm is non-finite. Writes the pre-clip norms to norms[0..n).
 void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
-               double* norms, const Plans* cached = nullptr);
+               double* norms, const PlanCache* cached = nullptr);
 
 // Mixed precision in two passes: one read pass for the norm of the unscaled gradients
 // (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one
 // read+write pass multiplying by inv_scale * coef (skipped when that factor is exactly 1).
 // Returns the unscaled norm; *coef gets the clipping coefficient (1 when not clipping).
 double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
-                    double* coef, double* norms, const Plans* cached = nullptr);
+                    double* coef, double* norms, const PlanCache* cached = nullptr);
 // The second half of unscale_clip, given the norm of the scaled gradients (raw_norm; from
 // another process, say): nothing written when it is not finite, else one pass multiplying by
 // inv_scale * coef. Returns coef (1 when not clipping).
 double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, double max_norm, double inv_scale,
-                          double eps, const Plans* cached = nullptr);
+                          double eps, const PlanCache* cached = nullptr);
 
 // p-norm of a vector of norms, without overflow or underflow (scaled by the largest).
 double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept;

@@ -1,0 +1,242 @@
+// The engine's internals, shared by its source files (dispatch, plan, layout, reduce, scale,
+// composite) and private to cpp/src: chunk plans, the parallel loop over chunks, scalar
+// element access and the kernel table in use. Built for the baseline target only.
+//
+// Work is cut into chunks whose boundaries follow element indices (at most kChunkBytes of
+// the call's arrays taken in order; see the plans below), never thread counts or addresses.
+// Each chunk's partial result has its own slot, and slots are combined in chunk order after
+// the parallel loop, so the result has the same bits for any number of threads.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "gradclip/engine.hpp"
+#include "half.hpp"
+#include "kernels.hpp"
+
+#if defined(GRADCLIP_WITH_OPENMP)
+#include <omp.h>
+#endif
+
+namespace gradclip::impl {
+
+// 64 KiB of one array per chunk: big enough that the per-chunk cost (a kernel call and a
+// 32-lane combination) is noise, small enough that a 2-thread split of a few MiB is even.
+// A multiple of kLanes elements for every dtype, so every chunk starts on lane 0.
+constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
+// Below this many bytes a call runs on the calling thread: waking a team costs more.
+constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
+
+// The kernel table of the CPU target in use (dispatch.cpp).
+const KernelTable& table() noexcept;
+
+// ------------------------------------------------------------------ plans
+// A plan cuts the spans of a call into chunks of at most kChunkBytes. A chunk is a run of
+// segments (pieces of spans); element i of a segment goes to lane (lane0 + i) % kLanes, so
+// lanes follow the element's index within its chunk.
+//
+// Stream layout (total norms, writes): chunks run across span boundaries, so a list of many
+// small arrays is summed like one long array, with one lane combination per chunk instead of
+// one per array. PerSpan layout (per-array norms): every span starts a new chunk at lane 0.
+struct Seg {
+    std::size_t span;
+    std::size_t start;
+    std::size_t count;
+    std::size_t lane0;
+};
+
+enum class Layout { Stream, PerSpan };
+
+// A plan. Built per call into a per-thread buffer (reused across calls, so the hot path does
+// not allocate once warm), or once for a fixed list of spans (PlanCache, for GradientSet).
+struct Plan {
+    std::vector<Seg> segs;
+    std::vector<std::size_t> first;   // first segment of each chunk, plus segs.size()
+    std::vector<std::size_t> offset;  // bytes before each chunk, plus the total
+    std::size_t nchunks() const noexcept { return first.empty() ? 0 : first.size() - 1; }
+};
+extern thread_local Plan t_plan;
+
+// Per-call outputs, per calling thread (a cached plan may be used by several threads at once).
+struct Work {
+    std::vector<double> partial;
+    std::vector<double> coefs;
+    std::vector<std::uint64_t> words;
+};
+extern thread_local Work t_work;
+
+template <class Keep>
+void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout, Keep keep) {
+    // Upper bounds first, then plain stores: this runs once per array on every call.
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < n; ++i) total += spans[i].n * itemsize(spans[i].dt);
+    const std::size_t max_chunks = total / kChunkBytes + n + 1;
+    s.segs.resize(max_chunks + n);
+    s.first.resize(max_chunks + 1);
+    s.offset.resize(max_chunks + 1);
+    Seg* seg = s.segs.data();
+    std::size_t nseg = 0, nch = 0;
+    std::size_t bytes = 0, cbytes = kChunkBytes, lane = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const Span& sp = spans[i];
+        if (sp.n == 0 || !keep(i)) continue;
+        const std::size_t isz = itemsize(sp.dt);
+        if (layout == Layout::PerSpan) cbytes = kChunkBytes;  // start a new chunk
+        std::size_t start = 0;
+        while (start < sp.n) {
+            std::size_t room = (kChunkBytes - cbytes) / isz;
+            if (room == 0) {
+                s.first[nch] = nseg;
+                s.offset[nch] = bytes;
+                ++nch;
+                cbytes = 0;
+                lane = 0;
+                room = kChunkBytes / isz;
+            }
+            const std::size_t count = std::min(room, sp.n - start);
+            seg[nseg++] = Seg{i, start, count, lane};
+            lane = (lane + count) % kLanes;
+            cbytes += count * isz;
+            bytes += count * isz;
+            start += count;
+        }
+    }
+    s.first[nch] = nseg;
+    s.offset[nch] = bytes;
+    s.segs.resize(nseg);
+    s.first.resize(nch + 1);
+    s.offset.resize(nch + 1);
+}
+
+// build_plan keeping every span (plan.cpp).
+void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout);
+
+// The plan of a call: the cached one when given, else built into the per-thread t_plan.
+const Plan& plan_for(const Span* spans, std::size_t n, Layout layout, const PlanCache* cached);
+
+// Runs f(c) for every chunk c. Threads take contiguous runs of chunks of about equal bytes;
+// which thread runs a chunk never changes what the chunk computes.
+template <class F>
+void run_chunks(const Plan& s, F&& f) {
+    const std::size_t nc = s.nchunks();
+    const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
+    int nt = get_num_threads();
+    if (nt > static_cast<int>(nc)) nt = static_cast<int>(nc);
+    if (nt <= 1 || total < kSerialBytes) {
+        for (std::size_t c = 0; c < nc; ++c) f(c);
+        return;
+    }
+#if defined(GRADCLIP_WITH_OPENMP)
+#pragma omp parallel num_threads(nt)
+    {
+        const auto t = static_cast<std::size_t>(omp_get_thread_num());
+        const auto T = static_cast<std::size_t>(omp_get_num_threads());
+        const auto first_at = [&](std::size_t k) -> std::size_t {
+            if (k >= T) return nc;
+            const std::size_t target =
+                static_cast<std::size_t>(static_cast<double>(total) * static_cast<double>(k) / static_cast<double>(T));
+            return static_cast<std::size_t>(std::lower_bound(s.offset.begin(), s.offset.end() - 1, target) -
+                                            s.offset.begin());
+        };
+        const std::size_t lo = first_at(t), hi = first_at(t + 1);
+        for (std::size_t c = lo; c < hi; ++c) f(c);
+    }
+#else
+    for (std::size_t c = 0; c < nc; ++c) f(c);
+#endif
+}
+
+// Runs op(span, segment) over every segment of the plan, chunks in parallel.
+template <class Op>
+void for_each_segment(const Span* spans, const Plan& s, Op&& op) {
+    run_chunks(s, [&](std::size_t c) {
+        for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) op(spans[s.segs[q].span], s.segs[q]);
+    });
+}
+
+// ------------------------------------------------------------------ scalar element access
+// static: they call half.hpp's internal-linkage conversions, so each file has its own copy.
+static inline double load_elem(const char* p, DType dt) noexcept {
+    switch (dt) {
+        case DType::F64: {
+            double v;
+            std::memcpy(&v, p, 8);
+            return v;
+        }
+        case DType::F32: {
+            float v;
+            std::memcpy(&v, p, 4);
+            return v;
+        }
+        case DType::F16: {
+            std::uint16_t h;
+            std::memcpy(&h, p, 2);
+            return detail::half_to_float(h);
+        }
+        case DType::BF16: {
+            std::uint16_t h;
+            std::memcpy(&h, p, 2);
+            return detail::bf16_to_float(h);
+        }
+    }
+    return 0.0;
+}
+
+// Writes v rounded to the element type (v is exactly a float for the narrow types).
+static inline void store_elem(char* p, DType dt, double v) noexcept {
+    switch (dt) {
+        case DType::F64:
+            std::memcpy(p, &v, 8);
+            return;
+        case DType::F32: {
+            const float f = static_cast<float>(v);
+            std::memcpy(p, &f, 4);
+            return;
+        }
+        case DType::F16: {
+            const std::uint16_t h = detail::float_to_half(static_cast<float>(v));
+            std::memcpy(p, &h, 2);
+            return;
+        }
+        case DType::BF16: {
+            const std::uint16_t h = detail::float_to_bf16(static_cast<float>(v));
+            std::memcpy(p, &h, 2);
+            return;
+        }
+    }
+}
+
+// Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
+// strided span, k = index - start.
+template <class F>
+void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
+    const int nd = sp.ndim;
+    std::ptrdiff_t idx[64];
+    std::size_t rem = start;
+    for (int d = nd - 1; d >= 0; --d) {
+        const auto ext = static_cast<std::size_t>(sp.shape[d]);
+        idx[d] = static_cast<std::ptrdiff_t>(rem % ext);
+        rem /= ext;
+    }
+    const std::ptrdiff_t inner = sp.shape[nd - 1];
+    const std::ptrdiff_t istride = sp.strides[nd - 1];
+    std::size_t k = 0;
+    while (k < count) {
+        char* p = sp.data;
+        for (int d = 0; d < nd; ++d) p += idx[d] * sp.strides[d];
+        const std::size_t run = std::min(static_cast<std::size_t>(inner - idx[nd - 1]), count - k);
+        for (std::size_t r = 0; r < run; ++r) f(p + static_cast<std::ptrdiff_t>(r) * istride, k + r);
+        k += run;
+        idx[nd - 1] += static_cast<std::ptrdiff_t>(run);
+        for (int d = nd - 1; d > 0 && idx[d] == sp.shape[d]; --d) {
+            idx[d] = 0;
+            ++idx[d - 1];
+        }
+    }
+}
+
+}  // namespace gradclip::impl

@@ -1,0 +1,178 @@
+// Writes: scaling, clamping (with the one bound-rounding rule) and zeroing, and the bandwidth
+// probes.
+#include <cmath>
+#include <limits>
+
+#include "engine_impl.hpp"
+
+namespace gradclip {
+
+using namespace impl;  // the engine's internals (engine_impl.hpp)
+
+// ------------------------------------------------------------------ bound rounding
+namespace {
+
+// double -> float, rounded to nearest even (IEEE 754's default), with out-of-range values
+// going to +-inf or +-FLT_MAX explicitly: a plain cast of an out-of-range double is undefined
+// behaviour in C++.
+float round_f32(double v) noexcept {
+    const double a = std::fabs(v);
+    if (a > static_cast<double>(std::numeric_limits<float>::max())) {
+        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
+        const float big =
+            a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
+        return std::signbit(v) ? -big : big;
+    }
+    return static_cast<float>(v);
+}
+
+// double -> float rounded to odd: truncate, then set the last bit if anything was dropped.
+// Rounding that float once more, to nearest even at a precision of at most 22 bits, gives
+// the double correctly rounded in one step: the dropped bits survive as the sticky last bit
+// (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+// rounding to odd", IEEE Trans. Computers 57(4), 2008). |v| must be <= FLT_MAX.
+float round_odd_f32(double v) noexcept {
+    float f = static_cast<float>(v);
+    if (static_cast<double>(f) == v) return f;
+    if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+    return detail::f32_from_bits(detail::f32_bits(f) | 1u);
+}
+
+}  // namespace
+
+double round_to_dtype(DType dt, double v) noexcept {
+    if (v != v) return v;
+    switch (dt) {
+        case DType::F16: {
+            // every |v| >= 65520 rounds to inf; capping keeps the float conversion in range
+            const double c = std::fabs(v) > 65536.0 ? std::copysign(65536.0, v) : v;
+            return static_cast<double>(detail::half_to_float(detail::float_to_half(round_odd_f32(c))));
+        }
+        case DType::BF16: {
+            // every |v| > FLT_MAX rounds to inf in bfloat16 too (its largest finite value is
+            // 0x1.fep127 and the midpoint to 2^128 is 0x1.ffp127 < FLT_MAX)
+            const double cap = static_cast<double>(std::numeric_limits<float>::max());
+            const double c = std::fabs(v) > cap ? std::copysign(cap, v) : v;
+            return static_cast<double>(detail::bf16_to_float(detail::float_to_bf16(round_odd_f32(c))));
+        }
+        case DType::F32:
+            return static_cast<double>(round_f32(v));
+        case DType::F64:
+            break;
+    }
+    return v;
+}
+
+namespace {
+
+// x * coef rounded to the element type, for the strided path (the kernels do the same).
+void scale_strided(const Span& sp, std::size_t start, std::size_t count, double coef) {
+    const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(static_cast<float>(coef));
+    for_each_strided(sp, start, count, [&](char* p, std::size_t) {
+        const double x = load_elem(p, sp.dt);
+        // float types multiply in float: x and cf are floats, so the double product rounded
+        // to float is the float product
+        store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(static_cast<float>(x * cf)));
+    });
+}
+
+}  // namespace
+
+namespace {
+// Multiplies one segment by coef, through the kernel table or the strided path.
+void scale_segment(const KernelTable& kt, const Span& sp, const Seg& g, double coef) {
+    if (sp.ndim == 0)
+        kt.scale[static_cast<int>(sp.dt)](sp.data + g.start * itemsize(sp.dt), g.count, coef);
+    else
+        scale_strided(sp, g.start, g.count, coef);
+}
+}  // namespace
+
+void scale_all(const Span* spans, std::size_t n, double coef, const PlanCache* cached) {
+    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    const KernelTable& kt = table();
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coef); });
+}
+
+void scale_each(const Span* spans, std::size_t n, const double* coefs) {
+    Plan& s = t_plan;
+    build_plan(spans, n, s, Layout::Stream, [&](std::size_t i) { return coefs[i] != 1.0; });
+    const KernelTable& kt = table();
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coefs[&sp - spans]); });
+}
+
+void clamp_all(const Span* spans, std::size_t n, double lo64, double hi64, const PlanCache* cached) {
+    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    const KernelTable& kt = table();
+    double lo_of[kNumDTypes], hi_of[kNumDTypes];
+    for (int d = 0; d < kNumDTypes; ++d) {
+        lo_of[d] = round_to_dtype(static_cast<DType>(d), lo64);
+        hi_of[d] = round_to_dtype(static_cast<DType>(d), hi64);
+    }
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
+        const int di = static_cast<int>(sp.dt);
+        const double lo = lo_of[di], hi = hi_of[di];
+        if (sp.ndim == 0) {
+            kt.clamp[di](sp.data + g.start * itemsize(sp.dt), g.count, lo, hi);
+        } else {
+            for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) {
+                const double x = load_elem(p, sp.dt);
+                if (x < lo)
+                    store_elem(p, sp.dt, lo);
+                else if (x > hi)
+                    store_elem(p, sp.dt, hi);
+            });
+        }
+    });
+}
+
+void zero_all(const Span* spans, std::size_t n, const PlanCache* cached) {
+    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
+        const std::size_t isz = itemsize(sp.dt);
+        if (sp.ndim == 0)
+            std::memset(sp.data + g.start * isz, 0, g.count * isz);  // +0.0 is all-zero bits in every type
+        else
+            for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) { std::memset(p, 0, isz); });
+    });
+}
+
+std::uint64_t probe_read(const char* p, std::size_t bytes) {
+    Span sp;
+    sp.data = const_cast<char*>(p);
+    sp.n = bytes / 8;
+    sp.dt = DType::F64;
+    Plan& s = t_plan;
+    build_plan(&sp, 1, s, Layout::Stream);
+    const KernelTable& kt = table();
+    t_work.words.assign(s.nchunks(), 0);
+    std::uint64_t* out = t_work.words.data();
+    run_chunks(s, [&](std::size_t c) {
+        const Seg& g = s.segs[s.first[c]];
+        out[c] = kt.probe_read(sp.data + 8 * g.start, g.count);
+    });
+    std::uint64_t x = 0;
+    for (std::size_t c = 0; c < s.nchunks(); ++c) x ^= out[c];
+    return x;
+}
+
+namespace {
+volatile std::uint64_t g_zero = 0;  // read at run time, so the probe's store cannot be elided
+}
+
+void probe_rw(char* p, std::size_t bytes) {
+    Span sp;
+    sp.data = p;
+    sp.n = bytes / 8;
+    sp.dt = DType::F64;
+    Plan& s = t_plan;
+    build_plan(&sp, 1, s, Layout::Stream);
+    const KernelTable& kt = table();
+    const std::uint64_t k = g_zero;
+    run_chunks(s, [&](std::size_t c) {
+        const Seg& g = s.segs[s.first[c]];
+        kt.probe_rw(sp.data + 8 * g.start, g.count, k);
+    });
+}
+
+}  // namespace gradclip
