@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import gradclip
-from gradclip import demo
+from gradclip import demo as demo_package
+from gradclip.demo import rnn as demo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -172,7 +173,7 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib", exc_type=ImportError)
     pytest.importorskip("tqdm", exc_type=ImportError)
-    code = demo.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "2"])
+    code = demo_package.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "2"])
     assert code == 0
     out = capsys.readouterr().out
     figure = tmp_path / "gradclip_demo.png"
@@ -185,7 +186,7 @@ def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_command_line_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["demo", "--steps", "0"]) == 2
+    assert demo_package.main(["demo", "--steps", "0"]) == 2
     assert "steps must be at least 1" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""``python -m gradclip demo``: exploding gradients tamed on the adding problem.
+"""The RNN task of ``python -m gradclip demo``: exploding gradients tamed on the adding problem.
 
 Trains a vanilla tanh RNN on the adding problem with plain NumPy and a hand-written
 backpropagation through time, the kind of custom autograd code gradclip is for, and runs the
@@ -49,18 +49,10 @@ seconds: at 50, half of the clipped runs were still at the baseline after 5,000 
 
 from __future__ import annotations
 
-import argparse
 import math
-import multiprocessing
-import os
-import queue
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,8 +60,12 @@ import numpy.typing as npt
 
 import gradclip
 
+from .runner import run_all
+
 __all__ = [
     "ARMS",
+    "BASELINE_MSE",
+    "QUICK",
     "Arm",
     "DemoConfig",
     "RunResult",
@@ -77,8 +73,6 @@ __all__ = [
     "format_table",
     "init_params",
     "loss_and_grads",
-    "main",
-    "plot_runs",
     "predict",
     "run_demo",
     "train",
@@ -536,62 +530,6 @@ def train(
     )
 
 
-# --------------------------------------------------------------------------- running all
-
-_progress_queue: Any = None
-
-
-def _worker_init(progress: Any) -> None:
-    global _progress_queue
-    _progress_queue = progress
-
-
-def _worker_train(arm: str, seed: int, config: DemoConfig) -> RunResult:
-    def report(steps: int) -> None:
-        _progress_queue.put(((arm, seed), steps))
-
-    return train(arm, seed, config, report)
-
-
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    # Each worker process runs one small network; BLAS threads on 64x64 matrices only
-    # fight the other worker for the cores. Children read these at import time.
-    names = (
-        "OMP_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "BLIS_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS",
-    )
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _one_blas_thread() -> AbstractContextManager[object]:
-    # the in-process counterpart of _single_threaded_children, when threadpoolctl is there
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext()
-    return threadpool_limits(1, user_api="blas")  # type: ignore[no-any-return]
-
-
-def default_jobs() -> int:
-    """The number of CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
 def run_demo(
     config: DemoConfig = DemoConfig(),
     arms: Sequence[Arm] = ARMS,
@@ -618,99 +556,8 @@ def run_demo(
         Ordered by arm, then seed.
     """
     config.check()
-    runs = [(arm.name, seed) for seed in range(config.seeds) for arm in arms]
-    if jobs is None:
-        jobs = min(default_jobs(), len(runs))
-    bar = _progress_bar(len(runs) * config.steps, progress)
-    results: dict[tuple[str, int], RunResult] = {}
-    try:
-        if jobs == 0:
-            with _one_blas_thread():
-                for name, seed in runs:
-                    results[name, seed] = _train_in_process(name, seed, config, bar)
-        else:
-            _run_in_workers(runs, config, jobs, bar, results)
-    finally:
-        bar.close()
+    results = run_all(train, config, [arm.name for arm in arms], jobs, progress)
     return [results[arm.name, seed] for arm in arms for seed in range(config.seeds)]
-
-
-def _train_in_process(name: str, seed: int, config: DemoConfig, bar: Any) -> RunResult:
-    done = 0
-
-    def report(steps: int) -> None:
-        nonlocal done
-        done += steps
-        bar.update(steps)
-
-    result = train(name, seed, config, report)
-    bar.update(config.steps - done)  # the rest of a run that stopped early
-    return result
-
-
-def _run_in_workers(
-    runs: list[tuple[str, int]],
-    config: DemoConfig,
-    jobs: int,
-    bar: Any,
-    results: dict[tuple[str, int], RunResult],
-) -> None:
-    # spawn, not fork: the parent may already hold OpenMP and BLAS thread pools, which do
-    # not survive a fork
-    context = multiprocessing.get_context("spawn")
-    progress = context.Queue()
-    reported = dict.fromkeys(runs, 0)
-
-    def drain() -> None:
-        while True:
-            try:
-                key, steps = progress.get_nowait()
-            except queue.Empty:
-                return
-            if key not in results:  # late reports of a finished run are already counted
-                reported[key] += steps
-                bar.update(steps)
-
-    with (
-        _single_threaded_children(),
-        ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_worker_init, initargs=(progress,)
-        ) as pool,
-    ):
-        pending: dict[Future[RunResult], tuple[str, int]] = {
-            pool.submit(_worker_train, name, seed, config): (name, seed) for name, seed in runs
-        }
-        try:
-            while pending:
-                done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                drain()
-                for future in done:
-                    key = pending.pop(future)
-                    results[key] = future.result()
-                    bar.update(config.steps - reported[key])
-        except BaseException:
-            # Ctrl-C or a failed run: do not start the queued runs while shutting down
-            for future in pending:
-                future.cancel()
-            raise
-    progress.close()
-    progress.join_thread()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm  # imported here: `import gradclip` must not need tqdm
-
-    return tqdm(total=total, desc="training", unit="step", unit_scale=True, smoothing=0.1)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -822,198 +669,3 @@ def _verdicts(results: Sequence[RunResult], config: DemoConfig) -> list[str]:
             line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
         lines.append(line)
     return lines
-
-
-def _bin_edges(steps: int, bins: int = 100) -> npt.NDArray[np.intp]:
-    """Step boundaries of ``bins`` equal windows (fewer when there are fewer steps)."""
-    return np.unique(np.linspace(0, steps, min(bins, steps) + 1).astype(np.intp))
-
-
-def _binned(
-    values: npt.NDArray[np.float64], steps_run: int, edges: npt.NDArray[np.intp], reduce: str
-) -> npt.NDArray[np.float64]:
-    """Window means (or maxima) of one run's per-step values; NaN once non-finite."""
-    ufunc = np.maximum if reduce == "max" else np.add
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = ufunc.reduceat(values, edges[:-1])
-        if reduce != "max":
-            out = out / np.diff(edges)
-    out[edges[1:] > steps_run] = np.nan  # windows the run did not finish
-    out[~np.isfinite(out)] = np.nan
-    return np.asarray(out, dtype=np.float64)
-
-
-def plot_runs(
-    results: Sequence[RunResult],
-    config: DemoConfig,
-    path: str | os.PathLike[str],
-    arms: Sequence[Arm] = ARMS,
-) -> Path:
-    """Save training loss and pre-clip gradient norm against step, one line per arm.
-
-    The thick line of each arm is the median over seeds (drawn while at least half the
-    seeds are still running with finite values), the thin ones are single seeds; a cross
-    marks the last finite point of a run that blew up. Losses are averaged and gradient
-    norms maximised over windows of ``steps / 100`` steps, so spikes stay visible; both
-    are drawn on a log scale.
-    """
-    from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edges = _bin_edges(config.steps)
-    x = edges[1:]
-    loss_top = 10.0  # the loss panel stops here: a blow-up leaves through the top
-    fig = Figure(figsize=(12, 5.5), layout="constrained")
-    ax_loss, ax_norm = fig.subplots(1, 2)
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    lowest = loss_top
-    for color, arm in zip(colors * 2, arms, strict=False):
-        runs = [r for r in results if r.arm == arm.name]
-        if not runs:
-            continue
-        for ax, attr, reduce in ((ax_loss, "loss", "mean"), (ax_norm, "grad_norm", "max")):
-            curves = np.array([_binned(getattr(r, attr), r.steps_run, edges, reduce) for r in runs])
-            for curve, run in zip(curves, runs, strict=True):
-                ax.plot(x, curve, color=color, lw=0.6, alpha=0.4)
-                raw = getattr(run, attr)[: run.steps_run]
-                finite = np.flatnonzero(np.isfinite(raw))
-                if run.stopped and finite.size:
-                    # the last finite value; a loss beyond the panel sits at its top edge
-                    y = float(raw[finite[-1]])
-                    y = min(y, 0.8 * loss_top) if ax is ax_loss else y
-                    ax.plot(finite[-1] + 1, y, "x", color=color, ms=8, mew=2)
-            # a stopped run counts as +inf, so the median exists while most runs do
-            median = np.median(np.where(np.isnan(curves), np.inf, curves), axis=0)
-            median[~np.isfinite(median)] = np.nan
-            ax.plot(x, median, color=color, lw=2.2, label=arm.title if ax is ax_loss else None)
-            if ax is ax_loss and np.any(np.isfinite(curves)):
-                lowest = min(lowest, float(np.nanmin(curves)))
-    ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
-    ax_loss.axhline(BASELINE_MSE, color="gray", ls="--", lw=1, label="always answering 0.5")
-    ax_norm.axhline(config.max_norm, color="gray", ls=":", lw=1, label="max_norm")
-    ax_loss.set(
-        yscale="log",
-        xlim=(0, config.steps),
-        ylim=(0.7 * lowest, loss_top),
-        xlabel="step",
-        ylabel=f"training loss (MSE, mean over {edges[1]} steps)",
-        title=f"Training loss, adding problem with T = {config.seq_len}",
-    )
-    ax_norm.set(
-        yscale="log",
-        xlim=(0, config.steps),
-        xlabel="step",
-        ylabel=f"total gradient norm before clipping (max over {edges[1]} steps)",
-        title="Gradient norm before clipping",
-    )
-    fig.suptitle(
-        f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
-        f"{config.momentum}; thick: median of {_seeds(config.seeds)}, thin: each seed"
-    )
-    handles, labels = ax_loss.get_legend_handles_labels()
-    extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
-    fig.legend(
-        handles + extra_handles,
-        labels + extra_labels,
-        loc="outside lower center",
-        ncols=3,
-        fontsize=9,
-        frameon=False,
-    )
-    fig.savefig(path, dpi=110)
-    return path
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradclip", description="gradclip command-line tools.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="train an RNN on the adding problem with and without gradient clipping",
-        description=(
-            "Train a vanilla tanh RNN on the adding problem (Pascanu, Mikolov and Bengio, "
-            "ICML 2013) with a hand-written backpropagation through time, on the same seeds "
-            "under each of: " + "; ".join(arm.title for arm in ARMS) + ". Prints a table "
-            "and writes a figure of training loss and gradient norm against step."
-        ),
-    )
-    d = DemoConfig()
-    demo.add_argument("--steps", type=int, help=f"training steps per run (default {d.steps})")
-    demo.add_argument("--seeds", type=int, help=f"seeds 0..N-1 per arm (default {d.seeds})")
-    demo.add_argument("--seq-len", type=int, help=f"sequence length (default {d.seq_len})")
-    demo.add_argument("--hidden", type=int, help=f"hidden units (default {d.hidden})")
-    demo.add_argument("--batch", type=int, help=f"sequences per step (default {d.batch})")
-    demo.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
-    demo.add_argument(
-        "--max-norm", type=float, help=f"clipping threshold, total norm (default {d.max_norm})"
-    )
-    demo.add_argument(
-        "--out",
-        default="gradclip_demo.png",
-        help="where to write the figure (PNG; a directory gets gradclip_demo.png)",
-    )
-    demo.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a smoke run: {QUICK.steps} steps, {QUICK.seeds} seeds (other options override)",
-    )
-    demo.add_argument(
-        "--jobs", type=int, help="worker processes (default: available cores; 0: in-process)"
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m gradclip`` and the ``gradclip`` console script."""
-    args = _parser().parse_args(argv)
-    config = QUICK if args.quick else DemoConfig()
-    overrides = {
-        name: getattr(args, name)
-        for name in ("steps", "seeds", "seq_len", "hidden", "batch", "lr", "max_norm")
-        if getattr(args, name) is not None
-    }
-    config = replace(config, **overrides)
-    try:
-        config.check()
-    except ValueError as exc:
-        print(f"gradclip demo: {exc}", file=sys.stderr)
-        return 2
-    try:  # fail now rather than after the training
-        import matplotlib  # noqa: F401
-
-        if not args.no_progress:
-            import tqdm  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"gradclip demo needs matplotlib and tqdm ({exc}): pip install matplotlib tqdm",
-            file=sys.stderr,
-        )
-        return 1
-    out = Path(args.out)
-    if out.is_dir():
-        out = out / "gradclip_demo.png"
-
-    print(
-        f"Adding problem (Pascanu, Mikolov & Bengio 2013): tanh RNN, {config.hidden} units, "
-        f"sequences of {config.seq_len}, batch {config.batch}, SGD lr {config.lr} momentum "
-        f"{config.momentum}, W_hh spectral radius {config.spectral_radius}; "
-        f"{config.steps} steps x {_seeds(config.seeds)} per arm",
-        flush=True,
-    )
-    start = time.perf_counter()
-    results = run_demo(config, jobs=args.jobs, progress=not args.no_progress)
-    elapsed = time.perf_counter() - start
-    print()
-    print(format_table(results, config))
-    path = plot_runs(results, config, out)
-    print(f"\n{len(results)} runs in {elapsed:.0f} s; figure: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
