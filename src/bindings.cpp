@@ -46,12 +46,6 @@ struct Batch {
     std::size_t npos = 0;
 };
 
-struct Bounds {
-    const char* lo;
-    const char* hi;
-    std::size_t idx;  // into Batch::spans
-};
-
 [[noreturn]] void bad_dtype(const py::handle& arr, const std::string& at, bool byteorder) {
     const std::string name = py::str(arr.attr("dtype")).cast<std::string>();
     if (byteorder) {
@@ -61,10 +55,62 @@ struct Bounds {
     throw py::type_error(at + " has dtype " + name + "; expected float16, bfloat16, float32 or float64");
 }
 
+// The element type of an array, or a TypeError naming its position `at`.
+DType element_type(const py::array& arr, const std::string& at) {
+    const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(arr.ptr())->descr);
+    if (descr->byteorder == '>') bad_dtype(arr, at, true);
+    const int num = descr->type_num;
+    if (num == kNpyFloat) return DType::F32;
+    if (num == kNpyDouble) return DType::F64;
+    if (num == kNpyHalf) return DType::F16;
+    if (g_bf16_num >= 0 && num == g_bf16_num) return DType::BF16;
+    bad_dtype(arr, at, false);
+}
+
+// Fills span k of the batch from its array's NumPy struct, copying shape and strides to
+// b.meta at `off`. Returns whether the array is dense.
+bool describe(Batch& b, std::size_t k, std::size_t off) {
+    const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
+    const int nd = proxy->nd;
+    std::ptrdiff_t* shape = b.meta.data() + off;
+    std::ptrdiff_t* strides = shape + nd;
+    for (int d = 0; d < nd; ++d) {
+        shape[d] = proxy->dimensions[d];
+        strides[d] = proxy->strides[d];
+    }
+    Span& sp = b.spans[k];
+    constexpr int kContiguous =
+        py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
+    if ((proxy->flags & kContiguous) == 0) return gradclip::describe_array(proxy->data, nd, shape, strides, sp.dt, sp);
+    // the common case, without sorting strides: NumPy's flags already say dense, and a C- or
+    // F-contiguous array starts at its lowest address
+    std::size_t count = 1;
+    for (int q = 0; q < nd; ++q) count *= static_cast<std::size_t>(shape[q]);
+    sp.data = proxy->data;
+    sp.n = count;
+    sp.ndim = 0;
+    return true;
+}
+
+[[noreturn]] void overlap_error(const Batch& b, const std::string& arg, std::size_t first, std::size_t second) {
+    std::size_t a = b.pos[first], c = b.pos[second];
+    if (a > c) std::swap(a, c);
+    const Span& sa = b.spans[first];
+    const Span& sc = b.spans[second];
+    const std::string pair = arg + "[" + std::to_string(a) + "] and " + arg + "[" + std::to_string(c) + "]";
+    const bool same_bytes = sa.data == sc.data && sa.n * gradclip::itemsize(sa.dt) == sc.n * gradclip::itemsize(sc.dt);
+    if (same_bytes && sa.ndim == 0 && sc.ndim == 0)
+        throw py::value_error(pair + " are the same memory; each gradient must appear once");
+    throw py::value_error(pair +
+                          " overlap in memory (gradclip compares the memory bounds of each array, so "
+                          "interleaved strided views of one buffer are rejected too)");
+}
+
 // Validates every entry of `seq` and describes it; throws TypeError / ValueError naming
 // the argument and position. Nothing is written here, and nothing is written by a caller
 // unless this returns. Runs once per array on every call, so it reads NumPy's array
-// structs directly instead of going through Python attribute lookups.
+// structs directly instead of going through Python attribute lookups. A writing call
+// (`write`) also needs writeable arrays that share no memory, with themselves or each other.
 void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& b, bool write = true) {
     // a list or tuple as is (any other sequence materialised once): a C array of items
     const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "grads must be a sequence"));
@@ -77,6 +123,7 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
     b.pos.reserve(n);
     b.spans.reserve(n);
     b.meta_off.reserve(n);
+    // first pass: each entry an array of a supported type (writeable, for a writing call)
     std::size_t meta_need = 0;
     for (std::size_t i = 0; i < n; ++i) {
         PyObject* item = items[i];
@@ -85,29 +132,14 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         py::array arr = api.PyArray_Check_(item)
                             ? py::reinterpret_borrow<py::array>(item)
                             : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
+        Span sp;
+        sp.dt = element_type(arr, where(arg, i, single));
         const auto* proxy = py::detail::array_proxy(arr.ptr());
-        const auto* descr = py::detail::array_descriptor_proxy(proxy->descr);
-        const int num = descr->type_num;
-        DType d;
-        if (descr->byteorder == '>') bad_dtype(arr, where(arg, i, single), true);
-        if (num == kNpyFloat) {
-            d = DType::F32;
-        } else if (num == kNpyDouble) {
-            d = DType::F64;
-        } else if (num == kNpyHalf) {
-            d = DType::F16;
-        } else if (g_bf16_num >= 0 && num == g_bf16_num) {
-            d = DType::BF16;
-        } else {
-            bad_dtype(arr, where(arg, i, single), false);
-        }
         if (write && (proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
             throw py::value_error(where(arg, i, single) +
                                   " is read-only; gradclip writes in place and needs a writeable array");
         }
         meta_need += 2 * static_cast<std::size_t>(proxy->nd);
-        Span sp;
-        sp.dt = d;
         b.spans.push_back(sp);
         b.pos.push_back(i);
         b.keep.push_back(std::move(arr));
@@ -115,41 +147,20 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
 
     // second pass: spans, self-overlap, then overlap between arrays
     const std::size_t m = b.keep.size();
-    b.meta.resize(meta_need);  // sized once: spans point into it
-    std::vector<Bounds> bounds;
+    b.meta.resize(meta_need);                 // sized once: spans point into it
+    std::vector<gradclip::ByteRange> bounds;  // of the arrays a writing call may change; id: index into spans
     if (write && m > 1) bounds.reserve(m);
     std::size_t off = 0;
     for (std::size_t k = 0; k < m; ++k) {
-        const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
-        const int nd = proxy->nd;
         b.meta_off.push_back(off);
-        std::ptrdiff_t* shape = b.meta.data() + off;
-        std::ptrdiff_t* strides = shape + nd;
-        for (int d = 0; d < nd; ++d) {
-            shape[d] = proxy->dimensions[d];
-            strides[d] = proxy->strides[d];
-        }
+        const bool dense = describe(b, k, off);
+        const Span& sp = b.spans[k];
+        const int nd = py::detail::array_proxy(b.keep[k].ptr())->nd;
+        const std::ptrdiff_t* shape = b.meta.data() + off;
+        const std::ptrdiff_t* strides = shape + nd;
         off += 2 * static_cast<std::size_t>(nd);
-        char* data = proxy->data;
-        const DType d = b.spans[k].dt;
-        const std::size_t isz = gradclip::itemsize(d);
-        Span& sp = b.spans[k];
-        bool dense;
-        if ((proxy->flags &
-             (py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_)) != 0) {
-            // the common case, without sorting strides: NumPy's flags already say dense,
-            // and a C- or F-contiguous array starts at its lowest address
-            std::size_t count = 1;
-            for (int q = 0; q < nd; ++q) count *= static_cast<std::size_t>(shape[q]);
-            sp.data = data;
-            sp.n = count;
-            sp.ndim = 0;
-            dense = true;
-        } else {
-            dense = gradclip::describe_array(data, nd, shape, strides, d, sp);
-        }
-        if (sp.n == 0) continue;
-        if (!write) continue;  // read-only use: overlaps cannot lose an update
+        if (sp.n == 0 || !write) continue;  // nothing to write, or overlaps cannot lose an update
+        const std::size_t isz = gradclip::itemsize(sp.dt);
         if (!dense && gradclip::may_self_overlap(nd, shape, strides, isz)) {
             throw py::value_error(where(arg, b.pos[k], single) +
                                   " has elements that share memory (e.g. a stride-0 view); writing to it in "
@@ -161,35 +172,12 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         } else {
             const char* lo;
             const char* hi;
-            gradclip::byte_bounds(data, nd, shape, strides, isz, lo, hi);
+            gradclip::byte_bounds(py::detail::array_proxy(b.keep[k].ptr())->data, nd, shape, strides, isz, lo, hi);
             bounds.push_back({lo, hi, k});
         }
     }
-    if (bounds.size() < 2) return;
-    const auto by_start = [](const Bounds& x, const Bounds& y) {
-        return x.lo < y.lo || (x.lo == y.lo && x.idx < y.idx);
-    };
-    // arrays allocated one after another often arrive in address order: skip the sort then
-    if (!std::is_sorted(bounds.begin(), bounds.end(), by_start)) std::sort(bounds.begin(), bounds.end(), by_start);
-    std::size_t reach = 0;  // the entry reaching furthest so far
-    for (std::size_t j = 1; j < bounds.size(); ++j) {
-        const Bounds& cur = bounds[j];
-        const Bounds& prev = bounds[reach];
-        if (cur.lo < prev.hi) {
-            std::size_t a = b.pos[prev.idx], c = b.pos[cur.idx];
-            if (a > c) std::swap(a, c);
-            const Span& sa = b.spans[prev.idx];
-            const Span& sc = b.spans[cur.idx];
-            if (cur.lo == prev.lo && cur.hi == prev.hi && sa.ndim == 0 && sc.ndim == 0) {
-                throw py::value_error(arg + "[" + std::to_string(a) + "] and " + arg + "[" + std::to_string(c) +
-                                      "] are the same memory; each gradient must appear once");
-            }
-            throw py::value_error(arg + "[" + std::to_string(a) + "] and " + arg + "[" + std::to_string(c) +
-                                  "] overlap in memory (gradclip compares the memory bounds of each array, so "
-                                  "interleaved strided views of one buffer are rejected too)");
-        }
-        if (cur.hi > prev.hi) reach = j;
-    }
+    std::size_t first, second;
+    if (gradclip::find_overlap(bounds, first, second)) overlap_error(b, arg, first, second);
 }
 
 gradclip::NormSpec spec_from(double p) { return gradclip::make_norm_spec(p); }

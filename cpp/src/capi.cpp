@@ -69,7 +69,7 @@ int make_span(int code, const void* x, std::size_t n, Span& sp) noexcept {
 // own plans).
 struct Scratch {
     std::vector<Span> spans;
-    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+    std::vector<gradclip::ByteRange> ranges;
 };
 thread_local Scratch t_scratch;
 
@@ -90,19 +90,16 @@ int make_spans(std::size_t n, const void* const* ptrs, const std::size_t* lens, 
     if (!writes) return GRADCLIP_OK;
     auto& ranges = t_scratch.ranges;
     ranges.clear();
-    for (const Span& sp : spans) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const Span& sp = spans[i];
         if (sp.n == 0) continue;  // an empty buffer shares no byte with anything
-        const auto lo = reinterpret_cast<std::uintptr_t>(sp.data);
         const std::size_t bytes = sp.n * gradclip::itemsize(sp.dt);
-        if (bytes > std::numeric_limits<std::uintptr_t>::max() - lo) return GRADCLIP_E_VALUE;
-        ranges.emplace_back(lo, lo + bytes);
+        if (bytes > std::numeric_limits<std::uintptr_t>::max() - reinterpret_cast<std::uintptr_t>(sp.data))
+            return GRADCLIP_E_VALUE;
+        ranges.push_back({sp.data, sp.data + bytes, i});
     }
-    std::sort(ranges.begin(), ranges.end());
-    std::uintptr_t reach = 0;  // highest end so far
-    for (std::size_t j = 0; j < ranges.size(); ++j) {
-        if (j > 0 && ranges[j].first < reach) return GRADCLIP_E_OVERLAP;
-        reach = std::max(reach, ranges[j].second);
-    }
+    std::size_t a, b;
+    if (gradclip::find_overlap(ranges, a, b)) return GRADCLIP_E_OVERLAP;
     return GRADCLIP_OK;
 }
 

@@ -72,6 +72,24 @@ bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_
     return false;
 }
 
+bool find_overlap(std::vector<ByteRange>& ranges, std::size_t& first, std::size_t& second) {
+    if (ranges.size() < 2) return false;
+    const auto by_start = [](const ByteRange& x, const ByteRange& y) {
+        return x.lo < y.lo || (x.lo == y.lo && x.id < y.id);
+    };
+    if (!std::is_sorted(ranges.begin(), ranges.end(), by_start)) std::sort(ranges.begin(), ranges.end(), by_start);
+    std::size_t reach = 0;  // the range reaching furthest so far
+    for (std::size_t j = 1; j < ranges.size(); ++j) {
+        if (ranges[j].lo < ranges[reach].hi) {
+            first = ranges[reach].id;
+            second = ranges[j].id;
+            return true;
+        }
+        if (ranges[j].hi > ranges[reach].hi) reach = j;
+    }
+    return false;
+}
+
 void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
                  std::size_t isz, const char*& lo, const char*& hi) noexcept {
     std::ptrdiff_t neg = 0, pos = 0;

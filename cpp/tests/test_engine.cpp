@@ -2,9 +2,9 @@
 // threads. Checks the determinism contract (the total norm has the same bits for any target,
 // thread count and placement in memory; a list of arrays of one dtype gives the bits of the
 // array they make end to end), the scaling and clamping kernels against scalar arithmetic,
-// norms against a compensated float64 sum, p-norms for huge and tiny p, and the bound
-// rounding at float16/bfloat16 midpoints. A plain executable (ctest runs it): prints each
-// failure and exits 1 if there was any.
+// norms against a compensated float64 sum, p-norms for huge and tiny p, the bound rounding
+// at float16/bfloat16 midpoints and the overlap rule of writing calls. A plain executable
+// (ctest runs it): prints each failure and exits 1 if there was any.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -335,6 +335,30 @@ void test_bound_rounding() {
     }
 }
 
+void test_overlap_rule() {
+    char buf[100];
+    using R = gradclip::ByteRange;
+    struct Case {
+        std::vector<R> ranges;
+        bool overlap;
+    };
+    const Case cases[] = {
+        {{{buf, buf + 10, 0}, {buf + 10, buf + 20, 1}}, false},                          // touching
+        {{{buf + 10, buf + 20, 0}, {buf, buf + 10, 1}}, false},                          // out of order
+        {{{buf, buf + 10, 0}, {buf + 9, buf + 20, 1}}, true},                            // one byte
+        {{{buf, buf + 50, 0}, {buf + 60, buf + 70, 1}, {buf + 10, buf + 20, 2}}, true},  // nested
+        {{{buf, buf + 8, 0}, {buf, buf + 8, 1}}, true},                                  // the same
+        {{{buf, buf + 8, 0}}, false},
+    };
+    for (const Case& c : cases) {
+        std::vector<R> r = c.ranges;
+        std::size_t a = 99, b = 99;
+        const bool got = gradclip::find_overlap(r, a, b);
+        CHECK(got == c.overlap, "find_overlap over %zu ranges: %d, expected %d", c.ranges.size(), got, c.overlap);
+        if (got) CHECK(a != b && a < c.ranges.size() && b < c.ranges.size(), "ids %zu and %zu", a, b);
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -351,6 +375,7 @@ int main() {
     gradclip::set_num_threads(2);
     test_extreme_p();
     test_bound_rounding();
+    test_overlap_rule();
     if (g_failures != 0) {
         std::printf("%d checks failed\n", g_failures);
         return 1;

@@ -40,6 +40,19 @@ bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std
 // self-overlapping view). Conservative: it may say so for some views that do not.
 bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
                       std::size_t itemsize) noexcept;
+// The overlap rule of every writing call, whichever front door it came through: its arrays
+// must not share a byte (a gradient present twice would be scaled twice). ranges are the
+// [lo, hi) byte bounds of the call's non-empty arrays (byte_bounds below; id is the caller's
+// index). Sorts `ranges` by address (skipped when they are already in order, as arrays
+// allocated one after another usually are) and returns true with the ids of two ranges that
+// overlap, if any do.
+struct ByteRange {
+    const char* lo;
+    const char* hi;
+    std::size_t id;
+};
+bool find_overlap(std::vector<ByteRange>& ranges, std::size_t& first, std::size_t& second);
+
 // [lo, hi) byte bounds of the memory an array may touch.
 void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides,
                  std::size_t itemsize, const char*& lo, const char*& hi) noexcept;
