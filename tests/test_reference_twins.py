@@ -73,9 +73,10 @@ def test_twin_has_the_same_parameters(name: str) -> None:
             )
         if name in DEFAULT_CONSTRUCTIBLE:  # public attributes, on default instances
             b = twin()
-            for attr in dir(ours):
-                if isinstance(getattr(ours, attr), property) and not attr.startswith("_"):
+            for attr in dir(ours):  # settings and statistics: read-only attributes
+                if not attr.startswith("_") and not callable(getattr(ours, attr)):
                     assert hasattr(b, attr), f"{name}.{attr}"
+                    assert getattr(b, attr) == getattr(ours(), attr), f"{name}.{attr}"
     else:
         assert parameters(twin) == parameters(ours), name
 

@@ -29,223 +29,115 @@ gives back the clipper that saved ``d``.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import math
-import numbers
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ._api import ENGINE_MODE, core_set
 from ._errors import NonFiniteNormError
-from ._inputs import _real, check_eps, check_norm_type, resolve_mode
+from ._quantiles import SortedNorms, SplitHeaps
 from ._result import ClipResult
+from ._settings import (
+    STATE_VERSION,
+    Setting,
+    check_all,
+    check_alpha,
+    check_bool,
+    check_choice,
+    check_count,
+    check_eps_setting,
+    check_nonfinite_setting,
+    check_norm_list,
+    check_norm_setting,
+    check_optional_count,
+    check_optional_positive,
+    check_percentile,
+    check_positive,
+    check_stat,
+    check_state_keys,
+    settings_of,
+)
 
 __all__ = ["AutoClip", "ZClip"]
 
 Norms = np.ndarray | None
 
-_STATE_VERSION = 1
-_ZCLIP_MODES = ("zscore", "percentile")
-_ZCLIP_CLIP_OPTIONS = ("adaptive_scaling", "mean")
-
 
 # --------------------------------------------------------------------------------------------
-# argument checks (shared by the constructors and load_state_dict)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_int(x: Any, name: str, *, allow_none: bool = False) -> int | None:
-    if x is None and allow_none:
-        return None
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-        what = "None or an int" if allow_none else "an int"
-        raise TypeError(f"{name} must be {what}, not {type(x).__name__}")
-    if x < 1:
-        raise ValueError(f"{name} must be >= 1, got {int(x)}")
-    return int(x)
-
-
-def _check_percentile(x: Any) -> float:
-    v = _real(x, "percentile")
-    if not (0.0 < v <= 100.0):
-        raise ValueError(f"percentile must be in (0, 100], got {v!r}")
-    return v
-
-
-def _check_alpha(x: Any) -> float:
-    v = _real(x, "alpha")
-    if not (0.0 < v < 1.0):
-        raise ValueError(f"alpha must be in (0, 1), got {v!r}")
-    return v
-
-
-def _check_positive(x: Any, name: str) -> float:
-    v = _real(x, name)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{name} must be finite and > 0, got {v!r}")
-    return v
-
-
-def _check_bool(x: Any, name: str) -> bool:
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, not {type(x).__name__}")
-    return bool(x)
-
-
-def _check_choice(x: Any, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(x, str) or x not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {x!r}")
-    return x
-
-
-def _check_norm_list(x: Any, name: str) -> list[float]:
-    """A list of finite norms >= 0 from a state dict (list or tuple of real numbers)."""
-    if not isinstance(x, (list, tuple)):
-        raise TypeError(f"state_dict[{name!r}] must be a list of floats, not {type(x).__name__}")
-    out: list[float] = []
-    for i, v in enumerate(x):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(
-                f"state_dict[{name!r}][{i}] must be a real number, not {type(v).__name__}"
-            )
-        f = float(v)
-        if not (math.isfinite(f) and f >= 0.0):
-            raise ValueError(f"state_dict[{name!r}][{i}] must be a finite norm >= 0, got {f!r}")
-        out.append(f)
-    return out
-
-
-def _check_stat(x: Any, name: str) -> float:
-    """An EMA statistic from a state dict: a real number >= 0 (inf allowed: it can overflow)."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"state_dict[{name!r}] must be a float or None, not {type(x).__name__}")
-    f = float(x)
-    if not f >= 0.0:  # also rejects NaN
-        raise ValueError(f"state_dict[{name!r}] must be >= 0, got {f!r}")
-    return f
-
-
-def _check_state_keys(state: Any, clipper: str, keys: tuple[str, ...]) -> None:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state_dict must be a dict, not {type(state).__name__}")
-    missing = [k for k in keys if k not in state]
-    unexpected = [k for k in state if k not in keys]
-    if missing or unexpected:
-        raise ValueError(
-            f"not a {clipper} state_dict: missing keys {missing}, unexpected keys {unexpected}"
-        )
-    if state["clipper"] != clipper:
-        raise ValueError(
-            f"state_dict is for {state['clipper']!r}; it cannot be loaded into {clipper}"
-        )
-    if state["version"] != _STATE_VERSION:
-        raise ValueError(
-            f"state_dict has version {state['version']!r}; this gradclip reads version "
-            f"{_STATE_VERSION}"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# AutoClip's percentile
-# --------------------------------------------------------------------------------------------
-
-# AutoClip's percentile is NumPy's default (``method="linear"``): the same operations in the
-# same order as ``np.percentile(history, percentile)``, so the result has the same bits. Only the
-# two order statistics around position ``(n - 1) * q`` are needed, which the two structures below
-# give without sorting the history every step.
-
-
-def _kept(n: int, q: float) -> int:
-    """How many of the smallest of ``n`` values the percentile ``q`` in (0, 1] reads up to."""
-    virtual = (n - 1) * q
-    return n if virtual >= n - 1 else math.floor(virtual) + 1
-
-
-def _interpolate(n: int, q: float, a: float, b: float) -> float:
-    """NumPy's linear interpolation between the order statistics ``a <= b`` around
-    ``(n - 1) * q`` (``b`` unused when that position is the last one)."""
-    virtual = (n - 1) * q
-    if virtual >= n - 1:
-        return a
-    t = virtual - math.floor(virtual)
-    d = b - a
-    # NumPy interpolates from the nearer neighbour (its _lerp), which keeps it monotonic in t
-    return b - d * (1.0 - t) if t >= 0.5 else a + d * t
-
-
-class _SortedNorms:
-    """A bounded history kept sorted: a list insertion and a deletion per step, an
-    O(history_size) memmove (about 20 µs for 100,000 norms)."""
-
-    __slots__ = ("_q", "_sorted")
-
-    def __init__(self, norms: list[float], q: float) -> None:
-        self._q = q
-        self._sorted = sorted(norms)
-
-    def add(self, x: float) -> None:
-        bisect.insort(self._sorted, x)
-
-    def remove(self, x: float) -> None:
-        del self._sorted[bisect.bisect_left(self._sorted, x)]
-
-    def quantile(self) -> float:
-        n = len(self._sorted)
-        below = _kept(n, self._q) - 1
-        b = self._sorted[below + 1] if below + 1 < n else math.nan
-        return _interpolate(n, self._q, self._sorted[below], b)
-
-
-class _SplitHeaps:
-    """An unbounded history split at the percentile's position: a max-heap of the ``_kept``
-    smallest norms and a min-heap of the others, so each step costs O(log n) however long the
-    run (a sorted list would cost a memmove of the whole history: 0.25 ms at a million)."""
-
-    __slots__ = ("_lower", "_q", "_upper")
-
-    def __init__(self, norms: list[float], q: float) -> None:
-        self._q = q
-        ordered = sorted(norms)
-        keep = _kept(len(ordered), q)
-        self._lower = [-x for x in reversed(ordered[:keep])]  # descending: a valid max-heap
-        self._upper = ordered[keep:]  # ascending: a valid min-heap
-
-    def add(self, x: float) -> None:
-        lower, upper = self._lower, self._upper
-        if lower and x <= -lower[0]:
-            heapq.heappush(lower, -x)
-        else:
-            heapq.heappush(upper, x)
-        keep = _kept(len(lower) + len(upper), self._q)
-        while len(lower) > keep:
-            heapq.heappush(upper, -heapq.heappop(lower))
-        while len(lower) < keep:
-            heapq.heappush(lower, -heapq.heappop(upper))
-
-    def quantile(self) -> float:
-        n = len(self._lower) + len(self._upper)
-        b = self._upper[0] if self._upper else math.nan
-        return _interpolate(n, self._q, -self._lower[0], b)
-
-
-# --------------------------------------------------------------------------------------------
-# the step machinery both clippers share
+# the step machinery and the state both clippers share
 # --------------------------------------------------------------------------------------------
 
 
 class _StatefulClipper:
-    """Reads the norm, asks the subclass for a threshold, writes only when clipping."""
+    """Reads the norm, asks the subclass for a threshold, writes only when clipping. The
+    constructor's arguments are :class:`~gradclip._settings.Setting` attributes; a subclass
+    adds the statistics of its state (``_STATE``) with ``_state``, ``_check_state`` and
+    ``_summary``."""
 
     __slots__ = ("_eps", "_nonfinite", "_norm_type", "_per_tensor_norms")
 
-    _eps: float
-    _nonfinite: str
+    norm_type = Setting(check_norm_setting)
+    nonfinite = Setting(check_nonfinite_setting)
+    eps = Setting(check_eps_setting)
+    per_tensor_norms = Setting(check_bool)
+    # the slots the settings are kept in (for the type checker)
     _norm_type: float
+    _nonfinite: str
+    _eps: float
     _per_tensor_norms: bool
+
+    # the keys of the statistics in the state dict, after the settings
+    _STATE: ClassVar[tuple[str, ...]] = ()
+
+    def _configure(self, values: Mapping[str, Any]) -> None:
+        """Check every setting, then set them all (nothing changes on an error)."""
+        for name, value in check_all(type(self), values).items():
+            object.__setattr__(self, "_" + name, value)
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_state(self, state: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
+        """Check the statistics of ``state`` against the (checked) settings; return what
+        ``_restore`` takes."""
+        raise NotImplementedError
+
+    def _restore(self, checked: Any) -> None:
+        raise NotImplementedError
+
+    def _summary(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{s.name}={getattr(self, s.slot)!r}" for s in settings_of(type(self)))
+        return f"{type(self).__name__}({args}; {self._summary()})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The arguments and the statistics, as a plain JSON-serialisable dict."""
+        return {
+            "clipper": type(self).__name__,
+            "version": STATE_VERSION,
+            **{s.name: getattr(self, s.slot) for s in settings_of(type(self))},
+            **self._state(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: arguments and statistics, exactly.
+
+        Everything is checked before anything changes: ``TypeError`` for a value of the wrong
+        type, ``ValueError`` for missing or unexpected keys, another clipper's state or a bad
+        value (the constructor's rules, and those of the statistics).
+        """
+        cls = type(self)
+        keys = ("clipper", "version", *(s.name for s in settings_of(cls)), *cls._STATE)
+        check_state_keys(state_dict, cls.__name__, keys)
+        settings = check_all(cls, state_dict)
+        checked = self._check_state(state_dict, settings)
+        self._configure(settings)
+        self._restore(checked)
 
     def __call__(self, grads: Any) -> ClipResult:
         """Clip ``grads`` in place for one training step and update the statistics.
@@ -330,18 +222,6 @@ class _StatefulClipper:
 # AutoClip
 # --------------------------------------------------------------------------------------------
 
-_AUTOCLIP_KEYS = (
-    "clipper",
-    "version",
-    "percentile",
-    "history_size",
-    "norm_type",
-    "nonfinite",
-    "eps",
-    "per_tensor_norms",
-    "history",
-)
-
 
 class AutoClip(_StatefulClipper):
     """Clip to the p-th percentile of the gradient norms seen so far (AutoClip).
@@ -394,6 +274,12 @@ class AutoClip(_StatefulClipper):
 
     __slots__ = ("_history", "_history_size", "_index", "_percentile")
 
+    percentile = Setting(check_percentile)
+    history_size = Setting(check_optional_count)
+    _percentile: float
+    _history_size: int | None
+    _STATE = ("history",)
+
     def __init__(
         self,
         percentile: float = 10.0,
@@ -404,26 +290,19 @@ class AutoClip(_StatefulClipper):
         eps: float = 1e-6,
         per_tensor_norms: bool = False,
     ) -> None:
-        self._percentile = _check_percentile(percentile)
-        self._history_size = _check_int(history_size, "history_size", allow_none=True)
-        self._norm_type = check_norm_type(norm_type)
-        self._nonfinite = resolve_mode(nonfinite, False)
-        self._eps = check_eps(eps)
-        self._per_tensor_norms = _check_bool(per_tensor_norms, "per_tensor_norms")
+        self._configure(locals())
         self._set_history([])
 
     def _set_history(self, norms: list[float]) -> None:
         # Insertion order (for the state and to drop the oldest), and an index for the percentile.
         self._history: deque[float] = deque(norms, maxlen=self._history_size)
         q = self._percentile / 100.0
-        self._index = (
-            _SplitHeaps(norms, q) if self._history_size is None else _SortedNorms(norms, q)
-        )
+        self._index = SplitHeaps(norms, q) if self._history_size is None else SortedNorms(norms, q)
 
     def _push(self, norm: float) -> None:
         if self._history_size is not None and len(self._history) == self._history_size:
             index = self._index
-            assert isinstance(index, _SortedNorms)  # bounded histories are kept sorted
+            assert isinstance(index, SortedNorms)  # bounded histories are kept sorted
             index.remove(self._history[0])  # the deque drops it on append
         self._history.append(norm)
         self._index.add(norm)
@@ -439,40 +318,27 @@ class AutoClip(_StatefulClipper):
         return self._clip(s, norm, norms, self._current_threshold())
 
     @property
-    def percentile(self) -> float:
-        return self._percentile
-
-    @property
-    def history_size(self) -> int | None:
-        return self._history_size
-
-    @property
-    def norm_type(self) -> float:
-        return self._norm_type
-
-    @property
-    def nonfinite(self) -> str:
-        return self._nonfinite
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @property
-    def per_tensor_norms(self) -> bool:
-        return self._per_tensor_norms
-
-    @property
     def history(self) -> tuple[float, ...]:
         """The norms in the history, oldest first."""
         return tuple(self._history)
 
-    def __repr__(self) -> str:
-        return (
-            f"AutoClip(percentile={self._percentile!r}, history_size={self._history_size!r}, "
-            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, eps={self._eps!r}, "
-            f"per_tensor_norms={self._per_tensor_norms!r}; {len(self._history)} norms seen)"
-        )
+    def _summary(self) -> str:
+        return f"{len(self._history)} norms seen"
+
+    def _state(self) -> dict[str, Any]:
+        return {"history": list(self._history)}
+
+    def _check_state(self, state: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
+        history = check_norm_list(state["history"], "history")
+        size = settings["history_size"]
+        if size is not None and len(history) > size:
+            raise ValueError(
+                f"state_dict['history'] holds {len(history)} norms, more than history_size={size}"
+            )
+        return history
+
+    def _restore(self, checked: Any) -> None:
+        self._set_history(checked)
 
     def state_dict(self) -> dict[str, Any]:
         """The arguments and the history, as a plain JSON-serialisable dict.
@@ -488,65 +354,12 @@ class AutoClip(_StatefulClipper):
         >>> b.percentile, b.history
         (90.0, (5.0,))
         """
-        return {
-            "clipper": "AutoClip",
-            "version": _STATE_VERSION,
-            "percentile": self._percentile,
-            "history_size": self._history_size,
-            "norm_type": self._norm_type,
-            "nonfinite": self._nonfinite,
-            "eps": self._eps,
-            "per_tensor_norms": self._per_tensor_norms,
-            "history": list(self._history),
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: arguments and history, exactly.
-
-        Everything is checked before anything changes: ``TypeError`` for a value of the wrong
-        type, ``ValueError`` for missing or unexpected keys, another clipper's state or a bad
-        value (the same rules as the constructor; a history longer than ``history_size``).
-        """
-        _check_state_keys(state_dict, "AutoClip", _AUTOCLIP_KEYS)
-        percentile = _check_percentile(state_dict["percentile"])
-        history_size = _check_int(state_dict["history_size"], "history_size", allow_none=True)
-        norm_type = check_norm_type(state_dict["norm_type"])
-        nonfinite = resolve_mode(state_dict["nonfinite"], False)
-        eps = check_eps(state_dict["eps"])
-        per_tensor_norms = _check_bool(state_dict["per_tensor_norms"], "per_tensor_norms")
-        history = _check_norm_list(state_dict["history"], "history")
-        if history_size is not None and len(history) > history_size:
-            raise ValueError(
-                f"state_dict['history'] holds {len(history)} norms, more than "
-                f"history_size={history_size}"
-            )
-        self._percentile, self._history_size = percentile, history_size
-        self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
-        self._per_tensor_norms = per_tensor_norms
-        self._set_history(history)
+        return super().state_dict()
 
 
 # --------------------------------------------------------------------------------------------
 # ZClip
 # --------------------------------------------------------------------------------------------
-
-_ZCLIP_KEYS = (
-    "clipper",
-    "version",
-    "alpha",
-    "z_thresh",
-    "warmup_steps",
-    "max_grad_norm",
-    "mode",
-    "clip_option",
-    "norm_type",
-    "nonfinite",
-    "eps",
-    "per_tensor_norms",
-    "warmup_norms",
-    "mean",
-    "var",
-)
 
 
 def _ieee_div(a: float, b: float) -> float:
@@ -634,6 +447,20 @@ class ZClip(_StatefulClipper):
         "_z_thresh",
     )
 
+    alpha = Setting(check_alpha)
+    z_thresh = Setting(check_positive)
+    warmup_steps = Setting(check_count)
+    max_grad_norm = Setting(check_optional_positive)
+    mode = Setting(check_choice(("zscore", "percentile")))
+    clip_option = Setting(check_choice(("adaptive_scaling", "mean")))
+    _alpha: float
+    _z_thresh: float
+    _warmup_steps: int
+    _max_grad_norm: float | None
+    _mode: str
+    _clip_option: str
+    _STATE = ("warmup_norms", "mean", "var")
+
     def __init__(
         self,
         alpha: float = 0.97,
@@ -648,20 +475,7 @@ class ZClip(_StatefulClipper):
         eps: float = 1e-6,
         per_tensor_norms: bool = False,
     ) -> None:
-        self._alpha = _check_alpha(alpha)
-        self._z_thresh = _check_positive(z_thresh, "z_thresh")
-        steps = _check_int(warmup_steps, "warmup_steps")
-        assert steps is not None
-        self._warmup_steps = steps
-        self._max_grad_norm = (
-            None if max_grad_norm is None else _check_positive(max_grad_norm, "max_grad_norm")
-        )
-        self._mode = _check_choice(mode, "mode", _ZCLIP_MODES)
-        self._clip_option = _check_choice(clip_option, "clip_option", _ZCLIP_CLIP_OPTIONS)
-        self._norm_type = check_norm_type(norm_type)
-        self._nonfinite = resolve_mode(nonfinite, False)
-        self._eps = check_eps(eps)
-        self._per_tensor_norms = _check_bool(per_tensor_norms, "per_tensor_norms")
+        self._configure(locals())
         self._warmup_norms: list[float] = []
         self._mean: float | None = None
         self._var: float | None = None
@@ -710,46 +524,6 @@ class ZClip(_StatefulClipper):
         return result
 
     @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    @property
-    def z_thresh(self) -> float:
-        return self._z_thresh
-
-    @property
-    def warmup_steps(self) -> int:
-        return self._warmup_steps
-
-    @property
-    def max_grad_norm(self) -> float | None:
-        return self._max_grad_norm
-
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    @property
-    def clip_option(self) -> str:
-        return self._clip_option
-
-    @property
-    def norm_type(self) -> float:
-        return self._norm_type
-
-    @property
-    def nonfinite(self) -> str:
-        return self._nonfinite
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @property
-    def per_tensor_norms(self) -> bool:
-        return self._per_tensor_norms
-
-    @property
     def initialized(self) -> bool:
         """False during the warm-up."""
         return self._mean is not None
@@ -769,19 +543,35 @@ class ZClip(_StatefulClipper):
         """The norms collected so far during the warm-up (empty afterwards)."""
         return tuple(self._warmup_norms)
 
-    def __repr__(self) -> str:
-        state = (
-            f"warm-up {len(self._warmup_norms)}/{self._warmup_steps}"
-            if self._mean is None
-            else f"mean={self._mean!r}, var={self._var!r}"
-        )
-        return (
-            f"ZClip(alpha={self._alpha!r}, z_thresh={self._z_thresh!r}, "
-            f"warmup_steps={self._warmup_steps!r}, max_grad_norm={self._max_grad_norm!r}, "
-            f"mode={self._mode!r}, clip_option={self._clip_option!r}, "
-            f"norm_type={self._norm_type!r}, nonfinite={self._nonfinite!r}, "
-            f"eps={self._eps!r}, per_tensor_norms={self._per_tensor_norms!r}; {state})"
-        )
+    def _summary(self) -> str:
+        if self._mean is None:
+            return f"warm-up {len(self._warmup_norms)}/{self._warmup_steps}"
+        return f"mean={self._mean!r}, var={self._var!r}"
+
+    def _state(self) -> dict[str, Any]:
+        return {"warmup_norms": list(self._warmup_norms), "mean": self._mean, "var": self._var}
+
+    def _check_state(self, state: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
+        # mean and var both None with fewer than warmup_steps warm-up norms, or both numbers
+        # >= 0 with none
+        warmup_norms = check_norm_list(state["warmup_norms"], "warmup_norms")
+        raw_mean, raw_var = state["mean"], state["var"]
+        mean = None if raw_mean is None else check_stat(raw_mean, "mean")
+        var = None if raw_var is None else check_stat(raw_var, "var")
+        if (mean is None) != (var is None):
+            raise ValueError("state_dict['mean'] and state_dict['var'] must both be None or not")
+        steps = settings["warmup_steps"]
+        if mean is None and len(warmup_norms) >= steps:
+            raise ValueError(
+                f"state_dict['warmup_norms'] holds {len(warmup_norms)} norms but the warm-up "
+                f"ends at warmup_steps={steps} (mean and var would be set)"
+            )
+        if mean is not None and warmup_norms:
+            raise ValueError("state_dict['warmup_norms'] must be empty once mean and var are set")
+        return warmup_norms, mean, var
+
+    def _restore(self, checked: Any) -> None:
+        self._warmup_norms, self._mean, self._var = checked
 
     def state_dict(self) -> dict[str, Any]:
         """The arguments and the statistics, as a plain JSON-serialisable dict.
@@ -801,60 +591,4 @@ class ZClip(_StatefulClipper):
         >>> z2.warmup_steps, z2.warmup_norms
         (2, (0.5,))
         """
-        return {
-            "clipper": "ZClip",
-            "version": _STATE_VERSION,
-            "alpha": self._alpha,
-            "z_thresh": self._z_thresh,
-            "warmup_steps": self._warmup_steps,
-            "max_grad_norm": self._max_grad_norm,
-            "mode": self._mode,
-            "clip_option": self._clip_option,
-            "norm_type": self._norm_type,
-            "nonfinite": self._nonfinite,
-            "eps": self._eps,
-            "per_tensor_norms": self._per_tensor_norms,
-            "warmup_norms": list(self._warmup_norms),
-            "mean": self._mean,
-            "var": self._var,
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: arguments and statistics, exactly.
-
-        Everything is checked before anything changes: ``TypeError`` for a value of the wrong
-        type, ``ValueError`` for missing or unexpected keys, another clipper's state or a bad
-        value (the constructor's rules; ``mean`` and ``var`` both None with fewer than
-        ``warmup_steps`` warm-up norms, or both numbers >= 0 with none).
-        """
-        _check_state_keys(state_dict, "ZClip", _ZCLIP_KEYS)
-        alpha = _check_alpha(state_dict["alpha"])
-        z_thresh = _check_positive(state_dict["z_thresh"], "z_thresh")
-        warmup_steps = _check_int(state_dict["warmup_steps"], "warmup_steps")
-        assert warmup_steps is not None
-        raw_max = state_dict["max_grad_norm"]
-        max_grad_norm = None if raw_max is None else _check_positive(raw_max, "max_grad_norm")
-        mode = _check_choice(state_dict["mode"], "mode", _ZCLIP_MODES)
-        clip_option = _check_choice(state_dict["clip_option"], "clip_option", _ZCLIP_CLIP_OPTIONS)
-        norm_type = check_norm_type(state_dict["norm_type"])
-        nonfinite = resolve_mode(state_dict["nonfinite"], False)
-        eps = check_eps(state_dict["eps"])
-        per_tensor_norms = _check_bool(state_dict["per_tensor_norms"], "per_tensor_norms")
-        warmup_norms = _check_norm_list(state_dict["warmup_norms"], "warmup_norms")
-        raw_mean, raw_var = state_dict["mean"], state_dict["var"]
-        mean = None if raw_mean is None else _check_stat(raw_mean, "mean")
-        var = None if raw_var is None else _check_stat(raw_var, "var")
-        if (mean is None) != (var is None):
-            raise ValueError("state_dict['mean'] and state_dict['var'] must both be None or not")
-        if mean is None and len(warmup_norms) >= warmup_steps:
-            raise ValueError(
-                f"state_dict['warmup_norms'] holds {len(warmup_norms)} norms but the warm-up "
-                f"ends at warmup_steps={warmup_steps} (mean and var would be set)"
-            )
-        if mean is not None and warmup_norms:
-            raise ValueError("state_dict['warmup_norms'] must be empty once mean and var are set")
-        self._alpha, self._z_thresh, self._warmup_steps = alpha, z_thresh, warmup_steps
-        self._max_grad_norm, self._mode, self._clip_option = max_grad_norm, mode, clip_option
-        self._norm_type, self._nonfinite, self._eps = norm_type, nonfinite, eps
-        self._per_tensor_norms = per_tensor_norms
-        self._warmup_norms, self._mean, self._var = warmup_norms, mean, var
+        return super().state_dict()
