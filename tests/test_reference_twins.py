@@ -76,7 +76,10 @@ def test_twin_has_the_same_parameters(name: str) -> None:
             for attr in dir(ours):  # settings and statistics: read-only attributes
                 if not attr.startswith("_") and not callable(getattr(ours, attr)):
                     assert hasattr(b, attr), f"{name}.{attr}"
-                    assert getattr(b, attr) == getattr(ours(), attr), f"{name}.{attr}"
+                    want, got = getattr(ours(), attr), getattr(b, attr)
+                    if isinstance(want, tuple):  # a read-only view of a list the twin keeps
+                        want, got = list(want), list(got)
+                    assert got == want, f"{name}.{attr}"
     else:
         assert parameters(twin) == parameters(ours), name
 
