@@ -365,7 +365,7 @@ double max_abs(const void* vp, std::size_t n) noexcept {
 #endif
 }
 
-// ---------------------------------------------------------------- scale
+// ---------------------------------------------------------------- element-wise writes
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
 // Software prefetch kPrefetchBytes ahead of a block of `bytes` about to be read and written:
 // on one core the hardware prefetchers alone leave about a third of the bandwidth unused.
@@ -374,70 +374,33 @@ inline void prefetch_ahead(const void* p, std::size_t bytes) noexcept {
     for (std::size_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
 }
 #endif
-void scale_f64(void* vp, std::size_t n, double coef) noexcept {
-    std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512)
-    double* p = static_cast<double*>(vp);
-    const __m512d c = _mm512_set1_pd(coef);
-    for (; k + 32 <= n; k += 32) {
-        prefetch_ahead(p + k, 256);
-        for (std::size_t j = 0; j < 32; j += 8)
-            _mm512_storeu_pd(p + k + j, _mm512_mul_pd(_mm512_loadu_pd(p + k + j), c));
-    }
-#elif defined(GRADCLIP_TARGET_AVX2)
-    double* p = static_cast<double*>(vp);
-    const __m256d c = _mm256_set1_pd(coef);
-    for (; k + 16 <= n; k += 16) {
-        prefetch_ahead(p + k, 128);
-        for (std::size_t j = 0; j < 16; j += 4)
-            _mm256_storeu_pd(p + k + j, _mm256_mul_pd(_mm256_loadu_pd(p + k + j), c));
-    }
-#endif
-    char* b = static_cast<char*>(vp);
-    for (; k < n; ++k) {
-        const double v = Elem<DType::F64>::load(b, k) * coef;
-        std::memcpy(b + 8 * k, &v, 8);
-    }
-}
 
-void scale_f32(void* vp, std::size_t n, double coef) noexcept {
-    const float cf = static_cast<float>(coef);
-    std::size_t k = 0;
+// The vector layer of the writes. Each element type is loaded into, and stored from,
+// vectors of the precision it is computed in: float64 for float64; float32 for float32,
+// float16 and bfloat16, which multiply and clamp in float32 and round once, to nearest even,
+// on the store (as the scalar Elem<D>::storef does, so every target writes the same bits).
 #if defined(GRADCLIP_TARGET_AVX512)
-    float* p = static_cast<float*>(vp);
-    const __m512 c = _mm512_set1_ps(cf);
-    for (; k + 64 <= n; k += 64) {
-        prefetch_ahead(p + k, 256);
-        for (std::size_t j = 0; j < 64; j += 16)
-            _mm512_storeu_ps(p + k + j, _mm512_mul_ps(_mm512_loadu_ps(p + k + j), c));
-    }
-#elif defined(GRADCLIP_TARGET_AVX2)
-    float* p = static_cast<float*>(vp);
-    const __m256 c = _mm256_set1_ps(cf);
-    for (; k + 32 <= n; k += 32) {
-        prefetch_ahead(p + k, 128);
-        for (std::size_t j = 0; j < 32; j += 8)
-            _mm256_storeu_ps(p + k + j, _mm256_mul_ps(_mm256_loadu_ps(p + k + j), c));
-    }
-#endif
-    char* b = static_cast<char*>(vp);
-    for (; k < n; ++k) Elem<DType::F32>::storef(b, k, Elem<DType::F32>::loadf(b, k) * cf);
-}
-
-#if defined(GRADCLIP_TARGET_AVX512)
-// 16 float16 <-> 16 float
-inline __m512 load16_f16(const char* p) noexcept {
+using VF = __m512;
+constexpr std::size_t kWF = 16;  // floats per register
+inline VF vset(float x) noexcept { return _mm512_set1_ps(x); }
+inline VF vmul(VF a, VF b) noexcept { return _mm512_mul_ps(a, b); }
+inline VF vmin(VF a, VF b) noexcept { return _mm512_min_ps(a, b); }
+inline VF vmax(VF a, VF b) noexcept { return _mm512_max_ps(a, b); }
+inline VD vmin(VD a, VD b) noexcept { return _mm512_min_pd(a, b); }
+inline VF load_f32(const char* p) noexcept { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline void store_f32(char* p, VF v) noexcept { _mm512_storeu_ps(reinterpret_cast<float*>(p), v); }
+inline VF load_f16(const char* p) noexcept {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-inline void store16_f16(char* p, __m512 v) noexcept {
+inline void store_f16(char* p, VF v) noexcept {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline __m512 load16_bf16(const char* p) noexcept {
+inline VF load_bf16(const char* p) noexcept {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-inline void store16_bf16(char* p, __m512 v) noexcept {
+inline void store_bf16(char* p, VF v) noexcept {
     // round to nearest even on the bit pattern; NaN -> quiet NaN (same rule as float_to_bf16)
     const __m512i u = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -447,18 +410,26 @@ inline void store16_bf16(char* p, __m512 v) noexcept {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 #elif defined(GRADCLIP_TARGET_AVX2)
-// 8 float16 <-> 8 float
-inline __m256 load8_f16(const char* p) noexcept {
+using VF = __m256;
+constexpr std::size_t kWF = 8;
+inline VF vset(float x) noexcept { return _mm256_set1_ps(x); }
+inline VF vmul(VF a, VF b) noexcept { return _mm256_mul_ps(a, b); }
+inline VF vmin(VF a, VF b) noexcept { return _mm256_min_ps(a, b); }
+inline VF vmax(VF a, VF b) noexcept { return _mm256_max_ps(a, b); }
+inline VD vmin(VD a, VD b) noexcept { return _mm256_min_pd(a, b); }
+inline VF load_f32(const char* p) noexcept { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+inline void store_f32(char* p, VF v) noexcept { _mm256_storeu_ps(reinterpret_cast<float*>(p), v); }
+inline VF load_f16(const char* p) noexcept {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline void store8_f16(char* p, __m256 v) noexcept {
+inline void store_f16(char* p, VF v) noexcept {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline __m256 load8_bf16(const char* p) noexcept {
+inline VF load_bf16(const char* p) noexcept {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-inline void store8_bf16(char* p, __m256 v) noexcept {
+inline void store_bf16(char* p, VF v) noexcept {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
@@ -471,104 +442,105 @@ inline void store8_bf16(char* p, __m256 v) noexcept {
 }
 #endif
 
+// Native<D>: T, the type element D is computed in; scalar load/store of element k; and on
+// the SIMD targets V, kW lanes, and vector load/store of elements k .. k + kW - 1.
 template <DType D>
-void scale_half(void* vp, std::size_t n, double coef) noexcept {
-    char* b = static_cast<char*>(vp);
-    const float cf = static_cast<float>(coef);
-    std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512)
-    const __m512 c = _mm512_set1_ps(cf);
-    for (; k + 16 <= n; k += 16) {
-        char* q = b + 2 * k;
-        if ((k & 31) == 0) prefetch_ahead(q, 64);
-        if constexpr (D == DType::F16) {
-            store16_f16(q, _mm512_mul_ps(load16_f16(q), c));
-        } else {
-            store16_bf16(q, _mm512_mul_ps(load16_bf16(q), c));
-        }
+struct Native;
+template <>
+struct Native<DType::F64> {
+    using T = double;
+    static T load1(const char* p, std::size_t k) noexcept { return Elem<DType::F64>::load(p, k); }
+    static void store1(char* p, std::size_t k, T v) noexcept { std::memcpy(p + 8 * k, &v, 8); }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    using V = VD;
+    static constexpr std::size_t kW = ::gradclip::GRADCLIP_NS::kW;
+    static V load(const char* p, std::size_t k) noexcept { return vload<DType::F64>(p, k); }
+    static void store(char* p, std::size_t k, V v) noexcept { vstore(reinterpret_cast<double*>(p) + k, v); }
+#endif
+};
+template <DType D>
+struct NarrowNative {  // float32, float16, bfloat16: computed in float32
+    using T = float;
+    static T load1(const char* p, std::size_t k) noexcept { return Elem<D>::loadf(p, k); }
+    static void store1(char* p, std::size_t k, T v) noexcept { Elem<D>::storef(p, k, v); }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    using V = VF;
+    static constexpr std::size_t kW = kWF;
+    static V load(const char* p, std::size_t k) noexcept {
+        const char* q = p + k * itemsize(D);
+        if constexpr (D == DType::F32) return load_f32(q);
+        if constexpr (D == DType::F16) return load_f16(q);
+        return load_bf16(q);
     }
-#elif defined(GRADCLIP_TARGET_AVX2)
-    const __m256 c = _mm256_set1_ps(cf);
-    for (; k + 8 <= n; k += 8) {
-        char* q = b + 2 * k;
-        if ((k & 31) == 0) prefetch_ahead(q, 64);
-        if constexpr (D == DType::F16) {
-            store8_f16(q, _mm256_mul_ps(load8_f16(q), c));
-        } else {
-            store8_bf16(q, _mm256_mul_ps(load8_bf16(q), c));
-        }
+    static void store(char* p, std::size_t k, V v) noexcept {
+        char* q = p + k * itemsize(D);
+        if constexpr (D == DType::F32) return store_f32(q, v);
+        if constexpr (D == DType::F16) return store_f16(q, v);
+        return store_bf16(q, v);
     }
 #endif
-    for (; k < n; ++k) Elem<D>::storef(b, k, Elem<D>::loadf(b, k) * cf);
+};
+template <>
+struct Native<DType::F32> : NarrowNative<DType::F32> {};
+template <>
+struct Native<DType::F16> : NarrowNative<DType::F16> {};
+template <>
+struct Native<DType::BF16> : NarrowNative<DType::BF16> {};
+
+// x = op(x) for every element: whole 256-byte blocks (4 cache lines, prefetched ahead), then
+// whole vectors, then a scalar tail. op has scalar(T) and, on SIMD targets, vec(V).
+template <DType D, class Op>
+void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
+    using N = Native<D>;
+    char* b = static_cast<char*>(vp);
+    std::size_t k = 0;
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    constexpr std::size_t kBlockBytes = 256;
+    constexpr std::size_t kBlock = kBlockBytes / itemsize(D);
+    for (; k + kBlock <= n; k += kBlock) {
+        prefetch_ahead(b + k * itemsize(D), kBlockBytes);
+        for (std::size_t j = 0; j < kBlock; j += N::kW) N::store(b, k + j, op.vec(N::load(b, k + j)));
+    }
+    for (; k + N::kW <= n; k += N::kW) N::store(b, k, op.vec(N::load(b, k)));
+#endif
+    for (; k < n; ++k) N::store1(b, k, op.scalar(N::load1(b, k)));
 }
 
-// ---------------------------------------------------------------- clamp
-// NaN stays NaN: x is the second operand of max/min, which (v)maxps/(v)minps return when
-// either operand is NaN; the scalar form has the same behaviour.
-inline double clamp1(double x, double lo, double hi) noexcept { return x < lo ? lo : (x > hi ? hi : x); }
-inline float clamp1f(float x, float lo, float hi) noexcept { return x < lo ? lo : (x > hi ? hi : x); }
-
-void clamp_f64(void* vp, std::size_t n, double lo, double hi) noexcept {
-    std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512)
-    double* p = static_cast<double*>(vp);
-    const __m512d l = _mm512_set1_pd(lo), h = _mm512_set1_pd(hi);
-    for (; k + 8 <= n; k += 8) _mm512_storeu_pd(p + k, _mm512_min_pd(h, _mm512_max_pd(l, _mm512_loadu_pd(p + k))));
-#elif defined(GRADCLIP_TARGET_AVX2)
-    double* p = static_cast<double*>(vp);
-    const __m256d l = _mm256_set1_pd(lo), h = _mm256_set1_pd(hi);
-    for (; k + 4 <= n; k += 4) _mm256_storeu_pd(p + k, _mm256_min_pd(h, _mm256_max_pd(l, _mm256_loadu_pd(p + k))));
+// x * coef, with coef rounded to the computing type (float for the narrow types).
+template <DType D>
+struct ScaleOp {
+    using T = typename Native<D>::T;
+    T c;
+    T scalar(T x) const noexcept { return x * c; }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    typename Native<D>::V vc = vset(c);
+    typename Native<D>::V vec(typename Native<D>::V x) const noexcept { return vmul(x, vc); }
 #endif
-    char* b = static_cast<char*>(vp);
-    for (; k < n; ++k) {
-        const double v = clamp1(Elem<DType::F64>::load(b, k), lo, hi);
-        std::memcpy(b + 8 * k, &v, 8);
-    }
-}
+};
 
-void clamp_f32(void* vp, std::size_t n, double lo, double hi) noexcept {
-    const float lf = static_cast<float>(lo), hf = static_cast<float>(hi);
-    std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512)
-    float* p = static_cast<float*>(vp);
-    const __m512 l = _mm512_set1_ps(lf), h = _mm512_set1_ps(hf);
-    for (; k + 16 <= n; k += 16) _mm512_storeu_ps(p + k, _mm512_min_ps(h, _mm512_max_ps(l, _mm512_loadu_ps(p + k))));
-#elif defined(GRADCLIP_TARGET_AVX2)
-    float* p = static_cast<float*>(vp);
-    const __m256 l = _mm256_set1_ps(lf), h = _mm256_set1_ps(hf);
-    for (; k + 8 <= n; k += 8) _mm256_storeu_ps(p + k, _mm256_min_ps(h, _mm256_max_ps(l, _mm256_loadu_ps(p + k))));
+// min(hi, max(lo, x)) with NaN kept: x is the second operand of max/min, which (v)maxps /
+// (v)minps return when either operand is NaN; the scalar form has the same behaviour.
+template <DType D>
+struct ClampOp {
+    using T = typename Native<D>::T;
+    T lo, hi;
+    T scalar(T x) const noexcept { return x < lo ? lo : (x > hi ? hi : x); }
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+    typename Native<D>::V vlo = vset(lo), vhi = vset(hi);
+    typename Native<D>::V vec(typename Native<D>::V x) const noexcept { return vmin(vhi, vmax(vlo, x)); }
 #endif
-    char* b = static_cast<char*>(vp);
-    for (; k < n; ++k) Elem<DType::F32>::storef(b, k, clamp1f(Elem<DType::F32>::loadf(b, k), lf, hf));
+};
+
+template <DType D>
+void scale(void* p, std::size_t n, double coef) noexcept {
+    using T = typename Native<D>::T;
+    map_inplace<D>(p, n, ScaleOp<D>{static_cast<T>(coef)});
 }
 
 template <DType D>
-void clamp_half(void* vp, std::size_t n, double lo, double hi) noexcept {
-    char* b = static_cast<char*>(vp);
-    const float lf = static_cast<float>(lo), hf = static_cast<float>(hi);
-    std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512)
-    const __m512 l = _mm512_set1_ps(lf), h = _mm512_set1_ps(hf);
-    for (; k + 16 <= n; k += 16) {
-        char* q = b + 2 * k;
-        if constexpr (D == DType::F16) {
-            store16_f16(q, _mm512_min_ps(h, _mm512_max_ps(l, load16_f16(q))));
-        } else {
-            store16_bf16(q, _mm512_min_ps(h, _mm512_max_ps(l, load16_bf16(q))));
-        }
-    }
-#elif defined(GRADCLIP_TARGET_AVX2)
-    const __m256 l = _mm256_set1_ps(lf), h = _mm256_set1_ps(hf);
-    for (; k + 8 <= n; k += 8) {
-        char* q = b + 2 * k;
-        if constexpr (D == DType::F16) {
-            store8_f16(q, _mm256_min_ps(h, _mm256_max_ps(l, load8_f16(q))));
-        } else {
-            store8_bf16(q, _mm256_min_ps(h, _mm256_max_ps(l, load8_bf16(q))));
-        }
-    }
-#endif
-    for (; k < n; ++k) Elem<D>::storef(b, k, clamp1f(Elem<D>::loadf(b, k), lf, hf));
+void clamp(void* p, std::size_t n, double lo, double hi) noexcept {
+    using T = typename Native<D>::T;  // lo and hi are representable in D, so exactly in T
+    map_inplace<D>(p, n, ClampOp<D>{static_cast<T>(lo), static_cast<T>(hi)});
 }
 
 // ---------------------------------------------------------------- bandwidth probes
@@ -658,8 +630,8 @@ const KernelTable kTable = {
     {sum_sq<DType::F16>, sum_sq<DType::BF16>, sum_sq<DType::F32>, sum_sq<DType::F64>},
     {sum_abs<DType::F16>, sum_abs<DType::BF16>, sum_abs<DType::F32>, sum_abs<DType::F64>},
     {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},
-    {scale_half<DType::F16>, scale_half<DType::BF16>, scale_f32, scale_f64},
-    {clamp_half<DType::F16>, clamp_half<DType::BF16>, clamp_f32, clamp_f64},
+    {scale<DType::F16>, scale<DType::BF16>, scale<DType::F32>, scale<DType::F64>},
+    {clamp<DType::F16>, clamp<DType::BF16>, clamp<DType::F32>, clamp<DType::F64>},
 };
 
 }  // namespace
