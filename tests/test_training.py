@@ -228,3 +228,24 @@ def test_clip_grad_norm_result():
         r.coef = 2.0  # frozen
     r = gradclip.clip_grad_norm_([np.array([np.nan])], 1.0, nonfinite="skip", return_result=True)
     assert r.found_nonfinite and not r.clipped and r.coef == 1.0
+
+
+def test_training_functions_take_a_gradient_set() -> None:
+    # the same results from a GradientSet as from its arrays
+    def make() -> list[np.ndarray]:
+        rng = np.random.default_rng(8)
+        return [rng.standard_normal((4, 3)) * 5, rng.standard_normal((4,)) * 5]
+
+    plain, in_set = make(), make()
+    gs = gradclip.GradientSet(in_set)
+    a = gradclip.unscale_clip_grad_norm_(plain, 1.0, 0.5)
+    b = gradclip.unscale_clip_grad_norm_(gs, 1.0, 0.5)
+    assert a == b
+    params = [np.ones((4, 3)), np.ones(4)]
+    gradclip.adaptive_grad_clip_(plain, params, 0.05)
+    gradclip.adaptive_grad_clip_(gs, gradclip.GradientSet([np.ones((4, 3)), np.ones(4)]), 0.05)
+    sums_a, n_a = gradclip.clip_per_example_(plain, 0.1)
+    sums_b, n_b = gradclip.clip_per_example_(gs, 0.1)
+    assert n_a == n_b
+    for x, y, sx, sy in zip(plain, in_set, sums_a, sums_b, strict=True):
+        assert x.tobytes() == y.tobytes() and sx.tobytes() == sy.tobytes()

@@ -91,6 +91,14 @@ def one_shot(grads: Any) -> Any:
     return _core.GradientSet(seq, "grads", single, False)
 
 
+def arrays_of(grads: Any, arg: str = "grads") -> tuple[Any, ...] | Any:
+    """The sequence of arrays behind ``grads``: a :class:`GradientSet`'s arrays, else what
+    ``as_sequence`` makes of it (for the operations that take their own lists)."""
+    if isinstance(grads, GradientSet):
+        return grads.arrays
+    return as_sequence(grads, arg)[0]
+
+
 def core_set(grads: Any) -> Any:
     """The compiled set behind ``grads``: a :class:`GradientSet`'s own, else a one-shot one."""
     return grads._set if isinstance(grads, GradientSet) else one_shot(grads)

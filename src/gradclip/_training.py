@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._api import core_set, global_norm_of
-from ._inputs import as_sequence, check_eps, check_max_norm, check_norm_type
+from ._api import arrays_of, core_set, global_norm_of
+from ._inputs import check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
@@ -42,7 +42,7 @@ def unscale_clip_grad_norm_(
 
     Parameters
     ----------
-    grads : array or iterable of arrays
+    grads : array, iterable of arrays, or GradientSet
     max_norm : float
         Clip the unscaled gradients to this norm; finite and > 0.
     inv_scale : float
@@ -128,7 +128,7 @@ def adaptive_grad_clip_(
 
     Parameters
     ----------
-    grads : array or iterable of arrays
+    grads : array, iterable of arrays, or GradientSet
         Modified in place.
     params : array or iterable of arrays
         The parameters, same shapes and positions as ``grads``; only read (they may be
@@ -156,8 +156,8 @@ def adaptive_grad_clip_(
     eps = check_eps(eps)
     if layout not in ("OI", "IO", "HWIO"):
         raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
-    gseq, _ = as_sequence(grads, "grads")
-    pseq, _ = as_sequence(params, "params")
+    gseq = arrays_of(grads, "grads")
+    pseq = arrays_of(params, "params")
     reduce = [[] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout) for g in gseq]
     norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce)
     if not return_result:
@@ -201,7 +201,7 @@ def clip_per_example_(
     """
     max_norm = check_max_norm(max_norm)
     eps = check_eps(eps)
-    seq, _ = as_sequence(grads)
+    seq = arrays_of(grads)
     _, coefs, clipped = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
     sums: list[np.ndarray | None] = []
     counts = []
