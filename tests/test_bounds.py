@@ -1,4 +1,4 @@
-# Covers: the one bound-rounding rule (DESIGN.md: a scalar bound applied to an array is the
+# Covers: the one bound-rounding rule (the design: a scalar bound applied to an array is the
 # float64 value rounded once, to nearest with ties to even, to the element type, by gradclip's
 # own code, whatever the NumPy and ml_dtypes versions). Every float16 and bfloat16 rounding
 # midpoint, the doubles just below and above it and the two values around it, against the

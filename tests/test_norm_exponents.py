@@ -1,4 +1,4 @@
-# Covers: p-norms for every finite p > 0 up to the largest double (DESIGN.md: any p > 0; no
+# Covers: p-norms for every finite p > 0 up to the largest double (the design: any p > 0; no
 # overflow or underflow where the true norm is a normal double). A log-spaced sweep of p from
 # 1e-300 to 1.7976931348623157e308, plus the p where the algorithm changes (1, 512, the
 # underflow limit ~1074), over every dtype and CPU target: get_total_norm, tensor_norms and
@@ -112,3 +112,14 @@ def test_tiny_p_single_element_is_exact(p: float, cpu_target: str) -> None:
     for impl in (gradclip, ref):
         assert impl.get_total_norm(np.array([3.0]), p) == 3.0
         assert impl.get_total_norm([np.array([0.0, -0.8359375, 0.0], np.float32)], p) == 0.8359375
+
+
+@pytest.mark.parametrize("dtype_name", ["float64"])
+def test_tiny_max_for_every_p(dtype_name: str, cpu_target: str) -> None:
+    # a max below 2^-1001, where a power-of-two rescaling cannot reach [0.5, 1): the norm is a
+    # normal double and must not underflow for any p
+    arrays = [np.array([2.0**-1015, -(2.0**-1016), 2.0**-1030]), np.array([2.0**-1020])]
+    for p in SWEEP:
+        total = gradclip.get_total_norm(arrays, p)
+        assert_norm_close(total, ref.get_total_norm(arrays, p), p, f"p={p!r}")
+        check_bounds(total, arrays, p, "tiny")

@@ -503,3 +503,16 @@ def test_accuracy_50m_float32() -> None:
         assert gradclip.get_total_norm(x, INF) == expected_inf
         outcomes.add(bits(got))
     assert len(outcomes) == 1, "50M-element norm differs across targets/threads"
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+def test_scaling_factor_beyond_the_float_range_gives_inf(dtype_name: str, cpu_target: str) -> None:
+    # unscale's factor inv_scale * coef = 1e305 * 0.1 is a finite double beyond FLT_MAX: it
+    # rounds to inf (not an undefined float conversion), and so does the clipped value, 1e300
+    x = np.array([1e-4] + [0.0] * 40, dtype=dtype_name)
+    view = x[::2]  # the strided path too
+    for arr in (x, view):
+        a = np.array(arr) if arr is x else arr
+        r = gradclip.unscale_clip_grad_norm_(a, max_norm=1e300, inv_scale=1e305)
+        assert r.coef < 1.0
+        assert np.isinf(a.astype(np.float64)[0])

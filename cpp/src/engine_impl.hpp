@@ -35,6 +35,8 @@ constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 const KernelTable& table() noexcept;
 
 // ------------------------------------------------------------------ plans
+// (The templates below are static, as are the element accessors: they use internal-linkage
+// helpers such as itemsize() and half.hpp's conversions, so each file keeps its own copy.)
 // A plan cuts the spans of a call into chunks of at most kChunkBytes. A chunk is a run of
 // segments (pieces of spans); element i of a segment goes to lane (lane0 + i) % kLanes, so
 // lanes follow the element's index within its chunk.
@@ -70,7 +72,7 @@ struct Work {
 extern thread_local Work t_work;
 
 template <class Keep>
-void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout, Keep keep) {
+static void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout, Keep keep) {
     // Upper bounds first, then plain stores: this runs once per array on every call.
     std::size_t total = 0;
     for (std::size_t i = 0; i < n; ++i) total += spans[i].n * itemsize(spans[i].dt);
@@ -121,7 +123,7 @@ const Plan& plan_for(const Span* spans, std::size_t n, Layout layout, const Plan
 // Runs f(c) for every chunk c. Threads take contiguous runs of chunks of about equal bytes;
 // which thread runs a chunk never changes what the chunk computes.
 template <class F>
-void run_chunks(const Plan& s, F&& f) {
+static void run_chunks(const Plan& s, F&& f) {
     const std::size_t nc = s.nchunks();
     const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
     int nt = get_num_threads();
@@ -152,7 +154,7 @@ void run_chunks(const Plan& s, F&& f) {
 
 // Runs op(span, segment) over every segment of the plan, chunks in parallel.
 template <class Op>
-void for_each_segment(const Span* spans, const Plan& s, Op&& op) {
+static void for_each_segment(const Span* spans, const Plan& s, Op&& op) {
     run_chunks(s, [&](std::size_t c) {
         for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) op(spans[s.segs[q].span], s.segs[q]);
     });
@@ -193,17 +195,17 @@ static inline void store_elem(char* p, DType dt, double v) noexcept {
             std::memcpy(p, &v, 8);
             return;
         case DType::F32: {
-            const float f = static_cast<float>(v);
+            const float f = detail::narrow_to_float(v);
             std::memcpy(p, &f, 4);
             return;
         }
         case DType::F16: {
-            const std::uint16_t h = detail::float_to_half(static_cast<float>(v));
+            const std::uint16_t h = detail::float_to_half(detail::narrow_to_float(v));
             std::memcpy(p, &h, 2);
             return;
         }
         case DType::BF16: {
-            const std::uint16_t h = detail::float_to_bf16(static_cast<float>(v));
+            const std::uint16_t h = detail::float_to_bf16(detail::narrow_to_float(v));
             std::memcpy(p, &h, 2);
             return;
         }
@@ -213,7 +215,7 @@ static inline void store_elem(char* p, DType dt, double v) noexcept {
 // Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
 // strided span, k = index - start.
 template <class F>
-void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
+static void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
     const int nd = sp.ndim;
     std::ptrdiff_t idx[64];
     std::size_t rem = start;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace gradclip::detail {
 
@@ -22,6 +23,19 @@ static inline float f32_from_bits(std::uint32_t u) noexcept {
     float f;
     std::memcpy(&f, &u, sizeof f);
     return f;
+}
+
+// binary64 -> binary32, rounded to nearest even (IEEE 754's default), with out-of-range
+// values going to +-inf or +-FLT_MAX explicitly: a plain cast of a finite double beyond the
+// float range is undefined behaviour in C++.
+static inline float narrow_to_float(double v) noexcept {
+    const double a = v < 0 ? -v : v;
+    if (a > 0x1.fffffep127) {  // beyond FLT_MAX
+        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
+        const float big = a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : 0x1.fffffep127f;
+        return v < 0 ? -big : big;
+    }
+    return static_cast<float>(v);  // in range, or NaN
 }
 
 // binary16 -> binary32, exact.

@@ -533,8 +533,11 @@ struct ClampOp {
 
 template <DType D>
 void scale(void* p, std::size_t n, double coef) noexcept {
-    using T = typename Native<D>::T;
-    map_inplace<D>(p, n, ScaleOp<D>{static_cast<T>(coef)});
+    if constexpr (D == DType::F64) {
+        map_inplace<D>(p, n, ScaleOp<D>{coef});
+    } else {
+        map_inplace<D>(p, n, ScaleOp<D>{detail::narrow_to_float(coef)});  // any double: no UB
+    }
 }
 
 template <DType D>

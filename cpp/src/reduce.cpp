@@ -133,10 +133,13 @@ bool lost_range(NormSpec spec, double s) noexcept {
 bool ratio_form_only(NormSpec spec) noexcept { return spec.kind == NormKind::Lp && spec.p < 1.0; }
 
 // Picks the power-of-two scale that maps the largest |x| into [0.5, 1). Returns false when
-// no rescaled pass can help (m zero or non-finite).
-bool rescale_for(double m, int& e) noexcept {
+// no rescaled pass can help (m zero or non-finite). `into_range` is false when m is below
+// 2^-1001: 2^-e would overflow, so e is capped and the scaled max stays below 2^-1 (exact,
+// but a general p-th power of it may underflow).
+bool rescale_for(double m, int& e, bool& into_range) noexcept {
     if (!(m > 0.0) || std::isinf(m)) return false;
     std::frexp(m, &e);
+    into_range = e >= -1000;
     e = std::max(e, -1000);  // keep 2^-e finite; a subnormal max stays exact after scaling
     return true;
 }
@@ -144,7 +147,8 @@ bool rescale_for(double m, int& e) noexcept {
 // The norm over a plan from max|x| = m and a second pass relative to it, for sums that lose
 // range at scale 1 and for ratio_form_only. p = 1, 2 and p <= 512 scale by the power of two
 // 2^-e that maps m into [0.5, 1): exact, and (m 2^-e)^p >= 2^-512 keeps the sum in range.
-// Other p use the ratio form m * (sum (|x| / m)^p)^(1/p): dividing (not multiplying by 1/m,
+// Other p, and every general p when m is below 2^-1001 (where 2^-e cannot reach [0.5, 1)),
+// use the ratio form m * (sum (|x| / m)^p)^(1/p): dividing (not multiplying by 1/m,
 // which can round m / m to 1 - 2^-53, whose 1e20th power is 0) makes the largest term exactly
 // 1, so the sum lies in [1, n] and the norm is never below m, for any p up to DBL_MAX.
 double rescaled_norm(const Span* spans, const Plan& s, NormSpec spec) {
@@ -152,11 +156,12 @@ double rescaled_norm(const Span* spans, const Plan& s, NormSpec spec) {
     reduce_plan(spans, s, linf, 1.0);
     const double m = combine_plan(s, linf);
     int e = 0;
-    if (!rescale_for(m, e)) {
+    bool into_range = true;
+    if (!rescale_for(m, e, into_range)) {
         if (m != m) return m;
         return m == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
     }
-    if (spec.kind == NormKind::Lp && (spec.p > kExactScaleMaxP || spec.p < 1.0)) {
+    if (spec.kind == NormKind::Lp && (spec.p > kExactScaleMaxP || spec.p < 1.0 || !into_range)) {
         reduce_plan(spans, s, spec, 1.0, m);
         return finish_norm(spec, combine_plan(s, spec)) * m;
     }

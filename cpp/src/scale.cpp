@@ -12,20 +12,6 @@ using namespace impl;  // the engine's internals (engine_impl.hpp)
 // ------------------------------------------------------------------ bound rounding
 namespace {
 
-// double -> float, rounded to nearest even (IEEE 754's default), with out-of-range values
-// going to +-inf or +-FLT_MAX explicitly: a plain cast of an out-of-range double is undefined
-// behaviour in C++.
-float round_f32(double v) noexcept {
-    const double a = std::fabs(v);
-    if (a > static_cast<double>(std::numeric_limits<float>::max())) {
-        // FLT_MAX + half an ulp (2^103) and above round to inf (the tie goes to the even 2^128)
-        const float big =
-            a >= 0x1.ffffffp127 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
-        return std::signbit(v) ? -big : big;
-    }
-    return static_cast<float>(v);
-}
-
 // double -> float rounded to odd: truncate, then set the last bit if anything was dropped.
 // Rounding that float once more, to nearest even at a precision of at most 22 bits, gives
 // the double correctly rounded in one step: the dropped bits survive as the sticky last bit
@@ -56,7 +42,7 @@ double round_to_dtype(DType dt, double v) noexcept {
             return static_cast<double>(detail::bf16_to_float(detail::float_to_bf16(round_odd_f32(c))));
         }
         case DType::F32:
-            return static_cast<double>(round_f32(v));
+            return static_cast<double>(detail::narrow_to_float(v));
         case DType::F64:
             break;
     }
@@ -67,12 +53,12 @@ namespace {
 
 // x * coef rounded to the element type, for the strided path (the kernels do the same).
 void scale_strided(const Span& sp, std::size_t start, std::size_t count, double coef) {
-    const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(static_cast<float>(coef));
+    const double cf = sp.dt == DType::F64 ? coef : static_cast<double>(detail::narrow_to_float(coef));
     for_each_strided(sp, start, count, [&](char* p, std::size_t) {
         const double x = load_elem(p, sp.dt);
         // float types multiply in float: x and cf are floats, so the double product rounded
         // to float is the float product
-        store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(static_cast<float>(x * cf)));
+        store_elem(p, sp.dt, sp.dt == DType::F64 ? x * cf : static_cast<double>(detail::narrow_to_float(x * cf)));
     });
 }
 

@@ -295,6 +295,17 @@ void test_extreme_p() {
         const double got = gradclip::total_norm(&s, 1, gradclip::make_norm_spec(p));
         CHECK(got == 0.8359375, "p=%g: %.17g, expected max|x| 0.8359375", p, got);
     }
+    // a max below 2^-1001, where the power-of-two rescaling cannot reach [0.5, 1): general p
+    // must not underflow to 0 (the true norm is a normal double)
+    std::vector<double> z = {0x1p-1015, 0x1p-1016};
+    Span u = s;
+    u.data = reinterpret_cast<char*>(z.data());
+    u.n = z.size();
+    for (double p : {3.0, 100.0, 512.0, 1e5}) {
+        const double got = gradclip::total_norm(&u, 1, gradclip::make_norm_spec(p));
+        const double want = 0x1p-1015 * std::pow(1.0 + std::pow(0.5, p), 1.0 / p);
+        CHECK(std::fabs(got - want) <= 1e-12 * want, "tiny max, p=%g: %.17g, expected %.17g", p, got, want);
+    }
     // one nonzero element: the norm is |x| for every p > 0
     std::vector<double> y = {0.0, -3.0, 0.0};
     Span t = s;

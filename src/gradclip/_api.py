@@ -136,9 +136,10 @@ def _clip_norm(
 ) -> Any:
     if comm is not None:
         norm, s = global_norm_of(comm, make_set, p)
-        norms = None
         if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
             raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
+        # this rank's own arrays, before the write (one more read pass, only when asked)
+        norms = s.tensor_norms(p) if per_tensor_norms else None
         coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
     else:
         norm, coef, norms = make_set().clip_total(
@@ -220,7 +221,8 @@ def clip_grad_norm_(
     per_tensor_norms : bool, default False
         With ``return_result``, also report each array's norm, from the same read pass. The
         total is then the norm of those norms, which may differ from the plain call's total
-        in the last bit.
+        in the last bit. With ``comm``, the norms are of this rank's arrays (one more read
+        pass) and the total is the global norm.
     comm : mpi4py communicator, optional
         Sharded training: ``grads`` is this rank's part of the gradients. Every rank reduces
         its part to its local norm, one collective gathers those (8 bytes per rank), and

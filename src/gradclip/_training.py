@@ -50,7 +50,8 @@ def unscale_clip_grad_norm_(
     norm_type : float, default 2.0
     eps : float, default 1e-6
     per_tensor_norms : bool, default False
-        Also return each array's unscaled norm (from the same read pass).
+        Also return each array's unscaled norm (from the same read pass; with ``comm``, of
+        this rank's arrays, in one more read pass).
     comm : mpi4py communicator, optional
         Sharded training: the norm is the global one across ranks (one collective of 8
         bytes per rank), and every rank makes the same decision (all write, or none).
@@ -73,7 +74,9 @@ def unscale_clip_grad_norm_(
     eps = check_eps(eps)
     if comm is not None:
         raw, s = global_norm_of(comm, partial(core_set, grads), p)
-        total, coef, norms = raw * inv, s.apply_unscale(max_norm, raw, inv, eps), None
+        # this rank's own arrays, before the write (one more read pass, only when asked)
+        norms = s.tensor_norms(p) * inv if per_tensor_norms else None
+        total, coef = raw * inv, s.apply_unscale(max_norm, raw, inv, eps)
     else:
         s = core_set(grads)
         total, coef, norms = s.unscale_clip(max_norm, inv, p, eps, bool(per_tensor_norms))

@@ -4,6 +4,7 @@
 # raises or skips, none writes), bad input on one rank only (every rank raises, no hang),
 # unscale_clip_grad_norm_ and GradientSet.
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,14 +16,23 @@ DTYPES = [np.float32, ml_dtypes.bfloat16]
 NORMS = [1.0, 2.0, math.inf]
 
 
+# CI sets GRADCLIP_REQUIRE_MPI=1 under mpiexec: a missing mpi4py or a single rank (an
+# mpiexec that does not match mpi4py's MPI) then fails instead of skipping every test.
+REQUIRE_MPI = os.environ.get("GRADCLIP_REQUIRE_MPI") == "1"
+
+
 @pytest.fixture(scope="module")
 def comm():
-    mpi4py = pytest.importorskip("mpi4py", exc_type=ImportError)
-    from mpi4py import MPI
-
-    assert mpi4py is not None
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        if REQUIRE_MPI:
+            pytest.fail(f"GRADCLIP_REQUIRE_MPI=1 but mpi4py does not import: {exc}")
+        pytest.skip(f"could not import 'mpi4py': {exc}")
     c = MPI.COMM_WORLD
     if c.Get_size() < 2:
+        if REQUIRE_MPI:
+            pytest.fail("GRADCLIP_REQUIRE_MPI=1 but this run has one MPI process")
         pytest.skip("needs at least 2 MPI processes")
     return c
 
@@ -169,3 +179,17 @@ def test_example_trains_with_identical_parameters_on_every_rank(comm, sharded):
         assert mod.main(["--steps", "60"] + (["--sharded"] if sharded else [])) == 0
     finally:
         gradclip.set_num_threads(before)  # the example runs one thread per rank
+
+
+def test_per_tensor_norms_with_comm_are_this_ranks(comm):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    everything = full_list(np.float32, seed=6)
+    idx = shard_by_arrays(list(range(len(everything))), rank, size)
+    local = [everything[i].copy() for i in idx]
+    want_each = gradclip.tensor_norms(local)
+    r = gradclip.clip_grad_norm_(local, 1.0, comm=comm, per_tensor_norms=True)
+    np.testing.assert_array_equal(r.tensor_norms, want_each)
+    assert r.total_norm == pytest.approx(gradclip.get_total_norm(everything), rel=1e-14)
+    scaled = [np.array(everything[i] * np.float32(8)) for i in idx]
+    u = gradclip.unscale_clip_grad_norm_(scaled, 1.0, 1 / 8, comm=comm, per_tensor_norms=True)
+    np.testing.assert_allclose(u.tensor_norms, want_each, rtol=1e-12)
