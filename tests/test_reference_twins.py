@@ -127,3 +127,38 @@ def test_gradient_set_twin_behaves_like_the_set() -> None:
     theirs.clip_value_(0.1)
     for x, y in zip(ours.arrays, theirs.arrays, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_package_works_without_the_compiled_core() -> None:
+    # the documented fallback: `import gradclip` still works, gradclip.reference computes, and
+    # a compiled name raises ImportError saying so
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "gradclip._core":
+                    raise ImportError("blocked by the test")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import gradclip
+        assert gradclip.reference.get_total_norm(np.array([3.0, 4.0])) == 5.0
+        try:
+            gradclip.clip_grad_norm_
+        except ImportError as exc:
+            assert "blocked by the test" in str(exc) and "gradclip.reference" in str(exc)
+        else:
+            raise AssertionError("no ImportError")
+        try:
+            gradclip.no_such_name
+        except AttributeError:
+            pass
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -6,6 +6,28 @@ namespace gradclip {
 using namespace impl;  // the engine's internals (engine_impl.hpp)
 
 // ------------------------------------------------------------------ layout
+namespace {
+// The axes of extent > 1, as (|stride|, extent) pairs sorted by |stride| (an insertion sort:
+// at most a handful of axes). Returns how many.
+int axes_by_stride(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, std::ptrdiff_t* st,
+                   std::ptrdiff_t* sh) noexcept {
+    int m = 0;
+    for (int d = 0; d < ndim; ++d) {
+        if (shape[d] <= 1) continue;
+        const std::ptrdiff_t a = strides[d] < 0 ? -strides[d] : strides[d];
+        int j = m++;
+        while (j > 0 && st[j - 1] > a) {
+            st[j] = st[j - 1];
+            sh[j] = sh[j - 1];
+            --j;
+        }
+        st[j] = a;
+        sh[j] = shape[d];
+    }
+    return m;
+}
+}  // namespace
+
 bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
                     Span& span) noexcept {
     span.dt = dt;
@@ -19,19 +41,7 @@ bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std
     if (n <= 1) return true;
     // axes of extent > 1 sorted by |stride|: dense iff each stride equals the extent so far
     std::ptrdiff_t st[64], sh[64];
-    int m = 0;
-    for (int d = 0; d < ndim; ++d) {
-        if (shape[d] <= 1) continue;
-        std::ptrdiff_t a = strides[d] < 0 ? -strides[d] : strides[d];
-        int j = m++;
-        while (j > 0 && st[j - 1] > a) {
-            st[j] = st[j - 1];
-            sh[j] = sh[j - 1];
-            --j;
-        }
-        st[j] = a;
-        sh[j] = shape[d];
-    }
+    const int m = axes_by_stride(ndim, shape, strides, st, sh);
     auto expected = static_cast<std::ptrdiff_t>(itemsize(dt));
     for (int j = 0; j < m; ++j) {
         if (st[j] != expected) {
@@ -49,21 +59,10 @@ bool describe_array(char* data, int ndim, const std::ptrdiff_t* shape, const std
 
 bool may_self_overlap(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, std::size_t isz) noexcept {
     // sorted by |stride|, each axis must step past everything the faster axes cover
-    std::ptrdiff_t st[64], sh[64];
-    int m = 0;
-    for (int d = 0; d < ndim; ++d) {
+    for (int d = 0; d < ndim; ++d)
         if (shape[d] == 0) return false;
-        if (shape[d] == 1) continue;
-        std::ptrdiff_t a = strides[d] < 0 ? -strides[d] : strides[d];
-        int j = m++;
-        while (j > 0 && st[j - 1] > a) {
-            st[j] = st[j - 1];
-            sh[j] = sh[j - 1];
-            --j;
-        }
-        st[j] = a;
-        sh[j] = shape[d];
-    }
+    std::ptrdiff_t st[64], sh[64];
+    const int m = axes_by_stride(ndim, shape, strides, st, sh);
     auto covered = static_cast<std::ptrdiff_t>(isz);
     for (int j = 0; j < m; ++j) {
         if (st[j] < covered) return true;

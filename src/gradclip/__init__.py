@@ -12,27 +12,32 @@ from ._errors import NonFiniteNormError
 from ._include import get_include
 from ._result import ClipResult
 
-_COMPILED_NAMES = frozenset(
-    {
-        "AutoClip",
-        "GradientSet",
-        "ZClip",
-        "adaptive_grad_clip_",
-        "available_cpu_targets",
-        "clip_by_norm_",
-        "clip_grad_norm_",
-        "clip_grad_norm_per_tensor_",
-        "clip_grad_value_",
-        "clip_grads_with_norm_",
-        "clip_per_example_",
-        "cpu_target",
-        "get_num_threads",
-        "get_total_norm",
-        "set_num_threads",
-        "tensor_norms",
-        "unscale_clip_grad_norm_",
-    }
-)
+__all__ = [
+    "AutoClip",
+    "ClipResult",
+    "GradientSet",
+    "NonFiniteNormError",
+    "ZClip",
+    "adaptive_grad_clip_",
+    "available_cpu_targets",
+    "clip_by_norm_",
+    "clip_grad_norm_",
+    "clip_grad_norm_per_tensor_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "clip_per_example_",
+    "cpu_target",
+    "get_include",
+    "get_num_threads",
+    "get_total_norm",
+    "reference",
+    "set_num_threads",
+    "tensor_norms",
+    "unscale_clip_grad_norm_",
+]
+
+# the public names that work without the compiled core
+_PURE_NAMES = frozenset({"ClipResult", "NonFiniteNormError", "get_include", "reference"})
 
 try:
     from ._api import (
@@ -58,7 +63,8 @@ except ImportError as _exc:  # the compiled core is missing or broken
     _CORE_ERROR = _exc
 
     def __getattr__(name: str) -> object:
-        if name in _COMPILED_NAMES:
+        # every public name but the pure-Python ones needs the compiled core
+        if name in __all__ and name not in _PURE_NAMES:
             raise ImportError(
                 f"gradclip.{name} needs the compiled core, which failed to import "
                 f"({_CORE_ERROR}); gradclip.reference has the same functions in pure NumPy"
@@ -69,27 +75,3 @@ except ImportError as _exc:  # the compiled core is missing or broken
 from . import reference  # noqa: E402
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "AutoClip",
-    "ClipResult",
-    "GradientSet",
-    "NonFiniteNormError",
-    "ZClip",
-    "adaptive_grad_clip_",
-    "available_cpu_targets",
-    "clip_by_norm_",
-    "clip_grad_norm_",
-    "clip_grad_norm_per_tensor_",
-    "clip_grad_value_",
-    "clip_grads_with_norm_",
-    "clip_per_example_",
-    "cpu_target",
-    "get_include",
-    "get_num_threads",
-    "get_total_norm",
-    "reference",
-    "set_num_threads",
-    "tensor_norms",
-    "unscale_clip_grad_norm_",
-]
