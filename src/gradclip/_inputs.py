@@ -132,11 +132,15 @@ def check_max_norm(x: Any, name: str = "max_norm") -> float:
     return v
 
 
-def check_clip_value(x: Any) -> float:
-    v = _real(x, "clip_value")
+def check_nonnegative(x: Any, name: str) -> float:
+    v = _real(x, name)
     if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"clip_value must be finite and >= 0, got {v!r}")
+        raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
     return v
+
+
+def check_clip_value(x: Any) -> float:
+    return check_nonnegative(x, "clip_value")
 
 
 def check_norm_type(x: Any) -> float:
@@ -147,10 +151,7 @@ def check_norm_type(x: Any) -> float:
 
 
 def check_eps(x: Any) -> float:
-    v = _real(x, "eps")
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"eps must be finite and >= 0, got {v!r}")
-    return v
+    return check_nonnegative(x, "eps")
 
 
 def check_total_norm(x: Any) -> float:
