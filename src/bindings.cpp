@@ -55,16 +55,18 @@ struct Batch {
     throw py::type_error(at + " has dtype " + name + "; expected float16, bfloat16, float32 or float64");
 }
 
-// The element type of an array, or a TypeError naming its position `at`.
-DType element_type(const py::array& arr, const std::string& at) {
+// The element type of an array, or a TypeError naming its position (arg, pos, single). The
+// position's text is built only for the error: this runs for every array of every call.
+DType element_type(const py::array& arr, const std::string& arg, std::size_t pos, bool single) {
     const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(arr.ptr())->descr);
-    if (descr->byteorder == '>') bad_dtype(arr, at, true);
     const int num = descr->type_num;
-    if (num == kNpyFloat) return DType::F32;
-    if (num == kNpyDouble) return DType::F64;
-    if (num == kNpyHalf) return DType::F16;
-    if (g_bf16_num >= 0 && num == g_bf16_num) return DType::BF16;
-    bad_dtype(arr, at, false);
+    if (descr->byteorder != '>') {
+        if (num == kNpyFloat) return DType::F32;
+        if (num == kNpyDouble) return DType::F64;
+        if (num == kNpyHalf) return DType::F16;
+        if (g_bf16_num >= 0 && num == g_bf16_num) return DType::BF16;
+    }
+    bad_dtype(arr, where(arg, pos, single), descr->byteorder == '>');
 }
 
 // Fills span k of the batch from its array's NumPy struct, copying shape and strides to
@@ -133,7 +135,7 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
                             ? py::reinterpret_borrow<py::array>(item)
                             : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
         Span sp;
-        sp.dt = element_type(arr, where(arg, i, single));
+        sp.dt = element_type(arr, arg, i, single);
         const auto* proxy = py::detail::array_proxy(arr.ptr());
         if (write && (proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
             throw py::value_error(where(arg, i, single) +
@@ -479,6 +481,35 @@ private:
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets
 };
 
+// Every operation of the set, listed once: bound below as a GradientSet method and as a
+// one-shot function of _core.once.
+#define GRADCLIP_SET_OPERATIONS(X) \
+    X(total_norm)                  \
+    X(norms)                       \
+    X(tensor_norms)                \
+    X(clip_total)                  \
+    X(apply_norm)                  \
+    X(scale)                       \
+    X(clamp)                       \
+    X(clip_each)                   \
+    X(unscale_clip)                \
+    X(apply_unscale)
+
+// A free function's set: `target` is (sequence, single) as gradclip._inputs.as_sequence
+// returns it. The set lives on the C++ stack for the one call (no Python object, no second
+// dispatch), so a free function costs what the method of a GradientSet does plus the parse.
+GradSet one_shot(const py::tuple& target) {
+    if (target.size() != 2) throw py::type_error("a one-shot target is (sequence, single)");
+    return GradSet(target[0].cast<py::sequence>(), "grads", target[1].cast<bool>(), false);
+}
+
+template <auto Method>
+struct Once;
+template <typename R, typename... A, R (GradSet::*Method)(A...) const>
+struct Once<Method> {
+    static R call(const py::tuple& target, A... args) { return (one_shot(target).*Method)(args...); }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
@@ -536,19 +567,18 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
             gradclip::probe_rw(static_cast<char*>(info.ptr), bytes);
         },
         "Read and write back every 64-bit word of a contiguous buffer (data unchanged).");
-    py::class_<GradSet>(m, "GradientSet")
-        .def(py::init<const py::sequence&, std::string, bool, bool>(), py::arg("grads"), py::arg("arg") = "grads",
-             py::arg("single") = false, py::arg("cached") = true)
+    py::class_<GradSet> cls(m, "GradientSet");
+    cls.def(py::init<const py::sequence&, std::string, bool, bool>(), py::arg("grads"), py::arg("arg") = "grads",
+            py::arg("single") = false, py::arg("cached") = true)
         .def("__len__", &GradSet::size)
         .def("arrays", &GradSet::arrays)
-        .def("total_norm", &GradSet::total_norm)
-        .def("norms", &GradSet::norms)
-        .def("tensor_norms", &GradSet::tensor_norms)
-        .def("clip_total", &GradSet::clip_total)
-        .def("apply_norm", &GradSet::apply_norm)
-        .def("scale", &GradSet::scale)
-        .def("clamp", &GradSet::clamp)
-        .def("clip_each", &GradSet::clip_each)
-        .def("unscale_clip", &GradSet::unscale_clip)
-        .def("apply_unscale", &GradSet::apply_unscale);
+        .def("own", [](const py::object& self) { return self; }, "The set itself (as _core.once.own makes one).");
+    py::module_ once = m.def_submodule(
+        "once", "Each GradientSet operation as a function of (sequence, single): a one-shot set for one call.");
+    once.def("own", &one_shot, "A one-shot GradientSet of (sequence, single), for several calls.");
+#define GRADCLIP_BIND(name)         \
+    cls.def(#name, &GradSet::name); \
+    once.def(#name, &Once<&GradSet::name>::call);
+    GRADCLIP_SET_OPERATIONS(GRADCLIP_BIND)
+#undef GRADCLIP_BIND
 }

@@ -84,11 +84,20 @@ def _init_target() -> None:
 _init_target()
 
 
-def one_shot(grads: Any) -> Any:
-    """The compiled core's set of ``grads`` for one call: every free function is a one-shot
-    :class:`GradientSet` (validated now, no cached plan, no re-check)."""
-    seq, single = as_sequence(grads)
-    return _core.GradientSet(seq, "grads", single, False)
+# Where an operation runs: ``ops.name(target, ...)`` is the same compiled method for a free
+# function's arrays (``ONCE``: ``target`` is ``as_sequence``'s (sequence, single), made into
+# a one-shot set inside the call, validated then and there) and for a GradientSet (``SET``:
+# ``target`` is its compiled set, with the cached plan and the re-check). ``ops.own(target)``
+# is the set itself, for code that makes several calls on the same arrays.
+ONCE: Any = _core.once
+SET: Any = _core.GradientSet
+
+
+def ops_of(grads: Any) -> tuple[Any, Any]:
+    """``(ops, target)`` for ``grads``: a :class:`GradientSet`'s own set, else one-shot."""
+    if isinstance(grads, GradientSet):
+        return SET, grads._set
+    return ONCE, as_sequence(grads)
 
 
 def arrays_of(grads: Any, arg: str = "grads") -> tuple[Any, ...] | Any:
@@ -101,7 +110,8 @@ def arrays_of(grads: Any, arg: str = "grads") -> tuple[Any, ...] | Any:
 
 def core_set(grads: Any) -> Any:
     """The compiled set behind ``grads``: a :class:`GradientSet`'s own, else a one-shot one."""
-    return grads._set if isinstance(grads, GradientSet) else one_shot(grads)
+    ops, target = ops_of(grads)
+    return ops.own(target)
 
 
 def global_norm_of(comm: Any, make_set: Callable[[], Any], p: float) -> tuple[float, Any]:
@@ -119,13 +129,13 @@ def global_norm_of(comm: Any, make_set: Callable[[], Any], p: float) -> tuple[fl
 
 
 # ---------------------------------------------------------------- each operation, once
-# The functions below take the compiled set (``make_set()``: a GradientSet's own, or a
-# one-shot one) and scalar arguments already checked; the public function and the
-# GradientSet method both call them.
+# The functions below take ``(ops, target)`` (see ``ops_of``) and scalar arguments already
+# checked; the public function and the GradientSet method both call them.
 
 
 def _clip_norm(
-    make_set: Callable[[], Any],
+    ops: Any,
+    target: Any,
     max_norm: float,
     p: float,
     mode: str,
@@ -135,15 +145,15 @@ def _clip_norm(
     per_tensor_norms: bool,
 ) -> Any:
     if comm is not None:
-        norm, s = global_norm_of(comm, make_set, p)
+        norm, s = global_norm_of(comm, partial(ops.own, target), p)
         if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
             raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
         # this rank's own arrays, before the write (one more read pass, only when asked)
         norms = s.tensor_norms(p) if per_tensor_norms else None
         coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
     else:
-        norm, coef, norms = make_set().clip_total(
-            max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
+        norm, coef, norms = ops.clip_total(
+            target, max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
         )
         if mode == "raise" and not math.isfinite(norm):
             raise _nonfinite_error(norm, p, "total norm of the gradients")
@@ -152,20 +162,20 @@ def _clip_norm(
     return ClipResult(norm, coef, coef < 1.0, not math.isfinite(norm), norms)
 
 
-def _total_norm(
-    make_set: Callable[[], Any], p: float, error_if_nonfinite: bool, comm: Any
-) -> float:
+def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
     if comm is not None:
-        norm = global_norm_of(comm, make_set, p)[0]
+        norm = global_norm_of(comm, partial(ops.own, target), p)[0]
     else:
-        norm = make_set().total_norm(p)
+        norm = ops.total_norm(target, p)
     if error_if_nonfinite and not math.isfinite(norm):
         raise _nonfinite_error(norm, p, "total norm of the gradients")
     return float(norm)
 
 
-def _clip_each(s: Any, max_norm: float, p: float, mode: str, eps: float) -> np.ndarray:
-    norms: np.ndarray = s.clip_each(max_norm, p, ENGINE_MODE[mode], eps)
+def _clip_each(
+    ops: Any, target: Any, max_norm: float, p: float, mode: str, eps: float
+) -> np.ndarray:
+    norms: np.ndarray = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
     if mode == "raise" and not np.isfinite(norms).all():
         bad = int(np.flatnonzero(~np.isfinite(norms))[0])
         raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
@@ -249,7 +259,7 @@ def clip_grad_norm_(
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
     return _clip_norm(
-        partial(one_shot, grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
+        ONCE, as_sequence(grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
     )
 
 
@@ -279,7 +289,7 @@ def get_total_norm(
     5.0
     """
     p = check_norm_type(norm_type)
-    return _total_norm(partial(one_shot, grads), p, error_if_nonfinite, comm)
+    return _total_norm(ONCE, as_sequence(grads), p, error_if_nonfinite, comm)
 
 
 def clip_grads_with_norm_(
@@ -302,7 +312,7 @@ def clip_grads_with_norm_(
     max_norm = check_max_norm(max_norm)
     total = check_total_norm(total_norm)
     eps = check_eps(eps)
-    one_shot(grads).apply_norm(max_norm, total, eps, ENGINE_MODE["propagate"])
+    ONCE.apply_norm(as_sequence(grads), max_norm, total, eps, ENGINE_MODE["propagate"])
 
 
 def clip_grad_value_(grads: Any, clip_value: float) -> None:
@@ -321,7 +331,7 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     array([-1. ,  0.5,  1. ,  nan])
     """
     v = check_clip_value(clip_value)
-    one_shot(grads).clamp(-v, v)
+    ONCE.clamp(as_sequence(grads), -v, v)
 
 
 def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
@@ -334,7 +344,7 @@ def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
     array([5., 0., 2.])
     """
     p = check_norm_type(norm_type)
-    out: np.ndarray = one_shot(grads).tensor_norms(p)
+    out: np.ndarray = ONCE.tensor_norms(as_sequence(grads), p)
     return out
 
 
@@ -372,7 +382,7 @@ def clip_grad_norm_per_tensor_(
     p = check_norm_type(norm_type)
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
-    return _clip_each(one_shot(grads), max_norm, p, mode, eps)
+    return _clip_each(ONCE, as_sequence(grads), max_norm, p, mode, eps)
 
 
 def clip_by_norm_(
@@ -460,9 +470,6 @@ class GradientSet:
     def __len__(self) -> int:
         return len(self._set)
 
-    def _own(self) -> Any:
-        return self._set
-
     @property
     def arrays(self) -> tuple[Any, ...]:
         """The arrays (as NumPy views), ``None`` where the input had ``None``."""
@@ -487,14 +494,14 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        norm: float = _clip_norm(self._own, max_norm, p, mode, eps, comm, False, False)
+        norm: float = _clip_norm(SET, self._set, max_norm, p, mode, eps, comm, False, False)
         return norm
 
     def total_norm(
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
     ) -> float:
         """:func:`get_total_norm` over the set."""
-        return _total_norm(self._own, check_norm_type(norm_type), error_if_nonfinite, comm)
+        return _total_norm(SET, self._set, check_norm_type(norm_type), error_if_nonfinite, comm)
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
         """:func:`clip_grads_with_norm_` over the set."""
@@ -525,7 +532,7 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        return _clip_each(self._set, max_norm, p, mode, eps)
+        return _clip_each(SET, self._set, max_norm, p, mode, eps)
 
 
 def set_num_threads(n: int) -> None:

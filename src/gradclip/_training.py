@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._api import arrays_of, core_set, global_norm_of
+from ._api import arrays_of, global_norm_of, ops_of
 from ._inputs import check_eps, check_max_norm, check_norm_type
 from ._result import ClipResult
 
@@ -73,13 +73,14 @@ def unscale_clip_grad_norm_(
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     if comm is not None:
-        raw, s = global_norm_of(comm, partial(core_set, grads), p)
+        ops, target = ops_of(grads)
+        raw, s = global_norm_of(comm, partial(ops.own, target), p)
         # this rank's own arrays, before the write (one more read pass, only when asked)
         norms = s.tensor_norms(p) * inv if per_tensor_norms else None
         total, coef = raw * inv, s.apply_unscale(max_norm, raw, inv, eps)
     else:
-        s = core_set(grads)
-        total, coef, norms = s.unscale_clip(max_norm, inv, p, eps, bool(per_tensor_norms))
+        ops, target = ops_of(grads)
+        total, coef, norms = ops.unscale_clip(target, max_norm, inv, p, eps, bool(per_tensor_norms))
     finite = math.isfinite(total)
     return ClipResult(
         total_norm=total,
