@@ -31,20 +31,91 @@ constexpr int kNpyHalf = 23;
 int g_bf16_num = -1;     // ml_dtypes.bfloat16's type number, when ml_dtypes is present
 py::object* g_as_array;  // Python helper: non-ndarray -> ndarray view, or TypeError
 
-std::string where(const std::string& arg, std::size_t pos, bool single) {
-    return single ? arg : arg + "[" + std::to_string(pos) + "]";
-}
-
 // The validated arrays of one call. `keep` holds references so the memory stays alive
 // while the GIL is released.
 struct Batch {
     std::vector<Span> spans;       // one per array (None entries excluded)
-    std::vector<std::size_t> pos;  // input position of each span
+    std::vector<std::size_t> pos;  // leaf position of each span (depth first, dicts in order)
     std::vector<py::array> keep;
     std::vector<std::ptrdiff_t> meta;   // shape then strides of every kept array
     std::vector<std::size_t> meta_off;  // where each kept array's shape starts in meta
-    std::size_t npos = 0;
+    std::size_t npos = 0;               // leaves, None included
+    // How positions are named in errors: `arg` for a single array, arg[i] for a flat list, and
+    // the path through the containers (grads['enc'][0]) when the input was nested (`root`).
+    std::string arg = "grads";
+    bool single = false;
+    py::object root;
+
+    std::string at(std::size_t leaf) const;
 };
+
+// ------------------------------------------------------------------ pytrees
+// A grads argument is one array, or lists, tuples (named tuples too) and dicts nested to any
+// depth; leaves depth first, dicts in their iteration order. A flat list or tuple, the common
+// case, is read as is; anything nested is flattened once here.
+constexpr int kMaxDepth = 200;
+
+bool is_container(PyObject* o) noexcept { return PyList_Check(o) || PyTuple_Check(o) || PyDict_Check(o); }
+
+// Visits the leaves below `node` in order: leaf(PyObject*) for each; returns false when the
+// walk was stopped (leaf returned false).
+template <class Leaf>
+bool walk(PyObject* node, int depth, Leaf&& leaf) {
+    if (!is_container(node)) return leaf(node);
+    if (depth > kMaxDepth)
+        throw py::type_error("grads is nested more than " + std::to_string(kMaxDepth) +
+                             " levels deep (a container that contains itself?)");
+    if (PyDict_Check(node)) {
+        // the dict's values, as a new list (safe against a dict changed by Python code below)
+        const py::list values = py::reinterpret_borrow<py::dict>(node).attr("values")();
+        for (const py::handle v : values)
+            if (!walk(v.ptr(), depth + 1, leaf)) return false;
+        return true;
+    }
+    const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(node, "not a sequence"));
+    if (!fast) throw py::error_already_set();
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
+    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+    for (Py_ssize_t i = 0; i < n; ++i)
+        if (!walk(items[i], depth + 1, leaf)) return false;
+    return true;
+}
+
+// The path of leaf `target` below `node` ("[0]['enc']"), or "" when there is none.
+bool path_to(PyObject* node, std::size_t& remaining, std::string& path) {
+    if (!is_container(node)) {
+        if (remaining == 0) return true;
+        --remaining;
+        return false;
+    }
+    const std::size_t mark = path.size();
+    if (PyDict_Check(node)) {
+        const py::list items = py::reinterpret_borrow<py::dict>(node).attr("items")();
+        for (const py::handle kv : items) {
+            path += "[" + py::repr(kv[py::int_(0)]).cast<std::string>() + "]";
+            if (path_to(kv[py::int_(1)].ptr(), remaining, path)) return true;
+            path.resize(mark);
+        }
+        return false;
+    }
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(node);
+    for (std::size_t i = 0; i < seq.size(); ++i) {
+        path += "[" + std::to_string(i) + "]";
+        if (path_to(seq[i].ptr(), remaining, path)) return true;
+        path.resize(mark);
+    }
+    return false;
+}
+
+std::string Batch::at(std::size_t leaf) const {
+    if (single) return arg;
+    if (root) {
+        std::string path;
+        std::size_t remaining = leaf;
+        if (path_to(root.ptr(), remaining, path)) return arg + path;
+    }
+    return arg + "[" + std::to_string(leaf) + "]";
+}
 
 [[noreturn]] void bad_dtype(const py::handle& arr, const std::string& at, bool byteorder) {
     const std::string name = py::str(arr.attr("dtype")).cast<std::string>();
@@ -55,9 +126,9 @@ struct Batch {
     throw py::type_error(at + " has dtype " + name + "; expected float16, bfloat16, float32 or float64");
 }
 
-// The element type of an array, or a TypeError naming its position (arg, pos, single). The
-// position's text is built only for the error: this runs for every array of every call.
-DType element_type(const py::array& arr, const std::string& arg, std::size_t pos, bool single) {
+// The element type of leaf `leaf`'s array, or a TypeError naming it. The name is built only
+// for the error: this runs for every array of every call.
+DType element_type(const py::array& arr, const Batch& b, std::size_t leaf) {
     const auto* descr = py::detail::array_descriptor_proxy(py::detail::array_proxy(arr.ptr())->descr);
     const int num = descr->type_num;
     if (descr->byteorder != '>') {
@@ -66,7 +137,7 @@ DType element_type(const py::array& arr, const std::string& arg, std::size_t pos
         if (num == kNpyHalf) return DType::F16;
         if (g_bf16_num >= 0 && num == g_bf16_num) return DType::BF16;
     }
-    bad_dtype(arr, where(arg, pos, single), descr->byteorder == '>');
+    bad_dtype(arr, b.at(leaf), descr->byteorder == '>');
 }
 
 // Fills span k of the batch from its array's NumPy struct, copying shape and strides to
@@ -94,12 +165,11 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
     return true;
 }
 
-[[noreturn]] void overlap_error(const Batch& b, const std::string& arg, std::size_t first, std::size_t second) {
-    std::size_t a = b.pos[first], c = b.pos[second];
-    if (a > c) std::swap(a, c);
+[[noreturn]] void overlap_error(const Batch& b, std::size_t first, std::size_t second) {
+    if (b.pos[first] > b.pos[second]) std::swap(first, second);
     const Span& sa = b.spans[first];
     const Span& sc = b.spans[second];
-    const std::string pair = arg + "[" + std::to_string(a) + "] and " + arg + "[" + std::to_string(c) + "]";
+    const std::string pair = b.at(b.pos[first]) + " and " + b.at(b.pos[second]);
     const bool same_bytes = sa.data == sc.data && sa.n * gradclip::itemsize(sa.dt) == sc.n * gradclip::itemsize(sc.dt);
     if (same_bytes && sa.ndim == 0 && sc.ndim == 0)
         throw py::value_error(pair + " are the same memory; each gradient must appear once");
@@ -108,63 +178,98 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
                           "interleaved strided views of one buffer are rejected too)");
 }
 
-// Validates every entry of `seq` and describes it; throws TypeError / ValueError naming
-// the argument and position. Nothing is written here, and nothing is written by a caller
-// unless this returns. Runs once per array on every call, so it reads NumPy's array
-// structs directly instead of going through Python attribute lookups. A writing call
-// (`write`) also needs writeable arrays that share no memory, with themselves or each other.
-void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& b, bool write = true) {
-    // a list or tuple as is (any other sequence materialised once): a C array of items
-    const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(seq.ptr(), "grads must be a sequence"));
-    if (!fast) throw py::error_already_set();
-    const auto n = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fast.ptr()));
-    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-    const auto& api = py::detail::npy_api::get();
-    b.npos = n;
-    b.keep.reserve(n);
-    b.pos.reserve(n);
-    b.spans.reserve(n);
-    b.meta_off.reserve(n);
-    // first pass: each entry an array of a supported type (writeable, for a writing call)
-    std::size_t meta_need = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        PyObject* item = items[i];
-        if (item == Py_None) continue;
-        // (a default-constructed py::array would allocate a new empty array: avoid it)
-        py::array arr = api.PyArray_Check_(item)
-                            ? py::reinterpret_borrow<py::array>(item)
-                            : (*g_as_array)(py::handle(item), where(arg, i, single)).cast<py::array>();
-        Span sp;
-        sp.dt = element_type(arr, arg, i, single);
-        const auto* proxy = py::detail::array_proxy(arr.ptr());
-        if (write && (proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
-            throw py::value_error(where(arg, i, single) +
-                                  " is read-only; gradclip writes in place and needs a writeable array");
-        }
-        meta_need += 2 * static_cast<std::size_t>(proxy->nd);
-        b.spans.push_back(sp);
-        b.pos.push_back(i);
-        b.keep.push_back(std::move(arr));
-    }
+// True for an ndarray subclass that must not be clipped as a plain array: a masked array's
+// masked entries would be read into the norm and written.
+bool is_masked(PyObject* item) {
+    static PyObject* masked = [] {
+        const py::object t = py::module_::import("numpy.ma").attr("MaskedArray");
+        return t.inc_ref().ptr();  // kept for the interpreter's lifetime
+    }();
+    return PyObject_IsInstance(item, masked) == 1;
+}
 
-    // second pass: spans, self-overlap, then overlap between arrays
-    const std::size_t m = b.keep.size();
-    b.meta.resize(meta_need);                 // sized once: spans point into it
-    std::vector<gradclip::ByteRange> bounds;  // of the arrays a writing call may change; id: index into spans
-    if (write && m > 1) bounds.reserve(m);
+// Adds one leaf to the batch (None is skipped but counts for positions).
+void add_leaf(Batch& b, PyObject* item, bool write, const py::detail::npy_api& api) {
+    const std::size_t i = b.npos++;
+    if (item == Py_None) return;
+    // (a default-constructed py::array would allocate a new empty array: avoid it) Non-ndarrays
+    // and masked arrays go through the Python helper: a view, or a TypeError.
+    const bool plain = api.PyArray_Check_(item) && (Py_TYPE(item) == api.PyArray_Type_ || !is_masked(item));
+    py::array arr = plain ? py::reinterpret_borrow<py::array>(item)
+                          : (*g_as_array)(py::handle(item), b.at(i), write).cast<py::array>();
+    Span sp;
+    sp.dt = element_type(arr, b, i);
+    b.spans.push_back(sp);
+    b.pos.push_back(i);
+    b.keep.push_back(std::move(arr));
+}
+
+// Validates every leaf of `grads` and describes it; throws TypeError naming the argument and
+// position. Nothing is written here. Runs on every call, so it reads NumPy's array structs
+// directly instead of going through Python attribute lookups. `write` tells the Python helper
+// that views non-ndarrays whether the call writes (it refuses parameters then); the checks a
+// write needs beyond that are check_writable's.
+void parse(const py::handle& grads, const std::string& arg, bool single, Batch& b, bool write = true) {
+    const auto& api = py::detail::npy_api::get();
+    b.arg = arg;
+    b.single = single;
+    bool nested = PyDict_Check(grads.ptr());
+    if (!nested) {
+        // a list or tuple as is (any other sequence materialised once): a C array of items
+        const py::object fast =
+            py::reinterpret_steal<py::object>(PySequence_Fast(grads.ptr(), "grads must be a sequence"));
+        if (!fast) throw py::error_already_set();
+        const auto n = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fast.ptr()));
+        PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+        b.keep.reserve(n);
+        b.pos.reserve(n);
+        b.spans.reserve(n);
+        b.meta_off.reserve(n);
+        for (std::size_t i = 0; i < n && !nested; ++i) nested = is_container(items[i]);
+        if (!nested)
+            for (std::size_t i = 0; i < n; ++i) add_leaf(b, items[i], write, api);
+    }
+    if (nested) {
+        b.root = py::reinterpret_borrow<py::object>(grads);
+        walk(grads.ptr(), 0, [&](PyObject* leaf) {
+            add_leaf(b, leaf, write, api);
+            return true;
+        });
+    }
+    std::size_t meta_need = 0;
+    for (const py::array& a : b.keep) meta_need += 2 * static_cast<std::size_t>(a.ndim());
+    b.meta.resize(meta_need);  // sized once: spans point into it
     std::size_t off = 0;
-    for (std::size_t k = 0; k < m; ++k) {
+    for (std::size_t k = 0; k < b.keep.size(); ++k) {
         b.meta_off.push_back(off);
-        const bool dense = describe(b, k, off);
+        describe(b, k, off);
+        off += 2 * static_cast<std::size_t>(b.keep[k].ndim());
+    }
+}
+
+// What a writing call needs beyond parse: writeable arrays, none whose elements share memory,
+// no two that overlap. Throws ValueError naming the position; a read-only array's message
+// names the copying alternative.
+void check_writable(const Batch& b) {
+    const std::size_t m = b.keep.size();
+    std::vector<gradclip::ByteRange> bounds;  // id: index into spans
+    if (m > 1) bounds.reserve(m);
+    for (std::size_t k = 0; k < m; ++k) {
+        const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
+        if ((proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
+            throw py::value_error(b.at(b.pos[k]) +
+                                  " is read-only; gradclip writes in place and needs a writeable array "
+                                  "(gradclip.clip_by_global_norm returns clipped copies instead)");
+        }
         const Span& sp = b.spans[k];
-        const int nd = py::detail::array_proxy(b.keep[k].ptr())->nd;
-        const std::ptrdiff_t* shape = b.meta.data() + off;
+        if (sp.n == 0) continue;  // nothing to write
+        const int nd = proxy->nd;
+        const std::ptrdiff_t* shape = b.meta.data() + b.meta_off[k];
         const std::ptrdiff_t* strides = shape + nd;
-        off += 2 * static_cast<std::size_t>(nd);
-        if (sp.n == 0 || !write) continue;  // nothing to write, or overlaps cannot lose an update
         const std::size_t isz = gradclip::itemsize(sp.dt);
+        const bool dense = sp.ndim == 0;
         if (!dense && gradclip::may_self_overlap(nd, shape, strides, isz)) {
-            throw py::value_error(where(arg, b.pos[k], single) +
+            throw py::value_error(b.at(b.pos[k]) +
                                   " has elements that share memory (e.g. a stride-0 view); writing to it in "
                                   "place would apply the update more than once");
         }
@@ -174,12 +279,12 @@ void parse(const py::sequence& seq, const std::string& arg, bool single, Batch& 
         } else {
             const char* lo;
             const char* hi;
-            gradclip::byte_bounds(py::detail::array_proxy(b.keep[k].ptr())->data, nd, shape, strides, isz, lo, hi);
+            gradclip::byte_bounds(proxy->data, nd, shape, strides, isz, lo, hi);
             bounds.push_back({lo, hi, k});
         }
     }
     std::size_t first, second;
-    if (gradclip::find_overlap(bounds, first, second)) overlap_error(b, arg, first, second);
+    if (gradclip::find_overlap(bounds, first, second)) overlap_error(b, first, second);
 }
 
 gradclip::NormSpec spec_from(double p) { return gradclip::make_norm_spec(p); }
@@ -236,6 +341,7 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
                                  const std::vector<int>& axes, double p, double eps, const std::string& arg) {
     Batch b;
     parse(py::make_tuple(x), arg, true, b);
+    check_writable(b);
     if (b.keep.empty()) throw py::type_error(arg + " must be an array, not None");
     std::vector<std::vector<bool>> reduced(1, std::vector<bool>(static_cast<std::size_t>(b.keep[0].ndim()), false));
     for (int a : axes) reduced[0][static_cast<std::size_t>(a)] = true;
@@ -262,6 +368,7 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
                         const std::vector<std::vector<int>>& reduce, double p) {
     Batch g, all_w;
     parse(grads, "grads", false, g);
+    check_writable(g);
     parse(params, "params", false, all_w, /*write=*/false);
     if (g.npos != all_w.npos)
         throw py::value_error("grads and params must have the same length (" + std::to_string(g.npos) + " and " +
@@ -273,8 +380,8 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
     for (std::size_t k = 0; k < g.keep.size(); ++k) {
         while (j < all_w.pos.size() && all_w.pos[j] < g.pos[k]) ++j;
         if (j == all_w.pos.size() || all_w.pos[j] != g.pos[k])
-            throw py::value_error("params[" + std::to_string(g.pos[k]) + "] is None but grads[" +
-                                  std::to_string(g.pos[k]) + "] is not; AGC needs the parameter of every gradient");
+            throw py::value_error(all_w.at(g.pos[k]) + " is None but " + g.at(g.pos[k]) +
+                                  " is not; AGC needs the parameter of every gradient");
         w.keep.push_back(all_w.keep[j]);
         w.spans.push_back(all_w.spans[j]);
         w.pos.push_back(all_w.pos[j]);
@@ -288,9 +395,7 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
         bool same = wa.ndim() == ga.ndim();
         for (std::size_t d = 0; same && d < nd; ++d)
             same = ga.shape(static_cast<py::ssize_t>(d)) == wa.shape(static_cast<py::ssize_t>(d));
-        if (!same)
-            throw py::value_error("grads[" + std::to_string(i) + "] and params[" + std::to_string(i) +
-                                  "] have different shapes");
+        if (!same) throw py::value_error(g.at(i) + " and " + all_w.at(i) + " have different shapes");
         std::vector<bool> r(nd, false);
         for (int ax : reduce.at(i)) r.at(static_cast<std::size_t>(ax)) = true;
         reduced.push_back(std::move(r));
@@ -324,11 +429,12 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
 py::tuple clip_per_example(const py::sequence& grads, double max_norm, bool per_layer, double eps) {
     Batch g;
     parse(grads, "grads", false, g);
+    check_writable(g);
     std::vector<std::vector<bool>> reduced;
     py::ssize_t batch = -1;
     for (std::size_t k = 0; k < g.keep.size(); ++k) {
         const py::array& a = g.keep[k];
-        const std::string where_k = "grads[" + std::to_string(g.pos[k]) + "]";
+        const std::string where_k = g.at(g.pos[k]);
         if (a.ndim() < 1) throw py::value_error(where_k + " is 0-d; per-example gradients need a batch axis (axis 0)");
         if (batch < 0) batch = a.shape(0);
         if (a.shape(0) != batch)
@@ -355,18 +461,22 @@ py::tuple clip_per_example(const py::sequence& grads, double max_norm, bool per_
 }
 
 // ------------------------------------------------------------------ the operations
-// A list of arrays, validated once, and every operation over it: each operation's one binding
-// entry. gradclip.GradientSet keeps one (cached: the chunking plan is computed once, and each
-// call first re-checks, in C++ and without touching reference counts, that no array was
-// resized, re-allocated or made read-only since: data pointer, shape, strides, writeable
-// flag). Every free function makes a one-shot one (not cached: its arrays were parsed a
-// moment ago, and the plan goes into a per-thread buffer).
+// A pytree of arrays, validated once, and every operation over it: each operation's one
+// binding entry. gradclip.GradientSet keeps one (cached: the chunking plan is computed once,
+// and each call first re-checks, in C++ and without touching reference counts, that no array
+// was resized or re-allocated since: data pointer, shape, strides; a writing call also that
+// the arrays are writeable and share no memory). Every free function makes a one-shot one
+// (not cached: its arrays were parsed a moment ago, and the plan goes into a per-thread
+// buffer), validated for a write only when its operation writes: reading calls take
+// read-only arrays and the same array twice.
 class GradSet {
 public:
-    GradSet(const py::sequence& grads, std::string arg, bool single, bool cached)
-        : arg_(std::move(arg)), single_(single) {
-        parse(grads, arg_, single_, b_);
-        if (!cached) return;
+    GradSet(const py::handle& grads, const std::string& arg, bool single, bool cached, bool write = true) {
+        parse(grads, arg, single, b_, write);
+        if (!cached) {
+            if (write) check_writable(b_);
+            return;
+        }
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
         plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
@@ -381,14 +491,14 @@ public:
     }
 
     double total_norm(double p) const {
-        check();
+        check(false);
         py::gil_scoped_release nogil;  // safe: no Python object is touched until it is re-acquired
         return gradclip::total_norm(spans(), n(), spec_from(p), plan());
     }
     // (total norm, norm of each array) from one read pass, nothing written; the total is the
     // norm of the per-array norms.
     py::tuple norms(double p) const {
-        check();
+        check(false);
         std::vector<double> each(n());
         double total;
         {
@@ -399,7 +509,7 @@ public:
         return py::make_tuple(total, scatter(b_, each));
     }
     py::array_t<double> tensor_norms(double p) const {
-        check();
+        check(false);
         std::vector<double> each(n());
         {
             py::gil_scoped_release nogil;
@@ -409,7 +519,7 @@ public:
     }
     // (pre-clip total norm, applied coefficient, per-array norms or None)
     py::tuple clip_total(double max_norm, double p, NonFinite mode, double eps, bool with_norms) const {
-        check();
+        check(true);
         std::vector<double> each(with_norms ? n() : 0);
         double norm, coef;
         {
@@ -422,24 +532,24 @@ public:
     // The global rule with a norm from elsewhere (the user, other processes); returns the
     // applied coefficient.
     double apply_norm(double max_norm, double norm, double eps, NonFinite mode) const {
-        check();
+        check(true);
         py::gil_scoped_release nogil;
         return gradclip::apply_global_clip(spans(), n(), norm, max_norm, eps, mode, plan());
     }
     // Multiply by factor (rounded per element type); nothing is written for exactly 1.
     void scale(double factor) const {
-        check();
+        check(true);
         if (factor == 1.0) return;
         py::gil_scoped_release nogil;
         gradclip::scale_all(spans(), n(), factor, plan());
     }
     void clamp(double lo, double hi) const {
-        check();
+        check(true);
         py::gil_scoped_release nogil;
         gradclip::clamp_all(spans(), n(), lo, hi, plan());
     }
     py::array_t<double> clip_each(double max_norm, double p, NonFinite mode, double eps) const {
-        check();
+        check(true);
         std::vector<double> each(n());
         {
             py::gil_scoped_release nogil;
@@ -449,7 +559,7 @@ public:
     }
     // Each array clipped by its root mean square (Optax's clip_by_block_rms); returns the RMS.
     py::array_t<double> clip_block_rms(double threshold, double eps) const {
-        check();
+        check(true);
         std::vector<double> each(n());
         {
             py::gil_scoped_release nogil;
@@ -460,7 +570,7 @@ public:
     }
     // (unscaled total norm, clipping coefficient, per-array unscaled norms or None)
     py::tuple unscale_clip(double max_norm, double inv_scale, double p, double eps, bool with_norms) const {
-        check();
+        check(true);
         std::vector<double> each(with_norms ? n() : 0);
         double coef = 1.0, total;
         {
@@ -473,7 +583,7 @@ public:
 
     // unscale_clip's write half with the scaled gradients' norm from elsewhere; returns coef
     double apply_unscale(double max_norm, double raw_norm, double inv_scale, double eps) const {
-        check();
+        check(true);
         py::gil_scoped_release nogil;
         return gradclip::apply_unscale_clip(spans(), n(), raw_norm, max_norm, inv_scale, eps, plan());
     }
@@ -483,8 +593,9 @@ private:
     std::size_t n() const noexcept { return b_.spans.size(); }
     const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
 
-    void check() const {
-        if (!plans_) return;  // one-shot: parsed just now
+    void check(bool write) const {
+        if (!plans_) return;  // one-shot: validated just now, for what its operation does
+        bool writeable = true;
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
             const auto nd = static_cast<std::size_t>(a.ndim());
@@ -496,17 +607,23 @@ private:
             for (std::size_t d = 0; same && d < nd; ++d)
                 same = sh[d] == b_.meta[off + d] && st[d] == b_.meta[off + nd + d];
             if (!same) {
-                throw py::value_error(where(arg_, b_.pos[k], single_) +
+                throw py::value_error(b_.at(b_.pos[k]) +
                                       " was resized or re-allocated after the GradientSet was made; "
                                       "make a new GradientSet");
             }
-            if (!a.writeable()) throw py::value_error(where(arg_, b_.pos[k], single_) + " is read-only");
+            writeable = writeable && a.writeable();
+        }
+        // a write also needs the overlap rules (checked once: memory does not move without the
+        // check above failing) and writeable arrays (a flag that may change at any time);
+        // check_writable names the array that fails
+        if (write && (!writable_ || !writeable)) {
+            check_writable(b_);
+            writable_ = true;
         }
     }
 
-    std::string arg_;
-    bool single_;
     Batch b_;
+    mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets
 };
@@ -529,16 +646,26 @@ private:
 // A free function's set: `target` is (sequence, single) as gradclip._inputs.as_sequence
 // returns it. The set lives on the C++ stack for the one call (no Python object, no second
 // dispatch), so a free function costs what the method of a GradientSet does plus the parse.
-GradSet one_shot(const py::tuple& target) {
-    if (target.size() != 2) throw py::type_error("a one-shot target is (sequence, single)");
-    return GradSet(target[0].cast<py::sequence>(), "grads", target[1].cast<bool>(), false);
+GradSet one_shot(const py::tuple& target, bool write = true) {
+    if (target.size() != 2) throw py::type_error("a one-shot target is (grads, single)");
+    return GradSet(target[0], "grads", target[1].cast<bool>(), false, write);
 }
+
+// The operations that only read (every other one writes).
+template <auto Method>
+constexpr bool kReads = false;
+template <>
+constexpr bool kReads<&GradSet::total_norm> = true;
+template <>
+constexpr bool kReads<&GradSet::norms> = true;
+template <>
+constexpr bool kReads<&GradSet::tensor_norms> = true;
 
 template <auto Method>
 struct Once;
 template <typename R, typename... A, R (GradSet::*Method)(A...) const>
 struct Once<Method> {
-    static R call(const py::tuple& target, A... args) { return (one_shot(target).*Method)(args...); }
+    static R call(const py::tuple& target, A... args) { return (one_shot(target, !kReads<Method>).*Method)(args...); }
 };
 
 }  // namespace
@@ -599,14 +726,18 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         },
         "Read and write back every 64-bit word of a contiguous buffer (data unchanged).");
     py::class_<GradSet> cls(m, "GradientSet");
-    cls.def(py::init<const py::sequence&, std::string, bool, bool>(), py::arg("grads"), py::arg("arg") = "grads",
-            py::arg("single") = false, py::arg("cached") = true)
+    cls.def(py::init<const py::handle&, const std::string&, bool, bool, bool>(), py::arg("grads"),
+            py::arg("arg") = "grads", py::arg("single") = false, py::arg("cached") = true, py::arg("write") = true)
         .def("__len__", &GradSet::size)
         .def("arrays", &GradSet::arrays)
-        .def("own", [](const py::object& self) { return self; }, "The set itself (as _core.once.own makes one).");
+        .def(
+            "own", [](const py::object& self, bool) { return self; }, py::arg("write") = true,
+            "The set itself (as _core.once.own makes one).");
     py::module_ once = m.def_submodule(
         "once", "Each GradientSet operation as a function of (sequence, single): a one-shot set for one call.");
-    once.def("own", &one_shot, "A one-shot GradientSet of (sequence, single), for several calls.");
+    once.def(
+        "own", &one_shot, py::arg("target"), py::arg("write") = true,
+        "A one-shot GradientSet of (grads, single), for several calls (validated for writing unless write=False).");
 #define GRADCLIP_BIND(name)         \
     cls.def(#name, &GradSet::name); \
     once.def(#name, &Once<&GradSet::name>::call);

@@ -38,6 +38,17 @@ def readonly() -> np.ndarray:
     return a
 
 
+class Param:
+    """A parameter of a NumPy autograd library (as mygrad's Tensor): data plus a ``.grad``."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.data
+
+
 @dataclass
 class Case:
     call: Callable[[ModuleType, dict[str, Any]], Any]
@@ -56,7 +67,36 @@ CASES: dict[str, Case] = {
     "grads-none": Case(lambda m, s: m.get_total_norm(None), TypeError, ("grads", "None")),
     "grads-number": Case(lambda m, s: m.get_total_norm(3.0), TypeError, ("grads", "float")),
     "not-viewable": Case(
-        lambda m, s: m.get_total_norm([s["g"], [1.0, 2.0]]), TypeError, ("grads[1]", "list")
+        lambda m, s: m.clip_grad_norm_([s["g"], object()], 1.0), TypeError, ("grads[1]", "object")
+    ),
+    "number-leaf": Case(
+        lambda m, s: m.clip_grad_norm_([s["g"], [1.0, 2.0]], 1.0),
+        TypeError,
+        ("grads[1][0]", "float", "not an array"),
+        reference=True,
+    ),
+    "numpy-scalar": Case(
+        lambda m, s: m.clip_grad_norm_({"w": s["g"], "b": np.float32(1.0)}, 1.0),
+        TypeError,
+        ("grads['b']", "NumPy scalar", "float32"),
+    ),
+    "key-leaf": Case(
+        lambda m, s: m.clip_grad_norm_(list({"w": s["g"]}.items()), 1.0),
+        TypeError,
+        ("grads[0][0]", "str", "'w'", "dict"),
+    ),
+    "masked": Case(
+        lambda m, s: m.clip_grad_norm_([s["g"], np.ma.masked_array(np.ones(3), [0, 1, 0])], 1.0),
+        TypeError,
+        ("grads[1]", "masked"),
+    ),
+    "parameter": Case(
+        lambda m, s: m.clip_grad_norm_([s["g"], Param(np.ones(3))], 1.0),
+        TypeError,
+        ("grads[1]", ".grad", "p.grad"),
+    ),
+    "max_norm-bool": Case(
+        lambda m, s: m.clip_grad_norm_(s["g"], True), TypeError, ("max_norm", "bool")
     ),
     "dtype": Case(
         lambda m, s: m.get_total_norm([s["g"], np.arange(3, dtype=np.int32)]),
@@ -138,17 +178,17 @@ CASES: dict[str, Case] = {
     ),
     "x-readonly": Case(lambda m, s: m.clip_by_norm_(s["ro"], 1.0), ValueError, ("x", "read-only")),
     "same-twice": Case(
-        lambda m, s: m.get_total_norm([s["g"], s["h"], s["g"]]),
+        lambda m, s: m.clip_grad_norm_([s["g"], s["h"], s["g"]], 1.0),
         ValueError,
         ("grads[0]", "grads[2]"),
     ),
     "overlap": Case(
-        lambda m, s: m.get_total_norm([s["buf"][:6], s["buf"][4:]]),
+        lambda m, s: m.clip_grad_norm_([s["buf"][:6], s["buf"][4:]], 1.0),
         ValueError,
         ("grads[0]", "grads[1]", "overlap"),
     ),
     "self-overlap": Case(
-        lambda m, s: m.get_total_norm([as_strided(s["buf"], (4,), (0,), writeable=True)]),
+        lambda m, s: m.clip_grad_norm_([as_strided(s["buf"], (4,), (0,), writeable=True)], 1.0),
         ValueError,
         ("grads[0]", "share memory"),
         reference=False,  # see tests/test_fuzz.py::test_reference_rejects_self_overlap

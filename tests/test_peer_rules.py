@@ -305,9 +305,14 @@ def test_agc_explicit_axis_conv3d() -> None:
     gn = np.linalg.vector_norm(g, axis=(0, 1, 2, 3))
     wn = np.linalg.vector_norm(w, axis=(0, 1, 2, 3))
     assert (gn <= 0.5 * np.maximum(wn, 1e-3) * (1 + 1e-12)).all()
-    # without axis, Optax's rule has no default for 5-d arrays
+    # without axis, Optax's default for 5-d kernels: every axis but the last (the output)
+    h, twin = g.copy(), g.copy()
+    gradclip.adaptive_grad_clip_(h, w, clipping=0.5, layout="HWIO")
+    gradclip.adaptive_grad_clip_(twin, w, clipping=0.5, axis=(0, 1, 2, 3))
+    assert_same_values(h, twin)
+    # 6-d arrays have no default; an axis out of range is named
     with pytest.raises(ValueError, match="axis"):
-        gradclip.adaptive_grad_clip_(g, w, layout="HWIO")
+        gradclip.adaptive_grad_clip_(np.ones((2,) * 6), np.ones((2,) * 6), layout="HWIO")
     with pytest.raises(ValueError, match="axis"):
         gradclip.adaptive_grad_clip_(g, w, axis=5)
 

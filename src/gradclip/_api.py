@@ -165,7 +165,7 @@ def _clip_norm(
 
 def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
     if comm is not None:
-        norm = global_norm_of(comm, partial(ops.own, target), p)[0]
+        norm = global_norm_of(comm, partial(ops.own, target, False), p)[0]
     else:
         norm = ops.total_norm(target, p)
     if error_if_nonfinite and not math.isfinite(norm):

@@ -7,7 +7,6 @@ import collections.abc
 import math
 import sys
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,24 +46,30 @@ def _is_single_array(obj: object) -> bool:
     )
 
 
-def as_sequence(grads: Any, arg: str = "grads") -> tuple[Sequence[Any], bool]:
-    """Returns ``(sequence_of_arrays, single)``; ``single`` is True when ``grads`` was one array.
+def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
+    """Returns ``(grads, single)`` for the compiled core; ``single`` is True when ``grads``
+    was one array (it is then wrapped in a tuple).
 
-    Lists and tuples pass through untouched (the compiled core reads them directly); other
-    iterables, generators included, are consumed once into a list.
+    Lists, tuples and dicts pass through untouched: the compiled core reads them directly,
+    flattening nested ones (leaves depth first, dicts in their iteration order). Any other
+    mapping becomes a dict; other iterables, generators included, are consumed once into a
+    list.
     """
-    if isinstance(grads, (list, tuple)):
+    if isinstance(grads, (list, tuple, dict)):
         return grads, False
     if isinstance(grads, np.ndarray):
         return (grads,), True
     if grads is None:
-        raise TypeError(f"{arg} must be an array or an iterable of arrays, not None")
+        raise TypeError(f"{arg} must be an array or a pytree of arrays, not None")
+    if isinstance(grads, collections.abc.Mapping):
+        return dict(grads), False
     if isinstance(grads, (str, bytes, bytearray)) or not _is_single_array(grads):
         if isinstance(grads, (str, bytes, bytearray)) or not isinstance(
             grads, collections.abc.Iterable
         ):
             raise TypeError(
-                f"{arg} must be an array or an iterable of arrays, not {type(grads).__name__}"
+                f"{arg} must be an array or a pytree of arrays (lists, tuples, dicts), "
+                f"not {type(grads).__name__}"
             )
         one_shot = isinstance(grads, collections.abc.Iterator)
         items = list(grads)
@@ -93,8 +98,70 @@ def _torch_bfloat16_view(obj: Any) -> np.ndarray | None:
     return view
 
 
-def as_array(obj: Any, where: str) -> np.ndarray:
-    """Views a non-ndarray gradient as an ndarray without copying, or raises TypeError."""
+def _is_torch_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def _not_a_gradient(obj: Any, where: str, write: bool) -> Any:
+    """A parameter handed over instead of its gradient: refused by a writing call (clipping
+    it would change the weights). A reading call reads it (a weight norm is a fair question);
+    a torch parameter is read through ``detach()``, the same memory. Returns the object to
+    view."""
+    if _is_torch_tensor(obj):
+        if not obj.requires_grad:
+            return obj
+        what = "a torch tensor with requires_grad=True (a parameter, not a gradient)"
+    elif getattr(obj, "grad", None) is not None:
+        what = f"a {type(obj).__name__} that carries a .grad (a parameter, not a gradient)"
+    else:
+        return obj
+    if write:
+        raise TypeError(
+            f"{where} is {what}; clipping it would change the weights. Pass the gradients "
+            "instead ([p.grad for p in params]), or use gradclip.torch, whose functions take "
+            "parameters as torch.nn.utils does"
+        )
+    return obj.detach() if _is_torch_tensor(obj) else obj
+
+
+def _leaf_error(obj: Any, where: str) -> TypeError | None:
+    """The message for a leaf that is not an array at all, or None."""
+    if isinstance(obj, np.ma.MaskedArray):
+        return TypeError(
+            f"{where} is a masked array; gradclip would read and write its masked entries "
+            f"too. Pass its .data to clip every entry, or fill the masked ones first"
+        )
+    if isinstance(obj, np.generic):
+        return TypeError(
+            f"{where} is a NumPy scalar ({type(obj).__name__}), not an array: it holds a copy "
+            "of the value, so clipping it in place could not change your gradient. Pass the "
+            "array it came from"
+        )
+    if isinstance(obj, (bool, int, float, complex)):
+        return TypeError(
+            f"{where} is a {type(obj).__name__} ({obj!r}), not an array: gradclip clips arrays "
+            "in place and a number has no memory to write to. Pass NumPy arrays (or use "
+            "gradclip.clip_by_global_norm, which returns clipped copies)"
+        )
+    if isinstance(obj, (str, bytes)):
+        return TypeError(
+            f"{where} is a {type(obj).__name__} ({obj!r}), not an array; if it is a dict key, "
+            "pass the dict itself (gradclip takes dicts and clips their values)"
+        )
+    return None
+
+
+def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
+    """Views a non-ndarray gradient as an ndarray without copying, or raises TypeError.
+
+    Called by the compiled core for every leaf that is not a plain ndarray. A reading call
+    (``write=False``) may also take a copy, since nothing is written back.
+    """
+    error = _leaf_error(obj, where)
+    if error is not None:
+        raise error
+    obj = _not_a_gradient(obj, where, write)
     try:
         if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
             view = _torch_bfloat16_view(obj)
@@ -105,11 +172,14 @@ def as_array(obj: Any, where: str) -> np.ndarray:
             except (TypeError, ValueError, BufferError, RuntimeError):
                 if not (hasattr(obj, "__array_interface__") or _has_buffer(obj)):
                     raise
-        arr = np.asarray(obj, copy=False)
-    except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+        arr = np.asarray(obj, copy=None if not write else False)
+    except (TypeError, ValueError, BufferError, RuntimeError):
         raise TypeError(
-            f"{where} ({type(obj).__name__}) cannot be used in place: NumPy cannot view it "
-            f"without a copy, and a copy would silently lose the update ({exc})"
+            f"{where} ({type(obj).__name__}) cannot be used in place: NumPy cannot view it as "
+            "an array without a copy, and a copy would silently lose the update. Pass NumPy "
+            "arrays or objects that expose their memory (the buffer protocol, "
+            "__array_interface__ or __dlpack__); gradclip.clip_by_global_norm returns clipped "
+            "copies instead"
         ) from None
     if arr.dtype == object:
         raise TypeError(f"{where} ({type(obj).__name__}) is not an array of numbers")
@@ -117,7 +187,7 @@ def as_array(obj: Any, where: str) -> np.ndarray:
 
 
 def _real(x: Any, name: str) -> float:
-    if isinstance(x, (str, bytes)) or x is None:
+    if isinstance(x, (str, bytes, bool, np.bool_)) or x is None:
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}")
     try:
         return float(x)

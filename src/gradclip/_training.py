@@ -99,8 +99,8 @@ def _agc_reduce_axes(shape: tuple[int, ...], layout: str, axis: Any, where: str)
     ``"OI"`` (PyTorch weights, ``(out, in, kh, kw)``; timm's ``unitwise_norm``): every axis
     but 0, and an array of at most one axis is one unit. ``"IO"`` / ``"HWIO"`` (JAX kernels;
     Optax's default rule): arrays with at most one axis longer than 1 are one unit (Optax
-    squeezes), else axis 0 for 2-d and 3-d arrays and axes 0-2 for 4-d ones; other ranks
-    need ``axis`` (Optax raises the same way, e.g. for 5-d Conv3D kernels).
+    squeezes), else axis 0 for 2-d and 3-d arrays, axes 0-2 for 4-d (HWIO) and 0-3 for 5-d
+    (DHWIO, Conv3D) ones; other ranks need ``axis`` (Optax raises the same way).
     """
     nd = len(shape)
     if axis is not None:
@@ -116,11 +116,11 @@ def _agc_reduce_axes(shape: tuple[int, ...], layout: str, axis: Any, where: str)
         return list(range(nd))
     if nd in (2, 3):
         return [0]
-    if nd == 4:
-        return [0, 1, 2]
+    if nd in (4, 5):  # HWIO convolutions, and DHWIO (Conv3D) ones
+        return list(range(nd - 1))
     raise ValueError(
         f"layout {layout!r}: no unit-wise norm for {where}, a {nd}-d array (Optax's rule "
-        "covers 1-d to 4-d); pass axis= to name the axes a unit spans"
+        "covers 1-d to 5-d); pass axis= to name the axes a unit spans"
     )
 
 
@@ -179,8 +179,8 @@ def adaptive_grad_clip_(
         (timm's rule: each slice along axis 0 is a unit, a vector is one unit), ``"IO"`` /
         ``"HWIO"`` for JAX-style kernels (Optax's rule).
     axis : int or tuple of int, optional
-        The axes a unit spans, for every array (Optax's ``axis``, e.g. ``(0, 1, 2, 3)`` for
-        5-d Conv3D kernels); overrides ``layout``.
+        The axes a unit spans, for every array (Optax's ``axis``, e.g. ``(0, 1, 2)`` for the
+        spatial axes of a 5-d Conv3D kernel); overrides ``layout``.
     norm_type : float, default 2.0
         The norm of units (timm's ``norm_type``: 1, 2, inf or any p > 0).
     return_result : bool, default False

@@ -64,7 +64,7 @@ def get_total_norm(
     5.0
     """
     p = _check_norm_type(norm_type)
-    arrays = _present(_as_arrays(grads))
+    arrays = _present(_as_arrays(grads, use="read"))
     norm = _pnorm(arrays, p)
     if error_if_nonfinite and not math.isfinite(norm):
         raise _nonfinite_error(norm, p)
@@ -298,7 +298,7 @@ def tensor_norms(grads: object, norm_type: float = 2.0) -> Float64Array:
     [5.0, 0.0]
     """
     p = _check_norm_type(norm_type)
-    return _norms_each(_as_arrays(grads), p)
+    return _norms_each(_as_arrays(grads, use="read"), p)
 
 
 def clip_grad_norm_per_tensor_(
@@ -479,7 +479,7 @@ class GradientSet:
     """
 
     def __init__(self, grads: Any) -> None:
-        self._grads = tuple(_as_arrays(grads))
+        self._grads = tuple(_as_arrays(grads, use="set"))
 
     def __len__(self) -> int:
         return len(self._grads)

@@ -6,7 +6,7 @@ import math
 import numbers
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,8 @@ def _real(value: object, name: str) -> float:
     Python and NumPy real scalars are accepted, and so is any other object ``float()``
     accepts (a 0-d array, a one-element tensor), except strings and complex numbers.
     """
+    if isinstance(value, (bool, np.bool_)):  # True is not a bound anyone means
+        raise TypeError(f"{name} must be a real number, got bool")
     if isinstance(value, numbers.Real):
         try:
             return float(value)
@@ -201,22 +203,63 @@ def _torch_bfloat16_view(obj: Any) -> Array | None:
     return bits.view(bf16)
 
 
-def _view(obj: object, where: str) -> Array:
-    """View ``obj`` as an ndarray without copying; TypeError naming ``where`` if impossible."""
+def _view(obj: object, where: str, write: bool = True) -> Array:
+    """View ``obj`` as an ndarray without copying; TypeError naming ``where`` if impossible.
+
+    A reading call (``write=False``) may take a copy, since nothing is written back; a
+    parameter (a torch tensor with ``requires_grad``, or an object with a non-None ``.grad``)
+    is refused by a writing call and read (through ``detach()``) by a reading one.
+    """
+    if isinstance(obj, np.ma.MaskedArray):
+        raise TypeError(f"{where} is a masked array: its masked entries would be clipped too")
     if isinstance(obj, np.ndarray):
         return obj
+    if isinstance(obj, (np.generic, numbers.Number, str, bytes)):
+        raise TypeError(f"{where} is a {type(obj).__name__}, not an array")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.requires_grad:
+        if write:
+            raise TypeError(f"{where} is a parameter (requires_grad=True), not a gradient")
+        obj = obj.detach()
+    elif getattr(obj, "grad", None) is not None and write:
+        raise TypeError(f"{where} carries a .grad: a parameter, not a gradient")
     try:
         if hasattr(obj, "__dlpack__"):
             bf16_view = _torch_bfloat16_view(obj)
             if bf16_view is not None:
                 return bf16_view
-            return np.from_dlpack(obj, copy=False)
-        return np.asarray(obj, copy=False)
+            try:
+                return np.from_dlpack(obj, copy=False)
+            except (TypeError, ValueError, BufferError, RuntimeError):
+                if write:
+                    raise
+        return np.asarray(obj, copy=False if write else None)
     except (TypeError, ValueError, BufferError, RuntimeError) as exc:
         raise TypeError(
             f"{where} ({type(obj).__name__}) cannot be viewed as a NumPy array without a copy; "
             "gradients must be writeable float arrays updated in place"
         ) from exc
+
+
+def _leaves(grads: object, name: str) -> list[tuple[str, object]]:
+    """(position name, leaf) for every leaf of a pytree: lists, tuples (named tuples too) and
+    dicts nested to any depth, depth first, dicts in their iteration order."""
+    out: list[tuple[str, object]] = []
+
+    def visit(node: object, path: str, depth: int) -> None:
+        if depth > 200:
+            raise TypeError(f"{name} is nested more than 200 levels deep")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, f"{path}[{key!r}]", depth + 1)
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                visit(value, f"{path}[{i}]", depth + 1)
+        else:
+            out.append((path, node))
+
+    visit(grads, name, 0)
+    return out
 
 
 def _may_self_overlap(arr: Array) -> bool:
@@ -240,7 +283,7 @@ def _check_array(arr: Array, where: str) -> None:
         raise ValueError(f"{where} is read-only")
 
 
-def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
+def _check_no_overlap(arrays: Sequence[Array | None], names: Sequence[str]) -> None:
     """Reject two arrays whose byte ranges [lowest, highest+1) intersect.
 
     Conservative: interleaved strided views such as ``a[::2]`` and ``a[1::2]`` share no
@@ -251,7 +294,7 @@ def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
     for i, arr in enumerate(arrays):
         if arr is not None and _may_self_overlap(arr):
             raise ValueError(
-                f"{name}[{i}] has elements that share memory (e.g. a stride-0 view); writing to "
+                f"{names[i]} has elements that share memory (e.g. a stride-0 view); writing to "
                 "it in place would apply the update more than once"
             )
     spans: list[tuple[int, int, int]] = []
@@ -265,7 +308,7 @@ def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
         if low < reach_high:
             first, second = sorted((reach_index, i))
             raise ValueError(
-                f"{name}[{first}] and {name}[{second}] overlap in memory (the same memory twice "
+                f"{names[first]} and {names[second]} overlap in memory (the same memory twice "
                 "or views whose byte ranges intersect; interleaved strided views count as "
                 "overlapping)"
             )
@@ -273,40 +316,50 @@ def _check_no_overlap(arrays: Sequence[Array | None], name: str) -> None:
             reach_high, reach_index = high, i
 
 
-def _as_arrays(grads: object, name: str = "grads") -> list[Array | None]:
+def _as_arrays(grads: object, name: str = "grads", use: str = "write") -> list[Array | None]:
     """Normalise a ``grads`` argument to a validated list of ndarrays (None where skipped).
 
-    One array (ndarray or an object NumPy can view) becomes a list of one; any other iterable
-    is a collection (a generator or other one-shot iterator is consumed once, and an empty one
-    warns, as PyTorch does for an empty generator). Raises TypeError /
-    ValueError, naming the position, for anything that cannot be updated in place.
+    One array (ndarray or an object NumPy can view) becomes a list of one; a pytree of arrays
+    is flattened (see ``_leaves``); any other iterable is consumed once (an empty generator
+    warns, as PyTorch does). ``use``: ``"write"`` checks everything a writing call needs
+    (writeable memory, no two arrays overlapping); ``"read"`` only that the leaves are float
+    arrays (read-only memory and the same array twice are fine); ``"set"`` (a GradientSet) the
+    checks of a write that do not depend on the memory. Raises TypeError / ValueError naming
+    the position.
     """
-    items: list[object]
+    items: list[tuple[str, object]]
     if _is_single_array(grads):
-        items = [grads]
+        items = [(name, grads)]
+    elif isinstance(grads, Mapping):
+        items = _leaves(dict(grads), name)
     elif isinstance(grads, (str, bytes)) or not isinstance(grads, Iterable):
         raise TypeError(
-            f"{name} must be an array or an iterable of arrays, got {type(grads).__name__}"
+            f"{name} must be an array or a pytree of arrays, got {type(grads).__name__}"
         )
     else:
         one_shot = isinstance(grads, Iterator)  # generators included
-        items = list(grads)
-        if one_shot and not items:
+        top = list(grads)
+        if one_shot and not top:
             warnings.warn(
                 f"`{name}` is an empty generator, no gradient clipping will occur.",
                 UserWarning,
                 stacklevel=3,
             )
+        items = _leaves(top, name)
     arrays: list[Array | None] = []
-    for i, item in enumerate(items):
+    for where, item in items:
         if item is None:
             arrays.append(None)
             continue
-        where = f"{name}[{i}]"
-        arr = _view(item, where)
-        _check_array(arr, where)
+        arr = _view(item, where, write=use != "read")
+        if not _is_supported_dtype(arr.dtype):
+            raise TypeError(f"{where} has dtype {arr.dtype}; {_EXPECTED_DTYPES}")
         arrays.append(arr)
-    _check_no_overlap(arrays, name)
+    if use == "write":
+        for (where, _), entry in zip(items, arrays, strict=True):
+            if entry is not None and not entry.flags.writeable:
+                raise ValueError(f"{where} is read-only")
+        _check_no_overlap(arrays, [where for where, _ in items])
     return arrays
 
 

@@ -73,8 +73,8 @@ def _unit_axes(shape: tuple[int, ...], layout: str, axis: Any) -> tuple[int, ...
         return tuple(range(nd))
     if nd in (2, 3):
         return (0,)
-    if nd == 4:
-        return (0, 1, 2)
+    if nd in (4, 5):  # HWIO, DHWIO kernels: every axis but the output one
+        return tuple(range(nd - 1))
     raise ValueError(f"layout {layout!r}: no unit-wise norm for a {nd}-d array; pass axis=")
 
 
