@@ -364,7 +364,7 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
 // Adaptive gradient clipping over lists of gradients and parameters of equal shapes.
 // reduce[i] lists the axes a unit of the array at position i spans (the others index units).
 // A position whose gradient is None is skipped, whatever its parameter (as timm does).
-py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, double clipping, double eps,
+py::tuple adaptive_clip(const py::handle& grads, const py::handle& params, double clipping, double eps,
                         const std::vector<std::vector<int>>& reduce, double p) {
     Batch g, all_w;
     parse(grads, "grads", false, g);
@@ -426,7 +426,7 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
 // Per-example clipping; every array's axis 0 is the batch. Returns (per-example norms,
 // per-example coefficients, clipped count) for the global rule, or (norms, coefs) per
 // (array, example) shaped (n_arrays, batch) for per_layer.
-py::tuple clip_per_example(const py::sequence& grads, double max_norm, bool per_layer, double eps) {
+py::tuple clip_per_example(const py::handle& grads, double max_norm, bool per_layer, double eps) {
     Batch g;
     parse(grads, "grads", false, g);
     check_writable(g);

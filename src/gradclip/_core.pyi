@@ -98,15 +98,15 @@ def clip_by_norm(
     arg: str = ...,
 ) -> _Norms: ...
 def adaptive_clip(
-    grads: Sequence[Any],
-    params: Sequence[Any],
+    grads: Any,
+    params: Any,
     clipping: float,
     eps: float,
     reduce: Sequence[Sequence[int]],
     p: float,
 ) -> tuple[_Norms, float]: ...
 def clip_per_example(
-    grads: Sequence[Any], max_norm: float, per_layer: bool, eps: float
+    grads: Any, max_norm: float, per_layer: bool, eps: float
 ) -> tuple[_Norms, _Norms, int]: ...
 def norm_of_norms(norms: Sequence[float], p: float) -> float: ...
 def cpu_target() -> str: ...

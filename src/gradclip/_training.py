@@ -14,6 +14,7 @@ from . import _core
 from ._api import arrays_of, global_norm_of, ops_of
 from ._inputs import check_eps, check_max_norm, check_nonnegative, check_norm_type
 from ._result import ClipResult
+from ._tree import flatten, unflatten
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
 
@@ -207,7 +208,7 @@ def adaptive_grad_clip_(
     pseq = arrays_of(params, "params")
     reduce = [
         [] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout, axis, f"grads[{i}]")
-        for i, g in enumerate(gseq)
+        for i, g in enumerate(flatten(gseq)[0])
     ]
     norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce, p)
     if not return_result:
@@ -252,9 +253,11 @@ def clip_per_example_(
 
     Returns
     -------
-    sums : list of ndarray
+    sums : list of ndarray (or the input's structure)
         For each array, the sum over the batch of the clipped examples (shape
         ``g.shape[1:]``, the array's dtype, accumulated in float64); None for None entries.
+        A pytree gives its sums in the same structure (the outermost list or tuple as a
+        list).
     n_clipped : int or ndarray of int
         How many examples were clipped (per array, shape ``(len(grads),)``, with
         ``per_layer=True``).
@@ -277,10 +280,11 @@ def clip_per_example_(
         )
     seq = arrays_of(grads)
     _, coefs, clipped = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
+    leaves, spec = flatten(seq)
     sums: list[np.ndarray | None] = []
     counts = []
     k = 0
-    for g in seq:
+    for g in leaves:
         if g is None:
             sums.append(None)
             counts.append(0)
@@ -294,6 +298,10 @@ def clip_per_example_(
         sums.append(total.astype(arr.dtype))
         counts.append(int(np.count_nonzero(coefs[k] < 1.0)))
         k += 1
+    # the sums in the input's structure (the outermost list or tuple as a list)
+    if spec is not None and spec[0] in (list, tuple):
+        spec = (list, spec[1])
+    out: Any = sums if spec is None else unflatten(spec, sums)
     if per_layer:
-        return sums, np.asarray(counts, dtype=np.int64)
-    return sums, int(clipped)
+        return out, np.asarray(counts, dtype=np.int64)
+    return out, int(clipped)

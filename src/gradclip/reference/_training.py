@@ -4,6 +4,7 @@ per-example clipping), for :mod:`gradclip.reference`. Written for clarity, not s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -107,7 +108,7 @@ def adaptive_grad_clip_(
     if layout not in ("OI", "IO", "HWIO"):
         raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
     gs = _as_arrays(grads, "grads")
-    ws = [None if w is None else np.asarray(w) for w in _as_arrays_readonly(params)]
+    ws = _as_arrays(params, "params", use="read")
     if len(gs) != len(ws):
         raise ValueError("grads and params must have the same length")
     plans = []
@@ -156,28 +157,6 @@ def _scale_view(view: np.ndarray, coef: float) -> None:
     arr[...] = tmp
 
 
-def _as_arrays_readonly(params: Any) -> list[np.ndarray | None]:
-    """params are only read: read-only arrays are fine; dtypes must be supported floats."""
-    if isinstance(params, np.ndarray):
-        items: list[Any] = [params]
-    else:
-        items = list(params)
-    out: list[np.ndarray | None] = []
-    for i, p in enumerate(items):
-        if p is None:
-            out.append(None)
-            continue
-        a = np.asarray(p)
-        if (
-            a.dtype.kind not in "fV"
-            or a.dtype.itemsize not in (2, 4, 8)
-            or (a.dtype.kind == "V" and a.dtype.name != "bfloat16")
-        ):
-            raise TypeError(f"params[{i}] has dtype {a.dtype}; expected a float dtype")
-        out.append(a)
-    return out
-
-
 def clip_per_example_(
     grads: Any,
     max_norm: float,
@@ -197,6 +176,8 @@ def clip_per_example_(
     sigma *= max_norm
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator or None, not {type(rng).__name__}")
+    if isinstance(grads, Iterator):  # consumed once: its items are the tree
+        grads = list(grads)
     arrays = _as_arrays(grads)
     present = [a for a in arrays if a is not None]
     batch = None
@@ -242,6 +223,7 @@ def clip_per_example_(
             rng = np.random.default_rng() if rng is None else rng
             total = total + sigma * rng.standard_normal(np.shape(total))
         sums.append(total.astype(a.dtype))
+    out: Any = _in_structure(grads, sums)
     if per_layer:
         full = []
         k = 0
@@ -251,5 +233,28 @@ def clip_per_example_(
             else:
                 full.append(counts[k])
                 k += 1
-        return sums, np.asarray(full, dtype=np.int64)
-    return sums, clipped_examples
+        return out, np.asarray(full, dtype=np.int64)
+    return out, clipped_examples
+
+
+def _in_structure(tree: Any, values: list[Any]) -> Any:
+    """``values`` (one per leaf, in order) in the structure of ``tree``: dicts, named tuples
+    and nested containers rebuilt; the outermost list or tuple (or one array) as a list."""
+    it = iter(values)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(build(v) for v in node))
+        if isinstance(node, (list, tuple)):
+            return type(node)(build(v) for v in node)
+        return next(it)
+
+    if isinstance(tree, Mapping):
+        return build(dict(tree))
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return build(tree)
+    if isinstance(tree, (list, tuple)):
+        return [build(v) for v in tree]
+    return list(values)

@@ -1,0 +1,225 @@
+# Covers: grads as pytrees (issue 13, part 3): dicts, lists, tuples and named tuples nested to
+# any depth, with None leaves; leaves depth first and dicts in iteration order (DESIGN.md), the
+# per-array outputs in that order, positions named by path in errors; and the reading calls
+# taking read-only and repeated arrays (part 5). Every function against its flat-list self and
+# gradclip.reference.
+from __future__ import annotations
+
+import collections
+import math
+import types
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+from gc_helpers import assert_same_values, random_values, snapshot
+
+import gradclip
+from gradclip import reference as ref
+
+
+class Layer(NamedTuple):
+    w: Any
+    b: Any
+
+
+def tree(seed: int = 0) -> dict[str, Any]:
+    """An Optax/Flax-like parameter tree: dicts, a named tuple, a list, a tuple, a None."""
+    r = np.random.default_rng(seed)
+
+    def arr(*shape: int, dtype: Any = np.float32) -> np.ndarray:
+        return (r.standard_normal(shape) * 3).astype(dtype)
+
+    return {
+        "encoder": {"conv": Layer(arr(3, 3, 2, 4), arr(4)), "norm": None},
+        "blocks": [Layer(arr(4, 4, dtype=np.float64), None), (arr(5), arr(2, 2, dtype=np.float16))],
+        "head": arr(4, 10),
+    }
+
+
+def leaves_in_order(t: Any) -> list[Any]:
+    """The documented order, written out: depth first, dicts in iteration order."""
+    if isinstance(t, dict):
+        return [x for v in t.values() for x in leaves_in_order(v)]
+    if isinstance(t, (list, tuple)):
+        return [x for v in t for x in leaves_in_order(v)]
+    return [t]
+
+
+def arrays(t: Any) -> list[np.ndarray]:
+    return [x for x in leaves_in_order(t) if x is not None]
+
+
+CALLS = {
+    "clip_grad_norm_": lambda m, g: m.clip_grad_norm_(g, 1.0),
+    "get_total_norm": lambda m, g: m.get_total_norm(g),
+    "tensor_norms": lambda m, g: m.tensor_norms(g),
+    "clip_grad_norm_per_tensor_": lambda m, g: m.clip_grad_norm_per_tensor_(g, 1.0),
+    "clip_grad_value_": lambda m, g: m.clip_grad_value_(g, 0.5),
+    "clip_grads_with_norm_": lambda m, g: m.clip_grads_with_norm_(g, 1.0, 50.0),
+    "clip_by_block_rms_": lambda m, g: m.clip_by_block_rms_(g, 0.1),
+    "unscale_clip_grad_norm_": lambda m, g: m.unscale_clip_grad_norm_(g, 1.0, 0.5).total_norm,
+}
+
+
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("module", [gradclip, ref], ids=["compiled", "reference"])
+def test_tree_is_its_leaves_in_order(module: Any, call: str) -> None:
+    t = tree()
+    flat = [None if x is None else x.copy() for x in leaves_in_order(t)]
+    got = CALLS[call](module, t)
+    want = CALLS[call](module, flat)
+    if got is None:
+        assert want is None
+    else:
+        np.testing.assert_array_equal(got, want)
+    for a, b in zip(leaves_in_order(t), flat, strict=True):
+        if a is not None:
+            assert_same_values(a, b, call)
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_tree_compiled_matches_reference(call: str) -> None:
+    t, u = tree(1), tree(1)
+    got, want = CALLS[call](gradclip, t), CALLS[call](ref, u)
+    if got is not None:
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+    for a, b in zip(arrays(t), arrays(u), strict=True):
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-6)
+
+
+def test_per_array_outputs_follow_leaf_order() -> None:
+    t = tree(2)
+    norms = gradclip.tensor_norms(t)
+    leaves = leaves_in_order(t)
+    assert norms.shape == (len(leaves),)
+    for n, leaf in zip(norms, leaves, strict=True):
+        want = 0.0 if leaf is None else float(np.linalg.norm(leaf.astype(np.float64)))
+        assert n == pytest.approx(want, rel=1e-12)
+    # dict order is insertion order, not key order
+    d = {"z": np.full(1, 3.0), "a": np.full(1, 4.0)}
+    assert gradclip.tensor_norms(d).tolist() == [3.0, 4.0]
+
+
+def test_containers_of_every_kind() -> None:
+    a, b, c = np.full(4, 1.0), np.full(4, 2.0), np.full(4, 3.0)
+    norm = math.sqrt(4 * (1 + 4 + 9))
+    for t in (
+        {"a": a, "rest": [b, (c,)]},
+        collections.OrderedDict(a=a, b=[b, None, c]),
+        types.MappingProxyType({"a": a, "b": b, "c": c}),  # a read-only mapping at the top
+        [[[[a]]], [b], c],
+        (a, Layer(b, c)),
+    ):
+        assert gradclip.get_total_norm(t) == pytest.approx(norm, rel=1e-15)
+        assert ref.get_total_norm(t) == pytest.approx(norm, rel=1e-15)
+    for module in (gradclip, ref):  # a generator of subtrees, consumed once
+        gen = (x for x in [a, {"b": b}, c])
+        assert module.get_total_norm(gen) == pytest.approx(norm, rel=1e-15)
+
+
+def test_empty_containers_contribute_nothing() -> None:
+    for t in ({}, [], [[], {}], {"a": [], "b": ()}):
+        assert gradclip.get_total_norm(t) == 0.0
+        assert gradclip.clip_grad_norm_(t, 1.0) == 0.0
+        assert gradclip.tensor_norms(t).shape == (0,)
+
+
+def test_gradient_set_of_a_tree() -> None:
+    t = tree(3)
+    gs = gradclip.GradientSet(t)
+    assert len(gs) == len(leaves_in_order(t))
+    assert [x is None for x in gs.arrays] == [x is None for x in leaves_in_order(t)]
+    before = gs.total_norm()
+    assert gs.clip_norm_(0.5) == before
+    assert gs.total_norm() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_agc_and_per_example_take_trees() -> None:
+    params = {"w": np.ones((4, 3)), "b": np.ones(4)}
+    g = {"w": np.full((4, 3), 5.0), "b": np.full(4, 5.0)}
+    g_ref = {k: v.copy() for k, v in g.items()}
+    gradclip.adaptive_grad_clip_(g, params, clipping=0.1)
+    ref.adaptive_grad_clip_(g_ref, params, clipping=0.1)
+    for k in g:
+        np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-15)
+    batch = {"w": np.full((6, 3), 2.0), "b": [np.full((6, 2), 1.0)]}
+    flat = [batch["w"].copy(), batch["b"][0].copy()]
+    sums, n = gradclip.clip_per_example_(batch, 1.0)
+    flat_sums, flat_n = gradclip.clip_per_example_(flat, 1.0)
+    assert n == flat_n == 6
+    assert set(sums) == {"w", "b"} and isinstance(sums["b"], list)  # the input's structure
+    np.testing.assert_array_equal(sums["w"], flat_sums[0])
+    np.testing.assert_array_equal(sums["b"][0], flat_sums[1])
+
+
+def test_error_names_the_path() -> None:
+    t = {"enc": [np.ones(3), {"w": np.arange(3)}]}
+    for module in (gradclip, ref):
+        with pytest.raises(TypeError, match=r"grads\['enc'\]\[1\]\['w'\]"):
+            module.clip_grad_norm_(t, 1.0)
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    a = np.ones(2)
+    with pytest.raises(ValueError, match=r"grads\['b'\]\[0\] is read-only"):
+        gradclip.clip_grad_norm_({"a": a, "b": [ro]}, 1.0)
+    with pytest.raises(ValueError, match=r"grads\['a'\] and grads\['b'\]\[1\]"):
+        gradclip.clip_grad_norm_({"a": a, "b": [np.ones(1), a]}, 1.0)
+    assert (a == 1.0).all()
+
+
+def test_a_container_holding_itself_is_refused() -> None:
+    loop: list[Any] = [np.ones(2)]
+    loop.append(loop)
+    for module in (gradclip, ref):
+        with pytest.raises(TypeError, match="nested"):
+            module.get_total_norm(loop)
+
+
+def test_nothing_written_when_a_late_leaf_is_bad() -> None:
+    t = {"a": np.full(5, 9.0), "b": [np.full(3, 9.0), "oops"]}
+    before = snapshot(arrays({"a": t["a"], "b": t["b"][0]}))
+    for module in (gradclip, ref):
+        with pytest.raises(TypeError, match=r"grads\['b'\]\[1\]"):
+            module.clip_grad_norm_(t, 1.0)
+        assert snapshot([t["a"], t["b"][0]]) == before
+
+
+# ---------------------------------------------------------------- reading calls read
+
+
+@pytest.mark.parametrize("module", [gradclip, ref], ids=["compiled", "reference"])
+def test_reading_calls_take_read_only_and_repeated(module: Any) -> None:
+    x = random_values(4, (50,))
+    y = random_values(5, (7, 3)).astype(np.float32)
+    x.flags.writeable = False
+    grads = [x, y, x, y[:, 1]]
+    want = math.sqrt(sum(float(np.sum(np.square(g.astype(np.float64)))) for g in grads))
+    assert module.get_total_norm(grads) == pytest.approx(want, rel=1e-14)
+    norms = module.tensor_norms(grads)
+    assert norms[0] == norms[2]
+    gs = module.GradientSet(grads)
+    assert gs.total_norm() == pytest.approx(want, rel=1e-14)
+    np.testing.assert_array_equal(gs.tensor_norms(), norms)
+    with pytest.raises(ValueError):
+        module.clip_grad_norm_(grads, 1.0)
+    with pytest.raises(ValueError):
+        gs.clip_norm_(1.0)
+
+
+def test_reading_call_takes_objects_that_need_a_copy() -> None:
+    # nothing is written back, so a reading call may copy what NumPy cannot view
+    class Copying:
+        def __init__(self, a: np.ndarray) -> None:
+            self.a = a
+
+        def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+            if copy is False:
+                raise ValueError("a copy is needed")
+            return self.a.copy()
+
+    c = Copying(np.full(4, 2.0))
+    assert gradclip.get_total_norm([c]) == 4.0
+    assert ref.get_total_norm([c]) == 4.0
+    with pytest.raises(TypeError, match="cannot be used in place"):
+        gradclip.clip_grad_norm_([c], 1.0)
