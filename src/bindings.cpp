@@ -460,6 +460,162 @@ py::tuple clip_per_example(const py::handle& grads, double max_norm, bool per_la
     return py::make_tuple(norms, coefs, clipped);
 }
 
+// ------------------------------------------------------------------ copies
+// The functional operations read `grads` (any pytree; read-only memory, JAX and TensorFlow
+// arrays through DLPack or the buffer protocol, the same array twice are all fine) and write
+// new arrays: allocated here, or `out`, a pytree of writeable arrays of the same shapes and
+// dtypes in the same leaf order. Each pair of spans is dense in the same memory order (a
+// memcpy, then the write pass in cache) or, when the layouts differ, strided views paired
+// in C order.
+struct Copies {
+    Batch src, dst;
+    std::vector<Span> s, d;  // the pairs, as the engine gets them
+    py::object outs;         // what the caller returns: the new arrays by leaf, or `out`
+};
+
+bool positive_dense(const py::array& a, const Span& sp) {
+    if (sp.ndim != 0) return false;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+        if (a.strides(d) < 0) return false;
+    return true;
+}
+
+Span strided_view(const Batch& b, std::size_t k) {
+    const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
+    Span sp = b.spans[k];
+    if (proxy->nd == 0) return sp;  // one element: dense
+    sp.data = proxy->data;
+    sp.ndim = proxy->nd;
+    sp.shape = b.meta.data() + b.meta_off[k];
+    sp.strides = sp.shape + proxy->nd;
+    std::size_t count = 1;
+    for (int d = 0; d < proxy->nd; ++d) count *= static_cast<std::size_t>(sp.shape[d]);
+    sp.n = count;
+    return sp;
+}
+
+Copies make_copies(const py::tuple& target, const py::object& out) {
+    if (target.size() != 2) throw py::type_error("a target is (grads, single)");
+    const bool single = target[1].cast<bool>();
+    Copies c;
+    parse(target[0], "grads", single, c.src, /*write=*/false);
+    const std::size_t m = c.src.keep.size();
+    if (out.is_none()) {
+        py::list outs(c.src.npos);
+        for (std::size_t i = 0; i < c.src.npos; ++i) outs[i] = py::none();
+        for (std::size_t k = 0; k < m; ++k) {
+            const py::array& a = c.src.keep[k];
+            std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+            // the same memory order as a dense source (a memcpy per chunk), else C order
+            py::array o =
+                positive_dense(a, c.src.spans[k])
+                    ? py::array(a.dtype(), shape, std::vector<py::ssize_t>(a.strides(), a.strides() + a.ndim()))
+                    : py::array(a.dtype(), shape);
+            outs[c.src.pos[k]] = o;
+        }
+        parse(outs, "out", single, c.dst, /*write=*/true);
+        c.outs = single ? py::object(outs[0]) : py::object(outs);
+    } else {
+        const py::tuple out_target = py::reinterpret_borrow<py::tuple>(out);
+        parse(out_target[0], "out", out_target[1].cast<bool>(), c.dst, /*write=*/true);
+        check_writable(c.dst);
+        if (c.dst.npos != c.src.npos || c.dst.pos != c.src.pos)
+            throw py::value_error("out must have an array where grads has one and None where it has None (" +
+                                  std::to_string(c.dst.keep.size()) + " arrays in " + std::to_string(c.dst.npos) +
+                                  " leaves for " + std::to_string(m) + " in " + std::to_string(c.src.npos) + ")");
+        for (std::size_t k = 0; k < m; ++k) {
+            const py::array& a = c.src.keep[k];
+            const py::array& o = c.dst.keep[k];
+            bool same = a.ndim() == o.ndim() && c.src.spans[k].dt == c.dst.spans[k].dt;
+            for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == o.shape(d);
+            if (!same)
+                throw py::value_error(c.dst.at(c.dst.pos[k]) + " must have the shape and dtype of " +
+                                      c.src.at(c.src.pos[k]));
+        }
+        // an output may be its own input (the in-place result), but may not overlap another
+        // input: that input would be read after part of it was written
+        std::vector<gradclip::ByteRange> ranges;
+        for (std::size_t k = 0; k < m; ++k) {
+            const Span& sp = c.dst.spans[k];
+            if (sp.n == 0) continue;
+            const char* lo;
+            const char* hi;
+            const auto* proxy = py::detail::array_proxy(c.dst.keep[k].ptr());
+            gradclip::byte_bounds(proxy->data, proxy->nd, c.dst.meta.data() + c.dst.meta_off[k],
+                                  c.dst.meta.data() + c.dst.meta_off[k] + proxy->nd, gradclip::itemsize(sp.dt), lo, hi);
+            ranges.push_back({lo, hi, k});
+        }
+        std::sort(ranges.begin(), ranges.end(),
+                  [](const gradclip::ByteRange& x, const gradclip::ByteRange& y) { return x.lo < y.lo; });
+        for (std::size_t k = 0; k < m; ++k) {
+            const Span& sp = c.src.spans[k];
+            if (sp.n == 0) continue;
+            const char* lo;
+            const char* hi;
+            const auto* proxy = py::detail::array_proxy(c.src.keep[k].ptr());
+            gradclip::byte_bounds(proxy->data, proxy->nd, c.src.meta.data() + c.src.meta_off[k],
+                                  c.src.meta.data() + c.src.meta_off[k] + proxy->nd, gradclip::itemsize(sp.dt), lo, hi);
+            // the outputs are disjoint, so sorted by lo their hi ascend too
+            auto it = std::upper_bound(ranges.begin(), ranges.end(), lo,
+                                       [](const char* x, const gradclip::ByteRange& r) { return x < r.hi; });
+            for (; it != ranges.end() && it->lo < hi; ++it) {
+                const std::size_t j = it->id;
+                const bool alias =
+                    j == k && c.src.keep[k].data() == c.dst.keep[k].data() &&
+                    std::equal(c.src.meta.begin() + static_cast<std::ptrdiff_t>(c.src.meta_off[k]),
+                               c.src.meta.begin() + static_cast<std::ptrdiff_t>(c.src.meta_off[k]) + 2 * proxy->nd,
+                               c.dst.meta.begin() + static_cast<std::ptrdiff_t>(c.dst.meta_off[k]));
+                if (!alias)
+                    throw py::value_error(c.dst.at(c.dst.pos[j]) + " overlaps " + c.src.at(c.src.pos[k]) +
+                                          " in memory; an output may only be its own input");
+            }
+        }
+        c.outs = py::reinterpret_borrow<py::object>(out_target[2]);
+    }
+    c.s.reserve(m);
+    c.d.reserve(m);
+    for (std::size_t k = 0; k < m; ++k) {
+        const py::array& a = c.src.keep[k];
+        const py::array& o = c.dst.keep[k];
+        bool same_order = c.src.spans[k].ndim == 0 && c.dst.spans[k].ndim == 0;
+        for (py::ssize_t d = 0; same_order && d < a.ndim(); ++d) same_order = a.strides(d) == o.strides(d);
+        c.s.push_back(same_order ? c.src.spans[k] : strided_view(c.src, k));
+        c.d.push_back(same_order ? c.dst.spans[k] : strided_view(c.dst, k));
+    }
+    return c;
+}
+
+// (outputs, pre-clip total norm, factor applied)
+py::tuple copy_clip_total(const py::tuple& target, const py::object& out, double max_norm, double p, double eps) {
+    Copies c = make_copies(target, out);
+    double norm, coef;
+    {
+        py::gil_scoped_release nogil;
+        norm = gradclip::clip_total_into(c.s.data(), c.d.data(), c.s.size(), spec_from(p), max_norm, eps, &coef);
+    }
+    return py::make_tuple(c.outs, norm, coef);
+}
+
+// (outputs, pre-clip norm of each leaf)
+py::tuple copy_clip_each(const py::tuple& target, const py::object& out, double max_norm, double p, double eps) {
+    Copies c = make_copies(target, out);
+    std::vector<double> each(c.s.size());
+    {
+        py::gil_scoped_release nogil;
+        gradclip::clip_each_into(c.s.data(), c.d.data(), c.s.size(), spec_from(p), max_norm, eps, each.data());
+    }
+    return py::make_tuple(c.outs, scatter(c.src, each));
+}
+
+py::object copy_clamp(const py::tuple& target, const py::object& out, double lo, double hi) {
+    Copies c = make_copies(target, out);
+    {
+        py::gil_scoped_release nogil;
+        gradclip::clamp_into(c.s.data(), c.d.data(), c.s.size(), lo, hi);
+    }
+    return c.outs;
+}
+
 // ------------------------------------------------------------------ the operations
 // A pytree of arrays, validated once, and every operation over it: each operation's one
 // binding entry. gradclip.GradientSet keeps one (cached: the chunking plan is computed once,
@@ -688,6 +844,11 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         .value("propagate", NonFinite::Propagate)
         .value("skip", NonFinite::Skip)
         .value("zero", NonFinite::Zero);
+    m.def("copy_clip_total", &copy_clip_total, py::arg("target"), py::arg("out"), py::arg("max_norm"), py::arg("p"),
+          py::arg("eps"));
+    m.def("copy_clip_each", &copy_clip_each, py::arg("target"), py::arg("out"), py::arg("max_norm"), py::arg("p"),
+          py::arg("eps"));
+    m.def("copy_clamp", &copy_clamp, py::arg("target"), py::arg("out"), py::arg("lo"), py::arg("hi"));
     m.def("clip_by_norm", &clip_by_norm, py::arg("x"), py::arg("max_norm"), py::arg("axes"), py::arg("p"),
           py::arg("eps"), py::arg("arg") = "x");
     m.def("adaptive_clip", &adaptive_clip, py::arg("grads"), py::arg("params"), py::arg("clipping"), py::arg("eps"),

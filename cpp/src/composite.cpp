@@ -68,6 +68,30 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, SpanBounds bound
     if (any) scale_each(spans, n, coefs.data());
 }
 
+double clip_total_into(const Span* src, const Span* dst, std::size_t n, NormSpec spec, double max_norm, double eps,
+                       double* coef) {
+    const double norm = total_norm(src, n, spec);
+    const double c = clip_coef(max_norm, norm, eps);
+    const double applied = coef_writes(c) ? c : 1.0;
+    std::vector<double>& coefs = t_work.coefs;
+    coefs.assign(n, applied);
+    scale_into(src, dst, n, coefs.data());
+    *coef = applied;
+    return norm;
+}
+
+void clip_each_into(const Span* src, const Span* dst, std::size_t n, NormSpec spec, double max_norm, double eps,
+                    double* norms) {
+    span_norms(src, n, spec, norms);
+    std::vector<double>& coefs = t_work.coefs;
+    coefs.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const double c = clip_coef(max_norm, norms[i], eps);
+        coefs[i] = coef_writes(c) ? c : 1.0;
+    }
+    scale_into(src, dst, n, coefs.data());
+}
+
 double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
                     double* coef, double* norms, const PlanCache* cached) {
     double raw;

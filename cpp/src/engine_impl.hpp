@@ -68,6 +68,7 @@ struct Work {
     std::vector<double> partial;
     std::vector<double> coefs;
     std::vector<std::uint64_t> words;
+    std::vector<char> bytes;  // scale_into / clamp_into: one strided run
 };
 extern thread_local Work t_work;
 

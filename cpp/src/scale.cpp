@@ -112,6 +112,69 @@ void clamp_all(const Span* spans, std::size_t n, double lo64, double hi64, const
     });
 }
 
+namespace {
+// Copies the elements of one segment of dst from the same elements of src: a memcpy when both
+// are dense (the caller makes them dense only with the same memory order), else element by
+// element in C order.
+void copy_segment(const Span& src, const Span& dst, const Seg& g) {
+    const std::size_t isz = itemsize(dst.dt);
+    if (src.ndim == 0 && dst.ndim == 0) {
+        if (dst.data != src.data)  // the same array: already in place
+            std::memcpy(dst.data + g.start * isz, src.data + g.start * isz, g.count * isz);
+        return;
+    }
+    if (dst.ndim == 0) {
+        char* out = dst.data + g.start * isz;
+        for_each_strided(src, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(out + k * isz, p, isz); });
+        return;
+    }
+    // both strided: gather the source run, then scatter it (the runs are short: one chunk)
+    std::vector<char>& buf = t_work.bytes;
+    buf.resize(g.count * isz);
+    for_each_strided(src, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(buf.data() + k * isz, p, isz); });
+    for_each_strided(dst, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(p, buf.data() + k * isz, isz); });
+}
+}  // namespace
+
+void scale_into(const Span* src, const Span* dst, std::size_t n, const double* coefs) {
+    Plan& s = t_plan;
+    build_plan(dst, n, s, Layout::Stream);
+    const KernelTable& kt = table();
+    for_each_segment(dst, s, [&](const Span& d, const Seg& g) {
+        const std::size_t k = static_cast<std::size_t>(&d - dst);
+        copy_segment(src[k], d, g);  // then the write pass over the copy, in cache (one chunk)
+        if (coefs[k] != 1.0) scale_segment(kt, d, g, coefs[k]);
+    });
+}
+
+void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo64, double hi64) {
+    Plan& s = t_plan;
+    build_plan(dst, n, s, Layout::Stream);
+    const KernelTable& kt = table();
+    double lo_of[kNumDTypes], hi_of[kNumDTypes];
+    for (int d = 0; d < kNumDTypes; ++d) {
+        lo_of[d] = round_to_dtype(static_cast<DType>(d), lo64);
+        hi_of[d] = round_to_dtype(static_cast<DType>(d), hi64);
+    }
+    for_each_segment(dst, s, [&](const Span& d, const Seg& g) {
+        const std::size_t k = static_cast<std::size_t>(&d - dst);
+        copy_segment(src[k], d, g);
+        const int di = static_cast<int>(d.dt);
+        const double lo = lo_of[di], hi = hi_of[di];
+        if (d.ndim == 0) {
+            kt.clamp[di](d.data + g.start * itemsize(d.dt), g.count, lo, hi);
+        } else {
+            for_each_strided(d, g.start, g.count, [&](char* p, std::size_t) {
+                const double x = load_elem(p, d.dt);
+                if (x < lo)
+                    store_elem(p, d.dt, lo);
+                else if (x > hi)
+                    store_elem(p, d.dt, hi);
+            });
+        }
+    });
+}
+
 void zero_all(const Span* spans, std::size_t n, const PlanCache* cached) {
     const Plan& s = plan_for(spans, n, Layout::Stream, cached);
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {

@@ -21,7 +21,10 @@ __all__ = [
     "adaptive_grad_clip_",
     "available_cpu_targets",
     "clip_by_block_rms_",
+    "clip_by_global_norm",
     "clip_by_norm_",
+    "clip_by_norm_per_tensor",
+    "clip_by_value",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",
     "clip_grad_value_",
@@ -57,6 +60,7 @@ try:
         set_num_threads,
         tensor_norms,
     )
+    from ._functional import clip_by_global_norm, clip_by_norm_per_tensor, clip_by_value
     from ._training import adaptive_grad_clip_, clip_per_example_, unscale_clip_grad_norm_
     from .adaptive import AutoClip, ZClip
 except ImportError as _exc:  # the compiled core is missing or broken

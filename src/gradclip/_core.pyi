@@ -89,6 +89,13 @@ class _Once:
 
 once: _Once
 
+def copy_clip_total(
+    target: _Target, out: Any, max_norm: float, p: float, eps: float
+) -> tuple[Any, float, float]: ...
+def copy_clip_each(
+    target: _Target, out: Any, max_norm: float, p: float, eps: float
+) -> tuple[Any, _Norms]: ...
+def copy_clamp(target: _Target, out: Any, lo: float, hi: float) -> Any: ...
 def clip_by_norm(
     x: Any,
     max_norm: _Norms,

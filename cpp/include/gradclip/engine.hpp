@@ -99,6 +99,14 @@ double round_to_dtype(DType dt, double v) noexcept;
 // Clamp each element to [lo, hi], both given as float64 and rounded to each span's dtype
 // with round_to_dtype.
 void clamp_all(const Span* spans, std::size_t n, double lo, double hi, const PlanCache* cached = nullptr);
+// Copies with the write of scale_all / clamp_all: dst[i] = src[i] * coefs[i] (a plain copy
+// where coefs[i] is 1), or src[i] clamped to [lo, hi]; src untouched (it may be read-only).
+// src[i] and dst[i] have the same dtype and element count, and are either both dense in the
+// same memory order or described as strided views (elements then pair in C order). The
+// write happens on each 64 KiB chunk of the copy while it is in cache, so src is read once
+// and dst written once.
+void scale_into(const Span* src, const Span* dst, std::size_t n, const double* coefs);
+void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo, double hi);
 // Set every element to +0.0.
 void zero_all(const Span* spans, std::size_t n, const PlanCache* cached = nullptr);
 
@@ -145,6 +153,15 @@ inline void clip_each(const Span* spans, std::size_t n, NormSpec spec, double ma
                       double* norms, const PlanCache* cached = nullptr) {
     clip_each(spans, n, spec, SpanBounds{&max_norm, 0, false}, eps, mode, norms, cached);
 }
+
+// The functional forms: the rule of clip_total (PyTorch's arithmetic for a non-finite norm)
+// or of clip_each, read from src (untouched, may be read-only) and written to dst in one
+// read+write pass after the norm pass (see scale_into). clip_total_into returns the norm and
+// puts the factor applied in *coef; clip_each_into writes each span's norm to norms.
+double clip_total_into(const Span* src, const Span* dst, std::size_t n, NormSpec spec, double max_norm, double eps,
+                       double* coef);
+void clip_each_into(const Span* src, const Span* dst, std::size_t n, NormSpec spec, double max_norm, double eps,
+                    double* norms);
 
 // Mixed precision in two passes: one read pass for the norm of the unscaled gradients
 // (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one

@@ -40,6 +40,7 @@ Examples
 
 from .._errors import NonFiniteNormError
 from .._result import ClipResult
+from ._functional import clip_by_global_norm, clip_by_norm_per_tensor, clip_by_value
 from ._functions import (
     GradientSet,
     clip_by_block_rms_,
@@ -62,7 +63,10 @@ __all__ = [
     "ZClip",
     "adaptive_grad_clip_",
     "clip_by_block_rms_",
+    "clip_by_global_norm",
     "clip_by_norm_",
+    "clip_by_norm_per_tensor",
+    "clip_by_value",
     "clip_per_example_",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",

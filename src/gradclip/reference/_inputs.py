@@ -371,3 +371,27 @@ def _as_single_array(x: object, name: str = "x") -> Array:
     arr = _view(x, name)
     _check_array(arr, name)
     return arr
+
+
+def _in_structure(tree: Any, values: list[Any], outer_list: bool = False) -> Any:
+    """``values`` (one per leaf, in order) in the structure of ``tree``: dicts, named tuples
+    and nested containers rebuilt (the outermost list or tuple as a list with
+    ``outer_list``); a single array gives its value."""
+    it = iter(values)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(build(v) for v in node))
+        if isinstance(node, (list, tuple)):
+            return type(node)(build(v) for v in node)
+        return next(it)
+
+    if _is_single_array(tree):
+        return list(values) if outer_list else values[0]
+    if isinstance(tree, Mapping):
+        return build(dict(tree))
+    if outer_list and isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+        return [build(v) for v in tree]
+    return build(tree)

@@ -4,7 +4,7 @@ per-example clipping), for :mod:`gradclip.reference`. Written for clarity, not s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from numpy.lib.array_utils import normalize_axis_tuple
 
 from .._result import ClipResult
 from ._arith import _coefficient, _pnorm, _present, _scale
-from ._inputs import _as_arrays, _check_eps, _check_max_norm, _check_norm_type, _real
+from ._inputs import _as_arrays, _check_eps, _check_max_norm, _check_norm_type, _in_structure, _real
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
 
@@ -223,7 +223,7 @@ def clip_per_example_(
             rng = np.random.default_rng() if rng is None else rng
             total = total + sigma * rng.standard_normal(np.shape(total))
         sums.append(total.astype(a.dtype))
-    out: Any = _in_structure(grads, sums)
+    out: Any = _in_structure(grads, sums, outer_list=True)
     if per_layer:
         full = []
         k = 0
@@ -235,26 +235,3 @@ def clip_per_example_(
                 k += 1
         return out, np.asarray(full, dtype=np.int64)
     return out, clipped_examples
-
-
-def _in_structure(tree: Any, values: list[Any]) -> Any:
-    """``values`` (one per leaf, in order) in the structure of ``tree``: dicts, named tuples
-    and nested containers rebuilt; the outermost list or tuple (or one array) as a list."""
-    it = iter(values)
-
-    def build(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: build(v) for k, v in node.items()}
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return type(node)(*(build(v) for v in node))
-        if isinstance(node, (list, tuple)):
-            return type(node)(build(v) for v in node)
-        return next(it)
-
-    if isinstance(tree, Mapping):
-        return build(dict(tree))
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return build(tree)
-    if isinstance(tree, (list, tuple)):
-        return [build(v) for v in tree]
-    return list(values)
