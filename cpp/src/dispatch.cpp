@@ -40,6 +40,14 @@ bool has_avx512() noexcept {
 }
 #endif
 
+#if defined(GRADCLIP_HAVE_NEON)
+// Built only for AArch64, where Advanced SIMD needs no run-time check: the architecture pairs
+// it with floating point (a core has both or neither), the AArch64 ABIs of Linux, macOS and
+// Windows require floating point, and compilers enable it by default. The float16 <-> float32
+// conversions the kernels use (FCVTL/FCVTN) are part of it since ARMv8.0.
+bool has_neon() noexcept { return true; }
+#endif
+
 // Worst first.
 const TargetEntry kTargets[] = {
     {"baseline", baseline::kernel_table, always},
@@ -48,6 +56,9 @@ const TargetEntry kTargets[] = {
 #endif
 #if defined(GRADCLIP_HAVE_AVX512)
     {"avx512", avx512::kernel_table, has_avx512},
+#endif
+#if defined(GRADCLIP_HAVE_NEON)
+    {"neon", neon::kernel_table, has_neon},
 #endif
 };
 
