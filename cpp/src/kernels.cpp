@@ -8,10 +8,13 @@
 // Determinism contract (see kernels.hpp): element k of a block is accumulated into lane
 // k % 32, in index order, in float64, and lanes are combined by combine_lanes(). The vector
 // code keeps the 32 lanes in 4 (AVX-512), 8 (AVX2) or 16 (NEON) registers; the scalar code
-// keeps them in an array. Products for float64 input are rounded before the add on every target (this
-// file is built with -ffp-contract=off, so the compiler fuses nothing), so all targets agree
-// to the bit. Inputs narrower than float64 are converted exactly and their squares are exact
-// in float64, so there the vector code may use an explicit FMA (SqOp): one rounding either way.
+// keeps them in an array. Products for float64 input are rounded before the add on every
+// target (this file is built with -ffp-contract=off, so the compiler fuses nothing), so all
+// targets, x86-64 and AArch64 alike, agree to the bit. Inputs narrower than float64 are
+// converted exactly and their squares are exact in float64, so there the vector code may use
+// an explicit FMA (SqOp): one rounding either way. A NaN result is NaN on every target; the
+// sign of a NaN that an invalid operation makes (inf * 0) is the architecture's: set on x86,
+// clear on ARM.
 #include "kernels.hpp"
 
 #include <algorithm>
