@@ -66,8 +66,10 @@ const TargetEntry kTargets[] = {
 std::atomic<int> g_threads{0};  // 0: follow OpenMP's own setting
 // Set in a child process made by fork(): libgomp's thread pool does not survive a fork, and
 // a child's first parallel region would wait forever for the parent's pool threads. The
-// child runs every call on its calling thread instead.
+// child runs every call on its calling thread instead. (Without OpenMP there is no pool.)
+#if defined(GRADCLIP_WITH_OPENMP)
 std::atomic<bool> g_forked{false};
+#endif
 #if defined(GRADCLIP_WITH_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 void mark_forked_child() { g_forked.store(true, std::memory_order_relaxed); }
 #endif
