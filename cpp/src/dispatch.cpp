@@ -40,6 +40,14 @@ bool has_avx512() noexcept {
 }
 #endif
 
+#if defined(GRADCLIP_HAVE_NEON)
+// Built only for AArch64, where Advanced SIMD needs no run-time check: the architecture pairs
+// it with floating point (a core has both or neither), the AArch64 ABIs of Linux, macOS and
+// Windows require floating point, and compilers enable it by default. The float16 <-> float32
+// conversions the kernels use (FCVTL/FCVTN) are part of it since ARMv8.0.
+bool has_neon() noexcept { return true; }
+#endif
+
 // Worst first.
 const TargetEntry kTargets[] = {
     {"baseline", baseline::kernel_table, always},
@@ -49,14 +57,19 @@ const TargetEntry kTargets[] = {
 #if defined(GRADCLIP_HAVE_AVX512)
     {"avx512", avx512::kernel_table, has_avx512},
 #endif
+#if defined(GRADCLIP_HAVE_NEON)
+    {"neon", neon::kernel_table, has_neon},
+#endif
 };
 
 // ------------------------------------------------------------------ threads
 std::atomic<int> g_threads{0};  // 0: follow OpenMP's own setting
 // Set in a child process made by fork(): libgomp's thread pool does not survive a fork, and
 // a child's first parallel region would wait forever for the parent's pool threads. The
-// child runs every call on its calling thread instead.
+// child runs every call on its calling thread instead. (Without OpenMP there is no pool.)
+#if defined(GRADCLIP_WITH_OPENMP)
 std::atomic<bool> g_forked{false};
+#endif
 #if defined(GRADCLIP_WITH_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 void mark_forked_child() { g_forked.store(true, std::memory_order_relaxed); }
 #endif

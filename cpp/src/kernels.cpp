@@ -2,15 +2,19 @@
 //   GRADCLIP_TARGET_BASELINE  portable C++ (x86-64 baseline, or any other CPU)
 //   GRADCLIP_TARGET_AVX2      -mavx2 -mfma -mf16c
 //   GRADCLIP_TARGET_AVX512    -mavx512f -mavx512bw -mavx512dq -mavx512vl (+ the above)
+//   GRADCLIP_TARGET_NEON      AArch64 Advanced SIMD (no flags: every AArch64 CPU has it)
 // each copy in its own namespace, each exporting one KernelTable.
 //
 // Determinism contract (see kernels.hpp): element k of a block is accumulated into lane
 // k % 32, in index order, in float64, and lanes are combined by combine_lanes(). The vector
-// code keeps the 32 lanes in 4 (AVX-512) or 8 (AVX2) registers; the scalar code keeps them in
-// an array. Products for float64 input are rounded before the add on every target (this
-// file is built with -ffp-contract=off, so the compiler fuses nothing), so all targets agree
-// to the bit. Inputs narrower than float64 are converted exactly and their squares are exact
-// in float64, so there the vector code may use an explicit FMA (SqOp): one rounding either way.
+// code keeps the 32 lanes in 4 (AVX-512), 8 (AVX2) or 16 (NEON) registers; the scalar code
+// keeps them in an array. Products for float64 input are rounded before the add on every
+// target (this file is built with -ffp-contract=off, so the compiler fuses nothing), so all
+// targets, x86-64 and AArch64 alike, agree to the bit. Inputs narrower than float64 are
+// converted exactly and their squares are exact in float64, so there the vector code may use
+// an explicit FMA (SqOp): one rounding either way. A NaN result is NaN on every target; the
+// sign of a NaN that an invalid operation makes (inf * 0) is the architecture's: set on x86,
+// clear on ARM.
 #include "kernels.hpp"
 
 #include <algorithm>
@@ -33,9 +37,21 @@
 #define GRADCLIP_NS avx2
 #define GRADCLIP_TARGET_NAME "avx2"
 #include <immintrin.h>
+#elif defined(GRADCLIP_TARGET_NEON)
+#if defined(__AARCH64EB__)
+#error "the NEON kernels load elements as bytes and assume little-endian AArch64"
+#endif
+#define GRADCLIP_NS neon
+#define GRADCLIP_TARGET_NAME "neon"
+#include <arm_neon.h>
 #else
 #define GRADCLIP_NS baseline
 #define GRADCLIP_TARGET_NAME "baseline"
+#endif
+
+// GRADCLIP_VECTOR: this copy has a vector layer (every target but the baseline).
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2) || defined(GRADCLIP_TARGET_NEON)
+#define GRADCLIP_VECTOR 1
 #endif
 
 namespace gradclip::GRADCLIP_NS {
@@ -234,12 +250,115 @@ struct NanTrack {
     void add(VD x) noexcept { m = _mm256_or_pd(m, _mm256_cmp_pd(x, x, _CMP_UNORD_Q)); }
     bool any() const noexcept { return _mm256_movemask_pd(m) != 0; }
 };
+#elif defined(GRADCLIP_TARGET_NEON)
+using VD = float64x2_t;
+constexpr std::size_t kW = 2;
+constexpr std::size_t kAcc = kLanes / kW;  // 16 of the 32 vector registers
+
+// Byte loads and stores: vld1q_u8 has no alignment requirement, so a view at an odd byte
+// offset is read the same way as an aligned one (the double/float forms assume element
+// alignment in C++ terms). Little-endian, so lane i holds element i.
+inline const std::uint8_t* u8(const char* p) noexcept { return reinterpret_cast<const std::uint8_t*>(p); }
+inline std::uint8_t* u8(char* p) noexcept { return reinterpret_cast<std::uint8_t*>(p); }
+
+// Widening: float16 -> float32 by FCVTL/FCVTL2 (base Advanced SIMD, exact), bfloat16 ->
+// float32 by a 16-bit shift (SHLL), float32 -> float64 by FCVTL/FCVTL2 (exact).
+inline float32x4_t f16_lo(float16x8_t h) noexcept { return vcvt_f32_f16(vget_low_f16(h)); }
+inline float32x4_t f16_hi(float16x8_t h) noexcept { return vcvt_high_f32_f16(h); }
+inline float32x4_t bf16_lo(uint16x8_t h) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)); }
+inline float32x4_t bf16_hi(uint16x8_t h) noexcept { return vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)); }
+inline void widen(float32x4_t f, VD* x) noexcept {
+    x[0] = vcvt_f64_f32(vget_low_f32(f));
+    x[1] = vcvt_high_f64_f32(f);
+}
+
+// The kAcc vectors of the full block of kLanes elements that starts at element k: x[j] holds
+// elements k + 2j and k + 2j + 1, i.e. lanes 2j and 2j + 1. Each load takes 16 bytes.
+template <DType D>
+inline void vload_block(const char* p, std::size_t k, VD* x) noexcept {
+    const char* q = p + k * itemsize(D);
+    if constexpr (D == DType::F64) {
+        for (std::size_t j = 0; j < kAcc; ++j) x[j] = vreinterpretq_f64_u8(vld1q_u8(u8(q + 16 * j)));
+    } else if constexpr (D == DType::F32) {
+        for (std::size_t j = 0; j < kAcc; j += 2) widen(vreinterpretq_f32_u8(vld1q_u8(u8(q + 8 * j))), x + j);
+    } else {
+        for (std::size_t j = 0; j < kAcc; j += 4) {
+            const uint8x16_t b = vld1q_u8(u8(q + 4 * j));
+            if constexpr (D == DType::F16) {
+                const float16x8_t h = vreinterpretq_f16_u8(b);
+                widen(f16_lo(h), x + j);
+                widen(f16_hi(h), x + j + 2);
+            } else {
+                const uint16x8_t h = vreinterpretq_u16_u8(b);
+                widen(bf16_lo(h), x + j);
+                widen(bf16_hi(h), x + j + 2);
+            }
+        }
+    }
+}
+// Lanes [lo, hi) of a 2-lane group whose lane 0 is element k (k may be negative or past the
+// end), zeros elsewhere; see the AVX-512 version. No masked loads in NEON: the lanes inside
+// the array are copied into a zeroed register image, and narrow ones converted as above.
+template <DType D>
+inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
+    const char* q = addr(p, k * static_cast<std::ptrdiff_t>(itemsize(D)));
+    std::uint8_t img[16] = {};
+    for (std::size_t i = lo; i < hi; ++i) std::memcpy(img + i * itemsize(D), q + i * itemsize(D), itemsize(D));
+    const uint8x16_t b = vld1q_u8(img);
+    if constexpr (D == DType::F64) return vreinterpretq_f64_u8(b);
+    if constexpr (D == DType::F32) return vcvt_f64_f32(vget_low_f32(vreinterpretq_f32_u8(b)));
+    if constexpr (D == DType::F16) return vcvt_f64_f32(vget_low_f32(f16_lo(vreinterpretq_f16_u8(b))));
+    return vcvt_f64_f32(vget_low_f32(bf16_lo(vreinterpretq_u16_u8(b))));
+}
+// FMAX returns NaN when either operand is NaN (unlike x86's maxpd, which returns its second
+// operand), so a NaN reaches the final maximum by itself; it is returned as the canonical
+// quiet NaN that the other targets return.
+inline double vhmax(const VD* acc) noexcept {
+    VD a = acc[0];
+    for (std::size_t j = 1; j < kAcc; ++j) a = vmaxq_f64(a, acc[j]);
+    const double m = vmaxvq_f64(a);
+    return m != m ? std::numeric_limits<double>::quiet_NaN() : m;
+}
+inline VD vzero() noexcept { return vdupq_n_f64(0.0); }
+inline VD vset(double x) noexcept { return vdupq_n_f64(x); }
+inline VD vadd(VD a, VD b) noexcept { return vaddq_f64(a, b); }
+inline VD vmul(VD a, VD b) noexcept { return vmulq_f64(a, b); }
+inline VD vfma(VD a, VD b, VD c) noexcept { return vfmaq_f64(c, a, b); }  // a * b + c, one rounding
+inline VD vabs(VD a) noexcept { return vabsq_f64(a); }
+inline VD vmax(VD a, VD b) noexcept { return vmaxq_f64(a, b); }
+inline void vstore(double* p, VD a) noexcept { vst1q_f64(p, a); }
+inline VD vloadu_lanes(const double* p) noexcept { return vld1q_f64(p); }
+struct NanTrack {  // not needed: see vhmax
+    void add(VD) noexcept {}
+    bool any() const noexcept { return false; }
+};
+#endif
+
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+// The kAcc vectors of the full block of kLanes elements that starts at element k.
+template <DType D>
+inline void vload_block(const char* p, std::size_t k, VD* x) noexcept {
+    for (std::size_t j = 0; j < kAcc; ++j) x[j] = vload<D>(p, k + j * kW);
+}
+#endif
+
+// ---------------------------------------------------------------- prefetch
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+constexpr std::size_t kPrefetchBytes = GRADCLIP_PREFETCH;
+// Software prefetch kPrefetchBytes ahead of a block of `bytes` about to be read (and written):
+// on one core the hardware prefetchers alone leave about a third of the bandwidth unused.
+inline void prefetch_ahead(const void* p, std::size_t bytes) noexcept {
+    const char* q = static_cast<const char*>(p) + kPrefetchBytes;
+    for (std::size_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+}
+#elif defined(GRADCLIP_TARGET_NEON)
+// None on NEON: the third of the bandwidth that software prefetch wins back was measured on
+// x86 cores; whether it helps (or hurts) an ARM core's stream prefetchers has not been
+// measured, so the NEON copy issues none rather than guess.
+inline void prefetch_ahead(const void*, std::size_t) noexcept {}
 #endif
 
 // ---------------------------------------------------------------- reductions
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
-constexpr std::size_t kPrefetchBytes = GRADCLIP_PREFETCH;
-#endif
 // Scaled = false on the fast pass (scale 1): the multiply by the scale is skipped. For inputs
 // narrower than float64, x*x is exact in float64, so a fused multiply-add gives the same bits
 // as the separate multiply and add of the other targets; float64 keeps the two roundings.
@@ -249,7 +368,7 @@ struct SqOp {
         const double t = Scaled ? x * s : x;
         return acc + t * t;
     }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     static VD vstep(VD acc, VD x, VD s) noexcept {
         const VD t = Scaled ? vmul(x, s) : x;
         if constexpr (D != DType::F64) return vfma(t, t, acc);
@@ -261,7 +380,7 @@ struct SqOp {
 template <DType D, bool Scaled>
 struct AbsOp {
     static double step(double acc, double x, double s) noexcept { return acc + std::fabs(Scaled ? x * s : x); }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     static VD vstep(VD acc, VD x, VD s) noexcept { return vadd(acc, vabs(Scaled ? vmul(x, s) : x)); }
 #endif
 };
@@ -269,7 +388,7 @@ struct AbsOp {
 template <DType D, class Op>
 void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
     const char* p = static_cast<const char*>(vp);
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vloadu_lanes(lanes + j * kW);
     const VD s = vset(scale);
@@ -296,10 +415,10 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kL <= sn; k += kL) {
         const auto uk = static_cast<std::size_t>(k);
-        // software prefetch a few KiB ahead: one per cache line of this block
-        for (std::size_t b = 0; b < kBlockBytes; b += 64)
-            _mm_prefetch(p + uk * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
-        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], vload<D>(p, uk + j * kW), s);
+        prefetch_ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
+        VD x[kAcc];
+        vload_block<D>(p, uk, x);
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], x[j], s);
     }
     if (k < sn) partial(k);
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
@@ -328,23 +447,23 @@ void sum_abs(const void* p, std::size_t n, std::size_t lane0, double scale, doub
 }
 
 // max is exact and order-free, so only the NaN rule needs care: vmaxpd drops a NaN that is
-// already in the accumulator, hence the separate NaN tracker.
+// already in the accumulator, hence the separate NaN tracker (NEON's FMAX keeps it: vhmax).
 template <DType D>
 double max_abs(const void* vp, std::size_t n) noexcept {
     const char* p = static_cast<const char*>(vp);
     std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
     NanTrack nt;
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kLanes <= n; k += kLanes) {
-        for (std::size_t b = 0; b < kBlockBytes; b += 64)
-            _mm_prefetch(p + k * itemsize(D) + kPrefetchBytes + b, _MM_HINT_T0);
+        prefetch_ahead(p + k * itemsize(D), kBlockBytes);
+        VD x[kAcc];
+        vload_block<D>(p, k, x);
         for (std::size_t j = 0; j < kAcc; ++j) {
-            const VD x = vload<D>(p, k + j * kW);
-            nt.add(x);
-            acc[j] = vmax(acc[j], vabs(x));
+            nt.add(x[j]);
+            acc[j] = vmax(acc[j], vabs(x[j]));
         }
     }
     for (std::size_t j = 0; k + j * kW < n; ++j) {
@@ -366,15 +485,6 @@ double max_abs(const void* vp, std::size_t n) noexcept {
 }
 
 // ---------------------------------------------------------------- element-wise writes
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
-// Software prefetch kPrefetchBytes ahead of a block of `bytes` about to be read and written:
-// on one core the hardware prefetchers alone leave about a third of the bandwidth unused.
-inline void prefetch_ahead(const void* p, std::size_t bytes) noexcept {
-    const char* q = static_cast<const char*>(p) + kPrefetchBytes;
-    for (std::size_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
-}
-#endif
-
 // The vector layer of the writes. Each element type is loaded into, and stored from,
 // vectors of the precision it is computed in: float64 for float64; float32 for float32,
 // float16 and bfloat16, which multiply and clamp in float32 and round once, to nearest even,
@@ -387,6 +497,8 @@ inline VF vmul(VF a, VF b) noexcept { return _mm512_mul_ps(a, b); }
 inline VF vmin(VF a, VF b) noexcept { return _mm512_min_ps(a, b); }
 inline VF vmax(VF a, VF b) noexcept { return _mm512_max_ps(a, b); }
 inline VD vmin(VD a, VD b) noexcept { return _mm512_min_pd(a, b); }
+inline VD load_f64(const char* p) noexcept { return _mm512_loadu_pd(reinterpret_cast<const double*>(p)); }
+inline void store_f64(char* p, VD v) noexcept { _mm512_storeu_pd(reinterpret_cast<double*>(p), v); }
 inline VF load_f32(const char* p) noexcept { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
 inline void store_f32(char* p, VF v) noexcept { _mm512_storeu_ps(reinterpret_cast<float*>(p), v); }
 inline VF load_f16(const char* p) noexcept {
@@ -417,6 +529,8 @@ inline VF vmul(VF a, VF b) noexcept { return _mm256_mul_ps(a, b); }
 inline VF vmin(VF a, VF b) noexcept { return _mm256_min_ps(a, b); }
 inline VF vmax(VF a, VF b) noexcept { return _mm256_max_ps(a, b); }
 inline VD vmin(VD a, VD b) noexcept { return _mm256_min_pd(a, b); }
+inline VD load_f64(const char* p) noexcept { return _mm256_loadu_pd(reinterpret_cast<const double*>(p)); }
+inline void store_f64(char* p, VD v) noexcept { _mm256_storeu_pd(reinterpret_cast<double*>(p), v); }
 inline VF load_f32(const char* p) noexcept { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 inline void store_f32(char* p, VF v) noexcept { _mm256_storeu_ps(reinterpret_cast<float*>(p), v); }
 inline VF load_f16(const char* p) noexcept {
@@ -441,6 +555,53 @@ inline void store_bf16(char* p, VF v) noexcept {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 #endif
+#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+// NaN kept: x is the second operand of max/min, which (v)maxps / (v)minps return when either
+// operand is NaN (and when both are zeros).
+template <class V>
+inline V vclamp(V x, V lo, V hi) noexcept {
+    return vmin(hi, vmax(lo, x));
+}
+#elif defined(GRADCLIP_TARGET_NEON)
+using VF = float32x4_t;
+constexpr std::size_t kWF = 4;
+inline VF vset(float x) noexcept { return vdupq_n_f32(x); }
+inline VF vmul(VF a, VF b) noexcept { return vmulq_f32(a, b); }
+// The x86 targets' clamp, min(hi, max(lo, x)) with their max(a, b) = a > b ? a : b and
+// min(a, b) = a < b ? a : b, as compares and selects: x comes through with its exact bits
+// when it is NaN or a zero of either sign. NEON's FMAX/FMIN would quiet a signalling NaN and
+// order -0 below +0.
+inline VF vclamp(VF x, VF lo, VF hi) noexcept {
+    const VF t = vbslq_f32(vcgtq_f32(lo, x), lo, x);
+    return vbslq_f32(vcltq_f32(hi, t), hi, t);
+}
+inline VD vclamp(VD x, VD lo, VD hi) noexcept {
+    const VD t = vbslq_f64(vcgtq_f64(lo, x), lo, x);
+    return vbslq_f64(vcltq_f64(hi, t), hi, t);
+}
+inline VD load_f64(const char* p) noexcept { return vreinterpretq_f64_u8(vld1q_u8(u8(p))); }
+inline void store_f64(char* p, VD v) noexcept { vst1q_u8(u8(p), vreinterpretq_u8_f64(v)); }
+inline VF load_f32(const char* p) noexcept { return vreinterpretq_f32_u8(vld1q_u8(u8(p))); }
+inline void store_f32(char* p, VF v) noexcept { vst1q_u8(u8(p), vreinterpretq_u8_f32(v)); }
+inline VF load_f16(const char* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(u8(p)))); }
+inline void store_f16(char* p, VF v) noexcept {
+    // FCVTN rounds to nearest even (the FPCR default) and quiets a NaN keeping its top
+    // payload bits, as float_to_half does
+    vst1_u8(u8(p), vreinterpret_u8_f16(vcvt_f16_f32(v)));
+}
+inline VF load_bf16(const char* p) noexcept {
+    return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(u8(p))), 16));
+}
+inline void store_bf16(char* p, VF v) noexcept {
+    // round to nearest even on the bit pattern; NaN -> quiet NaN (same rule as float_to_bf16)
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
+    const uint32x4_t nanr = vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40));
+    const uint32x4_t ordered = vceqq_f32(v, v);  // all ones where v is not NaN
+    vst1_u8(u8(p), vreinterpret_u8_u16(vmovn_u32(vbslq_u32(ordered, r, nanr))));
+}
+#endif
 
 // Native<D>: T, the type element D is computed in; scalar load/store of element k; and on
 // the SIMD targets V, kW lanes, and vector load/store of elements k .. k + kW - 1.
@@ -451,11 +612,11 @@ struct Native<DType::F64> {
     using T = double;
     static T load1(const char* p, std::size_t k) noexcept { return Elem<DType::F64>::load(p, k); }
     static void store1(char* p, std::size_t k, T v) noexcept { std::memcpy(p + 8 * k, &v, 8); }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     using V = VD;
     static constexpr std::size_t kW = ::gradclip::GRADCLIP_NS::kW;
-    static V load(const char* p, std::size_t k) noexcept { return vload<DType::F64>(p, k); }
-    static void store(char* p, std::size_t k, V v) noexcept { vstore(reinterpret_cast<double*>(p) + k, v); }
+    static V load(const char* p, std::size_t k) noexcept { return load_f64(p + 8 * k); }
+    static void store(char* p, std::size_t k, V v) noexcept { store_f64(p + 8 * k, v); }
 #endif
 };
 template <DType D>
@@ -463,7 +624,7 @@ struct NarrowNative {  // float32, float16, bfloat16: computed in float32
     using T = float;
     static T load1(const char* p, std::size_t k) noexcept { return Elem<D>::loadf(p, k); }
     static void store1(char* p, std::size_t k, T v) noexcept { Elem<D>::storef(p, k, v); }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     using V = VF;
     static constexpr std::size_t kW = kWF;
     static V load(const char* p, std::size_t k) noexcept {
@@ -494,7 +655,7 @@ void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
     using N = Native<D>;
     char* b = static_cast<char*>(vp);
     std::size_t k = 0;
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     constexpr std::size_t kBlockBytes = 256;
     constexpr std::size_t kBlock = kBlockBytes / itemsize(D);
     for (; k + kBlock <= n; k += kBlock) {
@@ -512,22 +673,22 @@ struct ScaleOp {
     using T = typename Native<D>::T;
     T c;
     T scalar(T x) const noexcept { return x * c; }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     typename Native<D>::V vc = vset(c);
     typename Native<D>::V vec(typename Native<D>::V x) const noexcept { return vmul(x, vc); }
 #endif
 };
 
-// min(hi, max(lo, x)) with NaN kept: x is the second operand of max/min, which (v)maxps /
-// (v)minps return when either operand is NaN; the scalar form has the same behaviour.
+// min(hi, max(lo, x)) with NaN kept (vclamp above); for lo <= hi the scalar form has the same
+// behaviour, zeros of either sign included.
 template <DType D>
 struct ClampOp {
     using T = typename Native<D>::T;
     T lo, hi;
     T scalar(T x) const noexcept { return x < lo ? lo : (x > hi ? hi : x); }
-#if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
+#if defined(GRADCLIP_VECTOR)
     typename Native<D>::V vlo = vset(lo), vhi = vset(hi);
-    typename Native<D>::V vec(typename Native<D>::V x) const noexcept { return vmin(vhi, vmax(vlo, x)); }
+    typename Native<D>::V vec(typename Native<D>::V x) const noexcept { return vclamp(x, vlo, vhi); }
 #endif
 };
 
@@ -577,6 +738,17 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
     _mm256_store_si256(reinterpret_cast<__m256i*>(t),
                        _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3)));
     out = t[0] ^ t[1] ^ t[2] ^ t[3];
+#elif defined(GRADCLIP_TARGET_NEON)
+    uint64x2_t a0 = vdupq_n_u64(0), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 8 <= n; k += 8) {
+        const char* q = b + 8 * k;
+        a0 = veorq_u64(a0, vreinterpretq_u64_u8(vld1q_u8(u8(q))));
+        a1 = veorq_u64(a1, vreinterpretq_u64_u8(vld1q_u8(u8(q + 16))));
+        a2 = veorq_u64(a2, vreinterpretq_u64_u8(vld1q_u8(u8(q + 32))));
+        a3 = veorq_u64(a3, vreinterpretq_u64_u8(vld1q_u8(u8(q + 48))));
+    }
+    const uint64x2_t a = veorq_u64(veorq_u64(a0, a1), veorq_u64(a2, a3));
+    out = vgetq_lane_u64(a, 0) ^ vgetq_lane_u64(a, 1);
 #endif
     std::uint64_t acc[8] = {};
     for (; k + 8 <= n; k += 8) {
@@ -614,6 +786,14 @@ void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
         for (std::size_t j = 0; j < 4; ++j) {
             auto* q = reinterpret_cast<__m256i*>(b + 8 * k + 32 * j);
             _mm256_storeu_si256(q, _mm256_add_epi64(_mm256_loadu_si256(q), d));
+        }
+    }
+#elif defined(GRADCLIP_TARGET_NEON)
+    const uint64x2_t d = vdupq_n_u64(k64);
+    for (; k + 8 <= n; k += 8) {
+        for (std::size_t j = 0; j < 4; ++j) {
+            char* q = b + 8 * k + 16 * j;
+            vst1q_u8(u8(q), vreinterpretq_u8_u64(vaddq_u64(vreinterpretq_u64_u8(vld1q_u8(u8(q))), d)));
         }
     }
 #endif

@@ -1,6 +1,6 @@
 // The per-instruction-set kernel table.
 //
-// cpp/src/kernels.cpp is compiled once per target (baseline, avx2, avx512), each copy in
+// cpp/src/kernels.cpp is compiled once per target (baseline, avx2, avx512, neon), each copy in
 // its own namespace, and each fills one KernelTable. Every kernel is serial: threads
 // belong to the engine.
 //
@@ -70,6 +70,11 @@ const KernelTable& kernel_table() noexcept;
 #endif
 #if defined(GRADCLIP_HAVE_AVX512)
 namespace avx512 {
+const KernelTable& kernel_table() noexcept;
+}
+#endif
+#if defined(GRADCLIP_HAVE_NEON)
+namespace neon {
 const KernelTable& kernel_table() noexcept;
 }
 #endif

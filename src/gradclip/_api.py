@@ -638,7 +638,8 @@ def get_num_threads() -> int:
 
 
 def cpu_target() -> str:
-    """The instruction set in use: ``'baseline'``, ``'avx2'`` or ``'avx512'``."""
+    """The instruction set in use: ``'baseline'``, ``'avx2'`` or ``'avx512'`` on x86-64,
+    ``'baseline'`` or ``'neon'`` on 64-bit ARM."""
     name: str = _core.cpu_target()
     return name
 
