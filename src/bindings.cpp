@@ -230,9 +230,10 @@ void slice_batch(const Batch& b, const std::vector<std::vector<bool>>& reduced, 
 }
 
 // Norm of every slice of x along `axes` (already normalised, sorted, unique), clipped with
-// the common rule. Returns the norms as a flat array in C order of the kept axes.
-py::array_t<double> clip_by_norm(const py::object& x, double max_norm, const std::vector<int>& axes, double p,
-                                 double eps, const std::string& arg) {
+// the common rule. max_norm holds one bound for every slice, or one per slice in C order of
+// the kept axes (checked by the caller). Returns the norms as a flat array in that order.
+py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, py::array::c_style>& max_norm,
+                                 const std::vector<int>& axes, double p, double eps, const std::string& arg) {
     Batch b;
     parse(py::make_tuple(x), arg, true, b);
     if (b.keep.empty()) throw py::type_error(arg + " must be an array, not None");
@@ -240,26 +241,44 @@ py::array_t<double> clip_by_norm(const py::object& x, double max_norm, const std
     for (int a : axes) reduced[0][static_cast<std::size_t>(a)] = true;
     Slices sl;
     slice_batch(b, reduced, sl);
+    const auto nb = static_cast<std::size_t>(max_norm.size());
+    if (nb != 1 && nb != sl.spans.size())
+        throw py::value_error("max_norm has " + std::to_string(nb) + " bounds for " + std::to_string(sl.spans.size()) +
+                              " slices");
+    const gradclip::SpanBounds bounds{max_norm.data(), nb == 1 ? 0u : 1u, false};
     py::array_t<double> out(static_cast<py::ssize_t>(sl.spans.size()));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        gradclip::clip_each(sl.spans.data(), sl.spans.size(), spec_from(p), max_norm, eps, NonFinite::Propagate, o);
+        gradclip::clip_each(sl.spans.data(), sl.spans.size(), spec_from(p), bounds, eps, NonFinite::Propagate, o);
     }
     return out;
 }
 
 // Adaptive gradient clipping over lists of gradients and parameters of equal shapes.
 // reduce[i] lists the axes a unit of the array at position i spans (the others index units).
+// A position whose gradient is None is skipped, whatever its parameter (as timm does).
 py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, double clipping, double eps,
-                        const std::vector<std::vector<int>>& reduce) {
-    Batch g, w;
+                        const std::vector<std::vector<int>>& reduce, double p) {
+    Batch g, all_w;
     parse(grads, "grads", false, g);
-    parse(params, "params", false, w, /*write=*/false);
-    if (g.npos != w.npos)
+    parse(params, "params", false, all_w, /*write=*/false);
+    if (g.npos != all_w.npos)
         throw py::value_error("grads and params must have the same length (" + std::to_string(g.npos) + " and " +
-                              std::to_string(w.npos) + ")");
-    if (g.pos != w.pos) throw py::value_error("grads and params must have None at the same positions");
+                              std::to_string(all_w.npos) + ")");
+    // the parameters of the gradients present, in the same order (both pos lists ascend)
+    Batch w;
+    w.npos = all_w.npos;
+    std::size_t j = 0;
+    for (std::size_t k = 0; k < g.keep.size(); ++k) {
+        while (j < all_w.pos.size() && all_w.pos[j] < g.pos[k]) ++j;
+        if (j == all_w.pos.size() || all_w.pos[j] != g.pos[k])
+            throw py::value_error("params[" + std::to_string(g.pos[k]) + "] is None but grads[" +
+                                  std::to_string(g.pos[k]) + "] is not; AGC needs the parameter of every gradient");
+        w.keep.push_back(all_w.keep[j]);
+        w.spans.push_back(all_w.spans[j]);
+        w.pos.push_back(all_w.pos[j]);
+    }
     std::vector<std::vector<bool>> reduced;
     for (std::size_t k = 0; k < g.keep.size(); ++k) {
         const py::array& ga = g.keep[k];
@@ -283,13 +302,13 @@ py::tuple adaptive_clip(const py::sequence& grads, const py::sequence& params, d
     std::vector<double> gn(n), wn(n), coefs(n);
     {
         py::gil_scoped_release nogil;
-        gradclip::adaptive_clip(gs.spans.data(), ws.spans.data(), n, clipping, eps, gn.data(), wn.data(), coefs.data());
+        gradclip::adaptive_clip(gs.spans.data(), ws.spans.data(), n, spec_from(p), clipping, eps, gn.data(), wn.data(),
+                                coefs.data());
     }
-    // per-array pre-clip norms from the unit norms (L2: root of the sum of squares)
+    // per-array pre-clip norms from the unit norms
     std::vector<double> per_array(g.keep.size());
     for (std::size_t k = 0; k < g.keep.size(); ++k)
-        per_array[k] = gradclip::norm_of_norms(gn.data() + gs.first[k], gs.first[k + 1] - gs.first[k],
-                                               gradclip::make_norm_spec(2.0));
+        per_array[k] = gradclip::norm_of_norms(gn.data() + gs.first[k], gs.first[k + 1] - gs.first[k], spec_from(p));
     double cmin = 1.0;
     bool nan = false;
     for (double c : coefs) {
@@ -428,6 +447,17 @@ public:
         }
         return scatter(b_, each);
     }
+    // Each array clipped by its root mean square (Optax's clip_by_block_rms); returns the RMS.
+    py::array_t<double> clip_block_rms(double threshold, double eps) const {
+        check();
+        std::vector<double> each(n());
+        {
+            py::gil_scoped_release nogil;
+            gradclip::clip_each(spans(), n(), spec_from(2.0), gradclip::SpanBounds{&threshold, 0, true}, eps,
+                                NonFinite::Propagate, each.data(), plan());
+        }
+        return scatter(b_, each);
+    }
     // (unscaled total norm, clipping coefficient, per-array unscaled norms or None)
     py::tuple unscale_clip(double max_norm, double inv_scale, double p, double eps, bool with_norms) const {
         check();
@@ -492,6 +522,7 @@ private:
     X(scale)                       \
     X(clamp)                       \
     X(clip_each)                   \
+    X(clip_block_rms)              \
     X(unscale_clip)                \
     X(apply_unscale)
 
@@ -533,7 +564,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("clip_by_norm", &clip_by_norm, py::arg("x"), py::arg("max_norm"), py::arg("axes"), py::arg("p"),
           py::arg("eps"), py::arg("arg") = "x");
     m.def("adaptive_clip", &adaptive_clip, py::arg("grads"), py::arg("params"), py::arg("clipping"), py::arg("eps"),
-          py::arg("reduce"));
+          py::arg("reduce"), py::arg("p"));
     m.def("clip_per_example", &clip_per_example, py::arg("grads"), py::arg("max_norm"), py::arg("per_layer"),
           py::arg("eps"));
     m.def(

@@ -334,7 +334,8 @@ BAD_NORM_TYPE = [
     (None, TypeError),
     (2j, TypeError),
     ("2", TypeError),
-    ("inf", TypeError),
+    ("l2", TypeError),
+    ("-inf", TypeError),
 ]
 BAD_EPS = [(-1e-9, ValueError), (NAN, ValueError), (INF, ValueError), (-INF, ValueError)] + [
     ("1e-6", TypeError),

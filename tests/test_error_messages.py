@@ -82,7 +82,39 @@ CASES: dict[str, Case] = {
         lambda m, s: m.clip_grad_norm_(s["g"], "1"), TypeError, ("max_norm", "real", "str")
     ),
     "norm_type-type": Case(
-        lambda m, s: m.get_total_norm(s["g"], "fro"), TypeError, ("norm_type", "real", "str")
+        lambda m, s: m.get_total_norm(s["g"], None), TypeError, ("norm_type", "real", "None")
+    ),
+    "norm_type-name": Case(
+        lambda m, s: m.get_total_norm(s["g"], "l2"), TypeError, ("norm_type", "'fro'", "'l2'")
+    ),
+    "value-both": Case(
+        lambda m, s: m.clip_grad_value_(s["g"], 1.0, min=0.0), TypeError, ("clip_value", "min")
+    ),
+    "value-none": Case(
+        lambda m, s: m.clip_grad_value_(s["g"]), TypeError, ("clip_value", "min", "max")
+    ),
+    "value-min-max": Case(
+        lambda m, s: m.clip_grad_value_(s["g"], min=1.0, max=-1.0),
+        ValueError,
+        ("min", "max", "1.0", "-1.0"),
+    ),
+    "value-bound-nan": Case(
+        lambda m, s: m.clip_grad_value_(s["g"], min=math.nan), ValueError, ("min", "nan")
+    ),
+    "slice-bounds": Case(
+        lambda m, s: m.clip_by_norm_(np.ones((2, 3)), np.ones(3), axis=1),
+        ValueError,
+        ("max_norm", "(3,)", "(2,)"),
+    ),
+    "noise": Case(
+        lambda m, s: m.clip_per_example_([np.ones((2, 3))], 1.0, noise_multiplier=-1.0),
+        ValueError,
+        ("noise_multiplier", ">= 0", "-1.0"),
+    ),
+    "rng": Case(
+        lambda m, s: m.clip_per_example_([np.ones((2, 3))], 1.0, noise_multiplier=1.0, rng=0),
+        TypeError,
+        ("rng", "Generator", "int"),
     ),
     "x-list": Case(lambda m, s: m.clip_by_norm_([s["g"]], 1.0), TypeError, ("x", "list")),
     "x-dtype": Case(

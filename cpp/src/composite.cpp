@@ -42,9 +42,13 @@ double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_no
     return norm;
 }
 
-void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+void clip_each(const Span* spans, std::size_t n, NormSpec spec, SpanBounds bounds, double eps, NonFinite mode,
                double* norms, const PlanCache* cached) {
     span_norms(spans, n, spec, norms, cached);
+    if (bounds.rms) {
+        for (std::size_t i = 0; i < n; ++i)
+            norms[i] = spans[i].n == 0 ? 0.0 : norms[i] / std::sqrt(static_cast<double>(spans[i].n));
+    }
     bool nonfinite = false;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(norms[i])) nonfinite = true;
@@ -57,7 +61,7 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm,
     coefs.resize(n);
     bool any = false;
     for (std::size_t i = 0; i < n; ++i) {
-        const double c = clip_coef(max_norm, norms[i], eps);
+        const double c = clip_coef(bounds.bound[i * bounds.step], norms[i], eps);
         coefs[i] = coef_writes(c) ? c : 1.0;
         any = any || coefs[i] != 1.0;
     }
@@ -87,11 +91,10 @@ double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, dou
     return coef;
 }
 
-void adaptive_clip(const Span* g, const Span* w, std::size_t n, double clipping, double eps, double* gnorms,
-                   double* wnorms, double* coefs) {
-    const NormSpec l2{NormKind::L2, 2.0};
-    span_norms(g, n, l2, gnorms);
-    span_norms(w, n, l2, wnorms);
+void adaptive_clip(const Span* g, const Span* w, std::size_t n, NormSpec spec, double clipping, double eps,
+                   double* gnorms, double* wnorms, double* coefs) {
+    span_norms(g, n, spec, gnorms);
+    span_norms(w, n, spec, wnorms);
     bool any = false;
     for (std::size_t i = 0; i < n; ++i) {
         const double wn = wnorms[i] > eps ? wnorms[i] : eps;  // max(||w||, eps); NaN -> eps as in max()

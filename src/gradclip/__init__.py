@@ -20,6 +20,7 @@ __all__ = [
     "ZClip",
     "adaptive_grad_clip_",
     "available_cpu_targets",
+    "clip_by_block_rms_",
     "clip_by_norm_",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",
@@ -44,6 +45,7 @@ try:
         GradientSet,
         _set_cpu_target,  # noqa: F401  (tests and benchmarks switch targets)
         available_cpu_targets,
+        clip_by_block_rms_,
         clip_by_norm_,
         clip_grad_norm_,
         clip_grad_norm_per_tensor_,

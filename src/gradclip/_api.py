@@ -22,18 +22,19 @@ from ._errors import NonFiniteNormError
 from ._inputs import (
     as_array,
     as_sequence,
-    check_clip_value,
     check_eps,
     check_max_norm,
     check_norm_type,
     check_total_norm,
     resolve_mode,
+    value_bounds,
 )
 from ._result import ClipResult
 
 __all__ = [
     "GradientSet",
     "available_cpu_targets",
+    "clip_by_block_rms_",
     "clip_by_norm_",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",
@@ -315,12 +316,22 @@ def clip_grads_with_norm_(
     ONCE.apply_norm(as_sequence(grads), max_norm, total, eps, ENGINE_MODE["propagate"])
 
 
-def clip_grad_value_(grads: Any, clip_value: float) -> None:
-    """Clamp every element in place to ``[-clip_value, clip_value]``; NaN stays NaN.
+def clip_grad_value_(
+    grads: Any,
+    clip_value: float | None = None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+) -> None:
+    """Clamp every element in place to ``[-clip_value, clip_value]``, or to ``[min, max]``;
+    NaN stays NaN.
 
-    The bound is ``clip_value`` rounded once, to nearest with ties to even, to each array's
-    dtype (by gradclip itself, the same in every path and for every version of NumPy and
-    ml_dtypes).
+    ``min`` and ``max`` give asymmetric or one-sided bounds (TensorFlow's ``clip_by_value``,
+    Optax's ``tree_clip``, Chainer's ``GradientHardClipping``): a side given as None is not
+    bounded. Pass either ``clip_value`` or ``min``/``max``; ``min > max`` is a ValueError.
+
+    Each bound is rounded once, to nearest with ties to even, to each array's dtype (by
+    gradclip itself, the same in every path and for every version of NumPy and ml_dtypes).
 
     Examples
     --------
@@ -329,9 +340,13 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     >>> gradclip.clip_grad_value_(g, 1.0)
     >>> g
     array([-1. ,  0.5,  1. ,  nan])
+    >>> g = np.array([-3.0, 0.5, 2.0])
+    >>> gradclip.clip_grad_value_(g, min=0.0)
+    >>> g
+    array([0. , 0.5, 2. ])
     """
-    v = check_clip_value(clip_value)
-    ONCE.clamp(as_sequence(grads), -v, v)
+    lo, hi = value_bounds(clip_value, min, max)
+    ONCE.clamp(as_sequence(grads), lo, hi)
 
 
 def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
@@ -415,7 +430,6 @@ def clip_by_norm_(
     array([[0.6, 0.8],
            [0.3, 0.4]])
     """
-    max_norm = check_max_norm(max_norm)
     p = check_norm_type(norm_type)
     eps = check_eps(eps)
     if x is None or isinstance(x, (list, tuple)):
@@ -433,8 +447,75 @@ def clip_by_norm_(
                 f"axis must be None, an int or a tuple of ints, not {type(axis).__name__}"
             ) from None
     kept = tuple(arr.shape[d] for d in range(arr.ndim) if d not in axes)
-    norms: np.ndarray = _core.clip_by_norm(arr, max_norm, sorted(axes), p, eps, "x")
+    bounds = _slice_bounds(max_norm, arr.shape, axes, kept)
+    norms: np.ndarray = _core.clip_by_norm(arr, bounds, sorted(axes), p, eps, "x")
     return norms.reshape(kept)
+
+
+def _slice_bounds(
+    max_norm: Any, shape: tuple[int, ...], axes: tuple[int, ...], kept: tuple[int, ...]
+) -> np.ndarray:
+    """``clip_by_norm_``'s bound per slice, flat in C order of the kept axes: one number, or an
+    array broadcastable to the norms' shape ``kept`` or to their keepdims shape (``x.ndim``
+    axes, the reduced ones of length 1), as TensorFlow broadcasts a tensor ``clip_norm``."""
+    if np.ndim(max_norm) == 0 and not isinstance(max_norm, np.ndarray):
+        return np.array([check_max_norm(max_norm)])
+    if isinstance(max_norm, (bool, np.bool_)) or (
+        isinstance(max_norm, np.ndarray) and max_norm.dtype == np.bool_
+    ):
+        raise TypeError("max_norm must be a real number or an array of them, not bool")
+    try:
+        m = np.asarray(max_norm, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"max_norm must be a real number or an array of them, not {type(max_norm).__name__}"
+        ) from None
+    if m.ndim == 0:
+        return np.array([check_max_norm(float(m))])
+    keepdims = tuple(1 if d in axes else n for d, n in enumerate(shape))
+    try:
+        if m.ndim == len(shape):
+            if any(m.shape[d] != 1 for d in axes):
+                raise ValueError
+            full = np.broadcast_to(m, keepdims).reshape(kept)
+        else:
+            full = np.broadcast_to(m, kept)
+    except ValueError:
+        raise ValueError(
+            f"max_norm of shape {m.shape} does not broadcast to the norms' shape {kept} "
+            f"(or {keepdims} with the reduced axes kept)"
+        ) from None
+    if not (np.isfinite(full).all() and (full > 0.0).all()):
+        raise ValueError("every max_norm must be finite and > 0")
+    return np.ascontiguousarray(full, dtype=np.float64).reshape(-1)
+
+
+def clip_by_block_rms_(grads: Any, threshold: float, *, eps: float = 1e-6) -> np.ndarray:
+    """Clip each array in place by its root mean square (Optax's ``clip_by_block_rms``).
+
+    An array's RMS is ``||g||_2 / sqrt(g.size)``; the array is multiplied by
+    ``min(1, threshold / (rms + eps))`` when that is below 1 and not written otherwise. With
+    ``eps=0.0`` this is Optax's ``g / max(1, rms / threshold)``. One read pass for every RMS,
+    then one read+write pass over the arrays that are clipped.
+
+    Returns
+    -------
+    ndarray of float64
+        The pre-clip RMS of each array (0.0 for ``None`` entries and empty arrays).
+
+    Examples
+    --------
+    >>> import numpy as np, gradclip
+    >>> g = [np.array([3.0, 4.0]), np.array([0.1])]
+    >>> gradclip.clip_by_block_rms_(g, 1.0, eps=0.0)
+    array([3.53553391, 0.1       ])
+    >>> round(float(np.sqrt(np.mean(g[0] ** 2))), 12)
+    1.0
+    """
+    threshold = check_max_norm(threshold, "threshold")
+    eps = check_eps(eps)
+    out: np.ndarray = ONCE.clip_block_rms(as_sequence(grads), threshold, eps)
+    return out
 
 
 class GradientSet:
@@ -508,10 +589,16 @@ class GradientSet:
         max_norm, total = check_max_norm(max_norm), check_total_norm(total_norm)
         self._set.apply_norm(max_norm, total, check_eps(eps), ENGINE_MODE["propagate"])
 
-    def clip_value_(self, clip_value: float) -> None:
+    def clip_value_(
+        self,
+        clip_value: float | None = None,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+    ) -> None:
         """:func:`clip_grad_value_` over the set."""
-        v = check_clip_value(clip_value)
-        self._set.clamp(-v, v)
+        lo, hi = value_bounds(clip_value, min, max)
+        self._set.clamp(lo, hi)
 
     def tensor_norms(self, norm_type: float = 2.0) -> np.ndarray:
         """:func:`tensor_norms` over the set."""

@@ -34,6 +34,7 @@ class GradientSet:
     def scale(self, factor: float) -> None: ...
     def clamp(self, lo: float, hi: float) -> None: ...
     def clip_each(self, max_norm: float, p: float, mode: NonFinite, eps: float) -> _Norms: ...
+    def clip_block_rms(self, threshold: float, eps: float) -> _Norms: ...
     def unscale_clip(
         self, max_norm: float, inv_scale: float, p: float, eps: float, with_norms: bool
     ) -> tuple[float, float, _Norms | None]: ...
@@ -67,6 +68,7 @@ class _Once:
     def clip_each(
         self, target: _Target, max_norm: float, p: float, mode: NonFinite, eps: float
     ) -> _Norms: ...
+    def clip_block_rms(self, target: _Target, threshold: float, eps: float) -> _Norms: ...
     def unscale_clip(
         self,
         target: _Target,
@@ -83,7 +85,12 @@ class _Once:
 once: _Once
 
 def clip_by_norm(
-    x: Any, max_norm: float, axes: Sequence[int], p: float, eps: float, arg: str = ...
+    x: Any,
+    max_norm: _Norms,
+    axes: Sequence[int],
+    p: float,
+    eps: float,
+    arg: str = ...,
 ) -> _Norms: ...
 def adaptive_clip(
     grads: Sequence[Any],
@@ -91,6 +98,7 @@ def adaptive_clip(
     clipping: float,
     eps: float,
     reduce: Sequence[Sequence[int]],
+    p: float,
 ) -> tuple[_Norms, float]: ...
 def clip_per_example(
     grads: Sequence[Any], max_norm: float, per_layer: bool, eps: float

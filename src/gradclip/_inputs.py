@@ -19,9 +19,11 @@ __all__ = [
     "check_clip_value",
     "check_eps",
     "check_max_norm",
+    "check_nonnegative",
     "check_norm_type",
     "check_total_norm",
     "resolve_mode",
+    "value_bounds",
 ]
 
 MODES = ("propagate", "raise", "skip", "zero")
@@ -143,11 +145,50 @@ def check_clip_value(x: Any) -> float:
     return check_nonnegative(x, "clip_value")
 
 
+# PyTorch's string spellings: ``clip_grad_norm_`` converts norm_type with float(), so "inf"
+# works there, and ``torch.norm`` takes "fro" (the Frobenius norm: the 2-norm of all elements).
+_NORM_NAMES = {"inf": math.inf, "infinity": math.inf, "fro": 2.0}
+
+
 def check_norm_type(x: Any) -> float:
+    if isinstance(x, str):
+        v = _NORM_NAMES.get(x.strip().lower())
+        if v is None:
+            raise TypeError(f"norm_type must be a real number, 'inf' or 'fro', not str {x!r}")
+        return v
     v = _real(x, "norm_type")
     if math.isnan(v) or v <= 0.0:
         raise ValueError(f"norm_type must be > 0 or inf, got {v!r}")
     return v
+
+
+def check_bound(x: Any, name: str) -> float | None:
+    """A value-clipping bound: None (no bound on that side) or a real number, not NaN."""
+    if x is None:
+        return None
+    v = _real(x, name)
+    if math.isnan(v):
+        raise ValueError(f"{name} must be a number or None, got nan")
+    return v
+
+
+def value_bounds(clip_value: Any, lo: Any, hi: Any) -> tuple[float, float]:
+    """The [lo, hi] of ``clip_grad_value_``: [-clip_value, clip_value], or min/max with an
+    infinite bound for a side given as None."""
+    if clip_value is not None:
+        if lo is not None or hi is not None:
+            raise TypeError("pass clip_value or min/max, not both")
+        v = check_clip_value(clip_value)
+        return -v, v
+    if lo is None and hi is None:
+        raise TypeError("clip_grad_value_ needs clip_value, or min and/or max")
+    low = check_bound(lo, "min")
+    high = check_bound(hi, "max")
+    low = -math.inf if low is None else low
+    high = math.inf if high is None else high
+    if low > high:
+        raise ValueError(f"min must be <= max, got min={low!r} and max={high!r}")
+    return low, high
 
 
 def check_eps(x: Any) -> float:

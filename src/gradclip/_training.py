@@ -8,10 +8,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _core
 from ._api import arrays_of, global_norm_of, ops_of
-from ._inputs import check_eps, check_max_norm, check_norm_type
+from ._inputs import check_eps, check_max_norm, check_nonnegative, check_norm_type
 from ._result import ClipResult
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
@@ -91,26 +92,56 @@ def unscale_clip_grad_norm_(
     )
 
 
-def _agc_reduce_axes(shape: tuple[int, ...], layout: str) -> list[int]:
+def _agc_reduce_axes(shape: tuple[int, ...], layout: str, axis: Any, where: str) -> list[int]:
     """Axes one AGC unit spans, for an array of this shape.
 
-    ``"OI"`` (PyTorch weights, ``(out, in, kh, kw)``; timm's ``unitwise_norm``): every
-    axis but 0. ``"IO"`` / ``"HWIO"`` (JAX kernels; Optax's ``unitwise_norm``): axis 0 for
-    2-d and 3-d arrays, axes 0-2 for 4-d ones. Vectors, scalars and arrays with at most
-    one axis longer than 1 (Optax squeezes) are one unit.
+    ``axis`` given: those axes, for every array (Optax's ``unitwise_norm(x, axis)``).
+    ``"OI"`` (PyTorch weights, ``(out, in, kh, kw)``; timm's ``unitwise_norm``): every axis
+    but 0, and an array of at most one axis is one unit. ``"IO"`` / ``"HWIO"`` (JAX kernels;
+    Optax's default rule): arrays with at most one axis longer than 1 are one unit (Optax
+    squeezes), else axis 0 for 2-d and 3-d arrays and axes 0-2 for 4-d ones; other ranks
+    need ``axis`` (Optax raises the same way, e.g. for 5-d Conv3D kernels).
     """
     nd = len(shape)
-    if sum(1 for s in shape if s != 1) <= 1 or nd <= 1:
-        return list(range(nd))
+    if axis is not None:
+        try:
+            return sorted(normalize_axis_tuple(axis, nd, "axis"))
+        except np.exceptions.AxisError as exc:
+            raise ValueError(
+                f"axis {axis!r} does not fit {where} of shape {shape}: {exc}"
+            ) from None
     if layout == "OI":
-        return list(range(1, nd))
+        return list(range(1 if nd > 1 else 0, nd))
+    if nd <= 1 or sum(1 for s in shape if s != 1) <= 1:
+        return list(range(nd))
     if nd in (2, 3):
         return [0]
     if nd == 4:
         return [0, 1, 2]
     raise ValueError(
-        f"layout {layout!r}: no unit-wise norm for a {nd}-d array (Optax defines 2-d to 4-d)"
+        f"layout {layout!r}: no unit-wise norm for {where}, a {nd}-d array (Optax's rule "
+        "covers 1-d to 4-d); pass axis= to name the axes a unit spans"
     )
+
+
+def _check_axis(axis: Any) -> Any:
+    if axis is None:
+        return None
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError("axis must be None, an int or a tuple of ints, not bool")
+    if isinstance(axis, (int, np.integer)):
+        return int(axis)
+    try:
+        items = tuple(axis)
+    except TypeError:
+        raise TypeError(
+            f"axis must be None, an int or a tuple of ints, not {type(axis).__name__}"
+        ) from None
+    if not items or any(
+        isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)) for a in items
+    ):
+        raise TypeError("axis must be None, an int or a non-empty tuple of ints")
+    return tuple(int(a) for a in items)
 
 
 def adaptive_grad_clip_(
@@ -120,6 +151,8 @@ def adaptive_grad_clip_(
     eps: float = 1e-3,
     *,
     layout: str = "OI",
+    axis: int | tuple[int, ...] | None = None,
+    norm_type: float | str = 2.0,
     return_result: bool = False,
 ) -> ClipResult | None:
     """Adaptive gradient clipping (AGC), unit-wise, in place.
@@ -129,6 +162,8 @@ def adaptive_grad_clip_(
     ``||g_i|| <= clipping * max(||w_i||, eps)``, where a unit is one output row of a
     weight. As in Optax's ``adaptive_grad_clip`` and timm's ``adaptive_clip_grad``,
     ``g_i`` is multiplied by ``max_i / max(||g_i||, 1e-6)`` unless ``||g_i|| < max_i``.
+    A position whose gradient is ``None`` is skipped, as timm skips parameters without a
+    gradient.
 
     Parameters
     ----------
@@ -141,9 +176,15 @@ def adaptive_grad_clip_(
     eps : float, default 1e-3
     layout : {"OI", "IO", "HWIO"}, default "OI"
         Where the output axis is: ``"OI"`` for PyTorch-style ``(out, in, ...)`` weights
-        (units along axis 0), ``"IO"``/``"HWIO"`` for JAX-style kernels (Optax's rule).
+        (timm's rule: each slice along axis 0 is a unit, a vector is one unit), ``"IO"`` /
+        ``"HWIO"`` for JAX-style kernels (Optax's rule).
+    axis : int or tuple of int, optional
+        The axes a unit spans, for every array (Optax's ``axis``, e.g. ``(0, 1, 2, 3)`` for
+        5-d Conv3D kernels); overrides ``layout``.
+    norm_type : float, default 2.0
+        The norm of units (timm's ``norm_type``: 1, 2, inf or any p > 0).
     return_result : bool, default False
-        Return a :class:`ClipResult`: the total pre-clip L2 norm, the smallest unit
+        Return a :class:`ClipResult`: the total pre-clip norm, the smallest unit
         coefficient, whether any unit was clipped, and the per-array pre-clip norms (all from
         the same read pass).
 
@@ -158,15 +199,20 @@ def adaptive_grad_clip_(
     """
     clipping = check_max_norm(clipping, "clipping")
     eps = check_eps(eps)
+    p = check_norm_type(norm_type)
     if layout not in ("OI", "IO", "HWIO"):
         raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
+    axis = _check_axis(axis)
     gseq = arrays_of(grads, "grads")
     pseq = arrays_of(params, "params")
-    reduce = [[] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout) for g in gseq]
-    norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce)
+    reduce = [
+        [] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout, axis, f"grads[{i}]")
+        for i, g in enumerate(gseq)
+    ]
+    norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce, p)
     if not return_result:
         return None
-    total = _core.norm_of_norms(norms.tolist(), 2.0)  # the engine's combination
+    total = _core.norm_of_norms(norms.tolist(), p)  # the engine's combination
     return ClipResult(
         total_norm=total,
         coef=cmin,
@@ -177,7 +223,13 @@ def adaptive_grad_clip_(
 
 
 def clip_per_example_(
-    grads: Any, max_norm: float, *, per_layer: bool = False, eps: float = 1e-6
+    grads: Any,
+    max_norm: float,
+    *,
+    per_layer: bool = False,
+    eps: float = 1e-6,
+    noise_multiplier: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[list[np.ndarray | None], int | np.ndarray]:
     """Clip per-example gradients in place and sum them over the batch (DP-SGD).
 
@@ -185,6 +237,18 @@ def clip_per_example_(
     together (or, with ``per_layer=True``, in each array on its own), is multiplied by
     ``min(1, max_norm / (norm + eps))`` (Opacus' flat clipping; Optax's
     ``per_example_global_norm_clip`` / ``per_example_layer_norm_clip`` use eps = 0).
+
+    With ``noise_multiplier > 0``, Gaussian noise of standard deviation
+    ``max_norm * noise_multiplier`` is added to every element of the sums (Abadi et al.
+    2016; as Optax's ``differentially_private_aggregate`` and Opacus do, before their
+    division by the batch size, which is left to the caller). With ``per_layer=True`` the
+    same standard deviation is used for every array. The noise comes from ``rng``, a
+    :class:`numpy.random.Generator` (``numpy.random.default_rng()``, seeded by the operating
+    system, when None): its ``standard_normal`` draws one float64 per element, array by
+    array in position order, each in C order, so a seeded generator gives reproducible runs.
+    NumPy's generators are not cryptographically secure sources (as in Opacus' default,
+    non-secure mode); a deployment whose privacy guarantee must hold against an attacker who
+    can predict the generator should pass a Generator built on a secure source.
 
     Returns
     -------
@@ -205,6 +269,12 @@ def clip_per_example_(
     """
     max_norm = check_max_norm(max_norm)
     eps = check_eps(eps)
+    sigma = max_norm * check_nonnegative(noise_multiplier, "noise_multiplier")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator or None, not {type(rng).__name__} "
+            "(numpy.random.default_rng(seed) makes one)"
+        )
     seq = arrays_of(grads)
     _, coefs, clipped = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
     sums: list[np.ndarray | None] = []
@@ -216,7 +286,12 @@ def clip_per_example_(
             counts.append(0)
             continue
         arr = np.asarray(g)
-        sums.append(arr.sum(axis=0, dtype=np.float64).astype(arr.dtype))
+        total = arr.sum(axis=0, dtype=np.float64)
+        if sigma > 0.0:
+            if rng is None:
+                rng = np.random.default_rng()
+            total += sigma * rng.standard_normal(total.shape)
+        sums.append(total.astype(arr.dtype))
         counts.append(int(np.count_nonzero(coefs[k] < 1.0)))
         k += 1
     if per_layer:

@@ -128,10 +128,23 @@ double apply_global_clip(const Span* spans, std::size_t n, double norm, double m
 // boundaries).
 double clip_total(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
                   const PlanCache* cached = nullptr, double* coef = nullptr, double* norms = nullptr);
-// Per-span clip with the same rule per span; mode applies to the whole call when any span
-// norm is non-finite. Writes the pre-clip norms to norms[0..n).
-void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+// The bound of each span in clip_each: span i is clipped to bound[i * step] (step 0: one
+// bound for every span) with the common rule, against its norm or, with rms, against its
+// root mean square ||x|| / sqrt(element count) (Optax's clip_by_block_rms; 0 for an empty span).
+struct SpanBounds {
+    const double* bound = nullptr;
+    std::size_t step = 0;
+    bool rms = false;
+};
+// Per-span clip with the common rule per span; mode applies to the whole call when any span
+// norm is non-finite. Writes the pre-clip norms (RMS, with bounds.rms) to norms[0..n).
+void clip_each(const Span* spans, std::size_t n, NormSpec spec, SpanBounds bounds, double eps, NonFinite mode,
                double* norms, const PlanCache* cached = nullptr);
+// Every span with the same bound max_norm.
+inline void clip_each(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double eps, NonFinite mode,
+                      double* norms, const PlanCache* cached = nullptr) {
+    clip_each(spans, n, spec, SpanBounds{&max_norm, 0, false}, eps, mode, norms, cached);
+}
 
 // Mixed precision in two passes: one read pass for the norm of the unscaled gradients
 // (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one
@@ -151,9 +164,10 @@ double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept
 // Adaptive gradient clipping (Brock et al. 2021, "High-Performance Large-Scale Image
 // Recognition Without Normalization", sec. 4.1), as Optax and timm compute it: with
 // max_i = clipping * max(||w_i||, eps), slice g_i is multiplied by max_i / max(||g_i||, 1e-6)
-// unless ||g_i|| < max_i. Writes the L2 norms to gnorms / wnorms and the coefficients to coefs.
-void adaptive_clip(const Span* g, const Span* w, std::size_t n, double clipping, double eps, double* gnorms,
-                   double* wnorms, double* coefs);
+// unless ||g_i|| < max_i. The norms are of kind spec (L2 in the paper and Optax; timm's
+// norm_type). Writes the norms to gnorms / wnorms and the coefficients to coefs.
+void adaptive_clip(const Span* g, const Span* w, std::size_t n, NormSpec spec, double clipping, double eps,
+                   double* gnorms, double* wnorms, double* coefs);
 
 // Per-example clipping for DP-SGD. slices[a * batch + b] is example b of array a. Global:
 // each example's L2 norm across all arrays is clipped to max_norm with the common rule;

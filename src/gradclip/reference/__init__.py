@@ -42,6 +42,7 @@ from .._errors import NonFiniteNormError
 from .._result import ClipResult
 from ._functions import (
     GradientSet,
+    clip_by_block_rms_,
     clip_by_norm_,
     clip_grad_norm_,
     clip_grad_norm_per_tensor_,
@@ -60,6 +61,7 @@ __all__ = [
     "NonFiniteNormError",
     "ZClip",
     "adaptive_grad_clip_",
+    "clip_by_block_rms_",
     "clip_by_norm_",
     "clip_per_example_",
     "clip_grad_norm_",

@@ -184,18 +184,46 @@ def clip_grads_with_norm_(
     _clip_by_coef(arrays, m, t, e)
 
 
-def clip_grad_value_(grads: object, clip_value: float) -> None:
-    """Clamp every element of ``grads`` in place to ``[-b, b]``.
+def _value_bounds(clip_value: object, lo: object, hi: object) -> tuple[float, float]:
+    if clip_value is not None:
+        if lo is not None or hi is not None:
+            raise TypeError("pass clip_value or min/max, not both")
+        v = _real(clip_value, "clip_value")
+        if not (math.isfinite(v) and v >= 0.0):
+            raise ValueError(f"clip_value must be finite and >= 0, got {v!r}")
+        return -v, v
+    if lo is None and hi is None:
+        raise TypeError("clip_grad_value_ needs clip_value, or min and/or max")
+    low = -math.inf if lo is None else _real(lo, "min")
+    high = math.inf if hi is None else _real(hi, "max")
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("min and max must be numbers or None, not nan")
+    if low > high:
+        raise ValueError(f"min must be <= max, got min={low!r} and max={high!r}")
+    return low, high
 
-    ``b`` is ``clip_value`` rounded to each array's dtype. NaN stays NaN; elements already
-    inside the interval are left unchanged.
+
+def clip_grad_value_(
+    grads: object,
+    clip_value: float | None = None,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+) -> None:
+    """Clamp every element of ``grads`` in place to ``[-clip_value, clip_value]``, or to
+    ``[min, max]`` (a side given as None is unbounded).
+
+    Each bound is rounded to each array's dtype. NaN stays NaN; elements already inside the
+    interval are left unchanged.
 
     Parameters
     ----------
     grads : array or iterable of arrays
         Writeable float arrays, updated in place.
-    clip_value : float
-        Finite and >= 0.
+    clip_value : float, optional
+        Finite and >= 0; or pass ``min`` and/or ``max`` instead.
+    min, max : float, optional
+        Not NaN, ``min <= max``.
 
     Examples
     --------
@@ -205,20 +233,47 @@ def clip_grad_value_(grads: object, clip_value: float) -> None:
     >>> g.tolist()
     [-1.0, 0.5, nan]
     """
-    v = _real(clip_value, "clip_value")
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"clip_value must be finite and >= 0, got {v!r}")
+    lo, hi = _value_bounds(clip_value, min, max)
     arrays = _present(_as_arrays(grads))
     with np.errstate(all="ignore"):
         for arr in arrays:
-            # the bound, rounded to the array's type, is exactly a float64: clamp there and
-            # convert back (exact, since every result is an element or the bound). Spelled
+            # the bounds, rounded to the array's type, are exactly float64s: clamp there and
+            # convert back (exact, since every result is an element or a bound). Spelled
             # out rather than np.clip, whose choice between -0.0 and 0.0 at clip_value = 0
-            # changed between NumPy releases: x < -b gives -b, x > b gives b, NaN stays.
-            b = _round_to_dtype(v, arr.dtype)
+            # changed between NumPy releases: x < lo gives lo, x > hi gives hi, NaN stays.
+            a = _round_to_dtype(lo, arr.dtype)
+            b = _round_to_dtype(hi, arr.dtype)
             wide = arr.astype(np.float64)
-            wide = np.where(wide < -b, -b, np.where(wide > b, b, wide))
+            wide = np.where(wide < a, a, np.where(wide > b, b, wide))
             arr[...] = wide.astype(arr.dtype)
+
+
+def clip_by_block_rms_(grads: object, threshold: float, *, eps: float = 1e-6) -> Float64Array:
+    """Clip each array in place by its root mean square ``||g||_2 / sqrt(g.size)``: it is
+    multiplied by ``threshold / (rms + eps)`` when that is below 1 (Optax's
+    ``clip_by_block_rms`` with ``eps=0``). Returns each array's pre-clip RMS (0.0 for None
+    and empty arrays).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = [np.array([3.0, 4.0])]
+    >>> clip_by_block_rms_(g, 1.0, eps=0.0).round(6).tolist()
+    [3.535534]
+    """
+    t = _real(threshold, "threshold")
+    if not (math.isfinite(t) and t > 0.0):
+        raise ValueError(f"threshold must be finite and > 0, got {t!r}")
+    e = _check_eps(eps)
+    arrays = _as_arrays(grads)
+    out = np.zeros(len(arrays))
+    for i, arr in enumerate(arrays):
+        if arr is None or arr.size == 0:
+            continue
+        rms = _pnorm([arr], 2.0) / math.sqrt(arr.size)
+        out[i] = rms
+        _clip_by_coef([arr], t, rms, e)
+    return out
 
 
 def tensor_norms(grads: object, norm_type: float = 2.0) -> Float64Array:
@@ -365,13 +420,13 @@ def clip_by_norm_(
     >>> np.round(x, 6).tolist()
     [[0.6, 0.8], [0.3, 0.4]]
     """
-    m = _check_max_norm(max_norm)
     p = _check_norm_type(norm_type)
     e = _check_eps(eps)
     arr = _as_single_array(x)
     reduced = _normalize_axes(axis, arr.ndim)
     kept = [d for d in range(arr.ndim) if d not in reduced]
     kept_shape = tuple(arr.shape[d] for d in kept)
+    bound = _bounds_per_slice(max_norm, arr.shape, reduced, kept_shape)
     norms = np.zeros(kept_shape, dtype=np.float64)
     for index in np.ndindex(*kept_shape):
         slicer: list[Any] = [slice(None)] * arr.ndim
@@ -381,8 +436,34 @@ def clip_by_norm_(
         part = arr[(*slicer, Ellipsis)]
         norm = _pnorm([part], p)
         norms[index] = norm
-        _clip_by_coef([part], m, norm, e)
+        _clip_by_coef([part], float(bound[index]), norm, e)
     return norms
+
+
+def _bounds_per_slice(
+    max_norm: object, shape: tuple[int, ...], reduced: tuple[int, ...], kept: tuple[int, ...]
+) -> Float64Array:
+    """max_norm for every slice, shaped ``kept``: a number, or an array that broadcasts to
+    ``kept`` or, with as many axes as x, whose reduced axes have length 1."""
+    if isinstance(max_norm, (bool, np.bool_)) or getattr(max_norm, "dtype", None) == np.bool_:
+        raise TypeError("max_norm must be a real number or an array of them, not bool")
+    if np.ndim(max_norm) == 0:  # type: ignore[arg-type]
+        return np.full(kept, _check_max_norm(max_norm))
+    try:
+        m = np.asarray(max_norm, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("max_norm must be a real number or an array of them") from None
+    try:
+        if m.ndim == len(shape):
+            if any(m.shape[d] != 1 for d in reduced):
+                raise ValueError
+            m = m.reshape(tuple(n for d, n in enumerate(m.shape) if d not in reduced))
+        full = np.broadcast_to(m, kept)
+    except ValueError:
+        raise ValueError(f"max_norm of shape {m.shape} does not fit {kept}") from None
+    if not (np.isfinite(full).all() and (full > 0).all()):
+        raise ValueError("every max_norm must be finite and > 0")
+    return full
 
 
 class GradientSet:
@@ -439,9 +520,15 @@ class GradientSet:
         """:func:`clip_grads_with_norm_` over the set."""
         clip_grads_with_norm_(list(self._grads), max_norm, total_norm, eps=eps)
 
-    def clip_value_(self, clip_value: float) -> None:
+    def clip_value_(
+        self,
+        clip_value: float | None = None,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+    ) -> None:
         """:func:`clip_grad_value_` over the set."""
-        clip_grad_value_(list(self._grads), clip_value)
+        clip_grad_value_(list(self._grads), clip_value, min=min, max=max)
 
     def tensor_norms(self, norm_type: float = 2.0) -> Float64Array:
         """:func:`tensor_norms` over the set."""

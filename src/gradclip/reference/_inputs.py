@@ -124,6 +124,15 @@ def _check_max_norm(max_norm: object) -> float:
 
 
 def _check_norm_type(norm_type: object) -> float:
+    # PyTorch's spellings: "inf" (its float() conversion), "fro" (torch.norm; the 2-norm of
+    # all elements)
+    if isinstance(norm_type, str):
+        name = norm_type.strip().lower()
+        if name in ("inf", "infinity"):
+            return math.inf
+        if name == "fro":
+            return 2.0
+        raise TypeError(f"norm_type must be a real number, 'inf' or 'fro', not str {norm_type!r}")
     value = _real(norm_type, "norm_type")
     if math.isnan(value) or value <= 0.0:
         raise ValueError(f"norm_type must be > 0 or inf, got {value!r}")

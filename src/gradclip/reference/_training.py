@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
 
 from .._result import ClipResult
 from ._arith import _coefficient, _pnorm, _present, _scale
@@ -55,27 +56,36 @@ def unscale_clip_grad_norm_(
     return ClipResult(total, coef, coef < 1.0, False, norms)
 
 
-def _unit_axes(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+def _unit_axes(shape: tuple[int, ...], layout: str, axis: Any) -> tuple[int, ...]:
     nd = len(shape)
+    if axis is not None:  # Optax's explicit axes, for every array
+        if isinstance(axis, (bool, np.bool_)):
+            raise TypeError("axis must be None, an int or a tuple of ints, not bool")
+        try:
+            axes = normalize_axis_tuple(axis, nd, "axis")
+        except np.exceptions.AxisError as exc:
+            raise ValueError(str(exc)) from None
+        return tuple(sorted(axes))
+    if layout == "OI":  # timm's unitwise_norm: a vector is one unit, else one per row
+        return tuple(range(nd)) if nd <= 1 else tuple(range(1, nd))
+    # Optax's unitwise_norm: squeezed vectors and scalars are one unit
     if nd <= 1 or sum(1 for s in shape if s != 1) <= 1:
         return tuple(range(nd))
-    if layout == "OI":
-        return tuple(range(1, nd))
     if nd in (2, 3):
         return (0,)
     if nd == 4:
         return (0, 1, 2)
-    raise ValueError(f"layout {layout!r}: no unit-wise norm for a {nd}-d array")
+    raise ValueError(f"layout {layout!r}: no unit-wise norm for a {nd}-d array; pass axis=")
 
 
-def _unit_norms(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """L2 norm of every unit (the slices over `axes`), each with math.fsum-exact care."""
+def _unit_norms(a: np.ndarray, axes: tuple[int, ...], p: float) -> np.ndarray:
+    """p-norm of every unit (the slices over `axes`), each with math.fsum-exact care."""
     kept = [d for d in range(a.ndim) if d not in axes]
     moved = np.moveaxis(a, kept, list(range(len(kept))))
     units = int(np.prod([a.shape[d] for d in kept]))
     per_unit = int(np.prod([a.shape[d] for d in axes]))
     flat = moved.reshape((units, per_unit))
-    return np.array([_pnorm([np.ascontiguousarray(row)], 2.0) for row in flat])
+    return np.array([_pnorm([np.ascontiguousarray(row)], p) for row in flat])
 
 
 def adaptive_grad_clip_(
@@ -85,11 +95,15 @@ def adaptive_grad_clip_(
     eps: float = 1e-3,
     *,
     layout: str = "OI",
+    axis: int | tuple[int, ...] | None = None,
+    norm_type: float | str = 2.0,
     return_result: bool = False,
 ) -> ClipResult | None:
-    """Reference for :func:`gradclip.adaptive_grad_clip_` (Brock et al. 2021)."""
+    """Reference for :func:`gradclip.adaptive_grad_clip_` (Brock et al. 2021); positions
+    whose gradient is None are skipped (as timm does)."""
     clipping = _positive(clipping, "clipping")
     eps = _check_eps(eps)
+    p = _check_norm_type(norm_type)
     if layout not in ("OI", "IO", "HWIO"):
         raise ValueError(f"layout must be 'OI', 'IO' or 'HWIO', got {layout!r}")
     gs = _as_arrays(grads, "grads")
@@ -98,15 +112,15 @@ def adaptive_grad_clip_(
         raise ValueError("grads and params must have the same length")
     plans = []
     for i, (g, w) in enumerate(zip(gs, ws, strict=True)):
-        if (g is None) != (w is None):
-            raise ValueError("grads and params must have None at the same positions")
-        if g is None or w is None:
+        if g is None:
             continue
+        if w is None:
+            raise ValueError(f"params[{i}] is None but grads[{i}] is not")
         if g.shape != w.shape:
             raise ValueError(f"grads[{i}] and params[{i}] have different shapes")
-        axes = _unit_axes(g.shape, layout)
-        gn = _unit_norms(g, axes)
-        wn = _unit_norms(w, axes)
+        axes = _unit_axes(g.shape, layout, axis)
+        gn = _unit_norms(g, axes, p)
+        wn = _unit_norms(w, axes, p)
         with np.errstate(all="ignore"):
             max_n = clipping * np.maximum(wn, eps)
             coefs = np.where(gn < max_n, 1.0, max_n / np.maximum(gn, 1e-6))
@@ -119,7 +133,7 @@ def adaptive_grad_clip_(
             continue
         _, axes, gn, coefs = plans[k]
         k += 1
-        per_array[i] = math.hypot(*gn.tolist()) if gn.size else 0.0
+        per_array[i] = _pnorm([gn], p) if gn.size else 0.0
         kept = [d for d in range(g.ndim) if d not in axes]
         moved = np.moveaxis(g, kept, list(range(len(kept))))  # a view: units first
         for u in range(coefs.size):
@@ -131,7 +145,7 @@ def adaptive_grad_clip_(
             cmin = math.nan
     if not return_result:
         return None
-    total = math.hypot(*per_array.tolist()) if per_array.size else 0.0
+    total = _pnorm([per_array], p) if per_array.size else 0.0
     return ClipResult(total, cmin, not (cmin >= 1.0), not math.isfinite(total), per_array)
 
 
@@ -165,11 +179,24 @@ def _as_arrays_readonly(params: Any) -> list[np.ndarray | None]:
 
 
 def clip_per_example_(
-    grads: Any, max_norm: float, *, per_layer: bool = False, eps: float = 1e-6
+    grads: Any,
+    max_norm: float,
+    *,
+    per_layer: bool = False,
+    eps: float = 1e-6,
+    noise_multiplier: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[list[np.ndarray | None], int | np.ndarray]:
-    """Reference for :func:`gradclip.clip_per_example_`."""
+    """Reference for :func:`gradclip.clip_per_example_` (noise: ``rng.standard_normal``
+    per array, in position order, times ``max_norm * noise_multiplier``)."""
     max_norm = _check_max_norm(max_norm)
     eps = _check_eps(eps)
+    sigma = _real(noise_multiplier, "noise_multiplier")
+    if not (math.isfinite(sigma) and sigma >= 0.0):
+        raise ValueError(f"noise_multiplier must be finite and >= 0, got {sigma!r}")
+    sigma *= max_norm
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator or None, not {type(rng).__name__}")
     arrays = _as_arrays(grads)
     present = [a for a in arrays if a is not None]
     batch = None
@@ -205,9 +232,16 @@ def clip_per_example_(
             if not coef >= 1.0:
                 for a in present:
                     _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
-    sums: list[np.ndarray | None] = [
-        None if a is None else a.sum(axis=0, dtype=np.float64).astype(a.dtype) for a in arrays
-    ]
+    sums: list[np.ndarray | None] = []
+    for a in arrays:
+        if a is None:
+            sums.append(None)
+            continue
+        total = a.sum(axis=0, dtype=np.float64)
+        if sigma > 0.0:
+            rng = np.random.default_rng() if rng is None else rng
+            total = total + sigma * rng.standard_normal(np.shape(total))
+        sums.append(total.astype(a.dtype))
     if per_layer:
         full = []
         k = 0
