@@ -142,6 +142,17 @@ def test_difference_eps_global_norm_iterated() -> None:
 # ----------------------------------------------------------------- adaptive_grad_clip
 
 
+# Optax's unitwise_norm has a default for 5-D (DHWIO Conv3D) kernels, axes (0, 1, 2, 3), at
+# the peer's commit; gradclip's "IO" rule stops at 4-D and raises (its docstring says Optax
+# raises too, which the peer's code and test_adaptive_grad_clip_default_axis_conv3d contradict).
+CONV3D_DEFAULT_BUG = pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="gradclip bug: layout 'IO' has no default units for 5-d arrays; Optax's are axes "
+    "(0, 1, 2, 3)",
+)
+
+
 def unit_norms(x: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return np.sqrt(np.sum(x.astype(np.float64) ** 2, axis=axis, keepdims=True))
 
@@ -172,6 +183,7 @@ def test_adaptive_grad_clip_with_axis() -> None:
     np.testing.assert_allclose(small, np.full((2, 2, 2, 3, 4), 0.1, F32), rtol=1e-6)
 
 
+@CONV3D_DEFAULT_BUG
 def test_adaptive_grad_clip_default_axis_conv3d() -> None:
     """optax/transforms/_clipping_test.py ClippingTest.test_adaptive_grad_clip_default_axis_
     conv3d: for a 5-D kernel the default units are over axes (0, 1, 2, 3) (the same result as
@@ -203,24 +215,30 @@ def test_unitwise_norm_with_axis(axis: int | tuple[int, ...]) -> None:
     np.testing.assert_array_equal(x, before)
 
 
-def test_unitwise_norm_default_axes_5d_and_6d() -> None:
-    """optax/transforms/_clipping_test.py ClippingTest.test_unitwise_norm_with_axis, the
-    defaults: a 5-D array's default units equal axes (0, 1, 2, 3); a 6-D array has no default
-    (ValueError) but works with axis=(0, 1, 2). Through adaptive_grad_clip_, which uses the
-    units. Needs the 5-D default and axis= being added on main."""
+@CONV3D_DEFAULT_BUG
+def test_unitwise_norm_default_axes_5d() -> None:
+    """optax/transforms/_clipping_test.py ClippingTest.test_unitwise_norm_with_axis, the 5-D
+    default: a 5-D array's default units equal axes (0, 1, 2, 3). Through
+    adaptive_grad_clip_, which uses the units."""
     x = np.arange(96, dtype=F32).reshape(2, 2, 2, 3, 4) + 1
     p = np.full_like(x, 0.01)
     a, b = x.copy(), x.copy()
     gradclip.adaptive_grad_clip_(a, p, clipping=0.5, layout="IO")
     gradclip.adaptive_grad_clip_(b, p, clipping=0.5, layout="IO", axis=(0, 1, 2, 3))
     np.testing.assert_array_equal(a, b)
+
+
+def test_unitwise_norm_6d_needs_axis() -> None:
+    """optax/transforms/_clipping_test.py ClippingTest.test_unitwise_norm_with_axis, the error
+    case: a 6-D array has no default units (ValueError) but works with axis=(0, 1, 2).
+    Through adaptive_grad_clip_, which uses the units."""
     g6 = np.ones((2,) * 6, F32)
     p6 = np.ones((2,) * 6, F32)
     with pytest.raises(ValueError):
         gradclip.adaptive_grad_clip_(g6.copy(), p6, clipping=0.5, layout="IO")
     gradclip.adaptive_grad_clip_(g6, p6, clipping=0.5, layout="IO", axis=(0, 1, 2))
     assert g6.shape == (2,) * 6
-    # units of 8 ones: grad norm sqrt(8) vs bound 0.5 * sqrt(8): halved
+    # units of 8 ones: grad norm sqrt(8) against the bound 0.5 * sqrt(8): halved
     np.testing.assert_allclose(g6, 0.5, rtol=1e-6)
 
 
