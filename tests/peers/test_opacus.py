@@ -243,3 +243,19 @@ def test_difference_per_layer_noise_std() -> None:
     std = float(np.std(np.concatenate([s.ravel() for s in sums]).astype(np.float64)))
     assert abs(std - 1.0) < 0.03  # gradclip: nm * C
     assert abs(std - np.sqrt(k)) > 0.5  # not Opacus' nm * sqrt(K) * C
+
+
+def test_difference_no_secure_mode() -> None:
+    """Pins docs/differences.md "noise source": Opacus draws its noise from torch's generator,
+    or with secure_mode=True from a cryptographically secure one summed 2n times (n = 2,
+    test_generate_noise_in_secure_mode, skipped upstream). gradclip draws standard_normal
+    from the NumPy Generator passed as rng, and has no secure mode: a caller who needs one
+    passes a Generator built on a secure bit generator."""
+    g = [np.zeros((1, 3), F32)]
+    with pytest.raises(TypeError):
+        gradclip.clip_per_example_(g, 1.0, noise_multiplier=1.0, secure_mode=True)  # type: ignore[call-arg]
+    a, _ = gradclip.clip_per_example_(
+        [np.zeros((1, 3), F32)], 2.0, noise_multiplier=1.5, rng=np.random.default_rng(9)
+    )
+    expected = (np.random.default_rng(9).standard_normal(3) * 3.0).astype(F32)
+    np.testing.assert_allclose(a[0], expected, rtol=1e-6)
