@@ -142,17 +142,6 @@ def test_difference_eps_global_norm_iterated() -> None:
 # ----------------------------------------------------------------- adaptive_grad_clip
 
 
-# Optax's unitwise_norm has a default for 5-D (DHWIO Conv3D) kernels, axes (0, 1, 2, 3), at
-# the peer's commit; gradclip's "IO" rule stops at 4-D and raises (its docstring says Optax
-# raises too, which the peer's code and test_adaptive_grad_clip_default_axis_conv3d contradict).
-CONV3D_DEFAULT_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="gradclip bug: layout 'IO' has no default units for 5-d arrays; Optax's are axes "
-    "(0, 1, 2, 3)",
-)
-
-
 def unit_norms(x: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return np.sqrt(np.sum(x.astype(np.float64) ** 2, axis=axis, keepdims=True))
 
@@ -183,7 +172,6 @@ def test_adaptive_grad_clip_with_axis() -> None:
     np.testing.assert_allclose(small, np.full((2, 2, 2, 3, 4), 0.1, F32), rtol=1e-6)
 
 
-@CONV3D_DEFAULT_BUG
 def test_adaptive_grad_clip_default_axis_conv3d() -> None:
     """optax/transforms/_clipping_test.py ClippingTest.test_adaptive_grad_clip_default_axis_
     conv3d: for a 5-D kernel the default units are over axes (0, 1, 2, 3) (the same result as
@@ -215,7 +203,6 @@ def test_unitwise_norm_with_axis(axis: int | tuple[int, ...]) -> None:
     np.testing.assert_array_equal(x, before)
 
 
-@CONV3D_DEFAULT_BUG
 def test_unitwise_norm_default_axes_5d() -> None:
     """optax/transforms/_clipping_test.py ClippingTest.test_unitwise_norm_with_axis, the 5-D
     default: a 5-D array's default units equal axes (0, 1, 2, 3). Through
@@ -492,11 +479,6 @@ def test_aggregated_updates_as_input_fails() -> None:
         gradclip.clip_per_example_(leaves(mean_grads), 0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gradclip bug: a dict/nested pytree of gradients is iterated as a sequence (its "
-    "keys), although DESIGN.md says grads may be a pytree of lists, tuples and dicts",
-)
 def test_pytree_of_per_example_grads() -> None:
     """optax/contrib/_privacy_test.py DifferentiallyPrivateAggregateTest: Optax takes the
     per-example gradients as a pytree ({"key_a": (a, b), "key_b": c}); DESIGN.md says gradclip
@@ -506,7 +488,8 @@ def test_pytree_of_per_example_grads() -> None:
     expected_val = np.mean(np.arange(BATCH) / np.maximum(norms / 10.0, 1.0))
     grads = per_eg_grads()
     sums, _ = gradclip.clip_per_example_(grads, 10.0, eps=0.0)
-    for s, shape in zip(sums, leaf_shapes(), strict=True):
+    assert set(sums) == set(grads)  # the sums come in the input's structure
+    for s, shape in zip(leaves(sums), leaf_shapes(), strict=True):
         np.testing.assert_allclose(s / BATCH, np.full(shape, expected_val), rtol=2e-7)
 
 
@@ -520,3 +503,11 @@ def test_dpsgd_with_no_privacy_is_sgd() -> None:
         updates = [-u for u in dp_aggregate(per_eg_grads(), float(np.finfo(F32).max), 0.0, rng)]
         for u, shape in zip(updates, leaf_shapes(), strict=True):
             np.testing.assert_allclose(u, np.full(shape, -3.5), rtol=1e-6)
+
+
+def test_difference_dict_leaf_order() -> None:
+    """docs/differences.md, Optax (JAX) leaf order: jax.tree.flatten visits a dict's keys
+    sorted; gradclip visits them in iteration order (DESIGN.md)."""
+    tree = {"z": np.full(4, 1.0, F32), "a": np.full(1, 3.0, F32)}
+    assert gradclip.tensor_norms(tree).tolist() == [2.0, 3.0]  # JAX's order: [3.0, 2.0]
+    assert [float(np.linalg.norm(x)) for x in leaves(tree)] == [3.0, 2.0]
