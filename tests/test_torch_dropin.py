@@ -1,5 +1,6 @@
 # Covers: gradclip.torch against torch.nn.utils (skipped cleanly without torch):
-#   - the four drop-ins have torch.nn.utils' signatures (names, kinds, defaults, annotations);
+#   - the four drop-ins have torch.nn.utils' signatures (names, kinds, defaults, annotations),
+#     and the module's docstring examples run;
 #     `import gradclip` does not import torch, and `import gradclip.torch` without torch says
 #     `pip install torch`;
 #   - on real models (an LSTM with a Linear head, a small CNN) after a real backward pass, in
@@ -214,6 +215,13 @@ def test_signatures_are_torchs(name: str) -> None:
         _normalized(p.annotation) for p in theirs.parameters.values()
     ]
     assert ours.return_annotation == theirs.return_annotation
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    result = doctest.testmod(gt, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 20 and result.failed == 0
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
