@@ -83,7 +83,8 @@ except ImportError:
 
 
 def _array(t: Any, where: str) -> np.ndarray:
-    """A NumPy view of the CPU tensor ``t`` (the same memory), or TypeError naming ``where``."""
+    """A NumPy view of the CPU tensor ``t`` (the same memory), or TypeError naming ``where``
+    (``_views`` takes the common case itself)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{where} is a {type(t).__name__}, not a torch.Tensor")
     if not t.is_cpu:
@@ -133,6 +134,12 @@ def _param_grads(params: list[Any], single: bool) -> list[Any]:
     return grads
 
 
+def _name(arg: str, i: int, single: bool) -> str:
+    """How errors name the ``i``-th tensor: ``parameters[3].grad``, ``tensors[3]``."""
+    where = arg if single else f"{arg}[{i}]"
+    return where + ".grad" if arg == "parameters" else where
+
+
 def _views(
     tensors: list[Any], arg: str, single: bool, repeats: str
 ) -> tuple[list[np.ndarray | None], Any]:
@@ -145,7 +152,6 @@ def _views(
     arrays: list[np.ndarray | None] = []
     dtypes: set[Any] = set()
     seen: dict[int, int] = {}
-    suffix = ".grad" if arg == "parameters" else ""
     for i, t in enumerate(tensors):
         if t is None:
             arrays.append(None)
@@ -156,12 +162,18 @@ def _views(
                 if repeats == "once":
                     arrays.append(None)
                     continue
+                both = f"{_name(arg, first, False)} and {_name(arg, i, False)}"
                 raise ValueError(
-                    f"{arg}[{first}]{suffix} and {arg}[{i}]{suffix} are the same tensor (the "
-                    "same parameter twice?): it would count twice in the norm and be scaled "
-                    "twice. Pass each parameter once"
+                    f"{both} are the same tensor (the same parameter twice?): it would count "
+                    "twice in the norm and be scaled twice. Pass each parameter once"
                 )
-        arrays.append(_array(t, (arg if single else f"{arg}[{i}]") + suffix))
+        view = None
+        if isinstance(t, torch.Tensor) and t.dtype in _NUMPY_FLOATS:
+            try:  # the common case first: torch's numpy() refuses what it cannot view as is
+                view = t.numpy()
+            except (RuntimeError, TypeError):  # a parameter, another device, sparse, ...
+                pass
+        arrays.append(view if view is not None else _array(t, _name(arg, i, single)))
         dtypes.add(t.dtype)
     return arrays, _norm_dtype(dtypes)
 
