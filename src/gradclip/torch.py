@@ -10,8 +10,8 @@ The gradients are viewed as NumPy arrays (the same memory, never a copy) and han
 functions of :mod:`gradclip`; CPU tensors of float16, bfloat16 (with ml_dtypes), float32 and
 float64 are supported, anything else is a ``TypeError`` naming the tensor.
 
-Deliberate differences from ``torch.nn.utils`` (each pinned by a test in
-``tests/test_torch_dropin.py``):
+Deliberate differences from ``torch.nn.utils`` (listed with their pinning tests in the
+project's ``docs/differences.md``):
 
 - The norm is accumulated in float64 whatever the gradients' dtype (PyTorch accumulates in
   the dtype): within the dtype's rounding of PyTorch's for well-scaled gradients, exact where
@@ -31,6 +31,8 @@ Deliberate differences from ``torch.nn.utils`` (each pinned by a test in
 - ``get_total_norm`` skips ``None`` entries (PyTorch raises); ``clip_grad_value_`` on no
   gradients does nothing (PyTorch 2.13 raises); ``clip_grads_with_norm_`` also takes the
   total norm as a Python number.
+- Tensors on other devices, sparse and complex gradients are a ``TypeError`` naming the
+  tensor (PyTorch clips them).
 - gradclip writes through NumPy views, so the tensors' autograd version counters do not
   move: gradients that are themselves part of a graph (``create_graph=True``) are not
   protected against a later double backward the way an in-place torch operation is.
