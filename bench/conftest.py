@@ -44,6 +44,20 @@ def bert_base_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
+def torch_model_shapes() -> list[tuple[int, ...]]:
+    """A model of 9.97M parameters in 50 tensors: a 1000x512 embedding, three transformer
+    layers of width 512 (attention, a 2048-wide feed-forward, layer norms), a final norm."""
+    h, inter = 512, 2048
+    shapes: list[tuple[int, ...]] = [(1000, h)]
+    for _ in range(3):
+        for _ in range(4):  # query, key, value, attention output
+            shapes += [(h, h), (h,)]
+        shapes += [(h, inter), (inter,), (inter, h), (h,)]
+        shapes += [(h,), (h,), (h,), (h,)]  # two layer norms
+    shapes += [(h,)]  # final layer norm
+    return shapes
+
+
 def _make(shapes: list[tuple[int, ...]], dtype: np.dtype, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     # filled (so every page is touched before timing), values like gradients: small, signed
@@ -57,6 +71,7 @@ WORKLOADS = {
     "W4": lambda: _make([(100,)] * 100, np.dtype(np.float32), 4),
     "W5-bf16": lambda: _make(bert_base_shapes(), BF16, 5),
     "W5-f16": lambda: _make(bert_base_shapes(), np.dtype(np.float16), 6),
+    "T10M": lambda: _make(torch_model_shapes(), np.dtype(np.float32), 7),
 }
 
 

@@ -1,0 +1,178 @@
+"""gradclip.torch against torch.nn.utils.clip_grad_norm_ on a model's gradients.
+
+Run: ``python -m pytest bench/test_bench_torch.py`` (pytest-benchmark, into the results
+table), or ``python bench/test_bench_torch.py`` for the same comparison with the peers
+alternated round by round (timeit-style medians of many rounds, less exposed to a machine
+whose load drifts during the run), printed as a table.
+
+Workload ``T10M``: the float32 gradients of a 9.97M-parameter model in 50 tensors (a 1000x512
+embedding, three transformer layers of width 512, layer norms), as torch Parameters whose
+``.grad`` shares memory with the workload's arrays. Groups are ``T10M <case> <threads>t``;
+each times, on the same gradients:
+
+- ``gradclip``: ``gradclip.torch.clip_grad_norm_(params, max_norm)``, the drop-in;
+- ``gradclip-clipper``: ``gradclip.torch.GradClipper(params).clip_grad_norm_(max_norm)``, the
+  clipper warmed up so that it keeps its GradientSet;
+- ``gradclip-numpy``: ``gradclip.clip_grad_norm_`` on NumPy views of the gradients (what the
+  drop-in costs over gradclip's own call);
+- ``torch`` / ``torch-foreach``: ``torch.nn.utils.clip_grad_norm_`` with foreach off / on;
+
+and the machine's read / read+write ceilings over a flat buffer of the same bytes. Cases and
+threads as in ``test_bench_clip.py``: ``clip`` (max_norm = norm / 10, gradients restored
+before each round, untimed) and ``noclip`` (max_norm = 10 * norm), at 1 and 2 threads (both
+gradclip's and torch's).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # conftest, when run as a script
+from conftest import get_workload, record  # noqa: E402
+
+import gradclip  # noqa: E402
+
+torch = pytest.importorskip("torch")
+import gradclip.torch as gt  # noqa: E402
+
+WORKLOAD = "T10M"
+ROUNDS = 30
+PEERS = ["gradclip", "gradclip-clipper", "gradclip-numpy", "torch", "torch-foreach"]
+
+
+def peer_fn(peer: str, w: Any, max_norm: float) -> Any:
+    params = w.torch_params()
+    if peer == "gradclip":
+        return lambda: gt.clip_grad_norm_(params, max_norm)
+    if peer == "gradclip-clipper":
+        clipper = gt.GradClipper(params)
+        clipper.get_total_norm()
+        clipper.get_total_norm()  # the same gradients twice: the set is kept
+        assert clipper.cached
+        return lambda: clipper.clip_grad_norm_(max_norm)
+    if peer == "gradclip-numpy":
+        return lambda: gradclip.clip_grad_norm_(w.grads, max_norm)
+    foreach = peer == "torch-foreach"
+    return lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
+
+
+def max_norm_for(w: Any, case: str) -> float:
+    w.restore()
+    norm = gradclip.get_total_norm(w.grads)
+    return norm / 10 if case == "clip" else norm * 10
+
+
+_CHECKED: set[str] = set()
+
+
+def check_agreement(w: Any, case: str, max_norm: float) -> None:
+    """Every peer returns gradclip's norm and writes its clipped values (within torch's
+    float32 accumulation error on 10M elements), once per case."""
+    if case in _CHECKED:
+        return
+    results = {}
+    for peer in PEERS:
+        w.restore()
+        norm = float(peer_fn(peer, w, max_norm)())
+        results[peer] = (norm, [g.copy() for g in w.grads])
+    w.restore()
+    norm, values = results["gradclip-numpy"]
+    assert norm == pytest.approx(gradclip.reference.get_total_norm(w.grads), rel=1e-12)
+    for peer in ("gradclip", "gradclip-clipper"):  # the float64 norm, rounded to float32
+        assert results[peer][0] == float(np.float32(norm)), peer
+    for peer, (n, vals) in results.items():
+        assert n == pytest.approx(norm, rel=1e-4), peer
+        for a, b in zip(vals, values, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+    _CHECKED.add(case)
+
+
+def _cases() -> Any:
+    for nt in (1, 2):
+        yield pytest.param(nt, "-", "ceiling-read", id=f"{nt}t-ceiling-read")
+        yield pytest.param(nt, "-", "ceiling-rw", id=f"{nt}t-ceiling-rw")
+        for case in ("clip", "noclip"):
+            for peer in PEERS:
+                yield pytest.param(nt, case, peer, id=f"{nt}t-{case}-{peer}")
+
+
+@pytest.mark.parametrize(("nthreads", "case", "peer"), list(_cases()))
+def test_torch_dropin(benchmark: Any, request: Any, nthreads: int, case: str, peer: str) -> None:
+    threads = request.getfixturevalue("threads_" + str(nthreads))
+    w = get_workload(WORKLOAD)
+    if peer.startswith("ceiling"):
+        benchmark.group = f"{WORKLOAD} ceiling {threads}t"
+        probe = gradclip._core.probe_read if peer == "ceiling-read" else gradclip._core.probe_rw
+        benchmark.pedantic(lambda: probe(w.flat), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+        nbytes = w.nbytes if peer == "ceiling-read" else 2 * w.nbytes
+        record(benchmark, workload=WORKLOAD, case="-", threads=threads, peer=peer, nbytes=nbytes)
+        return
+    max_norm = max_norm_for(w, case)
+    check_agreement(w, case, max_norm)
+    fn = peer_fn(peer, w, max_norm)
+    benchmark.group = f"{WORKLOAD} {case} {threads}t"
+    setup = w.restore if case == "clip" else None
+    benchmark.pedantic(fn, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    nbytes = 3 * w.nbytes if case == "clip" else w.nbytes
+    record(benchmark, workload=WORKLOAD, case=case, threads=threads, peer=peer, nbytes=nbytes)
+
+
+# ---------------------------------------------------------------- alternated, as a script
+
+
+def alternated(w: Any, case: str, rounds: int) -> dict[str, float]:
+    """Median time of each peer over ``rounds`` rounds; each round runs every peer once, in an
+    order that rotates from round to round, restoring the gradients (untimed) before each."""
+    max_norm = max_norm_for(w, case)
+    fns = {peer: peer_fn(peer, w, max_norm) for peer in PEERS}
+    times: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    for r in range(rounds + 1):
+        for k in range(len(PEERS)):
+            peer = PEERS[(r + k) % len(PEERS)]
+            if case == "clip":
+                w.restore()
+            t0 = time.perf_counter()
+            fns[peer]()
+            elapsed = time.perf_counter() - t0
+            if r:  # the first round warms up
+                times[peer].append(elapsed)
+    return {peer: statistics.median(ts) for peer, ts in times.items()}
+
+
+def main(rounds: int = 60) -> None:
+    w = get_workload(WORKLOAD)
+    before = gradclip.get_num_threads(), torch.get_num_threads()
+    print(
+        f"{WORKLOAD}: {sum(g.size for g in w.grads) / 1e6:.2f}M float32 in {len(w.grads)} "
+        f"tensors; medians of {rounds} alternated rounds; gradclip {gradclip.__version__} "
+        f"({gradclip.cpu_target()}), torch {torch.__version__}\n"
+    )
+    print("| case | threads | peer | median | x torch | x torch-foreach |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    try:
+        for case in ("clip", "noclip"):
+            for nt in (1, 2):
+                gradclip.set_num_threads(nt)
+                torch.set_num_threads(nt)
+                check_agreement(w, case, max_norm_for(w, case))
+                med = alternated(w, case, rounds)
+                for peer in PEERS:
+                    print(
+                        f"| {case} | {nt} | {peer} | {med[peer] * 1e3:.2f} ms | "
+                        f"{med['torch'] / med[peer]:.2f} | "
+                        f"{med['torch-foreach'] / med[peer]:.2f} |"
+                    )
+    finally:
+        gradclip.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+
+
+if __name__ == "__main__":
+    main()

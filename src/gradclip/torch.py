@@ -1,0 +1,627 @@
+"""Drop-ins for ``torch.nn.utils``' gradient clipping, on gradclip's kernels.
+
+``clip_grad_norm_``, ``clip_grad_value_``, ``get_total_norm`` and ``clip_grads_with_norm_``
+take what PyTorch's take (parameters, or a single tensor; their ``.grad`` is used and a
+``None`` gradient is skipped), with the same signatures and defaults, and return what
+PyTorch's return (the norm as a 0-d tensor). ``foreach`` is accepted and ignored: gradclip
+has one implementation. :class:`GradClipper` is the cached form for a training loop.
+
+The gradients are viewed as NumPy arrays (the same memory, never a copy) and handed to the
+functions of :mod:`gradclip`; CPU tensors of float16, bfloat16 (with ml_dtypes), float32 and
+float64 are supported, anything else is a ``TypeError`` naming the tensor.
+
+Deliberate differences from ``torch.nn.utils`` (listed with their pinning tests in the
+project's ``docs/differences.md``):
+
+- The norm is accumulated in float64 whatever the gradients' dtype (PyTorch accumulates in
+  the dtype): within the dtype's rounding of PyTorch's for well-scaled gradients, exact where
+  PyTorch's overflows. It is returned rounded to the gradients' dtype, as PyTorch returns it.
+  float16 gradients whose norm exceeds float16's range are clipped by the true norm (PyTorch's
+  norm is inf and its coefficient zeroes them); the returned norm is then inf, and
+  ``error_if_nonfinite=True`` raises, as PyTorch does, before anything is written.
+- Nothing is written when the coefficient is 1 (PyTorch multiplies by 1.0: the same values).
+- ``max_norm`` must be > 0 or inf (PyTorch zeroes the gradients for 0 and flips them for a
+  negative bound); ``clip_value`` must be >= 0 (a negative one makes PyTorch set every
+  element to it); ``norm_type`` must be > 0, inf, ``"inf"`` or ``"fro"`` (PyTorch computes
+  its 0 and negative "norms"); NaN for any of them is refused. Each is a ``ValueError`` before
+  anything is written.
+- The same parameter (the same ``.grad`` tensor) twice is a ``ValueError`` for the norm-based
+  writes: PyTorch counts it twice in the norm and scales it twice. ``clip_grad_value_``
+  clamps it once (PyTorch's result), ``get_total_norm`` counts it twice (as PyTorch does).
+- ``get_total_norm`` skips ``None`` entries (PyTorch raises); ``clip_grad_value_`` on no
+  gradients does nothing (PyTorch 2.13 raises); ``clip_grads_with_norm_`` also takes the
+  total norm as a Python number.
+- Tensors on other devices, sparse and complex gradients are a ``TypeError`` naming the
+  tensor (PyTorch clips them).
+- gradclip writes through NumPy views, so the tensors' autograd version counters do not
+  move: gradients that are themselves part of a graph (``create_graph=True``) are not
+  protected against a later double backward the way an in-place torch operation is.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+import warnings
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch  # the real PyTorch: imports are absolute, this module is gradclip.torch
+except ImportError as _exc:
+    raise ImportError(
+        "gradclip.torch needs PyTorch, which is not installed: pip install torch "
+        "(gradclip's own functions work on NumPy arrays without it)"
+    ) from _exc
+
+import gradclip
+
+from ._errors import NonFiniteNormError
+from ._inputs import check_clip_value, check_max_norm, check_norm_type, check_total_norm
+
+__all__ = [
+    "GradClipper",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+]
+
+# NumPy views CPU float16/32/64 tensors directly; bfloat16 goes through its int16 bits.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+try:
+    import ml_dtypes
+
+    _BF16: np.dtype[Any] | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    _BF16 = None
+
+
+# ---------------------------------------------------------------- tensors to NumPy views
+
+
+def _array(t: Any, where: str) -> np.ndarray:
+    """A NumPy view of the CPU tensor ``t`` (the same memory), or TypeError naming ``where``
+    (``_views`` takes the common case itself)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{where} is a {type(t).__name__}, not a torch.Tensor")
+    if not t.is_cpu:
+        raise TypeError(
+            f"{where} is on device {str(t.device)!r}; gradclip.torch works on CPU tensors only "
+            "(torch.nn.utils clips tensors on other devices)"
+        )
+    if t.layout is not torch.strided:
+        raise TypeError(
+            f"{where} is a {t.layout} tensor; gradclip.torch works on dense (strided) tensors only"
+        )
+    dtype = t.dtype
+    if dtype not in _NUMPY_FLOATS and dtype is not torch.bfloat16:
+        kind = "complex" if dtype.is_complex else "not a supported floating-point type"
+        raise TypeError(
+            f"{where} has dtype {dtype} ({kind}); gradclip clips float16, bfloat16, float32 "
+            "and float64 tensors"
+        )
+    if t.requires_grad:  # a tensor read by get_total_norm may be a parameter
+        t = t.detach()
+    as_dtype = None
+    if dtype is torch.bfloat16:  # NumPy has no bfloat16: its int16 bits, as ml_dtypes'
+        if _BF16 is None:
+            raise ImportError(
+                f"{where} is bfloat16, which gradclip reads through ml_dtypes: pip install "
+                "ml_dtypes (or gradclip[bfloat16])"
+            )
+        t, as_dtype = t.view(torch.int16), _BF16
+    try:
+        view: np.ndarray = t.numpy()
+    except RuntimeError as exc:  # e.g. a tensor with its negative bit set, a tensor subclass
+        raise TypeError(
+            f"{where} cannot be viewed as a NumPy array without a copy, and a copy would lose "
+            f"the update ({exc})"
+        ) from None
+    return view if as_dtype is None else view.view(as_dtype)
+
+
+def _param_grads(params: list[Any], single: bool) -> list[Any]:
+    """The ``.grad`` of each parameter (None where it has none)."""
+    grads = []
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            where = "parameters" if single else f"parameters[{i}]"
+            raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor{_hint(p)}")
+        grads.append(p.grad)
+    return grads
+
+
+def _name(arg: str, i: int, single: bool) -> str:
+    """How errors name the ``i``-th tensor: ``parameters[3].grad``, ``tensors[3]``."""
+    where = arg if single else f"{arg}[{i}]"
+    return where + ".grad" if arg == "parameters" else where
+
+
+def _views(
+    tensors: list[Any], arg: str, single: bool, repeats: str
+) -> tuple[list[np.ndarray | None], Any]:
+    """NumPy views of ``tensors`` (None kept, so positions match), and the dtype PyTorch
+    gives their norm (None when there are no tensors).
+
+    ``arg`` names them in errors (``"parameters[3].grad"``, ``"tensors[3]"``). ``repeats`` is
+    what to do with a tensor seen twice: ``"refuse"`` it (a ValueError naming both
+    positions), view it ``"once"`` (later positions are skipped), or ``"allow"`` it."""
+    arrays: list[np.ndarray | None] = []
+    dtypes: set[Any] = set()
+    seen: dict[int, int] = {}
+    for i, t in enumerate(tensors):
+        if t is None:
+            arrays.append(None)
+            continue
+        if repeats != "allow":
+            first = seen.setdefault(id(t), i)
+            if first != i:
+                if repeats == "once":
+                    arrays.append(None)
+                    continue
+                both = f"{_name(arg, first, False)} and {_name(arg, i, False)}"
+                raise ValueError(
+                    f"{both} are the same tensor (the same parameter twice?): it would count "
+                    "twice in the norm and be scaled twice. Pass each parameter once"
+                )
+        view = None
+        if isinstance(t, torch.Tensor) and t.dtype in _NUMPY_FLOATS:
+            try:  # the common case first: torch's numpy() refuses what it cannot view as is
+                view = t.numpy()
+            except (RuntimeError, TypeError):  # a parameter, another device, sparse, ...
+                pass
+        arrays.append(view if view is not None else _array(t, _name(arg, i, single)))
+        dtypes.add(t.dtype)
+    return arrays, _norm_dtype(dtypes)
+
+
+def _norm_dtype(dtypes: set[Any]) -> Any:
+    # PyTorch stacks the per-tensor norms, each in its tensor's dtype: type promotion decides
+    if not dtypes:
+        return None
+    return functools.reduce(torch.promote_types, dtypes)
+
+
+def _hint(obj: Any) -> str:
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+        return " (a (name, parameter) pair: pass model.parameters(), not named_parameters())"
+    return ""
+
+
+def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[list[Any], bool]:
+    """``(items, single)``: a tensor is one item (PyTorch's rule), an iterable is consumed
+    once into a list."""
+    if isinstance(obj, torch.Tensor):
+        return [obj], True
+    if obj is None or isinstance(obj, (str, bytes)) or not isinstance(obj, Iterable):
+        raise TypeError(
+            f"{arg} must be a torch.Tensor or an iterable of them, not {type(obj).__name__}"
+        )
+    items = list(obj)
+    if warn_empty_generator and not items and isinstance(obj, types.GeneratorType):
+        # the warning torch.nn.utils.clip_grad_norm_ gives, pointing at the caller
+        warnings.warn(
+            f"`{arg}` is an empty generator, no gradient clipping will occur.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return items, False
+
+
+# ---------------------------------------------------------------- scalar arguments
+
+
+def _bound(max_norm: Any) -> float:
+    """``max_norm`` as a float: finite and > 0, or inf (never clips, as in PyTorch)."""
+    try:
+        if float(max_norm) == math.inf:
+            return math.inf
+    except (TypeError, ValueError, OverflowError):
+        pass  # check_max_norm names the problem
+    return check_max_norm(max_norm)
+
+
+def _value(clip_value: Any) -> float:
+    """``clip_value`` as a float: >= 0, inf included (clamping to +-inf changes nothing)."""
+    try:
+        if float(clip_value) == math.inf:
+            return math.inf
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return check_clip_value(clip_value)
+
+
+def _total(total_norm: Any) -> float:
+    if isinstance(total_norm, torch.Tensor):
+        if total_norm.numel() != 1:
+            raise TypeError(
+                f"total_norm must be a number or a one-element tensor, not a tensor of shape "
+                f"{tuple(total_norm.shape)}"
+            )
+        total_norm = total_norm.item()
+    return check_total_norm(total_norm)
+
+
+# ---------------------------------------------------------------- the operations, once
+# ``target`` is either a list of views (a one-shot call of the module's functions) or a
+# gradclip.GradientSet (GradClipper's cached set); ``dtype`` is the norm's dtype (None: there
+# are no gradients).
+
+
+def _total_norm(target: Any, p: float) -> float:
+    if isinstance(target, gradclip.GradientSet):
+        return target.total_norm(p)
+    norm: float = gradclip.get_total_norm(target, p)
+    return norm
+
+
+def _scale(target: Any, max_norm: float, total_norm: float) -> None:
+    """PyTorch's ``grad *= min(max_norm / (total_norm + 1e-6), 1)``, through gradclip."""
+    if max_norm == math.inf:
+        if math.isfinite(total_norm):
+            return  # the coefficient is inf, clamped to 1
+        # inf / inf and inf / nan are NaN in PyTorch's arithmetic: every element becomes NaN,
+        # which is what the engine's rule gives for a NaN norm
+        max_norm, total_norm = 1.0, math.nan
+    if isinstance(target, gradclip.GradientSet):
+        target.clip_with_norm_(max_norm, total_norm)
+    else:
+        gradclip.clip_grads_with_norm_(target, max_norm, total_norm)
+
+
+def _result(norm: float, dtype: Any) -> torch.Tensor:
+    """The norm as PyTorch returns it: a 0-d CPU tensor of ``dtype``."""
+    if dtype is None:  # no gradients at all: PyTorch returns torch.tensor(0.0)
+        return torch.tensor(0.0)
+    try:
+        return torch.scalar_tensor(norm, dtype=dtype)
+    except RuntimeError:  # a finite norm beyond float32's range: a cast rounds it to inf
+        return torch.scalar_tensor(norm, dtype=torch.float64).to(dtype)
+
+
+def _nonfinite(p: float, norm: float, out: Any) -> NonFiniteNormError:
+    if math.isfinite(norm):  # finite in float64, beyond the range of the returned dtype
+        why = f"{float(out)} in {out.dtype}: the float64 norm {norm!r} is beyond its range"
+    else:
+        why = repr(norm)
+    # starts as torch.nn.utils' message does, for code that matches it
+    return NonFiniteNormError(
+        f"The total norm of order {p} for gradients from `parameters` is non-finite ({why}), "
+        "so it cannot be clipped; nothing was modified. To scale the gradients by the "
+        "non-finite norm anyway, as torch.nn.utils does, set `error_if_nonfinite=False`"
+    )
+
+
+def _clip_norm(target: Any, dtype: Any, max_norm: float, p: float, raise_: bool) -> torch.Tensor:
+    if dtype is None:
+        return _result(0.0, None)
+    if not raise_ and max_norm != math.inf:  # the common case: one call, one read pass
+        if isinstance(target, gradclip.GradientSet):
+            norm = target.clip_norm_(max_norm, p)
+        else:
+            norm = gradclip.clip_grad_norm_(target, max_norm, p)
+        return _result(norm, dtype)
+    norm = _total_norm(target, p)
+    out = _result(norm, dtype)
+    if raise_ and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)
+    _scale(target, max_norm, norm)
+    return out
+
+
+def _get_norm(target: Any, dtype: Any, p: float, raise_: bool) -> torch.Tensor:
+    if dtype is None:
+        return _result(0.0, None)
+    norm = _total_norm(target, p)
+    out = _result(norm, dtype)
+    if raise_ and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)
+    return out
+
+
+def _clamp(target: Any, clip_value: float) -> None:
+    if clip_value == math.inf:
+        return  # clamping to [-inf, inf] changes nothing, NaN included
+    if isinstance(target, gradclip.GradientSet):
+        target.clip_value_(clip_value)
+    else:
+        gradclip.clip_grad_value_(target, clip_value)
+
+
+# ---------------------------------------------------------------- torch.nn.utils' functions
+
+
+def clip_grad_norm_(
+    parameters: torch.Tensor | Iterable[torch.Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """Clip the gradients of ``parameters`` in place so that their total norm is at most
+    ``max_norm``: ``torch.nn.utils.clip_grad_norm_``, on gradclip's kernels.
+
+    The norm is the ``norm_type``-norm of all gradient elements together, accumulated in
+    float64; when ``max_norm / (norm + 1e-6)`` is below 1 every gradient is multiplied by it,
+    otherwise nothing is written.
+
+    Parameters
+    ----------
+    parameters : Tensor or iterable of Tensors
+        Their ``.grad`` is clipped; parameters whose ``.grad`` is None are skipped.
+    max_norm : float
+        > 0, or inf (never clips).
+    norm_type : float, default 2.0
+        Any p > 0, inf, ``"inf"`` or ``"fro"``.
+    error_if_nonfinite : bool, default False
+        Raise :class:`gradclip.NonFiniteNormError` (a ``RuntimeError``) when the norm is NaN
+        or infinite, before anything is written. Otherwise PyTorch's arithmetic applies: a
+        NaN norm makes every element NaN, an infinite one makes finite elements 0.
+    foreach : bool or None
+        Accepted and ignored.
+
+    Returns
+    -------
+    Tensor
+        The total norm before clipping, a 0-d CPU tensor in the gradients' dtype (their
+        promoted dtype when they differ; ``torch.tensor(0.0)`` when there are none).
+
+    Examples
+    --------
+    >>> import torch, gradclip.torch
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> w.grad = torch.tensor([3.0, 4.0])
+    >>> gradclip.torch.clip_grad_norm_([w], max_norm=1.0)
+    tensor(5.)
+    >>> w.grad
+    tensor([0.6000, 0.8000])
+    """
+    bound, p = _bound(max_norm), check_norm_type(norm_type)
+    params, single = _as_list(parameters, "parameters", warn_empty_generator=True)
+    arrays, dtype = _views(_param_grads(params, single), "parameters", single, "refuse")
+    return _clip_norm(arrays, dtype, bound, p, bool(error_if_nonfinite))
+
+
+def get_total_norm(
+    tensors: torch.Tensor | Iterable[torch.Tensor],
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """The total ``norm_type``-norm of ``tensors`` (all elements together), accumulated in
+    float64: ``torch.nn.utils.get_total_norm``, on gradclip's kernels.
+
+    As in PyTorch, the tensors themselves are read (pass the gradients,
+    ``[p.grad for p in params if p.grad is not None]``); ``None`` entries are skipped.
+    ``foreach`` is accepted and ignored.
+
+    Returns
+    -------
+    Tensor
+        A 0-d CPU tensor in the tensors' (promoted) dtype; ``torch.tensor(0.0)`` for none.
+
+    Examples
+    --------
+    >>> import torch, gradclip.torch
+    >>> gradclip.torch.get_total_norm([torch.tensor([3.0]), torch.tensor([4.0])])
+    tensor(5.)
+    """
+    p = check_norm_type(norm_type)
+    items, single = _as_list(tensors, "tensors")
+    arrays, dtype = _views(items, "tensors", single, "allow")
+    return _get_norm(arrays, dtype, p, bool(error_if_nonfinite))
+
+
+def clip_grads_with_norm_(
+    parameters: torch.Tensor | Iterable[torch.Tensor],
+    max_norm: float,
+    total_norm: torch.Tensor,
+    foreach: bool | None = None,
+) -> None:
+    """Scale the gradients of ``parameters`` in place by ``min(max_norm / (total_norm +
+    1e-6), 1)``, with a total norm computed elsewhere: ``torch.nn.utils.clip_grads_with_norm_``
+    on gradclip's kernels. Nothing is written when the coefficient is 1.
+
+    ``total_norm`` is a one-element tensor (as :func:`get_total_norm` returns) or a number,
+    >= 0, NaN or inf; ``foreach`` is accepted and ignored.
+
+    Examples
+    --------
+    >>> import torch, gradclip.torch
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> w.grad = torch.tensor([3.0, 4.0])
+    >>> norm = gradclip.torch.get_total_norm([w.grad])
+    >>> gradclip.torch.clip_grads_with_norm_([w], 1.0, norm)
+    >>> w.grad
+    tensor([0.6000, 0.8000])
+    """
+    bound, total = _bound(max_norm), _total(total_norm)
+    params, single = _as_list(parameters, "parameters")
+    arrays, dtype = _views(_param_grads(params, single), "parameters", single, "refuse")
+    if dtype is not None:
+        _scale(arrays, bound, total)
+
+
+def clip_grad_value_(
+    parameters: torch.Tensor | Iterable[torch.Tensor],
+    clip_value: float,
+    foreach: bool | None = None,
+) -> None:
+    """Clamp every gradient element of ``parameters`` in place to ``[-clip_value,
+    clip_value]`` (NaN stays NaN): ``torch.nn.utils.clip_grad_value_`` on gradclip's kernels.
+
+    ``clip_value`` is >= 0 (inf changes nothing); ``foreach`` is accepted and ignored.
+
+    Examples
+    --------
+    >>> import torch, gradclip.torch
+    >>> w = torch.nn.Parameter(torch.zeros(3))
+    >>> w.grad = torch.tensor([-3.0, 0.5, 2.0])
+    >>> gradclip.torch.clip_grad_value_([w], 1.0)
+    >>> w.grad
+    tensor([-1.0000,  0.5000,  1.0000])
+    """
+    v = _value(clip_value)
+    params, single = _as_list(parameters, "parameters")
+    arrays, dtype = _views(_param_grads(params, single), "parameters", single, "once")
+    if dtype is not None:
+        _clamp(arrays, v)
+
+
+# ---------------------------------------------------------------- the cached form
+
+
+class GradClipper:
+    """Clips the gradients of a fixed list of parameters, step after step, with less work
+    per call than the functions.
+
+    Each call reads the parameters' current ``.grad``. Once the clipper has seen the same
+    gradient tensors (the same objects, memory, shape, strides and dtype) on two calls in a
+    row, it keeps a :class:`gradclip.GradientSet` over them and reuses it until one of them
+    changes; then it views the new ones. So ``optimizer.zero_grad()`` (which sets the
+    gradients to None, and the next backward allocates new ones) is safe: the live gradients
+    are always the ones clipped.
+
+    The clipper holds the gradients it keeps a set over, and only those: gradients that are
+    replaced every step are never kept alive by it (it remembers them through weak
+    references), so ``zero_grad(set_to_none=True)`` frees their memory as it does without a
+    clipper; after steps with unchanged gradients, the kept ones are released at the first
+    call that finds them replaced.
+
+    Parameters
+    ----------
+    parameters : Tensor or iterable of Tensors
+        Consumed once (``model.parameters()`` is a generator). Each parameter once.
+
+    Examples
+    --------
+    >>> import torch, gradclip.torch
+    >>> model = torch.nn.Linear(3, 1)
+    >>> clipper = gradclip.torch.GradClipper(model.parameters())
+    >>> model(torch.ones(2, 3)).sum().backward()
+    >>> norm = clipper.clip_grad_norm_(1.0)
+    >>> bool(clipper.get_total_norm() <= 1.0)
+    True
+    """
+
+    __slots__ = ("_builds", "_dtype", "_params", "_seen", "_set")
+
+    def __init__(self, parameters: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        params, single = _as_list(parameters, "parameters")
+        seen: dict[int, int] = {}
+        for i, p in enumerate(params):
+            where = "parameters" if single else f"parameters[{i}]"
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor{_hint(p)}")
+            first = seen.setdefault(id(p), i)
+            if first != i:
+                raise ValueError(
+                    f"parameters[{first}] and parameters[{i}] are the same parameter: its "
+                    "gradient would count twice in the norm and be scaled twice. Pass each "
+                    "parameter once"
+                )
+        self._params = tuple(params)
+        # (weak reference, data pointer, shape, strides, dtype) of each gradient of the last
+        # call (None for a None gradient), and the set kept over them
+        self._seen: list[Any] | None = None
+        self._set: gradclip.GradientSet | None = None
+        self._dtype: Any = None
+        self._builds = 0
+
+    @property
+    def parameters(self) -> tuple[torch.Tensor, ...]:
+        """The parameters whose gradients are clipped."""
+        return self._params
+
+    @property
+    def builds(self) -> int:
+        """How many times the clipper has built a GradientSet to keep (once per run of calls
+        that find the same gradient tensors)."""
+        return self._builds
+
+    @property
+    def cached(self) -> bool:
+        """Whether the clipper keeps a GradientSet over the current gradients."""
+        return self._set is not None
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def __repr__(self) -> str:
+        return f"GradClipper({len(self._params)} parameters)"
+
+    def _unchanged(self, grads: list[Any]) -> bool:
+        seen = self._seen
+        if seen is None:
+            return False
+        for g, s in zip(grads, seen, strict=True):
+            if g is None or s is None:
+                if g is not s:  # a gradient appeared or went away
+                    return False
+                continue
+            ref, ptr, shape, stride, dtype = s
+            if (
+                ref() is not g  # another tensor (a dead reference gives None)
+                or g.data_ptr() != ptr
+                or g.shape != shape
+                or g.stride() != stride
+                or g.dtype != dtype
+            ):
+                return False
+        return True
+
+    def _target(self) -> tuple[Any, Any]:
+        """The current gradients: the kept set when they are the ones it was built over, else
+        fresh views (kept as a set when they are the same as the last call's)."""
+        grads = [p.grad for p in self._params]
+        unchanged = self._unchanged(grads)
+        if unchanged and self._set is not None:
+            return self._set, self._dtype
+        self._set = None  # release gradients that were replaced
+        arrays, dtype = _views(grads, "parameters", False, "refuse")
+        self._seen = [
+            None if g is None else (weakref.ref(g), g.data_ptr(), g.shape, g.stride(), g.dtype)
+            for g in grads
+        ]
+        self._dtype = dtype
+        if not unchanged:
+            return arrays, dtype  # seen once: a one-shot call, nothing kept
+        self._set = gradclip.GradientSet(arrays)
+        self._builds += 1
+        return self._set, dtype
+
+    def clip_grad_norm_(
+        self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    ) -> torch.Tensor:
+        """:func:`clip_grad_norm_` of the parameters' current gradients."""
+        bound, p = _bound(max_norm), check_norm_type(norm_type)
+        target, dtype = self._target()
+        return _clip_norm(target, dtype, bound, p, bool(error_if_nonfinite))
+
+    def get_total_norm(
+        self, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    ) -> torch.Tensor:
+        """The total norm of the parameters' current gradients (as :func:`get_total_norm`
+        of them)."""
+        p = check_norm_type(norm_type)
+        target, dtype = self._target()
+        return _get_norm(target, dtype, p, bool(error_if_nonfinite))
+
+    def clip_grads_with_norm_(self, max_norm: float, total_norm: torch.Tensor) -> None:
+        """:func:`clip_grads_with_norm_` of the parameters' current gradients."""
+        bound, total = _bound(max_norm), _total(total_norm)
+        target, dtype = self._target()
+        if dtype is not None:
+            _scale(target, bound, total)
+
+    def clip_grad_value_(self, clip_value: float) -> None:
+        """:func:`clip_grad_value_` of the parameters' current gradients."""
+        v = _value(clip_value)
+        target, dtype = self._target()
+        if dtype is not None:
+            _clamp(target, v)
