@@ -187,6 +187,8 @@ def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
 
 
 def _real(x: Any, name: str) -> float:
+    if type(x) is float:  # the common case, first: this runs on every call
+        return x
     if isinstance(x, (str, bytes, bool, np.bool_)) or x is None:
         raise TypeError(f"{name} must be a real number, not {type(x).__name__}")
     try:
@@ -221,6 +223,8 @@ _NORM_NAMES = {"inf": math.inf, "infinity": math.inf, "fro": 2.0}
 
 
 def check_norm_type(x: Any) -> float:
+    if type(x) is float and x > 0.0:  # the common case (NaN fails the comparison)
+        return x
     if isinstance(x, str):
         v = _NORM_NAMES.get(x.strip().lower())
         if v is None:
