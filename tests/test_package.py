@@ -88,3 +88,66 @@ def test_demo_without_its_extra_says_what_installs_it(hidden: str, options: list
     assert f"gradclip demo needs {hidden}," in done.stderr
     assert 'pip install "gradclip[demo]"' in done.stderr
     assert "Adding problem" not in done.stdout  # refused before the training starts
+
+
+def test_import_loads_neither_ml_dtypes_nor_the_demo_packages() -> None:
+    code = (
+        "import sys, numpy as np, gradclip, gradclip.reference, gradclip.demo, gradclip._cli\n"
+        "g = [np.ones(3, np.float32), np.ones(2, np.float16)]\n"
+        "assert gradclip.get_total_norm(g) == gradclip.reference.get_total_norm(g)\n"
+        # refusing a dtype it does not know asks whether ml_dtypes is loaded, never imports it
+        "for f in (gradclip.get_total_norm, gradclip.reference.get_total_norm):\n"
+        "    try:\n"
+        "        f(np.ones(3, np.int32))\n"
+        "    except TypeError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError('int32 accepted')\n"
+        "loaded = {'ml_dtypes', 'matplotlib', 'tqdm'} & set(sys.modules)\n"
+        "assert not loaded, sorted(loaded)\n"
+    )
+    _python(code)
+
+
+@_needs("ml_dtypes")
+def test_bfloat16_works_once_ml_dtypes_is_imported() -> None:
+    # the core learns bfloat16's type number on first sight, after an unknown dtype was
+    # refused while ml_dtypes was not yet loaded
+    code = (
+        "import math, sys, numpy as np, gradclip\n"
+        "from gradclip import reference\n"
+        "try:\n"
+        "    gradclip.get_total_norm(np.ones(3, np.int16))\n"
+        "except TypeError:\n"
+        "    pass\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+        "import ml_dtypes\n"
+        "bf16 = ml_dtypes.bfloat16\n"
+        "for lib in (gradclip, reference):\n"
+        "    g = [np.full(4, 3.0, bf16), np.full(4, 4.0, np.float32)]\n"
+        "    assert lib.get_total_norm(g) == 10.0\n"
+        "    assert lib.clip_grad_norm_(g, 5.0) == 10.0\n"
+        "    assert g[0].dtype == bf16 and float(g[0][0]) == 1.5, g\n"
+        "    lib.clip_grad_value_(g, 1.0)\n"
+        "    assert float(g[0][0]) == 1.0\n"
+        "    assert lib.GradientSet(g).total_norm() == lib.get_total_norm(g)\n"
+        "x = np.full((2, 3), 2.0, bf16)\n"
+        "assert list(gradclip.clip_by_norm_(x, 1.0, axis=1)) == [math.sqrt(12)] * 2\n"
+    )
+    _python(code)
+
+
+@_needs("torch")
+@_needs("ml_dtypes")
+def test_a_torch_bfloat16_tensor_imports_ml_dtypes_itself() -> None:
+    # a torch tensor is bfloat16 without ml_dtypes: viewing it as NumPy imports ml_dtypes
+    code = (
+        "import sys, torch, gradclip\n"
+        "from gradclip import reference\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+        "for lib in (reference, gradclip):\n"
+        "    t = torch.full((4,), 3.0, dtype=torch.bfloat16)\n"
+        "    assert lib.clip_grad_norm_(t, 3.0) == 6.0\n"
+        "    assert t.tolist() == [1.5] * 4, t\n"
+    )
+    _python(code)
