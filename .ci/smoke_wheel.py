@@ -46,7 +46,7 @@ def check_install(require_openmp: bool) -> None:
     assert lean == "[]", f"import gradclip loaded {lean}"
 
     import gradclip
-    import gradclip.cython_api  # noqa: F401  (compiled, and finds the core's capsule)
+    from gradclip import cython_api  # compiled, and finds the core's capsule
 
     where = Path(gradclip.__file__).resolve().parent
     assert SOURCE_TREE not in where.parents, f"gradclip imported from the source tree: {where}"
@@ -56,6 +56,7 @@ def check_install(require_openmp: bool) -> None:
     assert any(".dist-info" in f and Path(f).name == "LICENSE" for f in files), "no LICENSE"
     assert meta["License"] == "BSD-3-Clause" or meta["License-Expression"] == "BSD-3-Clause"
     assert (Path(gradclip.get_include()) / "gradclip" / "cython_api.pxd").is_file()
+    assert Path(cython_api.__file__).parent == where
     openmp = gradclip._core.have_openmp()
     print(
         f"gradclip {gradclip.__version__} from {where}; targets "
