@@ -127,6 +127,10 @@ def every_function(lib: Any, grads: list[np.ndarray], rng_seed: int) -> dict[str
     out["clip_grad_value_"] = g, h
     g = copy.deepcopy(grads)
     out["clip_by_block_rms_"] = lib.clip_by_block_rms_(g, 0.5), g
+    # the functional copies: new arrays, the inputs untouched
+    out["clip_by_global_norm"] = lib.clip_by_global_norm(grads, 10.0)
+    out["clip_by_norm_per_tensor"] = lib.clip_by_norm_per_tensor(grads, 5.0)
+    out["clip_by_value"] = lib.clip_by_value(grads, min=-0.25, max=1.0)
     g = copy.deepcopy(grads)
     out["clip_grad_norm_per_tensor_"] = lib.clip_grad_norm_per_tensor_(g, 5.0), g
     x = grads[0].copy()
@@ -170,6 +174,7 @@ def main(argv: list[str]) -> int:
 
         bf16 = ml_dtypes.bfloat16
     grads = sample(np.random.default_rng(17), bf16)
+    pristine = copy.deepcopy(grads)
     expected = every_function(reference, grads, 1)
     untested = set(gradclip.__all__) - NOT_COMPUTING - set(expected)
     assert not untested, f"public names this smoke test does not call: {sorted(untested)}"
@@ -184,6 +189,7 @@ def main(argv: list[str]) -> int:
                 close(got[name], want, f"{name} on {target}, {threads} threads")
             bits[f"{target}/{threads}"] = got["get_total_norm"]
     assert len({tuple(v) for v in bits.values()}) == 1, f"norms differ across targets: {bits}"
+    assert all(np.array_equal(a, b) for a, b in zip(grads, pristine, strict=True)), "inputs written"
     dtypes = sorted({str(a.dtype) for a in grads})
     print(f"smoke test passed: {len(expected)} functions x {sorted(bits)}, dtypes {dtypes}")
     return 0
