@@ -1,7 +1,8 @@
 """Check that .ci/constraints-oldest.txt pins exactly the lower bounds of pyproject.toml.
 
-Every requirement of the build system, the core and the test extra that has a lower bound
-(``>=``) must appear as ``name==bound``; nothing else may. Exits 1 with the differences.
+Every requirement of the build system, the core and the test and demo extras that has a
+lower bound (``>=``) must appear as ``name==bound``; nothing else may, and a package named
+twice must have the same bound both times. Exits 1 with the differences.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def lower_bounds() -> dict[str, str]:
         *meta["build-system"]["requires"],
         *meta["project"]["dependencies"],
         *meta["project"]["optional-dependencies"]["test"],
+        *meta["project"]["optional-dependencies"]["demo"],
     ]
     out: dict[str, str] = {}
     for req in reqs:

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -28,8 +29,27 @@ constexpr int kNpyFloat = 11;
 constexpr int kNpyDouble = 12;
 constexpr int kNpyHalf = 23;
 
-int g_bf16_num = -1;     // ml_dtypes.bfloat16's type number, when ml_dtypes is present
-py::object* g_as_array;  // Python helper: non-ndarray -> ndarray view, or TypeError
+// ml_dtypes.bfloat16's NumPy type number, -1 until it is known. ml_dtypes registers the type
+// when it is imported, so an array of it can only exist once ml_dtypes is in sys.modules;
+// rather than import ml_dtypes with gradclip (most of gradclip's import time), the first array
+// of a type number gradclip does not know asks g_bf16_lookup whether ml_dtypes is loaded.
+// Only a found number is kept: until then every unknown type asks again (an array of such a
+// type is refused with a TypeError anyway, unless it is bfloat16 from a late import).
+// Atomic: on a free-threaded CPython two threads may parse at once.
+std::atomic<int> g_bf16_num{-1};
+py::object* g_bf16_lookup;  // Python helper: () -> ml_dtypes.bfloat16's dtype if loaded, else None
+py::object* g_as_array;     // Python helper: non-ndarray -> ndarray view, or TypeError
+
+bool is_bf16(int num) {
+    int known = g_bf16_num.load(std::memory_order_relaxed);
+    if (known < 0) {
+        const py::object dt = (*g_bf16_lookup)();
+        if (dt.is_none()) return false;
+        known = py::reinterpret_borrow<py::dtype>(dt).num();
+        g_bf16_num.store(known, std::memory_order_relaxed);
+    }
+    return num == known;
+}
 
 // The validated arrays of one call. `keep` holds references so the memory stays alive
 // while the GIL is released.
@@ -135,7 +155,7 @@ DType element_type(const py::array& arr, const Batch& b, std::size_t leaf) {
         if (num == kNpyFloat) return DType::F32;
         if (num == kNpyDouble) return DType::F64;
         if (num == kNpyHalf) return DType::F16;
-        if (g_bf16_num >= 0 && num == g_bf16_num) return DType::BF16;
+        if (is_bf16(num)) return DType::BF16;
     }
     bad_dtype(arr, b.at(leaf), descr->byteorder == '>');
 }
@@ -834,12 +854,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.attr("_C_API") = py::capsule(static_cast<const void*>(gradclip_capi_table()), GRADCLIP_CAPI_CAPSULE);
     m.def(
         "_init",
-        [](const py::object& bf16_dtype, const py::object& as_array) {
-            g_bf16_num = bf16_dtype.is_none() ? -1 : py::reinterpret_borrow<py::dtype>(bf16_dtype).num();
-            // leaked on purpose: lives as long as the interpreter, never decref'd at exit
+        [](const py::object& bf16_lookup, const py::object& as_array) {
+            // leaked on purpose: they live as long as the interpreter, never decref'd at exit
+            g_bf16_lookup = new py::object(bf16_lookup);
             g_as_array = new py::object(as_array);
         },
-        py::arg("bf16_dtype"), py::arg("as_array"));
+        py::arg("bf16_lookup"), py::arg("as_array"));
     py::enum_<NonFinite>(m, "NonFinite", "What the engine does with a NaN or infinite norm")
         .value("propagate", NonFinite::Propagate)
         .value("skip", NonFinite::Skip)

@@ -40,8 +40,10 @@ GAP_SENTINEL = 1000.0
 MANTISSA_BITS = {"float16": 10, "bfloat16": 7, "float32": 23, "float64": 52}
 MIN_EXPONENT = {"float16": -14, "bfloat16": -126, "float32": -126, "float64": -1022}
 
-# Every compiled path configuration the machine supports: (cpu target, thread count).
-CONFIGS = [(t, n) for t in gradclip.available_cpu_targets() for n in (1, 2)]
+# Every compiled path configuration the machine supports: (cpu target, thread count). A
+# build without OpenMP (CMake found none) runs every call on one thread.
+THREAD_COUNTS = (1, 2) if gradclip._core.have_openmp() else (1,)
+CONFIGS = [(t, n) for t in gradclip.available_cpu_targets() for n in THREAD_COUNTS]
 
 
 def dtype_of(name: str) -> np.dtype[Any]:

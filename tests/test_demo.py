@@ -173,16 +173,61 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib", exc_type=ImportError)
     pytest.importorskip("tqdm", exc_type=ImportError)
-    code = demo_package.main(["demo", "--quick", "--out", str(tmp_path), "--jobs", "2"])
+    out_dir = tmp_path / "runs" / "quick"  # made, parents too
+    code = demo_package.main(["demo", "--quick", "--out", str(out_dir), "--jobs", "2"])
     assert code == 0
     out = capsys.readouterr().out
-    figure = tmp_path / "gradclip_demo.png"
+    figure, report = out_dir / "demo.png", out_dir / "demo_output.txt"
+    assert sorted(out_dir.iterdir()) == [figure, report]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"figure: {figure}" in out
+    assert f"figure: {figure}; table: {report}" in out
     assert "none: blew up on " in out and "(not checked: the settings differ)" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) == {"arm"} | {arm.name for arm in demo.ARMS}
     assert "| 0/2 " in rows["global"]
+    # the report file is what was printed, without the progress bar
+    written = report.read_text(encoding="utf-8")
+    assert written.startswith("Adding problem (Pascanu, Mikolov & Bengio 2013)")
+    assert all(line in written for line in rows.values())
+    assert written.endswith(f"figure: {figure}\n")
+
+
+def test_command_line_writes_to_its_own_directory_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # never into the current directory itself (run from a checkout, a figure there would end
+    # up in an sdist or a commit): into ./gradclip-demo-output/, which .gitignore and the
+    # sdist configuration exclude
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    from gradclip.demo import cli
+
+    assert cli.DEFAULT_OUT == "gradclip-demo-output"
+    gitignore = Path(__file__).resolve().parents[1] / ".gitignore"
+    if gitignore.is_file():
+        assert f"{cli.DEFAULT_OUT}/" in gitignore.read_text().split()
+    seen = {}
+
+    def fake_run(config: demo.DemoConfig, jobs: int | None, progress: bool) -> list[object]:
+        seen["dir_exists"] = (tmp_path / cli.DEFAULT_OUT).is_dir()  # made before the training
+        raise KeyboardInterrupt  # stop here: the training itself is tested above
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "run_demo", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        demo_package.main(["demo", "--quick", "--no-progress"])
+    assert seen == {"dir_exists": True}
+    assert [p.name for p in tmp_path.iterdir()] == [cli.DEFAULT_OUT]
+
+
+def test_command_line_refuses_a_file_as_output_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    taken = tmp_path / "figure.png"
+    taken.write_bytes(b"not a directory")
+    assert demo_package.main(["demo", "--quick", "--no-progress", "--out", str(taken)]) == 2
+    assert f"--out {taken} is not a usable directory" in capsys.readouterr().err
+    assert taken.read_bytes() == b"not a directory"
 
 
 def test_command_line_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,11 @@ Global norm clipping (:func:`clip_grad_norm_`), per-array and per-slice norm cli
 
 from __future__ import annotations
 
+# The package's one version string: the build reads it from here into the wheel's metadata
+# (pyproject.toml, [tool.scikit-build.metadata.version]), and `python -m gradclip --version`
+# prints it.
+__version__ = "0.1.0"
+
 from ._errors import NonFiniteNormError
 from ._include import get_include
 from ._result import ClipResult
@@ -79,5 +84,3 @@ except ImportError as _exc:  # the compiled core is missing or broken
 
 
 from . import reference  # noqa: E402
-
-__version__ = "0.1.0"

@@ -1,8 +1,8 @@
-"""``python -m gradclip``: command-line tools; ``python -m gradclip demo`` runs the demo."""
+"""``python -m gradclip``: the command line (``python -m gradclip --help`` lists the commands)."""
 
 import sys
 
-from gradclip.demo import main
+from gradclip._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ from ._inputs import (
     check_max_norm,
     check_norm_type,
     check_total_norm,
+    loaded_bfloat16,
     resolve_mode,
     value_bounds,
 )
@@ -57,17 +58,10 @@ ENGINE_MODE: dict[str, Any] = {
 }
 
 
-def _bfloat16_dtype() -> np.dtype[Any] | None:
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    dt: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return dt
-
-
-_BF16 = _bfloat16_dtype()
-_core._init(_BF16, as_array)
+# bfloat16 is ml_dtypes' type, and the core learns its type number from loaded_bfloat16 when
+# it first meets a dtype it does not know: importing ml_dtypes here would cost most of
+# gradclip's import time, for users who may never have a bfloat16 array.
+_core._init(loaded_bfloat16, as_array)
 
 
 def _init_target() -> None:

@@ -8,7 +8,9 @@ import numpy.typing as npt
 
 _Norms = npt.NDArray[np.float64]
 
-def _init(bf16_dtype: np.dtype[Any] | None, as_array: Callable[[Any, str], np.ndarray]) -> None: ...
+def _init(
+    bf16_lookup: Callable[[], np.dtype[Any] | None], as_array: Callable[[Any, str], np.ndarray]
+) -> None: ...
 
 class NonFinite(enum.Enum):
     propagate = 0

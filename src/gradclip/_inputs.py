@@ -83,15 +83,31 @@ def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
     return (grads,), True
 
 
+def loaded_bfloat16() -> np.dtype[Any] | None:
+    """``ml_dtypes.bfloat16`` as a dtype if ml_dtypes is imported, else None (never imports it).
+
+    A bfloat16 array can only exist once ml_dtypes is imported (importing it registers the
+    type with NumPy), so this is enough to recognise every one; the compiled core asks it
+    when it meets a dtype it does not know.
+    """
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    bf16 = getattr(ml_dtypes, "bfloat16", None)  # None too while ml_dtypes is half imported
+    return None if bf16 is None else np.dtype(bf16)
+
+
 def _torch_bfloat16_view(obj: Any) -> np.ndarray | None:
     # NumPy has no bfloat16 DLPack dtype; a CPU torch bfloat16 tensor is viewed through its
-    # int16 bits instead (still the same memory), then as ml_dtypes.bfloat16.
-    if str(getattr(obj, "dtype", "")) != "torch.bfloat16" or "ml_dtypes" not in sys.modules:
+    # int16 bits instead (still the same memory), then as ml_dtypes.bfloat16. The tensor
+    # exists without ml_dtypes, so this is where it is imported, if installed.
+    if str(getattr(obj, "dtype", "")) != "torch.bfloat16":
         return None
     torch = sys.modules.get("torch")
     if torch is None:
         return None
-    import ml_dtypes
+    try:
+        import ml_dtypes
+    except ImportError:  # then the tensor is refused as a type NumPy cannot view
+        return None
 
     bits: np.ndarray = np.from_dlpack(obj.view(torch.int16))
     view: np.ndarray = bits.view(np.dtype(ml_dtypes.bfloat16))

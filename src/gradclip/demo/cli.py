@@ -1,32 +1,38 @@
-"""``python -m gradclip``: the command line (``gradclip demo``)."""
+"""``gradclip demo``: the demo's command-line options and its run (``gradclip._cli`` lists
+the commands and dispatches to :func:`run`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from .plot import plot_runs
 from .rnn import ARMS, QUICK, DemoConfig, _seeds, format_table, run_demo
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_OUT", "FIGURE", "HELP", "INSTALL", "REPORT", "add_arguments", "run"]
+
+HELP = "train an RNN on the adding problem with and without gradient clipping"
+#: where the outputs go without --out: a directory of their own, which .gitignore and the
+#: sdist configuration exclude, so a run in a checkout never ends up in a commit or an sdist
+DEFAULT_OUT = "gradclip-demo-output"
+#: the files a run writes into its output directory (``--out docs`` refreshes the README's)
+FIGURE = "demo.png"
+REPORT = "demo_output.txt"
+#: what installs the packages the demo needs beyond gradclip's own (the ``demo`` extra)
+INSTALL = 'pip install "gradclip[demo]"'
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradclip", description="gradclip command-line tools.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="train an RNN on the adding problem with and without gradient clipping",
-        description=(
-            "Train a vanilla tanh RNN on the adding problem (Pascanu, Mikolov and Bengio, "
-            "ICML 2013) with a hand-written backpropagation through time, on the same seeds "
-            "under each of: " + "; ".join(arm.title for arm in ARMS) + ". Prints a table "
-            "and writes a figure of training loss and gradient norm against step."
-        ),
+def add_arguments(demo: argparse.ArgumentParser) -> None:
+    """The demo's options, on its subparser."""
+    demo.description = (
+        "Train a vanilla tanh RNN on the adding problem (Pascanu, Mikolov and Bengio, "
+        "ICML 2013) with a hand-written backpropagation through time, on the same seeds "
+        "under each of: " + "; ".join(arm.title for arm in ARMS) + ". Prints a table and "
+        f"writes it ({REPORT}) with a figure of training loss and gradient norm against step "
+        f"({FIGURE}) to the output directory. Needs matplotlib and tqdm: {INSTALL}."
     )
     d = DemoConfig()
     demo.add_argument("--steps", type=int, help=f"training steps per run (default {d.steps})")
@@ -40,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--out",
-        default="gradclip_demo.png",
-        help="where to write the figure (PNG; a directory gets gradclip_demo.png)",
+        metavar="DIR",
+        default=DEFAULT_OUT,
+        help=f"directory for {FIGURE} and {REPORT}, made if missing (default: ./{DEFAULT_OUT})",
     )
     demo.add_argument(
         "--quick",
@@ -52,12 +59,28 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=int, help="worker processes (default: available cores; 0: in-process)"
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m gradclip`` and the ``gradclip`` console script."""
-    args = _parser().parse_args(argv)
+def _missing_packages(progress: bool) -> str | None:
+    """Why the demo cannot run here (matplotlib or tqdm missing), or None."""
+    missing = []
+    for name in ("matplotlib", "tqdm") if progress else ("matplotlib",):
+        try:
+            __import__(name)
+        except ImportError as exc:  # absent, or present but broken: then say why
+            missing.append(name if exc.name == name else f"{name} ({exc})")
+    if not missing:
+        return None
+    return (
+        f"gradclip demo needs {' and '.join(missing)}, which gradclip does not install by "
+        f"default.\nInstall the demo's dependencies with:\n    {INSTALL}\n"
+        '(from a source checkout: pip install ".[demo]")'
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with parsed options; the exit status (2: bad options, 1: missing
+    packages)."""
     config = QUICK if args.quick else DemoConfig()
     overrides = {
         name: getattr(args, name)
@@ -70,33 +93,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gradclip demo: {exc}", file=sys.stderr)
         return 2
-    try:  # fail now rather than after the training
-        import matplotlib  # noqa: F401
-
-        if not args.no_progress:
-            import tqdm  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"gradclip demo needs matplotlib and tqdm ({exc}): pip install matplotlib tqdm",
-            file=sys.stderr,
-        )
+    # fail now rather than after the training
+    problem = _missing_packages(progress=not args.no_progress)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
     out = Path(args.out)
-    if out.is_dir():
-        out = out / "gradclip_demo.png"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, or no permission
+        print(f"gradclip demo: --out {args.out} is not a usable directory ({exc})", file=sys.stderr)
+        return 2
 
-    print(
+    header = (
         f"Adding problem (Pascanu, Mikolov & Bengio 2013): tanh RNN, {config.hidden} units, "
         f"sequences of {config.seq_len}, batch {config.batch}, SGD lr {config.lr} momentum "
         f"{config.momentum}, W_hh spectral radius {config.spectral_radius}; "
-        f"{config.steps} steps x {_seeds(config.seeds)} per arm",
-        flush=True,
+        f"{config.steps} steps x {_seeds(config.seeds)} per arm"
     )
+    print(header, flush=True)
     start = time.perf_counter()
     results = run_demo(config, jobs=args.jobs, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
+    table = format_table(results, config)
+    figure = plot_runs(results, config, out / FIGURE)
+    summary = f"{len(results)} runs in {elapsed:.0f} s; figure: {figure}"
+    report = out / REPORT
+    report.write_text(f"{header}\n\n{table}\n\n{summary}\n", encoding="utf-8")
     print()
-    print(format_table(results, config))
-    path = plot_runs(results, config, out)
-    print(f"\n{len(results)} runs in {elapsed:.0f} s; figure: {path}")
+    print(table)
+    print(f"\n{summary}; table: {report}")
     return 0

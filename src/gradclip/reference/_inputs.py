@@ -35,13 +35,13 @@ _EXPECTED_DTYPES = "expected float16, bfloat16, float32 or float64"
 
 
 def _bfloat16() -> np.dtype[Any] | None:
-    """Return ``ml_dtypes.bfloat16`` as a dtype, or None when ml_dtypes is not installed."""
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    bf16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return bf16
+    """Return ``ml_dtypes.bfloat16`` as a dtype if ml_dtypes is imported, else None.
+
+    It never imports ml_dtypes: a bfloat16 array exists only once ml_dtypes is imported
+    (that registers the type with NumPy), so an array of any other dtype need not pay for it.
+    """
+    bf16 = getattr(sys.modules.get("ml_dtypes"), "bfloat16", None)
+    return None if bf16 is None else np.dtype(bf16)
 
 
 def _is_supported_dtype(dtype: np.dtype[Any]) -> bool:
@@ -196,11 +196,15 @@ def _torch_bfloat16_view(obj: Any) -> Array | None:
     DLPack has no bfloat16 NumPy can import, so the tensor is exported as int16 bits.
     """
     torch = sys.modules.get("torch")
-    bf16 = _bfloat16()
-    if torch is None or bf16 is None or getattr(obj, "dtype", None) != torch.bfloat16:
+    if torch is None or getattr(obj, "dtype", None) != torch.bfloat16:
+        return None
+    try:  # the tensor exists without ml_dtypes: import it now, if installed
+        import ml_dtypes
+    except ImportError:
         return None
     bits: Array = np.from_dlpack(obj.view(torch.int16))
-    return bits.view(bf16)
+    view: Array = bits.view(np.dtype(ml_dtypes.bfloat16))
+    return view
 
 
 def _view(obj: object, where: str, write: bool = True) -> Array:
