@@ -626,8 +626,8 @@ void digest_composite(Digest& d, const Arrays& a, const Arrays& w, double max_no
     }
     {
         Copy c(a), wc(w);
-        gradclip::adaptive_clip(c.spans.data(), wc.spans.data(), n, 0.01, 1e-3, norms.data(), wnorms.data(),
-                                coefs.data());
+        gradclip::adaptive_clip(c.spans.data(), wc.spans.data(), n, gradclip::make_norm_spec(2.0), 0.01, 1e-3,
+                                norms.data(), wnorms.data(), coefs.data());
         d.nums(t + " agc gnorms", norms.data(), n);
         d.nums(t + " agc wnorms", wnorms.data(), n);
         d.nums(t + " agc coefs", coefs.data(), n);
