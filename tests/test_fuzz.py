@@ -674,7 +674,9 @@ def check_scenario(sc: Scenario) -> None:
         raise AssertionError(
             f"compiled returned {got.value!r}; the reference raised {want.error!r}"
         )
-    assert "self-overlap" not in faults, "a self-overlapping view was accepted"
+    # a reading call may read a self-overlapping view (nothing is written twice)
+    if sc.op not in ("get_total_norm", "tensor_norms"):
+        assert "self-overlap" not in faults, "a self-overlapping view was accepted"
     check_success(sc, args, got, want, c, r, originals, before)
 
 
@@ -896,6 +898,36 @@ def regression(op: str, arrays: list[tuple[str, tuple[int, ...], float]], **args
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(sc=scenarios())
+# Found by the oldest-pins run (2026-12-02, hypothesis 6.100): a reading call through a
+# GradientSet reads a stride-0 view, as reading calls may since they write nothing.
+@example(
+    sc=Scenario(
+        entries=(
+            (
+                "array",
+                ArraySpec(
+                    dtype="float16",
+                    shape=(70001,),
+                    layout="stride0",
+                    layout_arg=0,
+                    misalign=0,
+                    buffer=-1,
+                    place=None,
+                    readonly=False,
+                    wrapper="ndarray",
+                    magnitude=0.0,
+                    special="none",
+                ),
+            ),
+        ),
+        container="single",
+        op="get_total_norm",
+        via="GradientSet",
+        args=(("norm_type", 1.0),),
+        seed=0,
+        config=("baseline", 1),
+    )
+)
 # Found by fresh random runs (2026-12-01): the p-norm for huge p collapsed to 0.0 when every
 # |x| < 1 (max|x| * (1 / max|x|) rounded below 1, and its 1e20th power is 0).
 @example(sc=regression("tensor_norms", [("float16", (7,), 0.0)], norm_type=1e308))
