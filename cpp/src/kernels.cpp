@@ -25,8 +25,13 @@
 
 #include "half.hpp"
 
-#ifndef GRADCLIP_PREFETCH
-#define GRADCLIP_PREFETCH 4096
+// Software prefetch distances in bytes (see prefetch_ahead): into L1 a little ahead, into L2
+// further ahead. Override with -DGRADCLIP_PREFETCH_L1=... / -DGRADCLIP_PREFETCH_L2=...
+#ifndef GRADCLIP_PREFETCH_L1
+#define GRADCLIP_PREFETCH_L1 1024
+#endif
+#ifndef GRADCLIP_PREFETCH_L2
+#define GRADCLIP_PREFETCH_L2 4096
 #endif
 
 #if defined(GRADCLIP_TARGET_AVX512)
@@ -344,12 +349,19 @@ inline void vload_block(const char* p, std::size_t k, VD* x) noexcept {
 
 // ---------------------------------------------------------------- prefetch
 #if defined(GRADCLIP_TARGET_AVX512) || defined(GRADCLIP_TARGET_AVX2)
-constexpr std::size_t kPrefetchBytes = GRADCLIP_PREFETCH;
-// Software prefetch kPrefetchBytes ahead of a block of `bytes` about to be read (and written):
-// on one core the hardware prefetchers alone leave about a third of the bandwidth unused.
+constexpr std::size_t kPrefetchL1 = GRADCLIP_PREFETCH_L1;
+constexpr std::size_t kPrefetchL2 = GRADCLIP_PREFETCH_L2;
+// Software prefetch of the cache lines kPrefetchL2 bytes ahead of a block of `bytes` about to
+// be read (and written) into L2, and of those kPrefetchL1 ahead into L1. On one core the
+// hardware prefetchers alone leave a loop that converts each float32 to float64 at ~0.8 of
+// a plain float32 loop's read rate; one distance into L1 gets it to ~0.9 (the best of 1-8
+// KiB), both together to ~1.0-1.05 (measured on a 2-core Xeon with AVX-512, 256 MiB).
 inline void prefetch_ahead(const void* p, std::size_t bytes) noexcept {
-    const char* q = static_cast<const char*>(p) + kPrefetchBytes;
-    for (std::size_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+    const char* q = static_cast<const char*>(p);
+    for (std::size_t b = 0; b < bytes; b += 64) {
+        _mm_prefetch(q + kPrefetchL2 + b, _MM_HINT_T1);
+        _mm_prefetch(q + kPrefetchL1 + b, _MM_HINT_T0);
+    }
 }
 #elif defined(GRADCLIP_TARGET_NEON)
 // None on NEON: the third of the bandwidth that software prefetch wins back was measured on
@@ -716,7 +728,7 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 32 <= n; k += 32) {
         const char* q = b + 8 * k;
-        for (std::size_t j = 0; j < 256; j += 64) _mm_prefetch(q + kPrefetchBytes + j, _MM_HINT_T0);
+        for (std::size_t j = 0; j < 256; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
         a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(q));
         a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(q + 64));
         a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(q + 128));
@@ -728,7 +740,7 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 16 <= n; k += 16) {
         const char* q = b + 8 * k;
-        for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + kPrefetchBytes + j, _MM_HINT_T0);
+        for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
         a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
         a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)));
         a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
