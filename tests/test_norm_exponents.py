@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from gc_helpers import DTYPE_PARAMS, assert_norm_close, assert_norms_close, dtype_of
+from gc_helpers import DTYPE_PARAMS, assert_norm_close, assert_norms_close, dtype_of, each_config
 
 import gradclip
 from gradclip import reference as ref
@@ -123,3 +123,55 @@ def test_tiny_max_for_every_p(dtype_name: str, cpu_target: str) -> None:
         total = gradclip.get_total_norm(arrays, p)
         assert_norm_close(total, ref.get_total_norm(arrays, p), p, f"p={p!r}")
         check_bounds(total, arrays, p, "tiny")
+
+
+# p a multiple of 1/2 up to 128 (but 1 and 2) has its own kernels: powers by repeated squaring
+# times one square root, in float64, the same operations on every target and in the scalar
+# path that strided views take.
+HALF_STEP_PS = [0.5, 1.5, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.5, 7.0, 8.0, 12.5, 32.0, 63.5, 100.0, 127.5, 128.0]
+
+
+def half_step_workload(dtype: np.dtype, seed: int) -> list[np.ndarray]:
+    # odd sizes, so arrays start on every lane of a chunk; one array past 256 KiB, so two
+    # threads split it; magnitudes around 1 so that p = 128 neither overflows nor underflows
+    rng = np.random.default_rng(seed)
+    sizes = [1, 3, 31, 33, 1000, 70001]
+    return [(rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)).astype(dtype) for n in sizes]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+def test_half_step_p_against_reference(dtype_name: str, cpu_target: str) -> None:
+    arrays = half_step_workload(dtype_of(dtype_name), 21)
+    for p in HALF_STEP_PS:
+        assert_norm_close(gradclip.get_total_norm(arrays, p), ref.get_total_norm(arrays, p), p, f"p={p}")
+        assert_norms_close(gradclip.tensor_norms(arrays, p), ref.tensor_norms(arrays, p), p, f"p={p}")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+def test_half_step_p_same_bits_everywhere(dtype_name: str) -> None:
+    # every target, 1 and 2 threads, and a strided view (the scalar path) of the same values
+    arrays = half_step_workload(dtype_of(dtype_name), 22)
+    strided = []
+    for a in arrays:
+        buf = np.zeros(2 * a.size, dtype=a.dtype)
+        buf[::2] = a
+        strided.append(buf[::2])
+    for p in HALF_STEP_PS:
+        seen = set()
+        for _ in each_config():
+            seen.add(gradclip.get_total_norm(arrays, p))
+            seen.add(gradclip.get_total_norm(strided, p))
+            seen.add(float(gradclip.tensor_norms(strided, p)[-1]))
+            seen.add(float(gradclip.tensor_norms(arrays, p)[-1]))
+        assert len(seen) == 2, f"p={p}: {sorted(seen)}"  # the total and the last array's norm
+
+
+@pytest.mark.parametrize("p", [0.5, 1.5, 3.0, 4.5, 128.0])
+def test_half_step_p_out_of_range_values(p: float, cpu_target: str) -> None:
+    # powers that overflow or underflow float64 take the rescaled pass; the norm is exact for
+    # equal magnitudes: n ** (1/p) * |x|
+    for x in (1e300, 1e200, 3e-300, 2.0**-1070):
+        arrays = [np.full(5, x), np.array([-x, x, -x])]
+        want = ref.get_total_norm(arrays, p)
+        assert_norm_close(gradclip.get_total_norm(arrays, p), want, p, f"x={x!r}")
+        assert want == pytest.approx(8.0 ** (1.0 / p) * x, rel=1e-12)

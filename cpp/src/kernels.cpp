@@ -175,6 +175,8 @@ inline VD vadd(VD a, VD b) noexcept { return _mm512_add_pd(a, b); }
 inline VD vmul(VD a, VD b) noexcept { return _mm512_mul_pd(a, b); }
 inline VD vfma(VD a, VD b, VD c) noexcept { return _mm512_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm512_abs_pd(a); }
+inline VD vdiv(VD a, VD b) noexcept { return _mm512_div_pd(a, b); }
+inline VD vsqrt(VD a) noexcept { return _mm512_sqrt_pd(a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm512_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm512_storeu_pd(p, a); }
 inline VD vloadu_lanes(const double* p) noexcept { return _mm512_loadu_pd(p); }
@@ -247,6 +249,8 @@ inline VD vadd(VD a, VD b) noexcept { return _mm256_add_pd(a, b); }
 inline VD vmul(VD a, VD b) noexcept { return _mm256_mul_pd(a, b); }
 inline VD vfma(VD a, VD b, VD c) noexcept { return _mm256_fmadd_pd(a, b, c); }
 inline VD vabs(VD a) noexcept { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+inline VD vdiv(VD a, VD b) noexcept { return _mm256_div_pd(a, b); }
+inline VD vsqrt(VD a) noexcept { return _mm256_sqrt_pd(a); }
 inline VD vmax(VD a, VD b) noexcept { return _mm256_max_pd(a, b); }
 inline void vstore(double* p, VD a) noexcept { _mm256_storeu_pd(p, a); }
 inline VD vloadu_lanes(const double* p) noexcept { return _mm256_loadu_pd(p); }
@@ -330,6 +334,8 @@ inline VD vadd(VD a, VD b) noexcept { return vaddq_f64(a, b); }
 inline VD vmul(VD a, VD b) noexcept { return vmulq_f64(a, b); }
 inline VD vfma(VD a, VD b, VD c) noexcept { return vfmaq_f64(c, a, b); }  // a * b + c, one rounding
 inline VD vabs(VD a) noexcept { return vabsq_f64(a); }
+inline VD vdiv(VD a, VD b) noexcept { return vdivq_f64(a, b); }
+inline VD vsqrt(VD a) noexcept { return vsqrtq_f64(a); }
 inline VD vmax(VD a, VD b) noexcept { return vmaxq_f64(a, b); }
 inline void vstore(double* p, VD a) noexcept { vst1q_f64(p, a); }
 inline VD vloadu_lanes(const double* p) noexcept { return vld1q_f64(p); }
@@ -397,8 +403,34 @@ struct AbsOp {
 #endif
 };
 
+// |x * scale / div| ** (hs / 2) (kernels.hpp: pow_half_steps); Scaled and Divided as in
+// SqOp (scale 1 and div 1 are skipped: multiplying or dividing by 1 is exact). HS > 0 fixes
+// hs at compile time, so the squaring loop unrolls (same operations as the run-time form).
+template <bool Scaled, bool Divided, unsigned HS>
+struct PowOp {
+    double div;
+    unsigned hs;
+    unsigned steps() const noexcept { return HS != 0 ? HS : hs; }
+    double step(double acc, double x, double s) const noexcept {
+        double t = std::fabs(Scaled ? x * s : x);
+        if (Divided) t = t / div;
+        return acc + pow_half_steps(
+                         t, steps(), [](double a, double b) { return a * b; }, [](double a) { return std::sqrt(a); });
+    }
+#if defined(GRADCLIP_VECTOR)
+    VD vdv = vset(div);
+    VD vstep(VD acc, VD x, VD s) const noexcept {
+        VD t = vabs(Scaled ? vmul(x, s) : x);
+        if (Divided) t = vdiv(t, vdv);
+        return vadd(acc,
+                    pow_half_steps(t, steps(), [](VD a, VD b) { return vmul(a, b); }, [](VD a) { return vsqrt(a); }));
+    }
+#endif
+};
+
 template <DType D, class Op>
-void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
+void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes,
+                const Op& op = Op{}) noexcept {
     const char* p = static_cast<const char*>(vp);
 #if defined(GRADCLIP_VECTOR)
     VD acc[kAcc];
@@ -415,7 +447,7 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
             const std::ptrdiff_t lo = g < 0 ? -g : 0;
             const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
             if (hi > lo)
-                acc[j] = Op::vstep(acc[j],
+                acc[j] = op.vstep(acc[j],
                                    vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
         }
     };
@@ -430,14 +462,14 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
         prefetch_ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
         VD x[kAcc];
         vload_block<D>(p, uk, x);
-        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = Op::vstep(acc[j], x[j], s);
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
     }
     if (k < sn) partial(k);
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
 #else
     std::size_t lane = lane0;
     for (std::size_t i = 0; i < n; ++i) {
-        lanes[lane] = Op::step(lanes[lane], Elem<D>::load(p, i), scale);
+        lanes[lane] = op.step(lanes[lane], Elem<D>::load(p, i), scale);
         lane = lane + 1 == kLanes ? 0 : lane + 1;
     }
 #endif
@@ -456,6 +488,33 @@ void sum_abs(const void* p, std::size_t n, std::size_t lane0, double scale, doub
         accumulate<D, AbsOp<D, false>>(p, n, lane0, scale, lanes);
     else
         accumulate<D, AbsOp<D, true>>(p, n, lane0, scale, lanes);
+}
+
+template <DType D, bool Scaled, bool Divided>
+void sum_pow_as(const void* p, std::size_t n, std::size_t lane0, double scale, double div, unsigned hs,
+                double* lanes) noexcept {
+    switch (hs) {  // the common p: 1.5, 2.5, 3, 4
+        case 3:
+            return accumulate<D>(p, n, lane0, scale, lanes, PowOp<Scaled, Divided, 3>{div, hs});
+        case 5:
+            return accumulate<D>(p, n, lane0, scale, lanes, PowOp<Scaled, Divided, 5>{div, hs});
+        case 6:
+            return accumulate<D>(p, n, lane0, scale, lanes, PowOp<Scaled, Divided, 6>{div, hs});
+        case 8:
+            return accumulate<D>(p, n, lane0, scale, lanes, PowOp<Scaled, Divided, 8>{div, hs});
+        default:
+            return accumulate<D>(p, n, lane0, scale, lanes, PowOp<Scaled, Divided, 0>{div, hs});
+    }
+}
+
+template <DType D>
+void sum_pow(const void* p, std::size_t n, std::size_t lane0, double scale, double div, unsigned hs,
+             double* lanes) noexcept {
+    const bool scaled = scale != 1.0, divided = div != 1.0;
+    if (!scaled && !divided) return sum_pow_as<D, false, false>(p, n, lane0, scale, div, hs, lanes);
+    if (!divided) return sum_pow_as<D, true, false>(p, n, lane0, scale, div, hs, lanes);
+    if (!scaled) return sum_pow_as<D, false, true>(p, n, lane0, scale, div, hs, lanes);
+    return sum_pow_as<D, true, true>(p, n, lane0, scale, div, hs, lanes);
 }
 
 // max is exact and order-free, so only the NaN rule needs care: vmaxpd drops a NaN that is
@@ -824,6 +883,7 @@ const KernelTable kTable = {
     probe_rw,
     {sum_sq<DType::F16>, sum_sq<DType::BF16>, sum_sq<DType::F32>, sum_sq<DType::F64>},
     {sum_abs<DType::F16>, sum_abs<DType::BF16>, sum_abs<DType::F32>, sum_abs<DType::F64>},
+    {sum_pow<DType::F16>, sum_pow<DType::BF16>, sum_pow<DType::F32>, sum_pow<DType::F64>},
     {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},
     {scale<DType::F16>, scale<DType::BF16>, scale<DType::F32>, scale<DType::F64>},
     {clamp<DType::F16>, clamp<DType::BF16>, clamp<DType::F32>, clamp<DType::F64>},

@@ -30,6 +30,49 @@ using ScaleFn = void (*)(void* p, std::size_t n, double coef);
 // x = min(hi, max(lo, x)) with NaN kept; lo/hi must be representable in the element type.
 using ClampFn = void (*)(void* p, std::size_t n, double lo, double hi);
 
+// p-norms for p = hs / 2, hs = 1 .. kMaxHalfSteps except 2 and 4 (p = 1 and 2 have their own
+// kernels): lanes[(lane0 + i) % kLanes] += pow_half_steps(|x_i| * scale / div, hs), the
+// division skipped when div is 1 (exact either way). Other p use std::pow in the engine.
+using PowFn = void (*)(const void* p, std::size_t n, std::size_t lane0, double scale, double div, unsigned hs,
+                       double* lanes);
+inline constexpr unsigned kMaxHalfSteps = 256;  // p up to 128
+
+// 2p when p is a multiple of 1/2 that the power kernels take, else 0.
+static inline unsigned half_steps_of(double p) noexcept {
+    const double h = 2.0 * p;
+    if (!(h >= 1.0 && h <= kMaxHalfSteps)) return 0;  // also false for NaN
+    const auto hs = static_cast<unsigned>(h);
+    return static_cast<double>(hs) == h ? hs : 0;
+}
+
+// t ** (hs / 2) for t >= 0 (or NaN): t ** (hs / 2 rounded down) by repeated squaring, times
+// sqrt(t) when hs is odd. A fixed sequence of correctly rounded multiplies and one square
+// root, so scalar and vector code (T double or a vector of doubles, with their mul and sqrt)
+// give the same bits on every target. At most 2 log2(hs) roundings: relative error below
+// 16 * 2^-53 for hs <= 256 (std::pow is within 1 ulp but differs between C libraries). The
+// partial powers lie between 1 and the result, so none overflows or underflows unless the
+// result does.
+template <class T, class Mul, class Sqrt>
+static inline T pow_half_steps(T t, unsigned hs, Mul mul, Sqrt sqrt_fn) noexcept {
+    unsigned m = hs >> 1;
+    T r = t;
+    bool have = false;
+    T b = t;
+    while (m != 0) {
+        if ((m & 1u) != 0) {
+            r = have ? mul(r, b) : b;
+            have = true;
+        }
+        m >>= 1;
+        if (m != 0) b = mul(b, b);
+    }
+    if ((hs & 1u) != 0) {
+        const T h = sqrt_fn(t);
+        r = have ? mul(r, h) : h;
+    }
+    return r;
+}
+
 // Bandwidth probes for the benchmarks' ceiling: the simplest full-speed read of n 64-bit
 // words (an XOR over several accumulators), and a read+write that stores every word back
 // plus k (the caller passes k = 0 from a run-time value, so data do not change).
@@ -42,6 +85,7 @@ struct KernelTable {
     ProbeWriteFn probe_rw;
     AccFn sum_sq[kNumDTypes];
     AccFn sum_abs[kNumDTypes];
+    PowFn sum_pow[kNumDTypes];
     MaxFn max_abs[kNumDTypes];
     ScaleFn scale[kNumDTypes];
     ClampFn clamp[kNumDTypes];

@@ -35,8 +35,14 @@ double step_value(NormSpec spec, double x, double scale, double div) noexcept {
             return t * t;
         case NormKind::L1:
             return std::fabs(t);
-        default:
+        default: {
+            const unsigned hs = half_steps_of(spec.p);
+            if (hs != 0)  // what the power kernels compute, so a strided view gets the same bits
+                return pow_half_steps(
+                    std::fabs(t) / div, hs, [](double a, double b) { return a * b; },
+                    [](double a) { return std::sqrt(a); });
             return std::pow(std::fabs(t) / div, spec.p);
+        }
     }
 }
 
@@ -68,6 +74,10 @@ double reduce_chunk(const KernelTable& kt, const Span* spans, const Plan& s, std
                     m = max_of(m, kt.max_abs[di](p, g.count));
                     break;
                 case NormKind::Lp: {
+                    if (const unsigned hs = half_steps_of(spec.p); hs != 0) {
+                        kt.sum_pow[di](p, g.count, g.lane0, scale, div, hs, lanes);
+                        break;
+                    }
                     const std::size_t isz = itemsize(sp.dt);
                     std::size_t lane = g.lane0;
                     for (std::size_t k = 0; k < g.count; ++k) {
