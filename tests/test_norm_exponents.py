@@ -128,7 +128,25 @@ def test_tiny_max_for_every_p(dtype_name: str, cpu_target: str) -> None:
 # p a multiple of 1/2 up to 128 (but 1 and 2) has its own kernels: powers by repeated squaring
 # times one square root, in float64, the same operations on every target and in the scalar
 # path that strided views take.
-HALF_STEP_PS = [0.5, 1.5, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.5, 7.0, 8.0, 12.5, 32.0, 63.5, 100.0, 127.5, 128.0]
+HALF_STEP_PS = [
+    0.5,
+    1.5,
+    2.5,
+    3.0,
+    3.5,
+    4.0,
+    4.5,
+    5.0,
+    6.5,
+    7.0,
+    8.0,
+    12.5,
+    32.0,
+    63.5,
+    100.0,
+    127.5,
+    128.0,
+]
 
 
 def half_step_workload(dtype: np.dtype, seed: int) -> list[np.ndarray]:
@@ -143,8 +161,12 @@ def half_step_workload(dtype: np.dtype, seed: int) -> list[np.ndarray]:
 def test_half_step_p_against_reference(dtype_name: str, cpu_target: str) -> None:
     arrays = half_step_workload(dtype_of(dtype_name), 21)
     for p in HALF_STEP_PS:
-        assert_norm_close(gradclip.get_total_norm(arrays, p), ref.get_total_norm(arrays, p), p, f"p={p}")
-        assert_norms_close(gradclip.tensor_norms(arrays, p), ref.tensor_norms(arrays, p), p, f"p={p}")
+        assert_norm_close(
+            gradclip.get_total_norm(arrays, p), ref.get_total_norm(arrays, p), p, f"p={p}"
+        )
+        assert_norms_close(
+            gradclip.tensor_norms(arrays, p), ref.tensor_norms(arrays, p), p, f"p={p}"
+        )
 
 
 @pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)

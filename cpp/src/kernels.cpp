@@ -448,7 +448,7 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
             const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
             if (hi > lo)
                 acc[j] = op.vstep(acc[j],
-                                   vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
+                                  vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)), s);
         }
     };
     std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane0);
