@@ -354,6 +354,17 @@ void slice_batch(const Batch& b, const std::vector<std::vector<bool>>& reduced, 
     }
 }
 
+// clip_by_norm walks the slices a window at a time: the spans and the engine's chunk plan of
+// one window (about 140 bytes per slice) are made, used and reused for the next, so the
+// memory of a call beyond the norms it returns is bounded whatever the number of slices. A
+// window holds at most kWindowSlices slices (about half a MiB of bookkeeping, which stays in
+// cache) and at most kWindowBytes of data (small chunk tables), but at least one slice. A
+// window of slices of 64 bytes or more holds at least 256 KiB, enough for clip_each to split
+// its chunks across threads; windows of smaller slices run on the calling thread. Each
+// slice's norm and clip depend on that slice alone, so windows change no bit of the result.
+constexpr std::size_t kWindowSlices = 4096;
+constexpr std::size_t kWindowBytes = std::size_t{16} << 20;
+
 // Norm of every slice of x along `axes` (already normalised, sorted, unique), clipped with
 // the common rule. max_norm holds one bound for every slice, or one per slice in C order of
 // the kept axes (checked by the caller). Returns the norms as a flat array in that order.
@@ -363,20 +374,42 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
     parse(py::make_tuple(x), arg, true, b);
     check_writable(b);
     if (b.keep.empty()) throw py::type_error(arg + " must be an array, not None");
-    std::vector<std::vector<bool>> reduced(1, std::vector<bool>(static_cast<std::size_t>(b.keep[0].ndim()), false));
-    for (int a : axes) reduced[0][static_cast<std::size_t>(a)] = true;
-    Slices sl;
-    slice_batch(b, reduced, sl);
+    const py::array& arr = b.keep[0];
+    const DType dt = b.spans[0].dt;
+    const int nd = static_cast<int>(arr.ndim());
+    const auto und = static_cast<std::size_t>(nd);
+    // shape, strides and reduced flags copied while the GIL is held
+    std::vector<std::ptrdiff_t> geom(2 * und), meta(2 * und);
+    std::unique_ptr<bool[]> reduced(new bool[und + 1]());
+    for (int a : axes) reduced[static_cast<std::size_t>(a)] = true;
+    std::size_t slice_bytes = gradclip::itemsize(dt);
+    for (std::size_t d = 0; d < und; ++d) {
+        geom[d] = arr.shape(static_cast<py::ssize_t>(d));
+        geom[und + d] = arr.strides(static_cast<py::ssize_t>(d));
+        if (reduced[d]) slice_bytes *= static_cast<std::size_t>(geom[d]);
+    }
+    const std::size_t total = gradclip::count_slices(nd, geom.data(), reduced.get());
     const auto nb = static_cast<std::size_t>(max_norm.size());
-    if (nb != 1 && nb != sl.spans.size())
-        throw py::value_error("max_norm has " + std::to_string(nb) + " bounds for " + std::to_string(sl.spans.size()) +
+    if (nb != 1 && nb != total)
+        throw py::value_error("max_norm has " + std::to_string(nb) + " bounds for " + std::to_string(total) +
                               " slices");
-    const gradclip::SpanBounds bounds{max_norm.data(), nb == 1 ? 0u : 1u, false};
-    py::array_t<double> out(static_cast<py::ssize_t>(sl.spans.size()));
+    const std::size_t by_bytes =
+        slice_bytes == 0 ? kWindowSlices : std::max<std::size_t>(1, kWindowBytes / slice_bytes);
+    const std::size_t window = std::min({total, kWindowSlices, by_bytes});
+    std::vector<Span> spans(window);
+    char* data = static_cast<char*>(const_cast<void*>(arr.data()));
+    const double* bound = max_norm.data();
+    py::array_t<double> out(static_cast<py::ssize_t>(total));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        gradclip::clip_each(sl.spans.data(), sl.spans.size(), spec_from(p), bounds, eps, NonFinite::Propagate, o);
+        for (std::size_t s = 0; s < total; s += window) {
+            const std::size_t k = std::min(window, total - s);
+            gradclip::make_slices(data, nd, geom.data(), geom.data() + und, dt, reduced.get(), meta.data(), s, k,
+                                  spans.data());
+            const gradclip::SpanBounds bounds{nb == 1 ? bound : bound + s, nb == 1 ? 0u : 1u, false};
+            gradclip::clip_each(spans.data(), k, spec_from(p), bounds, eps, NonFinite::Propagate, o + s);
+        }
     }
     return out;
 }

@@ -377,6 +377,74 @@ def test_clip_by_norm_keyword_arguments() -> None:
     assert np.all(np.linalg.vector_norm(x.astype(np.float64), axis=1) <= 1.0 + 1e-6)
 
 
+# Shapes whose slices the compiled path processes in several windows (at most 4096 slices and
+# 16 MiB of data at a time, whole slices), with a last partial window: many tiny slices, slices
+# of a few KiB, and (one per dtype size) slices big enough that the byte limit sets the window.
+WINDOW_CASES = [
+    ("float32", (10000, 3), 1, "C"),
+    ("float32", (10000, 3), 1, "strided"),
+    ("float16", (3, 9000), 0, "F"),
+    ("float64", (4097, 2, 2), (1, 2), "reversed"),
+    ("bfloat16", (2, 4500, 3), (0, 2), "unaligned"),
+    ("float64", (5000, 1), -1, "C"),
+    ("float32", (9000,), (), "C"),
+    ("float64", (3000, 1000), 1, "strided"),
+    ("float32", (20, 262144), 1, "C"),
+    ("float16", (262144, 34), 0, "F"),
+]
+
+
+@pytest.mark.parametrize("per_slice_bounds", [False, True], ids=["one_bound", "bound_per_slice"])
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "axis", "layout"),
+    [pytest.param(*c, id=f"{c[0]}-{shape_id(c[1])}-{c[2]}-{c[3]}") for c in WINDOW_CASES],
+)
+def test_clip_by_norm_many_slices_bitwise(
+    dtype_name: str, shape: tuple[int, ...], axis: Any, layout: str, per_slice_bounds: bool
+) -> None:
+    """Every slice of a many-slice call ends up with the bits of clip_by_norm_ on that slice
+    alone, for every slice of every window (special values included), the norms too."""
+    if dtype_name == "bfloat16" and not HAVE_BF16:
+        pytest.skip("needs ml_dtypes")
+    dtype = dtype_of(dtype_name)
+    rng = np.random.default_rng(seed_of("windows", dtype_name, shape, axis, layout))
+    # a magnitude per slice along axis 0 or 1, so some slices clip and others do not
+    scales = 10.0 ** rng.uniform(-2, 2, size=shape[:1] + (1,) * (len(shape) - 1))
+    values = rng.standard_normal(shape) * scales
+    flat = values.reshape(-1)
+    picks = rng.integers(0, flat.size, 4)
+    flat[picks] = [math.nan, math.inf, -math.inf, 0.0]
+    template = make_array(values, dtype, layout)
+    sl = slices_of(template, axis)
+    kept = np.asarray(np.linalg.vector_norm(np.zeros(shape), axis=axis)).shape
+    if per_slice_bounds:
+        max_norm: Any = 10.0 ** rng.uniform(-2, 2, size=kept)
+    else:
+        norms = [ref.get_total_norm(part) for _, part in sl[:200]]
+        finite = [n for n in norms if math.isfinite(n) and n > 0]
+        max_norm = float(np.median(finite)) if finite else 1.0
+    bound_of = np.broadcast_to(np.asarray(max_norm, np.float64), kept)
+    # what each slice gets on its own
+    alone = make_array(values, dtype, layout)
+    want_norms = np.empty(kept)
+    for index, part in slices_of(alone, axis):
+        want_norms[index] = gradclip.clip_by_norm_(part, float(bound_of[index]))
+    want = snapshot([alone])
+    if math.prod(shape) <= 100_000:  # the pure-Python reference is slow on the big cases
+        ref_arr = make_array(values, dtype, layout)
+        ref_norms = ref.clip_by_norm_(ref_arr, max_norm, axis)
+        assert_norms_close(want_norms, ref_norms, 2.0, "per-slice calls vs reference")
+        assert_ulp_close(alone, ref_arr, dtype, ulps_for(dtype), "per-slice calls vs reference")
+    assert np.isnan(want_norms).any(), "the special values should reach the norms"
+    for cfg in each_config():
+        arr = make_array(values, dtype, layout)
+        got = gradclip.clip_by_norm_(arr, max_norm, axis)
+        assert got.shape == kept
+        assert got.tobytes() == want_norms.tobytes(), f"{cfg}: norms differ from per-slice calls"
+        assert snapshot([arr]) == want, f"{cfg}: writes differ from per-slice calls"
+        assert_gaps_intact(arr, layout)
+
+
 # ---------------------------------------------------------------------------------------------
 # mixed lists, None entries, several arrays at once
 # ---------------------------------------------------------------------------------------------

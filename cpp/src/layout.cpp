@@ -116,7 +116,8 @@ std::size_t count_slices(int ndim, const std::ptrdiff_t* shape, const bool* redu
 }
 
 void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
-                 const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept {
+                 const bool* reduced, std::ptrdiff_t* slice_meta, std::size_t first, std::size_t count,
+                 Span* out) noexcept {
     std::ptrdiff_t kshape[64], kstride[64], idx[64];
     int nk = 0, nr = 0;
     for (int d = 0; d < ndim; ++d) {
@@ -130,8 +131,13 @@ void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::p
         if (reduced[d]) slice_meta[nr++] = shape[d];
     for (int d = 0, j = 0; d < ndim; ++d)
         if (reduced[d]) slice_meta[nr + j++] = strides[d];
-    const std::size_t outer = count_slices(ndim, shape, reduced);
-    for (std::size_t o = 0; o < outer; ++o) {
+    if (count == 0) return;  // (a kept axis may have extent 0: no index to start from)
+    // the kept-axes index of slice `first`, in C order
+    for (int d = nk; d-- > 0;) {
+        idx[d] = static_cast<std::ptrdiff_t>(first % static_cast<std::size_t>(kshape[d]));
+        first /= static_cast<std::size_t>(kshape[d]);
+    }
+    for (std::size_t o = 0; o < count; ++o) {
         char* p0 = data;
         for (int d = 0; d < nk; ++d) p0 += idx[d] * kstride[d];
         describe_array(p0, nr, slice_meta, slice_meta + nr, dt, out[o]);

@@ -3,11 +3,11 @@
 // thread count and placement in memory; a list of arrays of one dtype gives the bits of the
 // array they make end to end), the scaling and clamping kernels against scalar arithmetic,
 // norms against a compensated float64 sum, p-norms for huge and tiny p, the bound rounding
-// at float16/bfloat16 midpoints, NaN and signed-zero bits through clamp and scale, and the
-// overlap rule of writing calls; and writes a digest of the exact results of every operation
-// on fixed inputs, the same on every target and thread count, for comparing builds for other
-// CPU architectures (see run_digest). A plain executable (ctest runs it): prints each failure
-// and exits 1 if there was any.
+// at float16/bfloat16 midpoints, NaN and signed-zero bits through clamp and scale, the
+// overlap rule of writing calls and slices made a range at a time; and writes a digest of the
+// exact results of every operation on fixed inputs, the same on every target and thread
+// count, for comparing builds for other CPU architectures (see run_digest). A plain
+// executable (ctest runs it): prints each failure and exits 1 if there was any.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -384,6 +384,52 @@ void test_overlap_rule() {
         const bool got = gradclip::find_overlap(r, a, b);
         CHECK(got == c.overlap, "find_overlap over %zu ranges: %d, expected %d", c.ranges.size(), got, c.overlap);
         if (got) CHECK(a != b && a < c.ranges.size() && b < c.ranges.size(), "ids %zu and %zu", a, b);
+    }
+}
+
+// make_slices over a range of slices gives exactly the spans of those slices in the full list,
+// for any first slice and count (a caller walks many slices a window at a time).
+void test_slice_ranges() {
+    struct Case {
+        std::vector<std::ptrdiff_t> shape, strides;  // strides in bytes, float32 elements
+        std::vector<bool> reduced;
+    };
+    const Case cases[] = {
+        {{7, 3}, {12, 4}, {false, true}},                   // rows of a C array
+        {{7, 3}, {4, 28}, {true, false}},                   // columns of an F array
+        {{4, 5, 6}, {-120, 24, -4}, {false, true, false}},  // reversed axes, middle reduced
+        {{3, 4, 5}, {160, 40, 8}, {false, false, true}},    // every other element
+        {{2, 3, 4, 5}, {480, 160, 40, 8}, {true, false, true, false}},
+        {{5, 1, 6}, {24, 24, 4}, {false, true, true}},
+        {{6}, {4}, {false}},                           // 0-d slices
+        {{6}, {4}, {true}},                            // one slice
+        {{3, 0, 2}, {8, 8, 4}, {false, true, false}},  // empty slices
+    };
+    std::vector<char> buf(4096);
+    char* data = buf.data() + 2048;  // room for the negative strides
+    for (const Case& c : cases) {
+        const int nd = static_cast<int>(c.shape.size());
+        bool red[8];
+        for (int d = 0; d < nd; ++d) red[d] = c.reduced[static_cast<std::size_t>(d)];
+        const std::size_t n = gradclip::count_slices(nd, c.shape.data(), red);
+        std::vector<std::ptrdiff_t> meta_all(2 * c.shape.size()), meta(2 * c.shape.size());
+        std::vector<Span> all(n), part(n);
+        gradclip::make_slices(data, nd, c.shape.data(), c.strides.data(), DType::F32, red, meta_all.data(), all.data());
+        for (std::size_t first = 0; first <= n; ++first) {
+            for (std::size_t count = 0; first + count <= n; ++count) {
+                gradclip::make_slices(data, nd, c.shape.data(), c.strides.data(), DType::F32, red, meta.data(), first,
+                                      count, part.data());
+                for (std::size_t i = 0; i < count; ++i) {
+                    const Span& a = all[first + i];
+                    const Span& b = part[i];
+                    bool same = a.data == b.data && a.n == b.n && a.dt == b.dt && a.ndim == b.ndim;
+                    for (int d = 0; same && d < a.ndim; ++d)
+                        same = a.shape[d] == b.shape[d] && a.strides[d] == b.strides[d];
+                    CHECK(same, "%d-d case: slice %zu of the range [%zu, +%zu) differs from the full list", nd,
+                          first + i, first, count);
+                }
+            }
+        }
     }
 }
 
@@ -874,6 +920,7 @@ int main(int argc, char** argv) {
     test_extreme_p();
     test_bound_rounding();
     test_overlap_rule();
+    test_slice_ranges();
     if (digest_file != nullptr) {
         std::FILE* f = std::fopen(digest_file, "w");
         CHECK(f != nullptr, "cannot write %s", digest_file);

@@ -60,9 +60,16 @@ void byte_bounds(const char* data, int ndim, const std::ptrdiff_t* shape, const 
 // The slices of an n-d array left after fixing every axis not marked in `reduced` (ndim
 // flags), in C order of the kept axes; each slice spans the reduced axes. Their shape and
 // strides are written once to slice_meta (2 * ndim entries, which must outlive the spans).
+// The range form makes slices [first, first + count) only (out gets count spans), so that a
+// caller can walk an array with many slices a window at a time in bounded memory.
 std::size_t count_slices(int ndim, const std::ptrdiff_t* shape, const bool* reduced) noexcept;
 void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
-                 const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept;
+                 const bool* reduced, std::ptrdiff_t* slice_meta, std::size_t first, std::size_t count,
+                 Span* out) noexcept;
+inline void make_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
+                        const bool* reduced, std::ptrdiff_t* slice_meta, Span* out) noexcept {
+    make_slices(data, ndim, shape, strides, dt, reduced, slice_meta, 0, count_slices(ndim, shape, reduced), out);
+}
 
 // ---- cached plans
 // The chunking of a fixed list of spans, computed once (GradientSet). Operations given one
