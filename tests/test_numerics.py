@@ -516,3 +516,28 @@ def test_scaling_factor_beyond_the_float_range_gives_inf(dtype_name: str, cpu_ta
         r = gradclip.unscale_clip_grad_norm_(a, max_norm=1e300, inv_scale=1e305)
         assert r.coef < 1.0
         assert np.isinf(a.astype(np.float64)[0])
+
+
+@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+def test_many_small_arrays_same_bits_everywhere(dtype_name: str) -> None:
+    # Runs of small dense arrays go to the kernels together, their partial blocks assembled
+    # across array boundaries; the bits must be those of the one-array-at-a-time baseline on
+    # every target and thread count. Odd sizes put the boundaries on every lane; a strided
+    # view and an array of another dtype interrupt the runs; the total passes 256 KiB so two
+    # threads split it.
+    dtype = dtype_of(dtype_name)
+    rng = np.random.default_rng(31)
+    other = np.dtype(np.float64) if dtype != np.float64 else np.dtype(np.float32)
+    arrays: list[np.ndarray] = []
+    for i in range(1500):
+        n = int(rng.integers(0, 130))
+        arrays.append(cast(rng.standard_normal(n) * rng.uniform(0.1, 10.0), dtype))
+        if i % 97 == 5:
+            arrays.append(cast(rng.standard_normal(2 * n + 2), dtype)[::2])
+        if i % 211 == 7:
+            arrays.append(cast(rng.standard_normal(n + 1), other))
+    for p in (2.0, 1.0, 3.0):
+        seen = {bits(gradclip.get_total_norm(arrays, p)) for _ in each_config()}
+        assert len(seen) == 1, (p, len(seen))
+        got = np.frombuffer(next(iter(seen)))[0]
+        assert got == pytest.approx(ref.get_total_norm(arrays, p), rel=1e-12, abs=0)

@@ -475,6 +475,94 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
 #endif
 }
 
+// accumulate() over consecutive pieces (kernels.hpp: AccManyFn). Whole blocks inside a piece
+// are added as they are read; the lanes of a block that spans pieces (or that a piece only
+// begins or ends) are gathered from each piece by masked loads into a pending block (zeros
+// elsewhere; x + 0.0 is x but for the sign of a zero, which neither |x| nor x * x keeps),
+// which is added once full, and at the end if partly filled. Each lane still gets its terms
+// in index order, one per block, so the bits are those of one accumulate() call per piece.
+template <DType D, class Op>
+void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes,
+                     const Op& op = Op{}) noexcept {
+#if defined(GRADCLIP_VECTOR)
+    VD acc[kAcc], pend[kAcc];
+    for (std::size_t j = 0; j < kAcc; ++j) {
+        acc[j] = vloadu_lanes(lanes + j * kW);
+        pend[j] = vzero();
+    }
+    const VD s = vset(scale);
+    constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
+    constexpr auto kWs = static_cast<std::ptrdiff_t>(kW);
+    std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
+    for (std::size_t i = 0; i < m; ++i) {
+        const char* p = static_cast<const char*>(pieces[i].p);
+        const auto sn = static_cast<std::ptrdiff_t>(pieces[i].n);
+        // the piece's elements [0, sn) sit at lanes lane, lane + 1, ...: its first block
+        // starts at element k = -lane
+        std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane);
+        if (lane != 0 || sn < kL) {
+            for (std::size_t j = 0; j < kAcc; ++j) {
+                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
+                const std::ptrdiff_t lo = g < 0 ? -g : 0;
+                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
+                if (hi > lo)
+                    pend[j] =
+                        vadd(pend[j], vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)));
+            }
+            if (k + kL > sn) {  // the piece ends inside this block
+                lane = static_cast<std::size_t>(sn - k);
+                continue;
+            }
+            for (std::size_t j = 0; j < kAcc; ++j) {
+                acc[j] = op.vstep(acc[j], pend[j], s);
+                pend[j] = vzero();
+            }
+            k += kL;
+        }
+        constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
+        for (; k + kL <= sn; k += kL) {
+            const auto uk = static_cast<std::size_t>(k);
+            prefetch_ahead(p + uk * itemsize(D), kBlockBytes);
+            VD x[kAcc];
+            vload_block<D>(p, uk, x);
+            for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
+        }
+        lane = static_cast<std::size_t>(sn - k);
+        if (lane != 0) {  // the tail starts a new pending block at lane 0
+            for (std::size_t j = 0; j < kAcc; ++j) {
+                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
+                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
+                if (hi > 0) pend[j] = vload_part<D>(p, g, 0, static_cast<std::size_t>(hi));
+            }
+        }
+    }
+    if (lane != 0)
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], pend[j], s);
+    for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
+#else
+    std::size_t lane = lane0;
+    for (std::size_t i = 0; i < m; ++i) {
+        accumulate<D>(pieces[i].p, pieces[i].n, lane, scale, lanes, op);
+        lane = (lane + pieces[i].n) % kLanes;
+    }
+#endif
+}
+
+template <DType D>
+void sum_sq_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes) noexcept {
+    if (scale == 1.0)
+        accumulate_many<D, SqOp<D, false>>(pieces, m, lane0, scale, lanes);
+    else
+        accumulate_many<D, SqOp<D, true>>(pieces, m, lane0, scale, lanes);
+}
+template <DType D>
+void sum_abs_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes) noexcept {
+    if (scale == 1.0)
+        accumulate_many<D, AbsOp<D, false>>(pieces, m, lane0, scale, lanes);
+    else
+        accumulate_many<D, AbsOp<D, true>>(pieces, m, lane0, scale, lanes);
+}
+
 template <DType D>
 void sum_sq(const void* p, std::size_t n, std::size_t lane0, double scale, double* lanes) noexcept {
     if (scale == 1.0)
@@ -884,6 +972,8 @@ const KernelTable kTable = {
     {sum_sq<DType::F16>, sum_sq<DType::BF16>, sum_sq<DType::F32>, sum_sq<DType::F64>},
     {sum_abs<DType::F16>, sum_abs<DType::BF16>, sum_abs<DType::F32>, sum_abs<DType::F64>},
     {sum_pow<DType::F16>, sum_pow<DType::BF16>, sum_pow<DType::F32>, sum_pow<DType::F64>},
+    {sum_sq_many<DType::F16>, sum_sq_many<DType::BF16>, sum_sq_many<DType::F32>, sum_sq_many<DType::F64>},
+    {sum_abs_many<DType::F16>, sum_abs_many<DType::BF16>, sum_abs_many<DType::F32>, sum_abs_many<DType::F64>},
     {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},
     {scale<DType::F16>, scale<DType::BF16>, scale<DType::F32>, scale<DType::F64>},
     {clamp<DType::F16>, clamp<DType::BF16>, clamp<DType::F32>, clamp<DType::F64>},

@@ -30,6 +30,19 @@ using ScaleFn = void (*)(void* p, std::size_t n, double coef);
 // x = min(hi, max(lo, x)) with NaN kept; lo/hi must be representable in the element type.
 using ClampFn = void (*)(void* p, std::size_t n, double lo, double hi);
 
+// A run of dense segments of one element type whose lanes continue from one to the next
+// (the segments of a chunk in the stream layout: many small arrays back to back).
+struct Piece {
+    const void* p;
+    std::size_t n;
+};
+// AccFn over pieces[0 .. m): the first piece starts at lane lane0, each later one at the lane
+// after the previous one's last element. Every lane gets the same terms in the same order as
+// from m AccFn calls (so the same bits); the partial blocks where pieces meet are assembled
+// into whole blocks first, instead of each being a block of its own, and the lanes stay in
+// registers from piece to piece.
+using AccManyFn = void (*)(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes);
+
 // p-norms for p = hs / 2, hs = 1 .. kMaxHalfSteps except 2 and 4 (p = 1 and 2 have their own
 // kernels): lanes[(lane0 + i) % kLanes] += pow_half_steps(|x_i| * scale / div, hs), the
 // division skipped when div is 1 (exact either way). Other p use std::pow in the engine.
@@ -86,6 +99,8 @@ struct KernelTable {
     AccFn sum_sq[kNumDTypes];
     AccFn sum_abs[kNumDTypes];
     PowFn sum_pow[kNumDTypes];
+    AccManyFn sum_sq_many[kNumDTypes];
+    AccManyFn sum_abs_many[kNumDTypes];
     MaxFn max_abs[kNumDTypes];
     ScaleFn scale[kNumDTypes];
     ClampFn clamp[kNumDTypes];

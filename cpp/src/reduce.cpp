@@ -57,10 +57,31 @@ double reduce_chunk(const KernelTable& kt, const Span* spans, const Plan& s, std
                     double div) noexcept {
     double lanes[kLanes] = {};
     double m = 0.0;
-    for (std::size_t q = s.first[c]; q < s.first[c + 1]; ++q) {
+    const std::size_t end = s.first[c + 1];
+    for (std::size_t q = s.first[c]; q < end; ++q) {
         const Seg& g = s.segs[q];
         const Span& sp = spans[g.span];
         const int di = static_cast<int>(sp.dt);
+        // Several dense segments of one type in a row (many small arrays): one kernel call
+        // for up to kMaxPieces of them (the lanes continue from one segment to the next).
+        if ((spec.kind == NormKind::L2 || spec.kind == NormKind::L1) && sp.ndim == 0 && q + 1 < end) {
+            constexpr std::size_t kMaxPieces = 64;
+            Piece pieces[kMaxPieces];
+            std::size_t np = 0;
+            const std::size_t lane0 = g.lane0;
+            for (; q < end && np < kMaxPieces; ++q) {
+                const Seg& h = s.segs[q];
+                const Span& hp = spans[h.span];
+                if (hp.ndim != 0 || hp.dt != sp.dt) break;
+                pieces[np++] = Piece{hp.data + h.start * itemsize(hp.dt), h.count};
+            }
+            --q;  // the loop's ++q moves to the first segment not taken
+            if (spec.kind == NormKind::L2)
+                kt.sum_sq_many[di](pieces, np, lane0, scale, lanes);
+            else
+                kt.sum_abs_many[di](pieces, np, lane0, scale, lanes);
+            continue;
+        }
         if (sp.ndim == 0) {
             const char* p = sp.data + g.start * itemsize(sp.dt);
             switch (spec.kind) {
