@@ -105,9 +105,7 @@ def add_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--seq-len", type=int, help=f"rnn: sequence length (default {d.seq_len})")
     demo.add_argument("--hidden", type=int, help=f"rnn: hidden units (default {d.hidden})")
     demo.add_argument("--width", type=int, help=f"vision: channels (default {v.width})")
-    demo.add_argument(
-        "--blocks", type=int, help=f"vision: residual blocks (default {v.blocks})"
-    )
+    demo.add_argument("--blocks", type=int, help=f"vision: residual blocks (default {v.blocks})")
     demo.add_argument(
         "--batch",
         type=int,
@@ -123,8 +121,7 @@ def add_arguments(demo: argparse.ArgumentParser) -> None:
         "--out",
         metavar="DIR",
         default=DEFAULT_OUT,
-        help="directory for the figures and tables, made if missing (default: "
-        f"./{DEFAULT_OUT})",
+        help=f"directory for the figures and tables, made if missing (default: ./{DEFAULT_OUT})",
     )
     demo.add_argument(
         "--quick",

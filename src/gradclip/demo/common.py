@@ -24,6 +24,7 @@ __all__ = [
     "ClipFn",
     "RunResult",
     "common_cells",
+    "divergence_lines",
     "fmt",
     "global_arm",
     "markdown_table",
@@ -179,7 +180,9 @@ def common_cells(runs: Sequence[RunResult], arm: Arm) -> dict[str, str]:
     peak = float(np.max(seen)) if np.all(np.isfinite(seen)) else math.inf
     return {
         "diverged": f"{sum(r.diverged for r in runs)}/{len(runs)}",
-        "clipped": "-" if arm.name == "none" else f"{100 * sum(r.clipped for r in runs) / steps:.0f}%",
+        "clipped": "-"
+        if arm.name == "none"
+        else f"{100 * sum(r.clipped for r in runs) / steps:.0f}%",
         "peak |g|": fmt(peak),
         "time s": f"{sum(r.seconds for r in runs):.1f}",
     }
@@ -194,3 +197,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return [line(header), rule, *(line(row) for row in rows)]
+
+
+def divergence_lines(results: Sequence[RunResult]) -> list[str]:
+    """One line per arm with diverged runs: when each diverged, and whether and when its
+    values then overflowed (the run stopped) or stayed finite to the end."""
+    lines = []
+    for name in dict.fromkeys(r.arm for r in results):
+        parts = []
+        for r in results:
+            if r.arm != name or r.diverged_at is None:
+                continue
+            part = f"seed {r.seed} at step {r.diverged_at + 1}"
+            if r.stopped:
+                later = r.steps_run - 1 - r.diverged_at
+                part += ", non-finite " + ("at once" if later == 0 else f"{later} steps later")
+            else:
+                part += ", finite to the end"
+            parts.append(part)
+        if parts:
+            lines.append(f"{name}: diverged: " + "; ".join(parts))
+    return lines

@@ -152,14 +152,15 @@ def plot_runs(
             for run in runs:
                 _mark(ax, run, getattr(run, attr), color, top, marker_seen)
         if spec.accuracy_title is not None:
-            acc = np.array([getattr(r, "eval_accuracy") for r in runs], dtype=np.float64)
-            steps = np.asarray(getattr(runs[0], "eval_steps"))
-            if all(len(getattr(r, "eval_steps")) == len(steps) for r in runs):
+            evaluated: list[Any] = list(runs)  # a task with an accuracy panel records these
+            steps = np.asarray(evaluated[0].eval_steps)
+            if all(np.array_equal(r.eval_steps, steps) for r in evaluated):
+                acc = np.array([r.eval_accuracy for r in evaluated], dtype=np.float64)
                 for curve in acc:
                     ax_acc.plot(steps, 100 * curve, color=color, ls=style, lw=0.6, alpha=0.45)
                 ax_acc.plot(steps, 100 * np.median(acc, axis=0), color=color, ls=style, lw=2.2)
-            else:  # runs that stopped early: their final points only
-                for r in runs:
+            else:  # some runs stopped early: each seed's curve, no median
+                for r in evaluated:
                     ax_acc.plot(r.eval_steps, 100 * r.eval_accuracy, color=color, ls=style, lw=0.6)
     if marker_seen["o"]:
         ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")

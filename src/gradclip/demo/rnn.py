@@ -60,9 +60,20 @@ import numpy.typing as npt
 
 import gradclip
 
-from .common import Arm, ClipFn, common_cells, fmt, global_arm, markdown_table, no_clip_arm
+from .common import (
+    Arm,
+    ClipFn,
+    common_cells,
+    divergence_lines,
+    fmt,
+    global_arm,
+    markdown_table,
+    no_clip_arm,
+    per_tensor_arm,
+    seeds_phrase,
+    value_arm,
+)
 from .common import RunResult as _RunBase
-from .common import per_tensor_arm, seeds_phrase, value_arm
 from .runner import run_all
 
 __all__ = [
@@ -297,6 +308,7 @@ def loss_and_grads(
 
 
 # --------------------------------------------------------------------------- the arms
+
 
 def _autoclip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
     # gradclip's defaults, which are the paper's: the 10th percentile of every norm so far
@@ -548,7 +560,7 @@ def _verdicts(results: Sequence[RunResult], config: DemoConfig) -> list[str]:
         if checked:
             line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
         lines.append(line)
-    return lines
+    return lines + divergence_lines(results)
 
 
 def header(config: DemoConfig) -> str:

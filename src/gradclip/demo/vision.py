@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 import gradclip
 
@@ -57,7 +56,7 @@ from .common import (
     ClipFn,
     RunResult,
     common_cells,
-    fmt,
+    divergence_lines,
     global_arm,
     markdown_table,
     no_clip_arm,
@@ -185,7 +184,12 @@ def param_names(blocks: int) -> list[str]:
     """Names of the parameter (and gradient) arrays, in order."""
     names = ["stem.w", "stem.b"]
     for k in range(blocks):
-        names += [f"block{k}.conv1.w", f"block{k}.conv1.b", f"block{k}.conv2.w", f"block{k}.conv2.b"]
+        names += [
+            f"block{k}.conv1.w",
+            f"block{k}.conv1.b",
+            f"block{k}.conv2.w",
+            f"block{k}.conv2.b",
+        ]
     return [*names, "fc.w", "fc.b"]
 
 
@@ -418,9 +422,7 @@ def _batches(rng: np.random.Generator, n: int, batch: int) -> Any:
             yield order[start : start + batch]
 
 
-def _evaluate(
-    params: Sequence[FloatArray], x: FloatArray, y: IntArray
-) -> tuple[float, float]:
+def _evaluate(params: Sequence[FloatArray], x: FloatArray, y: IntArray) -> tuple[float, float]:
     z = logits(params, x)
     accuracy = float(np.mean(np.argmax(z, axis=1) == y)) if np.all(np.isfinite(z)) else 0.0
     if not np.all(np.isfinite(z)):
@@ -584,16 +586,13 @@ def _summary(results: Sequence[VisionResult]) -> list[str]:
     lines = []
     for name in dict.fromkeys(r.arm for r in results):
         runs = [r for r in results if r.arm == name]
-        diverged = [r for r in runs if r.diverged]
-        line = f"{name}: {len(diverged)}/{len(runs)} seeds diverged"
-        if diverged:
-            at = ", ".join(str(r.diverged_at) for r in diverged)
-            line += f" (at step {at})"
-        best = max(runs, key=lambda r: r.test_accuracy)
-        line += f"; test accuracy {fmt(100 * min(r.test_accuracy for r in runs))}"
-        line += f"-{fmt(100 * best.test_accuracy)}%"
+        accuracy = sorted(100 * r.test_accuracy for r in runs)
+        collapsed = sum(not r.diverged and r.outcome == "chance" for r in runs)
+        line = f"{name}: test accuracy per seed " + ", ".join(f"{a:.1f}%" for a in accuracy)
+        if collapsed:
+            line += f"; {collapsed} collapsed to chance without diverging"
         lines.append(line)
-    return lines
+    return lines + divergence_lines(results)
 
 
 def plot(
@@ -622,4 +621,3 @@ def plot(
         accuracy_ref=(0.1, "chance"),
     )
     return plot_runs(results, path, arms=arms, spec=spec)
-
