@@ -586,7 +586,7 @@ def plot(
         steps=config.steps,
         suptitle=(
             f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
-            f"{config.momentum}; thick: median of {seeds_phrase(config.seeds)}, thin: each seed"
+            f"{config.momentum}\nthick: median of {seeds_phrase(config.seeds)}, thin: each seed"
         ),
         loss_title=f"Training loss, adding problem with T = {config.seq_len}",
         loss_label="training loss (MSE",
