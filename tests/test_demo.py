@@ -304,3 +304,7 @@ def test_zoom_panel_is_cut_above_the_clipped_arms_spikes() -> None:
     edges = plot._bin_edges(4)
     results = [run("none", [1.0, 1e20, 1e21, 1e22]), run("global", [1.0, 12.0, 3.0, 2.0])]
     assert plot._zoom_top(results, edges) == pytest.approx(1.1 * 12.0)
+    # a clipped run that diverged does not set the scale while another clipped run is stable
+    blown = replace(run("value", [1.0, 240.0, 3.0, 2.0]), diverged_at=1)
+    assert plot._zoom_top([*results, blown], edges) == pytest.approx(1.1 * 12.0)
+    assert plot._zoom_top([results[0], blown], edges) == pytest.approx(1.1 * 240.0)

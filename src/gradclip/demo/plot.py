@@ -17,15 +17,17 @@ from .common import Arm, RunResult
 
 __all__ = ["FigureSpec", "plot_runs"]
 
-#: One colour and line style per arm, in table order: styles differ, so a line that runs on
-#: top of another (value clipping and AutoClip, both near the baseline) still shows through.
+#: One colour, line style and marker per arm, in table order. Styles differ, so a line that
+#: runs on top of another (value clipping and AutoClip, both at the RNN's baseline) still
+#: shows through its gaps, and each median carries its arm's marker every tenth window, the
+#: arms' markers offset from each other, so that every arm stays visible where lines coincide.
 _STYLES = (
-    ("#d62728", "-"),
-    ("#1f77b4", "-"),
-    ("#2ca02c", (0, (5, 2))),
-    ("#9467bd", (0, (1.5, 1.5))),
-    ("#ff7f0e", (0, (6, 2, 1.5, 2))),
-    ("#8c564b", (0, (3, 1))),
+    ("#d62728", "-", "v"),
+    ("#1f77b4", "-", "o"),
+    ("#2ca02c", (0, (5, 2)), "s"),
+    ("#9467bd", (0, (1.5, 1.5)), "D"),
+    ("#ff7f0e", (0, (6, 2, 1.5, 2)), "^"),
+    ("#8c564b", (0, (3, 1)), "P"),
 )
 
 
@@ -77,12 +79,13 @@ def _median(curves: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def _zoom_top(results: Sequence[RunResult], edges: npt.NDArray[np.intp]) -> float:
     """The top of the linear gradient-norm panel: just above the largest windowed pre-clip
-    norm of the clipped arms, so their spikes fill the panel and the unclipped arm's leave
-    through the top."""
+    norm of the clipped runs that did not diverge (of all clipped runs when every one did), so
+    their spikes fill the panel and the blow-ups leave through the top."""
+    clipped = [r for r in results if r.arm != "none"]
+    stable = [r for r in clipped if not r.diverged] or clipped
     peaks = [
         float(np.nanmax(c))
-        for r in results
-        if r.arm != "none"
+        for r in stable
         for c in [_binned(r.grad_norm, r.steps_run, edges, "max")]
         if np.any(np.isfinite(c))
     ]
@@ -99,8 +102,9 @@ def plot_runs(
     """Save training loss and pre-clip gradient norm against step, one line per arm.
 
     Panels: the training loss (log scale); the pre-clip gradient norm on a log scale (every
-    arm, the unclipped blow-ups included) and on a linear scale cut just above the clipped
-    arms' largest spike (their spikes, which the log panel squashes into a band); and, when
+    arm, the unclipped blow-ups included) and on a linear scale cut just above the largest
+    spike of the clipped runs that did not diverge (spikes the log panel squashes into a
+    band); and, when
     ``spec.accuracy_title`` is set, the test accuracy at the results' evaluation steps. The
     thick line of each arm is the median over seeds (drawn while at least half the seeds are
     still running with finite values), the thin ones are single seeds. A circle marks the
@@ -125,7 +129,15 @@ def plot_runs(
     zoom_top = _zoom_top(results, edges)
     lowest = loss_top
     marker_seen = {"o": False, "x": False}
-    for (color, style), arm in zip(_STYLES * 2, arms, strict=False):
+    for index, ((color, style, marker), arm) in enumerate(zip(_STYLES * 2, arms, strict=False)):
+        median_style = {
+            "color": color,
+            "ls": style,
+            "lw": 2.2,
+            "marker": marker,
+            "ms": 5,
+            "markevery": (2 * index % 10, 10),
+        }
         runs = [r for r in results if r.arm == arm.name]
         if not runs:
             continue
@@ -138,14 +150,8 @@ def plot_runs(
             curves = np.array([_binned(getattr(r, attr), r.steps_run, edges, reduce) for r in runs])
             for curve in curves:
                 ax.plot(x, curve, color=color, ls=style, lw=0.6, alpha=0.45)
-            ax.plot(
-                x,
-                _median(curves),
-                color=color,
-                ls=style,
-                lw=2.2,
-                label=arm.title if ax is ax_loss else None,
-            )
+            label = arm.title if ax is ax_loss else None
+            ax.plot(x, _median(curves), label=label, **median_style)
             if ax is ax_loss and np.any(np.isfinite(curves)):
                 lowest = min(lowest, float(np.nanmin(curves)))
             top = 0.8 * loss_top if ax is ax_loss else 0.97 * zoom_top if ax is ax_zoom else None
@@ -158,7 +164,8 @@ def plot_runs(
                 acc = np.array([r.eval_accuracy for r in evaluated], dtype=np.float64)
                 for curve in acc:
                     ax_acc.plot(steps, 100 * curve, color=color, ls=style, lw=0.6, alpha=0.45)
-                ax_acc.plot(steps, 100 * np.median(acc, axis=0), color=color, ls=style, lw=2.2)
+                median = 100 * np.median(acc, axis=0)
+                ax_acc.plot(steps, median, **{**median_style, "markevery": 1})
             else:  # some runs stopped early: each seed's curve, no median
                 for r in evaluated:
                     ax_acc.plot(r.eval_steps, 100 * r.eval_accuracy, color=color, ls=style, lw=0.6)
@@ -198,7 +205,7 @@ def plot_runs(
         ylim=(0, zoom_top),
         xlabel="step",
         ylabel=f"total gradient norm before clipping (max over {window})",
-        title="The same, linear scale cut above the clipped arms' largest spike",
+        title="Gradient norm, linear scale: the clipped runs' spikes",
     )
     if spec.accuracy_title is not None:
         if spec.accuracy_ref is not None:
