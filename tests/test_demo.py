@@ -308,3 +308,6 @@ def test_zoom_panel_is_cut_above_the_clipped_arms_spikes() -> None:
     blown = replace(run("value", [1.0, 240.0, 3.0, 2.0]), diverged_at=1)
     assert plot._zoom_top([*results, blown], edges) == pytest.approx(1.1 * 12.0)
     assert plot._zoom_top([results[0], blown], edges) == pytest.approx(1.1 * 240.0)
+    # nor do the other seeds of an arm that diverged on one
+    sibling = replace(run("value", [1.0, 80.0, 3.0, 2.0]), seed=1)
+    assert plot._zoom_top([*results, blown, sibling], edges) == pytest.approx(1.1 * 12.0)

@@ -79,10 +79,11 @@ def _median(curves: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def _zoom_top(results: Sequence[RunResult], edges: npt.NDArray[np.intp]) -> float:
     """The top of the linear gradient-norm panel: just above the largest windowed pre-clip
-    norm of the clipped runs that did not diverge (of all clipped runs when every one did), so
-    their spikes fill the panel and the blow-ups leave through the top."""
+    norm of the clipped arms none of whose runs diverged (of all clipped runs when each arm
+    had one that did), so their spikes fill the panel and the blow-ups leave through the top."""
     clipped = [r for r in results if r.arm != "none"]
-    stable = [r for r in clipped if not r.diverged] or clipped
+    unstable = {r.arm for r in clipped if r.diverged}
+    stable = [r for r in clipped if r.arm not in unstable] or clipped
     peaks = [
         float(np.nanmax(c))
         for r in stable
@@ -103,7 +104,7 @@ def plot_runs(
 
     Panels: the training loss (log scale); the pre-clip gradient norm on a log scale (every
     arm, the unclipped blow-ups included) and on a linear scale cut just above the largest
-    spike of the clipped runs that did not diverge (spikes the log panel squashes into a
+    spike of the clipped arms that never diverged (spikes the log panel squashes into a
     band); and, when
     ``spec.accuracy_title`` is set, the test accuracy at the results' evaluation steps. The
     thick line of each arm is the median over seeds (drawn while at least half the seeds are
