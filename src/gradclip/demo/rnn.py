@@ -42,11 +42,12 @@ spent near the baseline, when gradient spikes of 10-20 times the usual norm appe
 each spike kicks the weights further, and within a few dozen steps the norm passes 1e3. What
 follows differs: in the default run (4 seeds) one run overflowed 33 steps after diverging,
 one 424 steps after, and one never did (its loss stayed finite, at 1e14 and more, to the
-end); the table says which, per seed. The globally clipped runs see the same spikes, cut them to ``max_norm``, and
-learned the task on 6 of the 8 seeds (test MSE 0.001-0.005). A smaller learning rate (0.03)
-lets most unclipped runs learn, slowly, with an occasional loss spike: clipping is what makes the
-faster rate usable. Sequences of 40 rather than the paper's 50 or more keep the run within 90
-seconds: at 50, half of the clipped runs were still at the baseline after 5,000 steps.
+end); the table says which, per seed. The globally clipped runs see the same spikes, cut
+them to ``max_norm``, and learned the task on 6 of the 8 seeds (test MSE 0.001-0.005). A
+smaller learning rate (0.03) lets most unclipped runs learn, slowly, with an occasional loss
+spike: clipping is what makes the faster rate usable. Sequences of 40 rather than the paper's
+50 or more keep the run within 90 seconds: at 50, half of the clipped runs were still at the
+baseline after 5,000 steps.
 """
 
 from __future__ import annotations
