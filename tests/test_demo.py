@@ -290,7 +290,7 @@ def test_figure_marks_a_divergence_that_never_overflows(tmp_path: Path) -> None:
     assert seen == {"o": True, "x": True} and ax.lines[-1].get_marker() == "x"
     assert list(ax.lines[-1].get_xdata()) == [39]
     # the whole figure, with both kinds of run, is written
-    path = demo.plot([run, stopped], replace(demo.QUICK, steps=steps), tmp_path / "f.png")
+    path = demo.save_figure([run, stopped], replace(demo.QUICK, steps=steps), tmp_path / "f.png")
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

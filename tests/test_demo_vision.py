@@ -227,7 +227,7 @@ def test_command_line_vision_and_all(tmp_path: Path, capsys: pytest.CaptureFixtu
     pytest.importorskip("tqdm", exc_type=ImportError)
     out_dir = tmp_path / "out"
     code = demo_package.main(
-        ["demo", "--task", "all", "--quick", "--steps", "20", "--out", str(out_dir), "--jobs", "2"]
+        ["demo", "--task", "all", "--quick", "--steps", "10", "--out", str(out_dir), "--jobs", "2"]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -238,7 +238,7 @@ def test_command_line_vision_and_all(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert out.index("Adding problem") < out.index("Handwritten digits")
     written = (out_dir / "demo_vision_output.txt").read_text(encoding="utf-8")
     assert written.startswith("Handwritten digits (scikit-learn load_digits")
-    assert "20 steps x 2 seeds per arm" in written
+    assert "10 steps x 2 seeds per arm" in written
     rows = [line for line in written.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["arm"] + [a.name for a in vision.ARMS]
 

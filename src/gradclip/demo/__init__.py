@@ -7,7 +7,7 @@ normalisation on handwritten digits, the case adaptive gradient clipping was int
 table's layout), :mod:`gradclip.demo.runner` running a task's arms and seeds in worker
 processes, :mod:`gradclip.demo.plot` for the figures and :mod:`gradclip.demo.cli` for the
 ``gradclip demo`` command. A new task is a new module with its own ``train``, ``run_demo``,
-``format_table``, ``plot`` and ``header``, and one entry in ``cli.TASKS``; it does not touch
+``format_table``, ``save_figure`` and ``header``, and one entry in ``cli.TASKS``; it does not touch
 the others. The RNN task's names are re-exported here.
 """
 

@@ -1,6 +1,6 @@
 """``gradclip demo``: the demo's command-line options and its run (``gradclip._cli`` lists
 the commands and dispatches to :func:`run`). ``--task`` picks the task: ``rnn`` (the default),
-``vision`` or ``all``; each task module provides ``run_demo``, ``format_table``, ``plot`` and
+``vision`` or ``all``; each task module provides ``run_demo``, ``format_table``, ``save_figure`` and
 ``header``, and :data:`TASKS` says what else the command line needs to know about it."""
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def _run_task(task: Task, config: Any, out: Path, args: argparse.Namespace) -> N
     results = module.run_demo(config, jobs=args.jobs, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     table = module.format_table(results, config)
-    figure = module.plot(results, config, out / task.figure)
+    figure = module.save_figure(results, config, out / task.figure)
     summary = f"{len(results)} runs in {elapsed:.0f} s; figure: {figure}"
     report = out / task.report
     report.write_text(f"{header}\n\n{table}\n\n{summary}\n", encoding="utf-8")

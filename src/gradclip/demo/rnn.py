@@ -91,7 +91,7 @@ __all__ = [
     "header",
     "init_params",
     "loss_and_grads",
-    "plot",
+    "save_figure",
     "predict",
     "run_demo",
     "train",
@@ -576,7 +576,7 @@ def header(config: DemoConfig) -> str:
     )
 
 
-def plot(
+def save_figure(
     results: Sequence[RunResult],
     config: DemoConfig,
     path: Any,

@@ -85,7 +85,7 @@ __all__ = [
     "logits",
     "loss_and_grads",
     "param_names",
-    "plot",
+    "save_figure",
     "run_demo",
     "train",
 ]
@@ -605,7 +605,7 @@ def _summary(results: Sequence[VisionResult]) -> list[str]:
     return lines + divergence_lines(results)
 
 
-def plot(
+def save_figure(
     results: Sequence[VisionResult],
     config: VisionConfig,
     path: Any,
