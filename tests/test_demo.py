@@ -212,7 +212,7 @@ def test_command_line_writes_to_its_own_directory_by_default(
         raise KeyboardInterrupt  # stop here: the training itself is tested above
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "run_demo", fake_run)
+    monkeypatch.setattr(demo, "run_demo", fake_run)  # the default task's
     with pytest.raises(KeyboardInterrupt):
         demo_package.main(["demo", "--quick", "--no-progress"])
     assert seen == {"dir_exists": True}
@@ -239,7 +239,7 @@ def test_python_m_gradclip_and_lazy_imports() -> None:
     # `import gradclip` (and the demo module) must not pull in matplotlib or tqdm
     code = (
         "import sys, gradclip, gradclip.demo; "
-        "assert not {'matplotlib', 'tqdm'} & set(sys.modules), sorted(sys.modules)"
+        "assert not {'matplotlib', 'tqdm', 'sklearn'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     done = subprocess.run(
@@ -249,3 +249,65 @@ def test_python_m_gradclip_and_lazy_imports() -> None:
         text=True,
     )
     assert "--seq-len" in done.stdout and "--quick" in done.stdout
+    assert "--task {rnn,vision,all}" in done.stdout
+
+
+def test_figure_marks_a_divergence_that_never_overflows(tmp_path: Path) -> None:
+    # a run whose loss passes the bound but stays finite (it never stops) still gets a
+    # marker at the step it diverged; a run that stops gets a cross at its last finite point
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    from matplotlib.figure import Figure
+
+    from gradclip.demo import plot
+
+    steps = 50
+    loss = np.full(steps, 0.03)
+    loss[30:] = 50.0  # diverged at step 30, finite to the end
+    run = demo.RunResult(
+        arm="none",
+        seed=0,
+        loss=loss,
+        grad_norm=np.ones(steps),
+        steps_run=steps,
+        clipped=0,
+        diverged_at=30,
+        stopped=False,
+        test_mse=50.0,
+        error_rate=1.0,
+        seconds=0.0,
+    )
+    ax = Figure().subplots()
+    seen = {"o": False, "x": False}
+    plot._mark(ax, run, run.loss, "red", 8.0, seen)
+    assert seen == {"o": True, "x": False}
+    (line,) = ax.lines
+    assert line.get_marker() == "o"
+    assert list(line.get_xdata()) == [31] and list(line.get_ydata()) == [8.0]  # at the top
+    stopped = replace(
+        run, steps_run=40, stopped=True, loss=np.where(np.arange(steps) < 39, loss, np.nan)
+    )
+    plot._mark(ax, stopped, stopped.loss, "red", 8.0, seen)
+    assert seen == {"o": True, "x": True} and ax.lines[-1].get_marker() == "x"
+    assert list(ax.lines[-1].get_xdata()) == [39]
+    # the whole figure, with both kinds of run, is written
+    path = demo.save_figure([run, stopped], replace(demo.QUICK, steps=steps), tmp_path / "f.png")
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zoom_panel_is_cut_above_the_clipped_arms_spikes() -> None:
+    from gradclip.demo import plot
+
+    def run(arm: str, norms: list[float]) -> demo.RunResult:
+        values = np.array(norms)
+        return demo.RunResult(arm, 0, values, values, len(values), 0, None, False, 0.0, 0.0, 0.0)
+
+    edges = plot._bin_edges(4)
+    results = [run("none", [1.0, 1e20, 1e21, 1e22]), run("global", [1.0, 12.0, 3.0, 2.0])]
+    assert plot._zoom_top(results, edges) == pytest.approx(1.1 * 12.0)
+    # a clipped run that diverged does not set the scale while another clipped run is stable
+    blown = replace(run("value", [1.0, 240.0, 3.0, 2.0]), diverged_at=1)
+    assert plot._zoom_top([*results, blown], edges) == pytest.approx(1.1 * 12.0)
+    assert plot._zoom_top([results[0], blown], edges) == pytest.approx(1.1 * 240.0)
+    # nor do the other seeds of an arm that diverged on one
+    sibling = replace(run("value", [1.0, 80.0, 3.0, 2.0]), seed=1)
+    assert plot._zoom_top([*results, blown, sibling], edges) == pytest.approx(1.1 * 12.0)

@@ -71,8 +71,14 @@ def test_help_lists_every_command() -> None:
 
 @pytest.mark.parametrize(
     ("hidden", "options"),
-    [("matplotlib", []), ("tqdm", []), ("matplotlib", ["--no-progress"])],
-    ids=["no-matplotlib", "no-tqdm", "no-matplotlib-no-progress"],
+    [
+        ("matplotlib", []),
+        ("tqdm", []),
+        ("matplotlib", ["--no-progress"]),
+        ("sklearn", ["--task", "vision"]),
+        ("sklearn", ["--task", "all", "--no-progress"]),
+    ],
+    ids=["no-matplotlib", "no-tqdm", "no-matplotlib-no-progress", "no-sklearn", "no-sklearn-all"],
 )
 def test_demo_without_its_extra_says_what_installs_it(hidden: str, options: list[str]) -> None:
     # `python -m gradclip demo` on an install without the demo extra, simulated by making
@@ -85,9 +91,11 @@ def test_demo_without_its_extra_says_what_installs_it(hidden: str, options: list
     done = _python(code, *options, check=False)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert f"gradclip demo needs {hidden}," in done.stderr
+    shown = {"sklearn": "scikit-learn"}.get(hidden, hidden)  # the name pip installs
+    assert f"gradclip demo needs {shown}," in done.stderr
     assert 'pip install "gradclip[demo]"' in done.stderr
     assert "Adding problem" not in done.stdout  # refused before the training starts
+    assert "Handwritten digits" not in done.stdout
 
 
 def test_import_loads_neither_ml_dtypes_nor_the_demo_packages() -> None:
@@ -103,7 +111,7 @@ def test_import_loads_neither_ml_dtypes_nor_the_demo_packages() -> None:
         "        pass\n"
         "    else:\n"
         "        raise AssertionError('int32 accepted')\n"
-        "loaded = {'ml_dtypes', 'matplotlib', 'tqdm'} & set(sys.modules)\n"
+        "loaded = {'ml_dtypes', 'matplotlib', 'tqdm', 'sklearn'} & set(sys.modules)\n"
         "assert not loaded, sorted(loaded)\n"
     )
     _python(code)

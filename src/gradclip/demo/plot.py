@@ -1,17 +1,54 @@
-"""The demo's figure: training loss and gradient norm against step, one line per arm."""
+"""The demo's figures: training loss and gradient norm against step, one line per arm, for any
+task (the task module says what to label and which reference lines to draw)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .rnn import ARMS, BASELINE_MSE, Arm, DemoConfig, RunResult, _seeds
+from .common import Arm, RunResult
 
-__all__ = ["plot_runs"]
+__all__ = ["FigureSpec", "plot_runs"]
+
+#: One colour, line style and marker per arm, in table order. Styles differ, so a line that
+#: runs on top of another (value clipping and AutoClip, both at the RNN's baseline) still
+#: shows through its gaps, and each median carries its arm's marker every tenth window, the
+#: arms' markers offset from each other, so that every arm stays visible where lines coincide.
+_STYLES = (
+    ("#d62728", "-", "v"),
+    ("#1f77b4", "-", "o"),
+    ("#2ca02c", (0, (5, 2)), "s"),
+    ("#9467bd", (0, (1.5, 1.5)), "D"),
+    ("#ff7f0e", (0, (6, 2, 1.5, 2)), "^"),
+    ("#8c564b", (0, (3, 1)), "P"),
+)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """What a task's figure says: its titles, labels and reference lines."""
+
+    steps: int
+    suptitle: str
+    loss_title: str
+    #: the loss axis label, to which ", mean over N steps)" is added
+    loss_label: str
+    #: a horizontal line on the loss panel (value, legend label), e.g. the baseline
+    loss_ref: tuple[float, str] | None = None
+    #: the loss panel stops here: a blow-up leaves through the top
+    loss_top: float = 10.0
+    #: a horizontal line on the gradient-norm panels (value, legend label), e.g. max_norm
+    norm_ref: tuple[float, str] | None = None
+    #: a test-accuracy panel (the results' ``eval_steps`` / ``eval_accuracy``), if titled
+    accuracy_title: str | None = None
+    accuracy_ref: tuple[float, str] | None = None
 
 
 def _bin_edges(steps: int, bins: int = 100) -> npt.NDArray[np.intp]:
@@ -33,74 +70,164 @@ def _binned(
     return np.asarray(out, dtype=np.float64)
 
 
+def _median(curves: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # a stopped run counts as +inf, so the median exists while most runs do
+    median = np.median(np.where(np.isnan(curves), np.inf, curves), axis=0)
+    median[~np.isfinite(median)] = np.nan
+    return np.asarray(median, dtype=np.float64)
+
+
+def _zoom_top(results: Sequence[RunResult], edges: npt.NDArray[np.intp]) -> float:
+    """The top of the linear gradient-norm panel: just above the largest windowed pre-clip
+    norm of the clipped arms none of whose runs diverged (of all clipped runs when each arm
+    had one that did), so their spikes fill the panel and the blow-ups leave through the top."""
+    clipped = [r for r in results if r.arm != "none"]
+    unstable = {r.arm for r in clipped if r.diverged}
+    stable = [r for r in clipped if r.arm not in unstable] or clipped
+    peaks = [
+        float(np.nanmax(c))
+        for r in stable
+        for c in [_binned(r.grad_norm, r.steps_run, edges, "max")]
+        if np.any(np.isfinite(c))
+    ]
+    return 1.1 * max(peaks) if peaks else 1.0
+
+
 def plot_runs(
     results: Sequence[RunResult],
-    config: DemoConfig,
     path: str | os.PathLike[str],
-    arms: Sequence[Arm] = ARMS,
+    *,
+    arms: Sequence[Arm],
+    spec: FigureSpec,
 ) -> Path:
     """Save training loss and pre-clip gradient norm against step, one line per arm.
 
-    The thick line of each arm is the median over seeds (drawn while at least half the
-    seeds are still running with finite values), the thin ones are single seeds; a cross
-    marks the last finite point of a run that blew up. Losses are averaged and gradient
-    norms maximised over windows of ``steps / 100`` steps, so spikes stay visible; both
-    are drawn on a log scale.
+    Panels: the training loss (log scale); the pre-clip gradient norm on a log scale (every
+    arm, the unclipped blow-ups included) and on a linear scale cut just above the largest
+    spike of the clipped arms that never diverged (spikes the log panel squashes into a
+    band); and, when
+    ``spec.accuracy_title`` is set, the test accuracy at the results' evaluation steps. The
+    thick line of each arm is the median over seeds (drawn while at least half the seeds are
+    still running with finite values), the thin ones are single seeds. A circle marks the
+    step at which a run diverged (its loss past the task's bound, at the top edge when beyond
+    the panel); a cross marks the last finite point of a run that stopped on a non-finite
+    value. Losses are averaged and gradient norms maximised over windows of ``steps / 100``
+    steps, so spikes stay visible.
     """
     from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    edges = _bin_edges(config.steps)
+    edges = _bin_edges(spec.steps)
     x = edges[1:]
-    loss_top = 10.0  # the loss panel stops here: a blow-up leaves through the top
-    fig = Figure(figsize=(12, 5.5), layout="constrained")
-    ax_loss, ax_norm = fig.subplots(1, 2)
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    loss_top = spec.loss_top
+    if spec.accuracy_title is not None:
+        fig = Figure(figsize=(12, 9.5), layout="constrained")
+        ax_loss, ax_norm, ax_zoom, ax_acc = fig.subplots(2, 2).ravel()
+    else:
+        fig = Figure(figsize=(16, 5.8), layout="constrained")
+        ax_loss, ax_norm, ax_zoom = fig.subplots(1, 3)
+    zoom_top = _zoom_top(results, edges)
     lowest = loss_top
-    for color, arm in zip(colors * 2, arms, strict=False):
+    marker_seen = {"o": False, "x": False}
+    for index, ((color, style, marker), arm) in enumerate(zip(_STYLES * 2, arms, strict=False)):
+        median_style = {
+            "color": color,
+            "ls": style,
+            "lw": 2.2,
+            "marker": marker,
+            "ms": 5,
+            "markevery": (2 * index % 10, 10),
+        }
         runs = [r for r in results if r.arm == arm.name]
         if not runs:
             continue
-        for ax, attr, reduce in ((ax_loss, "loss", "mean"), (ax_norm, "grad_norm", "max")):
+        panels: list[tuple[Any, str, str]] = [
+            (ax_loss, "loss", "mean"),
+            (ax_norm, "grad_norm", "max"),
+            (ax_zoom, "grad_norm", "max"),
+        ]
+        for ax, attr, reduce in panels:
             curves = np.array([_binned(getattr(r, attr), r.steps_run, edges, reduce) for r in runs])
-            for curve, run in zip(curves, runs, strict=True):
-                ax.plot(x, curve, color=color, lw=0.6, alpha=0.4)
-                raw = getattr(run, attr)[: run.steps_run]
-                finite = np.flatnonzero(np.isfinite(raw))
-                if run.stopped and finite.size:
-                    # the last finite value; a loss beyond the panel sits at its top edge
-                    y = float(raw[finite[-1]])
-                    y = min(y, 0.8 * loss_top) if ax is ax_loss else y
-                    ax.plot(finite[-1] + 1, y, "x", color=color, ms=8, mew=2)
-            # a stopped run counts as +inf, so the median exists while most runs do
-            median = np.median(np.where(np.isnan(curves), np.inf, curves), axis=0)
-            median[~np.isfinite(median)] = np.nan
-            ax.plot(x, median, color=color, lw=2.2, label=arm.title if ax is ax_loss else None)
+            for curve in curves:
+                ax.plot(x, curve, color=color, ls=style, lw=0.6, alpha=0.45)
+            label = arm.title if ax is ax_loss else None
+            ax.plot(x, _median(curves), label=label, **median_style)
             if ax is ax_loss and np.any(np.isfinite(curves)):
                 lowest = min(lowest, float(np.nanmin(curves)))
-    ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
-    ax_loss.axhline(BASELINE_MSE, color="gray", ls="--", lw=1, label="always answering 0.5")
-    ax_norm.axhline(config.max_norm, color="gray", ls=":", lw=1, label="max_norm")
+            top = 0.8 * loss_top if ax is ax_loss else 0.97 * zoom_top if ax is ax_zoom else None
+            for run in runs:
+                _mark(ax, run, getattr(run, attr), color, top, marker_seen)
+        if spec.accuracy_title is not None:
+            evaluated: list[Any] = list(runs)  # a task with an accuracy panel records these
+            steps = np.asarray(evaluated[0].eval_steps)
+            if all(np.array_equal(r.eval_steps, steps) for r in evaluated):
+                acc = np.array([r.eval_accuracy for r in evaluated], dtype=np.float64)
+                for curve in acc:
+                    ax_acc.plot(steps, 100 * curve, color=color, ls=style, lw=0.6, alpha=0.45)
+                median = 100 * np.median(acc, axis=0)
+                ax_acc.plot(steps, median, **{**median_style, "markevery": 1})
+            else:  # some runs stopped early: each seed's curve, no median
+                for r in evaluated:
+                    ax_acc.plot(r.eval_steps, 100 * r.eval_accuracy, color=color, ls=style, lw=0.6)
+    if marker_seen["o"]:
+        ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")
+    if marker_seen["x"]:
+        ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
+    if spec.loss_ref is not None:
+        ax_loss.axhline(spec.loss_ref[0], color="gray", ls="--", lw=1, label=spec.loss_ref[1])
+    if spec.norm_ref is not None:
+        for ax in (ax_norm, ax_zoom):
+            ax.axhline(
+                spec.norm_ref[0],
+                color="gray",
+                ls=":",
+                lw=1,
+                label=spec.norm_ref[1] if ax is ax_norm else None,
+            )
+    window = f"{edges[1]} steps"
     ax_loss.set(
         yscale="log",
-        xlim=(0, config.steps),
+        xlim=(0, spec.steps),
         ylim=(0.7 * lowest, loss_top),
         xlabel="step",
-        ylabel=f"training loss (MSE, mean over {edges[1]} steps)",
-        title=f"Training loss, adding problem with T = {config.seq_len}",
+        ylabel=f"{spec.loss_label}, mean over {window})",
+        title=spec.loss_title,
     )
     ax_norm.set(
         yscale="log",
-        xlim=(0, config.steps),
+        xlim=(0, spec.steps),
         xlabel="step",
-        ylabel=f"total gradient norm before clipping (max over {edges[1]} steps)",
-        title="Gradient norm before clipping",
+        ylabel=f"total gradient norm before clipping (max over {window})",
+        title="Gradient norm before clipping, log scale: every arm",
     )
-    fig.suptitle(
-        f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
-        f"{config.momentum}; thick: median of {_seeds(config.seeds)}, thin: each seed"
+    ax_zoom.set(
+        xlim=(0, spec.steps),
+        ylim=(0, zoom_top),
+        xlabel="step",
+        ylabel=f"total gradient norm before clipping (max over {window})",
+        title="Gradient norm, linear scale: the clipped runs' spikes",
     )
+    if spec.accuracy_title is not None:
+        if spec.accuracy_ref is not None:
+            ax_acc.axhline(100 * spec.accuracy_ref[0], color="gray", ls="--", lw=1)
+            ax_acc.annotate(
+                spec.accuracy_ref[1],
+                (spec.steps, 100 * spec.accuracy_ref[0]),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                color="gray",
+                fontsize=9,
+            )
+        ax_acc.set(
+            xlim=(0, spec.steps),
+            ylim=(0, 100),
+            xlabel="step",
+            ylabel="test accuracy (%)",
+            title=spec.accuracy_title,
+        )
+    fig.suptitle(spec.suptitle)
     handles, labels = ax_loss.get_legend_handles_labels()
     extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
     fig.legend(
@@ -111,5 +238,30 @@ def plot_runs(
         fontsize=9,
         frameon=False,
     )
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return path
+
+
+def _mark(
+    ax: Any,
+    run: RunResult,
+    values: npt.NDArray[np.float64],
+    color: str,
+    top: float | None,
+    seen: dict[str, bool],
+) -> None:
+    """The divergence circle and the stop cross of one run on one panel."""
+    raw = values[: run.steps_run]
+    if run.diverged_at is not None:
+        y = float(raw[run.diverged_at])
+        if not math.isfinite(y) or (top is not None and y > top):
+            y = top if top is not None else float(np.nanmax(raw[np.isfinite(raw)], initial=1.0))
+        ax.plot(run.diverged_at + 1, y, "o", color=color, mfc="none", ms=7, mew=1.5)
+        seen["o"] = True
+    finite = np.flatnonzero(np.isfinite(raw))
+    if run.stopped and finite.size:
+        y = float(raw[finite[-1]])
+        if top is not None:
+            y = min(y, top)
+        ax.plot(finite[-1] + 1, y, "x", color=color, ms=8, mew=2)
+        seen["x"] = True

@@ -39,12 +39,15 @@ Why these defaults (see :class:`DemoConfig`): SGD with momentum 0.9 at learning 
 ``W_hh`` at spectral radius 1.2. In the sweeps behind them (8 seeds), the unclipped runs at
 this rate blew up on 7: three within the first hundred steps, four after 1,600-3,100 steps
 spent near the baseline, when gradient spikes of 10-20 times the usual norm appear; unclipped,
-each spike kicks the weights further, and within a few dozen steps the norm passes 1e3 and
-then overflows. The globally clipped runs see the same spikes, cut them to ``max_norm``, and
-learned the task on 6 of the 8 seeds (test MSE 0.001-0.005). A smaller learning rate (0.03)
-lets most unclipped runs learn, slowly, with an occasional loss spike: clipping is what makes the
-faster rate usable. Sequences of 40 rather than the paper's 50 or more keep the run within 90
-seconds: at 50, half of the clipped runs were still at the baseline after 5,000 steps.
+each spike kicks the weights further, and within a few dozen steps the norm passes 1e3. What
+follows differs: in the default run (4 seeds) one run overflowed 33 steps after diverging,
+one 424 steps after, and one never did (its loss stayed finite, at 1e14 and more, to the
+end); the table says which, per seed. The globally clipped runs see the same spikes, cut
+them to ``max_norm``, and learned the task on 6 of the 8 seeds (test MSE 0.001-0.005). A
+smaller learning rate (0.03) lets most unclipped runs learn, slowly, with an occasional loss
+spike: clipping is what makes the faster rate usable. Sequences of 40 rather than the paper's
+50 or more keep the run within 90 seconds: at 50, half of the clipped runs were still at the
+baseline after 5,000 steps.
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ import numpy.typing as npt
 
 import gradclip
 
+from .common import (
+    Arm,
+    ClipFn,
+    common_cells,
+    divergence_lines,
+    fmt,
+    global_arm,
+    markdown_table,
+    no_clip_arm,
+    per_tensor_arm,
+    seeds_phrase,
+    value_arm,
+)
+from .common import RunResult as _RunBase
 from .runner import run_all
 
 __all__ = [
@@ -71,8 +88,10 @@ __all__ = [
     "RunResult",
     "adding_batch",
     "format_table",
+    "header",
     "init_params",
     "loss_and_grads",
+    "save_figure",
     "predict",
     "run_demo",
     "train",
@@ -90,8 +109,6 @@ LEARNED_MSE = 0.01
 DIVERGED_LOSS = 100.0 * BASELINE_MSE
 #: Names of the parameter (and gradient) arrays, in order.
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
-#: The ``eps`` gradclip adds to a norm before dividing (its default).
-_CLIP_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -295,72 +312,6 @@ def loss_and_grads(
 
 # --------------------------------------------------------------------------- the arms
 
-#: A clipping rule for one run: clips ``grads`` in place and returns the total 2-norm before
-#: clipping and whether it changed anything.
-ClipFn = Callable[[list[FloatArray]], tuple[float, bool]]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One way of treating the gradients before the update.
-
-    ``make(config, like)`` builds the clipping function of one run from the settings and
-    arrays shaped like the gradients; a stateful clipper starts afresh in every run.
-    ``threshold(config, like)`` describes the threshold for the table.
-    """
-
-    name: str
-    title: str
-    make: Callable[[DemoConfig, Sequence[FloatArray]], ClipFn]
-    threshold: Callable[[DemoConfig, Sequence[FloatArray]], str]
-
-
-def _no_clip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
-    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
-        return gradclip.get_total_norm(grads), False
-
-    return clip
-
-
-def _global_norm(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
-    limit = config.max_norm
-
-    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
-        norm = gradclip.clip_grad_norm_(grads, limit)
-        return norm, not norm + _CLIP_EPS <= limit
-
-    return clip
-
-
-def _per_tensor_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
-    return config.max_norm / math.sqrt(len(grads))
-
-
-def _per_tensor_norm(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
-    limit = _per_tensor_limit(config, like)
-
-    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
-        norms = gradclip.clip_grad_norm_per_tensor_(grads, limit)
-        return math.hypot(*norms.tolist()), not bool(np.all(norms + _CLIP_EPS <= limit))
-
-    return clip
-
-
-def _value_limit(config: DemoConfig, grads: Sequence[FloatArray]) -> float:
-    return config.max_norm / math.sqrt(sum(g.size for g in grads))
-
-
-def _value(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
-    limit = _value_limit(config, like)
-
-    def clip(grads: list[FloatArray]) -> tuple[float, bool]:
-        norm = gradclip.get_total_norm(grads)
-        largest = gradclip.get_total_norm(grads, norm_type=math.inf)
-        gradclip.clip_grad_value_(grads, limit)
-        return norm, not largest <= limit
-
-    return clip
-
 
 def _autoclip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
     # gradclip's defaults, which are the paper's: the 10th percentile of every norm so far
@@ -377,31 +328,11 @@ def _autoclip(config: DemoConfig, like: Sequence[FloatArray]) -> ClipFn:
 #: ``make`` creates a fresh clipper per run, and its clip function returns the clipper's
 #: pre-clip norm and whether it clipped.
 ARMS: tuple[Arm, ...] = (
-    Arm("none", "no clipping", _no_clip, lambda c, g: "-"),
-    Arm(
-        "global",
-        "global norm (clip_grad_norm_)",
-        _global_norm,
-        lambda c, g: f"norm {c.max_norm:.3g}",
-    ),
-    Arm(
-        "per-tensor",
-        "per-array norm (clip_grad_norm_per_tensor_)",
-        _per_tensor_norm,
-        lambda c, g: f"norm {_per_tensor_limit(c, g):.3g} each",
-    ),
-    Arm(
-        "value",
-        "value (clip_grad_value_)",
-        _value,
-        lambda c, g: f"|g| {_value_limit(c, g):.2g}",
-    ),
-    Arm(
-        "autoclip",
-        "adaptive (AutoClip, 10th percentile)",
-        _autoclip,
-        lambda c, g: "10th pct.",
-    ),
+    no_clip_arm,
+    global_arm,
+    per_tensor_arm,
+    value_arm,
+    Arm("autoclip", "adaptive (AutoClip, 10th percentile)", _autoclip, lambda c, g: "10th pct."),
 )
 _ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 
@@ -410,30 +341,11 @@ _ARM_BY_NAME = {arm.name: arm for arm in ARMS}
 
 
 @dataclass
-class RunResult:
-    """What one (arm, seed) training run did."""
+class RunResult(_RunBase):
+    """What one (arm, seed) training run of the RNN task did."""
 
-    arm: str
-    seed: int
-    #: Training loss per step (float64); NaN after the run stopped.
-    loss: npt.NDArray[np.float64]
-    #: Total gradient 2-norm before clipping, per step; NaN after the run stopped.
-    grad_norm: npt.NDArray[np.float64]
-    steps_run: int
-    #: Steps at which clipping changed the gradient.
-    clipped: int
-    #: First step whose loss was non-finite or above :data:`DIVERGED_LOSS`, else None.
-    diverged_at: int | None
-    #: True when the run stopped early on a non-finite loss or gradient.
-    stopped: bool
     test_mse: float
     error_rate: float
-    seconds: float
-
-    @property
-    def diverged(self) -> bool:
-        """Whether the loss blew up (non-finite, or 100x the baseline) at some step."""
-        return self.diverged_at is not None
 
     @property
     def outcome(self) -> str:
@@ -563,15 +475,7 @@ def run_demo(
 # --------------------------------------------------------------------------- reporting
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
-def _fmt(value: float) -> str:
-    """Two significant digits: 0.0013, 0.042, 12, 7e+21."""
-    if math.isnan(value) or math.isinf(value):
-        return str(value)
-    return f"{value:.2g}".replace("e+0", "e+").replace("e-0", "e-")
+_seeds = seeds_phrase  # the name the command line used before the tasks shared it
 
 
 def _arm_rows(
@@ -584,9 +488,7 @@ def _arm_rows(
         if not runs:
             continue
         outcomes = [r.outcome for r in runs]
-        steps = sum(r.steps_run for r in runs)
-        seen = np.concatenate([r.grad_norm[: r.steps_run] for r in runs])
-        peak = float(np.max(seen)) if np.all(np.isfinite(seen)) else math.inf
+        cells = common_cells(runs, arm)
         tally = ", ".join(
             f"{outcomes.count(kind)} {kind}"
             for kind in ("learned", "partly", "baseline", "diverged")
@@ -597,12 +499,12 @@ def _arm_rows(
             [
                 arm.name,
                 arm.threshold(config, probe),
-                f"{sum(r.diverged for r in runs)}/{len(runs)}",
-                _fmt(float(np.median(np.where(np.isnan(test), np.inf, test)))),
+                cells["diverged"],
+                fmt(float(np.median(np.where(np.isnan(test), np.inf, test)))),
                 f"{100 * float(np.median([r.error_rate for r in runs])):.1f}%",
-                "-" if arm.name == "none" else f"{100 * sum(r.clipped for r in runs) / steps:.0f}%",
-                _fmt(peak),
-                f"{sum(r.seconds for r in runs):.1f}",
+                cells["clipped"],
+                cells["peak |g|"],
+                cells["time s"],
                 tally,
             ]
         )
@@ -624,14 +526,7 @@ def format_table(
         "time s",
         "seeds",
     ]
-    rows = _arm_rows(results, arms, config)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    out = [line(header), rule, *(line(row) for row in rows)]
+    out = markdown_table(header, _arm_rows(results, arms, config))
     out += [
         "",
         f"test MSE and error rate: median over seeds, on {config.test_size} fresh sequences "
@@ -668,4 +563,38 @@ def _verdicts(results: Sequence[RunResult], config: DemoConfig) -> list[str]:
         if checked:
             line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
         lines.append(line)
-    return lines
+    return lines + divergence_lines(results)
+
+
+def header(config: DemoConfig) -> str:
+    """The line above the table: what was trained."""
+    return (
+        f"Adding problem (Pascanu, Mikolov & Bengio 2013): tanh RNN, {config.hidden} units, "
+        f"sequences of {config.seq_len}, batch {config.batch}, SGD lr {config.lr} momentum "
+        f"{config.momentum}, W_hh spectral radius {config.spectral_radius}; "
+        f"{config.steps} steps x {seeds_phrase(config.seeds)} per arm"
+    )
+
+
+def save_figure(
+    results: Sequence[RunResult],
+    config: DemoConfig,
+    path: Any,
+    arms: Sequence[Arm] = ARMS,
+) -> Any:
+    """Save the RNN figure: training loss and gradient norm against step, one line per arm."""
+    from .plot import FigureSpec, plot_runs
+
+    spec = FigureSpec(
+        steps=config.steps,
+        suptitle=(
+            f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
+            f"{config.momentum}\nthick: median of {seeds_phrase(config.seeds)}, thin: each seed"
+        ),
+        loss_title=f"Training loss, adding problem with T = {config.seq_len}",
+        loss_label="training loss (MSE",
+        loss_ref=(BASELINE_MSE, "always answering 0.5"),
+        loss_top=10.0,
+        norm_ref=(config.max_norm, "max_norm"),
+    )
+    return plot_runs(results, path, arms=arms, spec=spec)

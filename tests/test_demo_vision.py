@@ -1,0 +1,254 @@
+# The demo's vision task (`python -m gradclip demo --task vision`): the digits and their fixed
+# split, the hand-written backward pass against float64 central differences (a naive
+# convolution, written from the definition, gives the reference loss), what each clipping
+# arm does to one gradient, the quick mode's robust claims and the command line end to end.
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradclip
+
+pytest.importorskip("sklearn", exc_type=ImportError)
+
+from gradclip import demo as demo_package  # noqa: E402
+from gradclip.demo import vision  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread() -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _naive_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3x3 'same' convolution (cross-correlation) of (N, H, W, C) by an (out, 3, 3, in)
+    kernel, one output pixel at a time."""
+    n, h, wd, _ = x.shape
+    out = np.zeros((n, h, wd, w.shape[0]))
+    for i in range(h):
+        for j in range(wd):
+            for di in range(3):
+                for dj in range(3):
+                    ii, jj = i + di - 1, j + dj - 1
+                    if 0 <= ii < h and 0 <= jj < wd:
+                        out[:, i, j] += x[:, ii, jj] @ w[:, di, dj, :].T
+    return out + b
+
+
+def _naive_loss(params: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    blocks = (len(params) - 4) // 4
+    h = _naive_conv(x, params[0], params[1])
+    for k in range(blocks):
+        w1, b1, w2, b2 = params[2 + 4 * k : 6 + 4 * k]
+        branch = _naive_conv(np.maximum(_naive_conv(np.maximum(h, 0), w1, b1), 0), w2, b2)
+        h = h + vision.ALPHA * branch
+    z = np.maximum(h, 0).mean(axis=(1, 2)) @ params[-2].T + params[-1]
+    log_softmax = z - z.max(axis=1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_softmax[np.arange(len(y)), y]))
+
+
+def _tiny_problem(seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = vision.init_params(rng, width=3, blocks=2, dtype=np.float64)
+    # non-zero biases, so that every ReLU sees both signs and every bias gradient is exercised
+    for p in params:
+        p += 0.2 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((3, 5, 4, 1))
+    y = rng.integers(0, 10, 3)
+    return params, x, y
+
+
+def test_digits_split_is_fixed_and_standardised() -> None:
+    x_train, y_train, x_test, y_test = vision.load_data()
+    assert x_train.shape == (1500, 8, 8, 1) and x_test.shape == (vision.TEST_SIZE, 8, 8, 1)
+    assert x_train.dtype == np.float32 and y_train.dtype == np.intp
+    assert set(np.unique(y_train)) == set(range(10)) == set(np.unique(y_test))
+    assert abs(float(x_train.mean())) < 1e-5 and abs(float(x_train.std()) - 1) < 1e-5
+    again = vision.load_data()
+    assert np.array_equal(again[0], x_train) and np.array_equal(again[3], y_test)
+    # train and test are disjoint pieces of the 1,797 images: no test image is in training
+    train_rows = {row.tobytes() for row in x_train.reshape(1500, -1)}
+    assert sum(row.tobytes() in train_rows for row in x_test.reshape(len(x_test), -1)) < 5
+
+
+def test_forward_matches_the_naive_network() -> None:
+    params, x, y = _tiny_problem(0)
+    loss, _ = vision.loss_and_grads(params, x, y)
+    assert loss == pytest.approx(_naive_loss(params, x, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_backward_matches_central_finite_differences(seed: int) -> None:
+    params, x, y = _tiny_problem(seed)
+    _, grads = vision.loss_and_grads(params, x, y)
+    names = vision.param_names(2)
+    assert len(names) == len(params) == len(grads) == 12
+    step = 1e-6
+    for name, p, g in zip(names, params, grads, strict=True):
+        assert g.shape == p.shape and g.dtype == np.float64
+        numeric = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            saved = p[i]
+            p[i] = saved + step
+            up = _naive_loss(params, x, y)
+            p[i] = saved - step
+            down = _naive_loss(params, x, y)
+            p[i] = saved
+            numeric[i] = (up - down) / (2 * step)
+        assert np.linalg.norm(numeric) > 0, name
+        rel = np.linalg.norm(g - numeric) / np.linalg.norm(numeric)
+        assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+
+
+def test_large_batches_in_chunks_give_the_whole_batch_gradient() -> None:
+    rng = np.random.default_rng(3)
+    params = vision.init_params(rng, width=4, blocks=1, dtype=np.float64)
+    x = rng.standard_normal((vision._CHUNK * 2 + 5, 8, 8, 1))
+    y = rng.integers(0, 10, len(x))
+    loss, grads = vision.loss_and_grads(params, x, y)
+    parts = [slice(0, 70), slice(70, len(x))]
+    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x)) for s in parts]
+    assert loss == pytest.approx(sum(p[0] for p in pieces), rel=1e-12)
+    for g, a, b in zip(grads, pieces[0][1], pieces[1][1], strict=True):
+        np.testing.assert_allclose(g, a + b, rtol=1e-10, atol=1e-14)
+
+
+def test_every_arm_starts_from_the_same_network_and_data() -> None:
+    config = replace(vision.QUICK, steps=2, eval_every=1)
+    runs = [vision.train(arm, 0, config) for arm in vision.ARMS]
+    assert len({r.loss[0] for r in runs}) == 1
+    assert vision.train("global", 1, config).loss[0] != runs[0].loss[0]
+
+
+def _huge_grads(params: list[np.ndarray]) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [(1e3 * rng.standard_normal(p.shape)).astype(p.dtype) for p in params]
+
+
+def test_agc_arm_clips_each_unit_but_not_the_final_layer() -> None:
+    config = vision.VisionConfig()
+    params = vision.init_params(np.random.default_rng(0), config.width, config.blocks)
+    params[1][:] = 0.5  # one bias away from zero: its unit bound follows its norm
+    grads = _huge_grads(params)
+    before = [g.copy() for g in grads]
+    clip = vision._ARM_BY_NAME["agc"].make(config, params)
+    norm, fired = clip(grads)
+    assert fired and norm == pytest.approx(gradclip.get_total_norm(before))
+    for g, w in zip(grads[:-2], params[:-2], strict=True):
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        if g.ndim == 1:  # a bias vector: one unit
+            unit_g, unit_w = np.linalg.norm(g64), np.linalg.norm(w64)
+            bound = config.clipping * max(unit_w, config.agc_eps)
+            assert unit_g == pytest.approx(bound, rel=1e-5)
+        else:  # one unit per output channel
+            unit_g = np.linalg.norm(g64.reshape(len(g), -1), axis=1)
+            unit_w = np.linalg.norm(w64.reshape(len(w), -1), axis=1)
+            bound = config.clipping * np.maximum(unit_w, config.agc_eps)
+            np.testing.assert_allclose(unit_g, bound, rtol=1e-5)
+    # the final linear layer (weight and bias) is left alone, as in the NFNet paper
+    assert np.array_equal(grads[-2], before[-2]) and np.array_equal(grads[-1], before[-1])
+    # a gradient far below every bound is not touched
+    small = [1e-9 * g for g in before]
+    kept = [g.copy() for g in small]
+    assert not clip(small)[1]
+    assert all(np.array_equal(a, b) for a, b in zip(small, kept, strict=True))
+
+
+@pytest.mark.parametrize("name", ["global", "per-tensor", "value"])
+def test_fixed_threshold_arms_bound_the_update_by_max_norm(name: str) -> None:
+    config = vision.VisionConfig(max_norm=0.7)
+    params = vision.init_params(np.random.default_rng(0), config.width, config.blocks)
+    grads = _huge_grads(params)
+    before = gradclip.get_total_norm(grads)
+    norm, fired = vision._ARM_BY_NAME[name].make(config, params)(grads)
+    assert norm == pytest.approx(before) and fired
+    assert gradclip.get_total_norm(grads) <= config.max_norm * (1 + 1e-5)
+
+
+# Quick mode: 30 steps at the default learning rate. Within them nothing is robust about the
+# loss: the unclipped runs blow up only after 40-60 steps, and at this learning rate even the
+# clipped runs' loss first rises (value clipping's passed 10x chance on one seed). So the quick
+# runs test the mechanism: the unclipped gradient exceeds max_norm, the fixed-threshold arms
+# hand the update a gradient of norm <= max_norm at every step, AGC clips every step, and
+# global norm clipping and AGC keep every value finite.
+
+
+@pytest.mark.parametrize("seed", range(vision.QUICK.seeds))
+@pytest.mark.parametrize("arm", ["none", "global", "agc", "per-tensor", "value"])
+def test_quick_mode_runs(arm: str, seed: int) -> None:
+    run = vision.train(arm, seed, vision.QUICK)
+    steps = run.steps_run
+    assert len(run.eval_steps) == len(run.eval_accuracy) and run.eval_steps[-1] == steps
+    if arm == "none":
+        assert run.clipped == 0
+        np.testing.assert_array_equal(run.clipped_norm[:steps], run.grad_norm[:steps])
+        assert float(np.nanmax(run.grad_norm)) > 2 * vision.QUICK.max_norm
+        return
+    assert run.clipped > 0
+    fired = run.clipped_norm[:steps] < run.grad_norm[:steps]
+    assert int(fired.sum()) == run.clipped  # a step counted as clipped shrank the gradient
+    if arm == "agc":
+        assert run.clipped == steps
+    else:
+        finite = np.isfinite(run.clipped_norm[:steps])
+        assert np.all(run.clipped_norm[:steps][finite] <= vision.QUICK.max_norm * (1 + 1e-5))
+    if arm in ("global", "agc"):
+        assert steps == vision.QUICK.steps and not run.stopped
+        assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
+        assert math.isfinite(run.test_loss)
+
+
+def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
+    config = replace(vision.QUICK, steps=4, eval_every=2)
+    results = vision.run_demo(config, jobs=0, progress=False)
+    assert [(r.arm, r.seed) for r in results] == [
+        (arm.name, seed) for arm in vision.ARMS for seed in (0, 1)
+    ]
+    table = vision.format_table(results, config)
+    for arm in vision.ARMS:
+        assert f"| {arm.name} " in table and f"\n{arm.name}: " in table
+    assert "| 0.01 |w| per unit " in table
+
+
+def test_command_line_vision_and_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    pytest.importorskip("tqdm", exc_type=ImportError)
+    out_dir = tmp_path / "out"
+    code = demo_package.main(
+        ["demo", "--task", "all", "--quick", "--steps", "10", "--out", str(out_dir), "--jobs", "2"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    names = ["demo.png", "demo_output.txt", "demo_vision.png", "demo_vision_output.txt"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(names)
+    for png in ("demo.png", "demo_vision.png"):
+        assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.index("Adding problem") < out.index("Handwritten digits")
+    written = (out_dir / "demo_vision_output.txt").read_text(encoding="utf-8")
+    assert written.startswith("Handwritten digits (scikit-learn load_digits")
+    assert "10 steps x 2 seeds per arm" in written
+    rows = [line for line in written.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["arm"] + [a.name for a in vision.ARMS]
+
+
+def test_command_line_options_of_the_other_task_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert demo_package.main(["demo", "--task", "vision", "--seq-len", "10"]) == 2
+    assert "--seq-len applies to --task rnn only" in capsys.readouterr().err
+    assert demo_package.main(["demo", "--width", "8"]) == 2  # the default task is the RNN
+    assert "--width applies to --task vision only" in capsys.readouterr().err
+    assert demo_package.main(["demo", "--task", "vision", "--batch", "5000"]) == 2
+    assert "batch must be at most 1500" in capsys.readouterr().err
