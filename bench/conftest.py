@@ -9,16 +9,30 @@ and the PNG plot.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# The NumPy peer runs as on a user's machine: OpenBLAS picks its kernel for this CPU and its
+# cache sizes itself. OPENBLAS_* variables (a CI image may pin a core type) are dropped for
+# this process only, before NumPy loads OpenBLAS; the tests and CI keep theirs. The report
+# names the BLAS kernel in use (threadpoolctl).
+DROPPED_BLAS_VARS = sorted(k for k in os.environ if k.startswith("OPENBLAS_"))
+_BLAS_LOADED_BEFORE = "numpy" in sys.modules
+for _k in DROPPED_BLAS_VARS:
+    del os.environ[_k]
 
-import gradclip
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import gradclip  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -85,7 +99,14 @@ class Workload:
         self.orig = [g.copy() for g in self.grads]
         self.nbytes = sum(g.nbytes for g in self.grads)
         self.flat = np.ones(self.nbytes // 8, dtype=np.uint64)
+        self._flat32 = None
         self._torch = None
+
+    def flat32(self) -> np.ndarray:
+        """A float32 buffer of the same bytes (ones: normal numbers, unchanged by x *= 1)."""
+        if self._flat32 is None:
+            self._flat32 = np.ones(self.nbytes // 4, dtype=np.float32)
+        return self._flat32
 
     def restore(self) -> None:
         for g, o in zip(self.grads, self.orig, strict=True):
@@ -118,6 +139,59 @@ def get_workload(name: str) -> Workload:
         _CACHE.clear()
         _CACHE[name] = Workload(name)
     return _CACHE[name]
+
+
+# ------------------------------------------------------------------ ceilings
+# Two ceilings for the same bytes, both timed in the same run: the engine's own probes
+# (probe_read: XOR of every 64-bit word, software prefetch; probe_rw: read and write back)
+# and the simplest compiled float32 loops (bench/plain_ceiling.c: a sum of squares, x *= c),
+# built here with the machine's C compiler. Ratios are to the faster of the two.
+CEILINGS = ["ceiling-read", "ceiling-rw", "ceiling-read-plain", "ceiling-rw-plain"]
+_PLAIN: list = []
+
+
+def plain_ceiling_lib():
+    """bench/plain_ceiling.c compiled and loaded, or None without a C compiler."""
+    if not _PLAIN:
+        lib = None
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if cc:
+            out = Path(tempfile.mkdtemp(prefix="gradclip-bench-")) / "plain_ceiling.so"
+            src = Path(__file__).with_name("plain_ceiling.c")
+            flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+            done = subprocess.run([cc, *flags, str(src), "-o", str(out)], capture_output=True)
+            if done.returncode == 0:
+                lib = ctypes.CDLL(str(out))
+                lib.plain_sum_sq.restype = ctypes.c_double
+                lib.plain_sum_sq.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                lib.plain_scale.restype = None
+                lib.plain_scale.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.c_size_t,
+                    ctypes.c_float,
+                    ctypes.c_int,
+                ]
+        _PLAIN.append(lib)
+    return _PLAIN[0]
+
+
+def ceiling_fn(w: Workload, peer: str):
+    """The timed call of ceiling `peer` over a flat buffer of the workload's bytes, and the
+    bytes it moves; pytest.skip for the plain loops without a C compiler."""
+    nbytes = w.nbytes if "read" in peer else 2 * w.nbytes
+    nt = gradclip.get_num_threads()
+    if peer == "ceiling-read":
+        return (lambda: gradclip._core.probe_read(w.flat)), nbytes
+    if peer == "ceiling-rw":
+        return (lambda: gradclip._core.probe_rw(w.flat)), nbytes
+    lib = plain_ceiling_lib()
+    if lib is None:
+        pytest.skip("no C compiler for bench/plain_ceiling.c")
+    flat = w.flat32()
+    ptr, n = flat.ctypes.data, flat.size
+    if peer == "ceiling-read-plain":
+        return (lambda: lib.plain_sum_sq(ptr, n, nt)), nbytes
+    return (lambda: lib.plain_scale(ptr, n, 1.0, nt)), nbytes
 
 
 def _threads(n):
@@ -188,8 +262,11 @@ def summarize(results: list[dict]) -> list[dict]:
         if r["peer"].startswith("ceiling"):
             continue
         k = (r["workload"], r["threads"])
-        t_read = ceil.get((*k, "ceiling-read"))
-        t_rw = ceil.get((*k, "ceiling-rw"))
+        # the faster of the engine's probe and the plain compiled loop
+        reads = [ceil.get((*k, p)) for p in ("ceiling-read", "ceiling-read-plain")]
+        rws = [ceil.get((*k, p)) for p in ("ceiling-rw", "ceiling-rw-plain")]
+        t_read = min((t for t in reads if t), default=None)
+        t_rw = min((t for t in rws if t), default=None)
         if r["case"] in ("clip", "unscale"):  # one read pass + one read/write pass
             t_ceiling = (t_read + t_rw) if (t_read and t_rw) else None
         else:
@@ -217,6 +294,32 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _blas_info() -> str:
+    """NumPy's BLAS as threadpoolctl reports it: library, version and the kernel in use."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    text = "; ".join(
+        f"{i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture', '?')}"
+        for i in infos
+    )
+    if _BLAS_LOADED_BEFORE and DROPPED_BLAS_VARS:
+        text += " (loaded before the OPENBLAS_* variables were dropped: they may apply)"
+    return text or "none found"
+
+
+def _ceiling_summary(results: list[dict]) -> dict:
+    """GB/s of each ceiling per (workload, threads), to show which of the two was higher."""
+    out: dict = {}
+    for r in results:
+        if r["peer"] in CEILINGS:
+            key = f"{r['workload']} {r['threads']}t"
+            out.setdefault(key, {})[r["peer"]] = round(r["bytes"] / r["median"] / 1e9, 2)
+    return out
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _RESULTS:
         return
@@ -228,7 +331,10 @@ def pytest_sessionfinish(session, exitstatus):
         cpu_target=gradclip.cpu_target(),
         gradclip=gradclip.__version__,
         numpy=np.__version__,
+        blas=_blas_info(),
+        dropped_env=DROPPED_BLAS_VARS,
     )
+    meta["ceilings"] = _ceiling_summary(_RESULTS)
     try:
         import torch
 

@@ -24,10 +24,18 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
         f"Run of {meta['date']} on {meta['cpu']} ({meta['cores']} cores), gradclip "
         f"{meta['gradclip']} (target {meta['cpu_target']}), NumPy {meta['numpy']}"
         + (f", PyTorch {meta['torch']}" if "torch" in meta else "")
+        + (f"; NumPy's BLAS: {meta['blas']}" if "blas" in meta else "")
+        + (
+            f" (dropped for the benchmark process: {', '.join(meta['dropped_env'])})"
+            if meta.get("dropped_env")
+            else ""
+        )
         + ".\n\nMedian of the rounds. GB/s = bytes the minimal algorithm moves (N to read when "
         "not clipping, 3N to read, then read and write, when clipping) / time; ceiling = the "
-        "same bytes over the machine's own read / read+write passes of this run; "
-        "x gradclip = peer time / gradclip time.\n"
+        "same bytes over the faster, in this run, of the engine's probes (read / read+write "
+        "of 64-bit words, software prefetch) and the plain compiled float32 loops "
+        "(bench/plain_ceiling.c: sum of squares / x *= c); x gradclip = peer time / gradclip "
+        "time.\n"
     )
     lines = [
         head,
@@ -47,6 +55,21 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
             f"{r['gbps']:.1f} | {_fmt(r['ceiling_gbps'], '.1f')} | {_fmt(r['ratio'], '.2f')} | "
             f"{_fmt(r['gradclip_speedup'], '.1f')} |"
         )
+    if meta.get("ceilings"):
+        lines += [
+            "",
+            "Both ceilings, GB/s (the higher of each pair is the one the table uses):",
+            "",
+            "| workload | read: probe | read: plain loop | read+write: probe | "
+            "read+write: plain loop |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for key, c in sorted(meta["ceilings"].items()):
+            vals = [
+                _fmt(c.get(p), ".1f")
+                for p in ("ceiling-read", "ceiling-read-plain", "ceiling-rw", "ceiling-rw-plain")
+            ]
+            lines.append(f"| {key} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import get_workload, record
+from conftest import CEILINGS, ceiling_fn, get_workload, record
 
 import gradclip
 from gradclip.adaptive import AutoClip, ZClip
@@ -97,7 +97,7 @@ def _cases() -> list[Any]:
     # workload outermost: get_workload keeps one workload alive at a time
     cases = []
     for wl in WORKLOADS:
-        for peer in ("ceiling-read", "ceiling-rw"):
+        for peer in CEILINGS:
             cases.append(pytest.param(wl, "-", peer, id=f"{wl}-{peer}"))
         for case in ("clip", "noclip"):
             for peer in PEERS:
@@ -111,9 +111,8 @@ def test_step(benchmark: Any, threads_1: int, wl: str, case: str, peer: str) -> 
     workload, rounds = f"{wl}-adaptive", ROUNDS[wl]
     if peer.startswith("ceiling"):
         benchmark.group = f"{workload} ceiling {threads_1}t"
-        probe = gradclip._core.probe_read if peer == "ceiling-read" else gradclip._core.probe_rw
-        benchmark.pedantic(lambda: probe(w.flat), rounds=rounds, iterations=1, warmup_rounds=1)
-        nbytes = w.nbytes if peer == "ceiling-read" else 2 * w.nbytes
+        fn, nbytes = ceiling_fn(w, peer)
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
         record(benchmark, workload=workload, case="-", threads=threads_1, peer=peer, nbytes=nbytes)
         return
     w.restore()

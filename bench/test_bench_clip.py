@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import BF16, get_workload, record
+from conftest import BF16, CEILINGS, ceiling_fn, get_workload, record
 
 import gradclip
 
@@ -108,8 +108,8 @@ def check_agreement(w, case, max_norm):
 def _cases():
     for wl in WORKLOAD_NAMES:
         for nt in (1, 2):
-            yield pytest.param(wl, nt, "-", "ceiling-read", id=f"{wl}-{nt}t-ceiling-read")
-            yield pytest.param(wl, nt, "-", "ceiling-rw", id=f"{wl}-{nt}t-ceiling-rw")
+            for peer in CEILINGS:
+                yield pytest.param(wl, nt, "-", peer, id=f"{wl}-{nt}t-{peer}")
             for case in ("clip", "noclip"):
                 for peer in PEERS:
                     yield pytest.param(wl, nt, case, peer, id=f"{wl}-{nt}t-{case}-{peer}")
@@ -124,12 +124,8 @@ def test_clip(benchmark, request, wl, nthreads, case, peer):
     rounds = ROUNDS[wl]
     if peer.startswith("ceiling"):
         benchmark.group = f"{wl} ceiling {threads}t"
-        if peer == "ceiling-read":
-            fn = lambda: gradclip._core.probe_read(w.flat)  # noqa: E731
-        else:
-            fn = lambda: gradclip._core.probe_rw(w.flat)  # noqa: E731
+        fn, nbytes = ceiling_fn(w, peer)
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-        nbytes = w.nbytes if peer == "ceiling-read" else 2 * w.nbytes
         record(benchmark, workload=wl, case="-", threads=threads, peer=peer, nbytes=nbytes)
         return
 

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # conftest, when run as a script
-from conftest import get_workload, record  # noqa: E402
+from conftest import CEILINGS, ceiling_fn, get_workload, record  # noqa: E402
 
 import gradclip  # noqa: E402
 
@@ -96,8 +96,8 @@ def check_agreement(w: Any, case: str, max_norm: float) -> None:
 
 def _cases() -> Any:
     for nt in (1, 2):
-        yield pytest.param(nt, "-", "ceiling-read", id=f"{nt}t-ceiling-read")
-        yield pytest.param(nt, "-", "ceiling-rw", id=f"{nt}t-ceiling-rw")
+        for peer in CEILINGS:
+            yield pytest.param(nt, "-", peer, id=f"{nt}t-{peer}")
         for case in ("clip", "noclip"):
             for peer in PEERS:
                 yield pytest.param(nt, case, peer, id=f"{nt}t-{case}-{peer}")
@@ -109,9 +109,8 @@ def test_torch_dropin(benchmark: Any, request: Any, nthreads: int, case: str, pe
     w = get_workload(WORKLOAD)
     if peer.startswith("ceiling"):
         benchmark.group = f"{WORKLOAD} ceiling {threads}t"
-        probe = gradclip._core.probe_read if peer == "ceiling-read" else gradclip._core.probe_rw
-        benchmark.pedantic(lambda: probe(w.flat), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        nbytes = w.nbytes if peer == "ceiling-read" else 2 * w.nbytes
+        fn, nbytes = ceiling_fn(w, peer)
+        benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
         record(benchmark, workload=WORKLOAD, case="-", threads=threads, peer=peer, nbytes=nbytes)
         return
     max_norm = max_norm_for(w, case)
