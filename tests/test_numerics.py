@@ -541,3 +541,19 @@ def test_many_small_arrays_same_bits_everywhere(dtype_name: str) -> None:
         assert len(seen) == 1, (p, len(seen))
         got = np.frombuffer(next(iter(seen)))[0]
         assert got == pytest.approx(ref.get_total_norm(arrays, p), rel=1e-12, abs=0)
+
+
+def test_an_arrays_norm_does_not_depend_on_the_others() -> None:
+    # Chunks grow with the bytes a plan covers (64 KiB up to 1 MiB); per-array norms are
+    # chunked by each array's own size, so an array's norm has the same bits alone, beside a
+    # small array and beside a large one, and equals its total norm alone.
+    rng = np.random.default_rng(41)
+    a = rng.standard_normal(3_000_001).astype(np.float32)  # 12 MB: 256 KiB chunks alone
+    big = rng.standard_normal(10_000_000).astype(np.float32)
+    small = rng.standard_normal(17).astype(np.float32)
+    for _ in each_config():
+        alone = gradclip.get_total_norm(a)
+        assert bits(float(gradclip.tensor_norms([a])[0])) == bits(alone)
+        assert bits(float(gradclip.tensor_norms([small, a])[1])) == bits(alone)
+        assert bits(float(gradclip.tensor_norms([big, a, small])[1])) == bits(alone)
+        assert bits(gradclip.GradientSet([big, a]).tensor_norms()[1]) == bits(alone)

@@ -2,8 +2,9 @@
 // composite) and private to cpp/src: chunk plans, the parallel loop over chunks, scalar
 // element access and the kernel table in use. Built for the baseline target only.
 //
-// Work is cut into chunks whose boundaries follow element indices (at most kChunkBytes of
-// the call's arrays taken in order; see the plans below), never thread counts or addresses.
+// Work is cut into chunks whose boundaries follow element indices (64 KiB to 1 MiB of the
+// call's arrays taken in order, by the plan's size; see the plans below), never thread
+// counts or addresses.
 // Each chunk's partial result has its own slot, and slots are combined in chunk order after
 // the parallel loop, so the result has the same bits for any number of threads.
 #pragma once
@@ -24,10 +25,23 @@
 
 namespace gradclip::impl {
 
-// 64 KiB of one array per chunk: big enough that the per-chunk cost (a kernel call and a
-// 32-lane combination) is noise, small enough that a 2-thread split of a few MiB is even.
-// A multiple of kLanes elements for every dtype, so every chunk starts on lane 0.
+// Chunks hold kChunkBytes, or up to kMaxChunkBytes (powers of two times it) when the plan
+// covers at least kMinChunks of that size: a kernel call costs more than its few
+// instructions at each chunk boundary (about 3-5% of a one-thread pass over 64 KiB chunks
+// on large arrays, measured on a 2-core Xeon with AVX-512; 1 MiB chunks recover it), while
+// plans of a few MiB still split evenly over threads. The size follows the plan's bytes
+// only, never the thread count or addresses. A multiple of kLanes elements for every dtype,
+// so every chunk starts on lane 0.
 constexpr std::size_t kChunkBytes = std::size_t{64} * 1024;
+constexpr std::size_t kMaxChunkBytes = std::size_t{1024} * 1024;
+constexpr std::size_t kMinChunks = 32;
+
+// The chunk size of a plan covering `total` bytes.
+static inline std::size_t chunk_bytes_for(std::size_t total) noexcept {
+    std::size_t c = kChunkBytes;
+    while (c < kMaxChunkBytes && total / (2 * c) >= kMinChunks) c *= 2;
+    return c;
+}
 // Below this many bytes a call runs on the calling thread: waking a team costs more.
 constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 
@@ -37,7 +51,7 @@ const KernelTable& table() noexcept;
 // ------------------------------------------------------------------ plans
 // (The templates below are static, as are the element accessors: they use internal-linkage
 // helpers such as itemsize() and half.hpp's conversions, so each file keeps its own copy.)
-// A plan cuts the spans of a call into chunks of at most kChunkBytes. A chunk is a run of
+// A plan cuts the spans of a call into chunks of chunk_bytes_for(bytes). A chunk is a run of
 // segments (pieces of spans); element i of a segment goes to lane (lane0 + i) % kLanes, so
 // lanes follow the element's index within its chunk.
 //
@@ -75,30 +89,40 @@ extern thread_local Work t_work;
 template <class Keep>
 static void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout, Keep keep) {
     // Upper bounds first, then plain stores: this runs once per array on every call.
-    std::size_t total = 0;
-    for (std::size_t i = 0; i < n; ++i) total += spans[i].n * itemsize(spans[i].dt);
+    std::size_t total = 0, kept = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t b = spans[i].n * itemsize(spans[i].dt);
+        total += b;
+        if (b != 0 && keep(i)) kept += b;
+    }
+    // Stream: one size for the plan. PerSpan: each span's own, so an array's norm does not
+    // depend on the other arrays of the call (and equals its stream-layout norm alone).
+    std::size_t chunk = chunk_bytes_for(kept);
     const std::size_t max_chunks = total / kChunkBytes + n + 1;
     s.segs.resize(max_chunks + n);
     s.first.resize(max_chunks + 1);
     s.offset.resize(max_chunks + 1);
     Seg* seg = s.segs.data();
     std::size_t nseg = 0, nch = 0;
-    std::size_t bytes = 0, cbytes = kChunkBytes, lane = 0;
+    std::size_t bytes = 0, cbytes = chunk, lane = 0;
     for (std::size_t i = 0; i < n; ++i) {
         const Span& sp = spans[i];
         if (sp.n == 0 || !keep(i)) continue;
         const std::size_t isz = itemsize(sp.dt);
-        if (layout == Layout::PerSpan) cbytes = kChunkBytes;  // start a new chunk
+        if (layout == Layout::PerSpan) {  // start a new chunk
+            chunk = chunk_bytes_for(sp.n * isz);
+            cbytes = chunk;
+        }
         std::size_t start = 0;
         while (start < sp.n) {
-            std::size_t room = (kChunkBytes - cbytes) / isz;
+            std::size_t room = (chunk - cbytes) / isz;
             if (room == 0) {
                 s.first[nch] = nseg;
                 s.offset[nch] = bytes;
                 ++nch;
                 cbytes = 0;
                 lane = 0;
-                room = kChunkBytes / isz;
+                room = chunk / isz;
             }
             const std::size_t count = std::min(room, sp.n - start);
             seg[nseg++] = Seg{i, start, count, lane};

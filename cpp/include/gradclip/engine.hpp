@@ -110,7 +110,7 @@ void clamp_all(const Span* spans, std::size_t n, double lo, double hi, const Pla
 // where coefs[i] is 1), or src[i] clamped to [lo, hi]; src untouched (it may be read-only).
 // src[i] and dst[i] have the same dtype and element count, and are either both dense in the
 // same memory order or described as strided views (elements then pair in C order). The
-// write happens on each 64 KiB chunk of the copy while it is in cache, so src is read once
+// write happens on each chunk (64 KiB to 1 MiB) of the copy while it is in cache, so src is read once
 // and dst written once.
 void scale_into(const Span* src, const Span* dst, std::size_t n, const double* coefs);
 void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo, double hi);
