@@ -1,5 +1,6 @@
 # Covers: memory (issue 8, part 5). No path allocates memory proportional to the data: the
-# clip is in place and only per-chunk partial sums (one double per chunk of 64 KiB or more) are allocated.
+# clip is in place and only per-chunk partial sums (one double per chunk of 64 KiB or more)
+# are allocated.
 #   - tracemalloc (every NumPy allocation is traced) stays below 64 KiB during each function
 #     on a 16 MiB input, for dense, F-order, reversed, strided and many-array inputs: no
 #     temporary copy, no float64 conversion, nothing Python-side per element;
