@@ -145,16 +145,17 @@ void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout);
 // The plan of a call: the cached one when given, else built into the per-thread t_plan.
 const Plan& plan_for(const Span* spans, std::size_t n, Layout layout, const PlanCache* cached);
 
-// Runs f(c) for every chunk c. Threads take contiguous runs of chunks of about equal bytes;
-// which thread runs a chunk never changes what the chunk computes.
+// Runs f(lo, hi) for runs of chunks [lo, hi) that cover the plan: one run on the calling
+// thread, or one per thread, contiguous and of about equal bytes. Which thread runs a chunk
+// never changes what the chunk computes.
 template <class F>
-static void run_chunks(const Plan& s, F&& f) {
+static void run_chunk_runs(const Plan& s, F&& f) {
     const std::size_t nc = s.nchunks();
     const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
     int nt = get_num_threads();
     if (nt > static_cast<int>(nc)) nt = static_cast<int>(nc);
     if (nt <= 1 || total < kSerialBytes) {
-        for (std::size_t c = 0; c < nc; ++c) f(c);
+        f(std::size_t{0}, nc);
         return;
     }
 #if defined(GRADCLIP_WITH_OPENMP)
@@ -169,12 +170,19 @@ static void run_chunks(const Plan& s, F&& f) {
             return static_cast<std::size_t>(std::lower_bound(s.offset.begin(), s.offset.end() - 1, target) -
                                             s.offset.begin());
         };
-        const std::size_t lo = first_at(t), hi = first_at(t + 1);
-        for (std::size_t c = lo; c < hi; ++c) f(c);
+        f(first_at(t), first_at(t + 1));
     }
 #else
-    for (std::size_t c = 0; c < nc; ++c) f(c);
+    f(std::size_t{0}, nc);
 #endif
+}
+
+// Runs f(c) for every chunk c, as run_chunk_runs splits them.
+template <class F>
+static void run_chunks(const Plan& s, F&& f) {
+    run_chunk_runs(s, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t c = lo; c < hi; ++c) f(c);
+    });
 }
 
 // Runs op(span, segment) over every segment of the plan, chunks in parallel.

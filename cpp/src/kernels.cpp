@@ -548,6 +548,53 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
 #endif
 }
 
+#if defined(GRADCLIP_TARGET_AVX512)
+// accumulate() over two blocks of n elements from lane 0, whole blocks interleaved; the
+// partial last blocks go through accumulate() itself, which adds them as it would have.
+template <DType D, class Op>
+void accumulate_pair(const void* vp0, const void* vp1, std::size_t n, double scale, double* lanes0,
+                     double* lanes1) noexcept {
+    const Op op{};
+    const char* p0 = static_cast<const char*>(vp0);
+    const char* p1 = static_cast<const char*>(vp1);
+    VD a0[kAcc], a1[kAcc];
+    for (std::size_t j = 0; j < kAcc; ++j) {
+        a0[j] = vloadu_lanes(lanes0 + j * kW);
+        a1[j] = vloadu_lanes(lanes1 + j * kW);
+    }
+    const VD s = vset(scale);
+    constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
+    std::size_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) {
+        prefetch_ahead(p0 + k * itemsize(D), kBlockBytes);
+        prefetch_ahead(p1 + k * itemsize(D), kBlockBytes);
+        VD x0[kAcc], x1[kAcc];
+        vload_block<D>(p0, k, x0);
+        vload_block<D>(p1, k, x1);
+        for (std::size_t j = 0; j < kAcc; ++j) {
+            a0[j] = op.vstep(a0[j], x0[j], s);
+            a1[j] = op.vstep(a1[j], x1[j], s);
+        }
+    }
+    for (std::size_t j = 0; j < kAcc; ++j) {
+        vstore(lanes0 + j * kW, a0[j]);
+        vstore(lanes1 + j * kW, a1[j]);
+    }
+    if (k < n) {
+        accumulate<D, Op>(p0 + k * itemsize(D), n - k, 0, scale, lanes0);
+        accumulate<D, Op>(p1 + k * itemsize(D), n - k, 0, scale, lanes1);
+    }
+}
+
+template <DType D>
+void sum_sq_pair(const void* p0, const void* p1, std::size_t n, double scale, double* lanes0, double* lanes1) noexcept {
+    if (scale == 1.0)
+        accumulate_pair<D, SqOp<D, false>>(p0, p1, n, scale, lanes0, lanes1);
+    else
+        accumulate_pair<D, SqOp<D, true>>(p0, p1, n, scale, lanes0, lanes1);
+}
+#endif
+
 template <DType D>
 void sum_sq_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes) noexcept {
     if (scale == 1.0)
@@ -974,6 +1021,11 @@ const KernelTable kTable = {
     {sum_pow<DType::F16>, sum_pow<DType::BF16>, sum_pow<DType::F32>, sum_pow<DType::F64>},
     {sum_sq_many<DType::F16>, sum_sq_many<DType::BF16>, sum_sq_many<DType::F32>, sum_sq_many<DType::F64>},
     {sum_abs_many<DType::F16>, sum_abs_many<DType::BF16>, sum_abs_many<DType::F32>, sum_abs_many<DType::F64>},
+#if defined(GRADCLIP_TARGET_AVX512)
+    {sum_sq_pair<DType::F16>, sum_sq_pair<DType::BF16>, sum_sq_pair<DType::F32>, sum_sq_pair<DType::F64>},
+#else
+    {nullptr, nullptr, nullptr, nullptr},
+#endif
     {max_abs<DType::F16>, max_abs<DType::BF16>, max_abs<DType::F32>, max_abs<DType::F64>},
     {scale<DType::F16>, scale<DType::BF16>, scale<DType::F32>, scale<DType::F64>},
     {clamp<DType::F16>, clamp<DType::BF16>, clamp<DType::F32>, clamp<DType::F64>},

@@ -134,12 +134,41 @@ double finish_norm(NormSpec spec, double s) noexcept {
     return s;
 }
 
+// Sums of squares of chunks c and c + 1 into out[c], out[c + 1] with one kernel call, when
+// both are one dense segment of the same type and length and the target has a pair kernel
+// (the same bits as reduce_chunk on each); false, with nothing done, otherwise.
+bool reduce_chunk_pair(const KernelTable& kt, const Span* spans, const Plan& s, std::size_t c, double scale,
+                       double* out) noexcept {
+    if (s.first[c + 1] - s.first[c] != 1 || s.first[c + 2] - s.first[c + 1] != 1) return false;
+    const Seg& g0 = s.segs[s.first[c]];
+    const Seg& g1 = s.segs[s.first[c + 1]];
+    const Span& a = spans[g0.span];
+    const Span& b = spans[g1.span];
+    const int di = static_cast<int>(a.dt);
+    if (a.ndim != 0 || b.ndim != 0 || a.dt != b.dt || g0.count != g1.count || g0.lane0 != 0 || g1.lane0 != 0 ||
+        kt.sum_sq_pair[di] == nullptr)
+        return false;
+    double l0[kLanes] = {}, l1[kLanes] = {};
+    kt.sum_sq_pair[di](a.data + g0.start * itemsize(a.dt), b.data + g1.start * itemsize(b.dt), g0.count, scale, l0, l1);
+    out[c] = combine_lanes(l0);
+    out[c + 1] = combine_lanes(l1);
+    return true;
+}
+
 // Fills t_work.partial with one value per chunk of the plan.
 void reduce_plan(const Span* spans, const Plan& s, NormSpec spec, double scale, double div = 1.0) {
     const KernelTable& kt = table();
     t_work.partial.resize(s.nchunks());
     double* out = t_work.partial.data();
-    run_chunks(s, [&](std::size_t c) { out[c] = reduce_chunk(kt, spans, s, c, spec, scale, div); });
+    run_chunk_runs(s, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t c = lo; c < hi; ++c) {
+            if (spec.kind == NormKind::L2 && c + 1 < hi && reduce_chunk_pair(kt, spans, s, c, scale, out)) {
+                ++c;
+                continue;
+            }
+            out[c] = reduce_chunk(kt, spans, s, c, spec, scale, div);
+        }
+    });
 }
 
 // Partials of the plan combined in chunk order.
