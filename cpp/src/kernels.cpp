@@ -414,8 +414,7 @@ struct PowOp {
     double step(double acc, double x, double s) const noexcept {
         double t = std::fabs(Scaled ? x * s : x);
         if (Divided) t = t / div;
-        return acc + pow_half_steps(
-                         t, steps(), [](double a, double b) { return a * b; }, [](double a) { return std::sqrt(a); });
+        return acc + pow_half_steps(t, steps());
     }
 #if defined(GRADCLIP_VECTOR)
     VD vdv = vset(div);

@@ -9,6 +9,7 @@
 // its elements in index order, and a chunk's lanes are combined by combine_lanes() below.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -91,6 +92,11 @@ static inline T pow_half_steps(T t, unsigned hs, Mul mul, Sqrt sqrt_fn) noexcept
         r = have ? mul(r, h) : h;
     }
     return r;
+}
+
+// pow_half_steps for one double (the scalar paths of every target and of the engine).
+static inline double pow_half_steps(double t, unsigned hs) noexcept {
+    return pow_half_steps(t, hs, [](double a, double b) { return a * b; }, [](double a) { return std::sqrt(a); });
 }
 
 // Bandwidth probes for the benchmarks' ceiling: the simplest full-speed read of n 64-bit

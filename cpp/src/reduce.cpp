@@ -38,9 +38,7 @@ double step_value(NormSpec spec, double x, double scale, double div) noexcept {
         default: {
             const unsigned hs = half_steps_of(spec.p);
             if (hs != 0)  // what the power kernels compute, so a strided view gets the same bits
-                return pow_half_steps(
-                    std::fabs(t) / div, hs, [](double a, double b) { return a * b; },
-                    [](double a) { return std::sqrt(a); });
+                return pow_half_steps(std::fabs(t) / div, hs);
             return std::pow(std::fabs(t) / div, spec.p);
         }
     }
