@@ -121,6 +121,21 @@ void set_num_threads(int n) noexcept {
 #if defined(GRADCLIP_WITH_OPENMP)
     omp_set_num_threads(n);
 #endif
+    warm_threads();
+}
+
+void warm_threads() noexcept {
+#if defined(GRADCLIP_WITH_OPENMP)
+    const int n = get_num_threads();
+    if (n <= 1) return;
+    // An empty region: the OpenMP runtime creates the calling thread's team and keeps it, so
+    // later calls of this thread with up to n threads reuse it instead of creating threads.
+    volatile int sink = 0;
+#pragma omp parallel num_threads(n)
+    {
+        sink = sink + 0;
+    }
+#endif
 }
 
 int get_num_threads() noexcept {

@@ -23,6 +23,7 @@ from ._inputs import (
     as_array,
     as_sequence,
     check_eps,
+    check_flag,
     check_max_norm,
     check_norm_type,
     check_total_norm,
@@ -77,6 +78,10 @@ def _init_target() -> None:
 
 
 _init_target()
+# The importing thread's OpenMP team, started now: an OpenMP runtime that cannot create its
+# threads ends the process, and this makes that happen at import rather than inside a call
+# (see "Threads and CPU targets" in the README for calls from other threads).
+_core.warm_threads()
 
 
 # Where an operation runs: ``ops.name(target, ...)`` is the same compiled method for a free
@@ -109,15 +114,21 @@ def core_set(grads: Any) -> Any:
     return ops.own(target)
 
 
-def global_norm_of(comm: Any, make_set: Callable[[], Any], p: float) -> tuple[float, Any]:
+def global_norm_of(
+    comm: Any,
+    make_set: Callable[[], Any],
+    p: float,
+    part: Callable[[Any], float] | None = None,
+) -> tuple[float, Any]:
     """The norm over every rank's arrays, and this rank's compiled set. The set is made inside
     the collective's error handling: a rank whose input is bad still takes part in the
-    collective, and then every rank raises (none is left waiting, none writes)."""
+    collective, and then every rank raises (none is left waiting, none writes). ``part``
+    gives this rank's norm from its set (default: its total norm)."""
     made: list[Any] = []
 
     def local() -> float:
         made.append(make_set())
-        norm: float = made[0].total_norm(p)
+        norm: float = made[0].total_norm(p) if part is None else part(made[0])
         return norm
 
     return global_norm(comm, local, p), made[0]
@@ -158,6 +169,7 @@ def _clip_norm(
 
 
 def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
+    error_if_nonfinite = check_flag(error_if_nonfinite, "error_if_nonfinite")
     if comm is not None:
         norm = global_norm_of(comm, partial(ops.own, target, False), p)[0]
     else:

@@ -4,8 +4,8 @@ Each rank reduces its own arrays to one number, its local norm (overflow-safe, f
 one collective gathers those numbers (8 bytes per rank, whatever the model size); every
 rank then combines them in rank order with the same arithmetic, so all ranks get the same
 bits and apply the same coefficient. A rank whose input fails validation sends its error
-instead of a norm, so every rank raises and none writes (no rank is left waiting in a
-collective).
+(or a MemoryError) instead of a norm, so every rank raises and none writes (no rank is left
+waiting in a collective).
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from . import _core
 
 __all__ = ["global_norm"]
 
-_BUILTIN_ERRORS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
+_BUILTIN_ERRORS: dict[str, type[Exception]] = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "MemoryError": MemoryError,
+}
 
 
 def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
@@ -32,7 +36,7 @@ def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
     value = math.nan
     try:
         value = float(local())
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, MemoryError) as exc:
         error = exc
     sent = (value, None if error is None else (type(error).__name__, str(error)))
     parts = comm.allgather(sent)

@@ -188,6 +188,13 @@ def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
             except (TypeError, ValueError, BufferError, RuntimeError):
                 if not (hasattr(obj, "__array_interface__") or _has_buffer(obj)):
                     raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # the exporter's own failure, named with the position
+                raise TypeError(
+                    f"{where} ({type(obj).__name__}): its __dlpack__ failed with "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         arr = np.asarray(obj, copy=None if not write else False)
     except (TypeError, ValueError, BufferError, RuntimeError):
         raise TypeError(
@@ -292,12 +299,20 @@ def check_total_norm(x: Any) -> float:
     return v
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """A bool argument: Python's or NumPy's bool, or an integer (as ``if value:`` reads it);
+    anything else (an array, whose truth is ambiguous) is a TypeError naming the argument."""
+    if not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return bool(value)
+
+
 def resolve_mode(nonfinite: Any, error_if_nonfinite: Any) -> str:
     if not isinstance(nonfinite, str) or nonfinite not in MODES:
         raise ValueError(
             f"nonfinite must be one of {', '.join(map(repr, MODES))}, got {nonfinite!r}"
         )
-    if error_if_nonfinite:
+    if check_flag(error_if_nonfinite, "error_if_nonfinite"):
         if nonfinite not in ("propagate", "raise"):
             raise ValueError(
                 f"error_if_nonfinite=True asks to raise, but nonfinite={nonfinite!r} was also given"
