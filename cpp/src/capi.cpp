@@ -210,6 +210,25 @@ int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::
     });
 }
 
+int c_unscale_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
+                             double max_norm, double inv_scale, double p, double eps, double* total_norm,
+                             double* coef) {
+    return guarded([&] {
+        Scratch sc;
+        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        if (rc != GRADCLIP_OK) return rc;
+        if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) ||
+            !(std::isfinite(inv_scale) && inv_scale > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
+            return GRADCLIP_E_VALUE;
+        double c = 1.0;
+        const double norm = gradclip::unscale_clip(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm,
+                                                   inv_scale, eps, &c, nullptr);
+        if (total_norm != nullptr) *total_norm = norm;
+        if (coef != nullptr) *coef = c;
+        return std::isfinite(norm) ? GRADCLIP_OK : GRADCLIP_NONFINITE;
+    });
+}
+
 const char* c_strerror(int code) {
     switch (code) {
         case GRADCLIP_OK:
@@ -247,6 +266,7 @@ constexpr gradclip_capi kTable = {
     &c_clip_grad_norm,
     &c_clip_grads_with_norm,
     &c_strerror,
+    &c_unscale_clip_grad_norm,
 };
 // clang-format on
 
