@@ -410,8 +410,8 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
     double* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        gradclip::clip_slices(data, nd, geom.data(), geom.data() + und, dt, reduced.get(), window, spec_from(p),
-                              bounds, eps, o);
+        gradclip::clip_slices(data, nd, geom.data(), geom.data() + und, dt, reduced.get(), window, spec_from(p), bounds,
+                              eps, o);
     }
     return out;
 }

@@ -155,7 +155,7 @@ def test_per_example_with_a_dlpack_only_leaf(per_layer: bool) -> None:
     np.testing.assert_allclose(a, expected_a, rtol=1e-6)
     np.testing.assert_allclose(b, expected_b, rtol=1e-12)
     np.testing.assert_array_equal(np.asarray(n), np.asarray(e_n))
-    for got, want in zip(sums, e_sums):
+    for got, want in zip(sums, e_sums, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6)
 

@@ -78,8 +78,7 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, SpanBounds bound
 }
 
 void clip_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
-                 const bool* reduced, std::size_t window, NormSpec spec, SpanBounds bounds, double eps,
-                 double* norms) {
+                 const bool* reduced, std::size_t window, NormSpec spec, SpanBounds bounds, double eps, double* norms) {
     const std::size_t total = count_slices(ndim, shape, reduced);
     if (total == 0) return;
     window = std::max<std::size_t>(1, std::min(window, total));
@@ -100,7 +99,8 @@ void clip_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::p
         make_slices(data, ndim, shape, strides, dt, reduced, meta.data(), s, k, spans.data());
         impl::span_norms(*ws, spans.data(), k, spec, norms + s, nullptr);
         const SpanBounds b{bounds.bound + s * bounds.step, bounds.step, false};
-        if (fill_coefs(norms + s, k, b, eps, ws->coefs.data())) impl::scale_each(*ws, spans.data(), k, ws->coefs.data());
+        if (fill_coefs(norms + s, k, b, eps, ws->coefs.data()))
+            impl::scale_each(*ws, spans.data(), k, ws->coefs.data());
     }
 }
 
@@ -139,7 +139,8 @@ bool unscale_overflows(Scratch& ws, const Span* spans, std::size_t n, double raw
     if (!(s > 1.0)) return false;
     const double bound = raw_norm * s * (1.0 + 0x1p-30);
     bool maybe = false;
-    for (std::size_t i = 0; i < n && !maybe; ++i) maybe = spans[i].n != 0 && std::isinf(round_to_dtype(spans[i].dt, bound));
+    for (std::size_t i = 0; i < n && !maybe; ++i)
+        maybe = spans[i].n != 0 && std::isinf(round_to_dtype(spans[i].dt, bound));
     if (!maybe) return false;
     ws.maxes.resize(n);
     impl::span_norms(ws, spans, n, NormSpec{NormKind::Linf, std::numeric_limits<double>::infinity()}, ws.maxes.data(),

@@ -308,17 +308,17 @@ def clip_per_example_(
         outs.append(None if a.dtype == np.float64 else np.empty(a.shape[1:], a.dtype))
     _, _, clipped, counts, totals = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
     sums: list[np.ndarray | None] = []
-    for total, z, out in zip(totals, noise, outs):
+    for total, z, typed in zip(totals, noise, outs, strict=True):
         if total is None:
             sums.append(None)
             continue
         if z is not None:
             total += z
-        if out is None:
+        if typed is None:
             sums.append(total)
         else:
-            out[...] = total
-            sums.append(out)
+            typed[...] = total
+            sums.append(typed)
     leaves, spec = flatten(seq)
     # the sums in the input's structure (the outermost list or tuple as a list)
     if spec is not None and spec[0] in (list, tuple):

@@ -173,8 +173,7 @@ inline void clip_each(const Span* spans, std::size_t n, NormSpec spec, double ma
 // before the first one is written. Writes each slice's pre-clip norm to norms (C order of the
 // kept axes).
 void clip_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
-                 const bool* reduced, std::size_t window, NormSpec spec, SpanBounds bounds, double eps,
-                 double* norms);
+                 const bool* reduced, std::size_t window, NormSpec spec, SpanBounds bounds, double eps, double* norms);
 
 // The functional forms: the rule of clip_total (PyTorch's arithmetic for a non-finite norm)
 // or of clip_each, read from src (untouched, may be read-only) and written to dst in one
