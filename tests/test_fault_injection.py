@@ -13,7 +13,6 @@
 # what happened. Skips, with the reason, off Linux/glibc or where the shim cannot be built.
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -22,7 +21,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,10 @@ HERE = Path(__file__).parent / "fault"
 DRIVER = HERE / "driver.py"
 SHIM_SOURCE = HERE / "failalloc.c"
 MODES = ("warm", "cold", "thread_pre", "thread_in")
-MAX_POINTS = 80  # per scenario and mode: every N up to this, a sample of the rest beyond
+# per scenario and mode: every N up to MAX_POINTS, a deterministic sample of the rest beyond
+MAX_POINTS = {"small": 80, "big": 40}
+# drivers run at once (each forks one point at a time); GRADCLIP_FAULT_JOBS overrides
+JOBS = max(1, int(os.environ.get("GRADCLIP_FAULT_JOBS") or min(2, os.cpu_count() or 1)))
 POINT_TIMEOUT = 15.0  # seconds for one point (a healthy one takes milliseconds)
 DRIVER_TIMEOUT = 900  # seconds for a scenario's whole sweep
 
@@ -51,7 +56,9 @@ def _driver() -> Any:
 SCENARIO_IDS: list[str] = list(_driver().BY_ID)
 # The heavier half (arrays over 1 MiB, 2 threads) runs in the full suite only.
 PARAMS = [
-    pytest.param(sid, mode, id=f"{sid}-{mode}", marks=[pytest.mark.slow] if sid.endswith("-big") else [])
+    pytest.param(
+        sid, mode, id=f"{sid}-{mode}", marks=[pytest.mark.slow] if sid.endswith("-big") else []
+    )
     for sid in SCENARIO_IDS
     for mode in MODES
 ]
@@ -64,7 +71,10 @@ def _skip_reason() -> str | None:
         return "the fault-injection shim is written for glibc"
     if os.environ.get("LD_PRELOAD"):
         # under tools/sanitize.sh: ASan owns malloc, and a second interposer would fight it
-        return f"LD_PRELOAD is set already ({os.environ['LD_PRELOAD']}): the shim needs malloc to itself"
+        return (
+            f"LD_PRELOAD is set already ({os.environ['LD_PRELOAD']}): the shim needs malloc to "
+            "itself (under tools/sanitize.sh ASan owns it)"
+        )
     return None
 
 
@@ -123,7 +133,8 @@ def test_shim_fails_the_nth_allocation_once(shim: Path) -> None:
             return p.value if lib.posix_memalign(ctypes.byref(p), 64, 100) == 0 else None
         calls = {
             "malloc": lambda: lib.malloc(100), "calloc": lambda: lib.calloc(10, 10),
-            "realloc": lambda: lib.realloc(None, 100), "aligned_alloc": lambda: lib.aligned_alloc(64, 128),
+            "realloc": lambda: lib.realloc(None, 100),
+            "aligned_alloc": lambda: lib.aligned_alloc(64, 128),
             "memalign": lambda: lib.memalign(64, 100), "valloc": lambda: lib.valloc(100),
             "pvalloc": lambda: lib.pvalloc(100), "posix_memalign": pm,
         }
@@ -149,8 +160,16 @@ def test_shim_fails_the_nth_allocation_once(shim: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    for name in ("malloc", "calloc", "realloc", "aligned_alloc", "memalign", "valloc", "pvalloc",
-                 "posix_memalign"):
+    for name in (
+        "malloc",
+        "calloc",
+        "realloc",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "posix_memalign",
+    ):
         # ctypes may allocate between the calls, so the failure is at or before the N-th call
         for n in (1, 3):
             nulls, counted, failed = got[f"{name}:{n}"]
@@ -160,34 +179,100 @@ def test_shim_fails_the_nth_allocation_once(shim: Path) -> None:
     assert got["count_only"] == [True, True, 0]
 
 
-@functools.cache
-def _report(shim: Path, sid: str) -> dict[str, Any]:
-    """The driver's report for one scenario, every mode (one subprocess per scenario)."""
-    cmd = [sys.executable, str(DRIVER), sid, "--modes", ",".join(MODES),
-           "--max-points", str(MAX_POINTS), "--timeout", str(POINT_TIMEOUT)]
+class _Reports:
+    """The driver's reports, one subprocess per scenario (every mode), JOBS at a time, started
+    for every scenario this session selected as soon as the first is asked for."""
+
+    def __init__(self, shim: Path, sids: list[str]) -> None:
+        self.shim, self.pending, self.running = shim, list(sids), {}
+        self.done: dict[str, Any] = {}
+
+    def _start(self, sid: str) -> None:
+        cmd = [
+            sys.executable,
+            str(DRIVER),
+            sid,
+            "--modes",
+            ",".join(MODES),
+            "--timeout",
+            str(POINT_TIMEOUT),
+            "--max-points",
+            str(MAX_POINTS[sid.rsplit("-", 1)[1]]),
+        ]
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, env=_env(self.shim), stdout=out, stderr=err, text=True)
+        self.running[sid] = (proc, out, err, time.monotonic())
+
+    def _collect(self, sid: str) -> None:
+        proc, out, err, t0 = self.running.pop(sid)
+        try:
+            proc.wait(timeout=max(1.0, DRIVER_TIMEOUT - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self.done[sid] = f"{sid}: the driver did not finish in {DRIVER_TIMEOUT} s"
+            return
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            self.done[sid] = f"{sid}: the driver failed ({proc.returncode}):\n{err.read()[-3000:]}"
+        else:
+            self.done[sid] = json.loads(out.read())
+        out.close()
+        err.close()
+
+    def get(self, sid: str) -> dict[str, Any]:
+        if sid not in self.done and sid not in self.running:
+            self.pending.remove(sid)
+            self.pending.insert(0, sid)
+        while sid not in self.done:
+            while self.pending and len(self.running) < JOBS:
+                self._start(self.pending.pop(0))
+            oldest = next(iter(self.running))
+            self._collect(sid if sid in self.running else oldest)
+        got = self.done[sid]
+        if isinstance(got, str):
+            pytest.fail(got)
+        return got  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for proc, out, err, _ in self.running.values():
+            proc.kill()
+            proc.wait()
+            out.close()
+            err.close()
+
+
+@pytest.fixture(scope="module")
+def reports(shim: Path, request: pytest.FixtureRequest) -> Iterator[_Reports]:
+    selected = [
+        item.callspec.params["sid"]
+        for item in request.session.items
+        if item.path == Path(__file__)
+        and hasattr(item, "callspec")
+        and "sid" in item.callspec.params
+    ]
+    r = _Reports(shim, list(dict.fromkeys(selected)))
     try:
-        proc = subprocess.run(
-            cmd, env=_env(shim), capture_output=True, text=True, timeout=DRIVER_TIMEOUT
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{sid}: the driver did not finish in {DRIVER_TIMEOUT} s")
-    if proc.returncode != 0:
-        pytest.fail(f"{sid}: the driver failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
+        yield r
+    finally:
+        r.close()
 
 
 @pytest.mark.parametrize(("sid", "mode"), PARAMS)
-def test_memory_error_before_any_write(shim: Path, sid: str, mode: str) -> None:
-    rep = _report(shim, sid)["modes"][mode]
+def test_memory_error_before_any_write(reports: _Reports, sid: str, mode: str) -> None:
+    rep = reports.get(sid)["modes"][mode]
     sampled = " (sampled)" if rep["sampled"] else ""
     summary = (
         f"{sid}, {mode}: {rep['count']} allocations, {rep['swept']} failed in turn{sampled}, "
         f"outcomes {rep['outcomes']}"
     )
     failures = rep["failures"]
-    assert not failures, summary + "".join(
-        f"\n  N={f['n']}: {f['what'][:600]}" for f in failures[:12]
-    ) + (f"\n  ... and {len(failures) - 12} more" if len(failures) > 12 else "")
-    # the sweep must have exercised something: the call allocates, and failures were injected
-    assert rep["count"] > 0 and rep["injected"] > 0, summary
+    assert not failures, (
+        summary
+        + "".join(f"\n  N={f['n']}: {f['what'][:600]}" for f in failures[:12])
+        + (f"\n  ... and {len(failures) - 12} more" if len(failures) > 12 else "")
+    )
+    # the sweep exercised something: a call that allocates had failures injected (a warm call
+    # of the C API's in-place functions may allocate nothing at all)
+    assert rep["count"] == 0 or rep["injected"] > 0, summary

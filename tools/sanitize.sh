@@ -52,8 +52,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-# the build requirements of pyproject.toml (the build below is not isolated, so that the
+# pip >= 23.1 for -C (config settings); the build requirements of pyproject.toml (the build below is not isolated, so that the
 # CMake build directory stays valid between runs), CMake and Ninja
+python -m pip install --quiet --upgrade pip
 python -m pip install --quiet cmake ninja "scikit-build-core>=0.10" "pybind11>=2.13" "cython>=3.1"
 
 # ---- the C++ core's test, built with the sanitizers (no Python involved)

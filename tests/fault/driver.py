@@ -124,7 +124,7 @@ def _grads_case(fn: Callable[[list[np.ndarray]], Any], *, nan: bool = False) -> 
 
 def _rows(big: bool, kind: str) -> np.ndarray:
     """A matrix of many rows (more than one window of 4096 slices), clipped row by row."""
-    rows, cols = (20_000, 16) if big else (9_000, 4)
+    rows, cols = (9_000, 32) if big else (9_000, 4)  # 3 windows; 1.1 MiB of float32 when big
     rng = _rng(3)
     if kind == "tiny":
         return rng.standard_normal((rows, cols)) * 1e-300  # float64: the rescaled pass
@@ -284,7 +284,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("clip_grad_norm_", _grads_case(lambda g: gc.clip_grad_norm_(g, 1.0))),
     Scenario(
         "clip_grad_norm_-per_tensor_norms",
-        _grads_case(lambda g: gc.clip_grad_norm_(g, 1.0, return_result=True, per_tensor_norms=True)),
+        _grads_case(
+            lambda g: gc.clip_grad_norm_(g, 1.0, return_result=True, per_tensor_norms=True)
+        ),
     ),
     Scenario(
         "clip_grad_norm_-return_result",
@@ -294,7 +296,9 @@ SCENARIOS: list[Scenario] = [
         "clip_grad_norm_-nonfinite_zero",
         _grads_case(lambda g: gc.clip_grad_norm_(g, 1.0, nonfinite="zero"), nan=True),
     ),
-    Scenario("clip_grads_with_norm_", _grads_case(lambda g: gc.clip_grads_with_norm_(g, 1.0, 50.0))),
+    Scenario(
+        "clip_grads_with_norm_", _grads_case(lambda g: gc.clip_grads_with_norm_(g, 1.0, 50.0))
+    ),
     Scenario("clip_grad_value_", _grads_case(lambda g: gc.clip_grad_value_(g, 0.5))),
     Scenario(
         "clip_grad_norm_per_tensor_", _grads_case(lambda g: gc.clip_grad_norm_per_tensor_(g, 1.0))
@@ -344,7 +348,9 @@ def digest(obj: Any) -> str:
     h = hashlib.sha256()
 
     def walk(o: Any) -> None:
-        if o is None or isinstance(o, (bool, int, str)):
+        if isinstance(o, bytes):
+            h.update(o)
+        elif o is None or isinstance(o, (bool, int, str)):
             h.update(repr(o).encode())
         elif isinstance(o, float):
             h.update(o.hex().encode())
@@ -441,8 +447,11 @@ def run_point(sid: str, mode: str, n: int) -> dict[str, Any]:
         done.acquire()
         shim.disarm()
     count, failed = int(shim.count()), int(shim.failed())
-    changed = [i for i, (a, b) in enumerate(zip(case.watch, before, strict=True)) if not
-               (a.tobytes() == b.tobytes())]
+    changed = [
+        i
+        for i, (a, b) in enumerate(zip(case.watch, before, strict=True))
+        if not (a.tobytes() == b.tobytes())
+    ]
     state_changed = case.state is not None and digest(case.state()) != state_before
     out: dict[str, Any] = {"count": count, "failed": failed}
     if "start_exc" in box:
@@ -455,9 +464,12 @@ def run_point(sid: str, mode: str, n: int) -> dict[str, Any]:
         out.update(status="ok", result=digest(box["result"]))
     else:
         out.update(status="no_result")  # the thread ended without a result or an exception
-    out.update(changed=changed, state_changed=state_changed,
-               after=digest([a.tobytes() for a in case.watch]),
-               state_after=digest(case.state()) if case.state else None)
+    out.update(
+        changed=changed,
+        state_changed=state_changed,
+        after=digest([a.tobytes() for a in case.watch]),
+        state_after=digest(case.state()) if case.state else None,
+    )
     return out
 
 
@@ -547,16 +559,31 @@ def judge(ref: dict[str, Any], got: dict[str, Any]) -> str | None:
         wrong.append("the clipper's state changed")
     if not wrong:
         return None
-    what = f"{got['type']}: {got['msg']}" if status == "raised" else f"start_new_thread: {got['type']}"
+    what = (
+        f"{got['type']}: {got['msg']}" if status == "raised" else f"start_new_thread: {got['type']}"
+    )
     return f"{what}; " + "; ".join(wrong)
 
 
 def sweep(sid: str, mode: str, max_points: int, timeout: float, errfile: str) -> dict[str, Any]:
     ref = fork_point(sid, mode, 0, timeout, errfile)
     if ref["status"] != "ok":
-        return {"count": 0, "swept": 0, "sampled": False, "outcomes": {},
-                "failures": [{"n": 0, "what": "the unfailed call: " + (judge(ref, ref) or
-                              f"{ref['status']} {ref.get('type', '')}: {ref.get('msg', '')}")}]}
+        return {
+            "count": 0,
+            "swept": 0,
+            "sampled": False,
+            "outcomes": {},
+            "failures": [
+                {
+                    "n": 0,
+                    "what": "the unfailed call: "
+                    + (
+                        judge(ref, ref)
+                        or f"{ref['status']} {ref.get('type', '')}: {ref.get('msg', '')}"
+                    ),
+                }
+            ],
+        }
     count = ref["count"]
     ns, sampled = points(count, max_points)
     outcomes: dict[str, int] = {}
@@ -570,8 +597,14 @@ def sweep(sid: str, mode: str, max_points: int, timeout: float, errfile: str) ->
         what = judge(ref, got)
         if what is not None:
             failures.append({"n": n, "what": what})
-    return {"count": count, "swept": len(ns), "sampled": sampled, "injected": injected,
-            "outcomes": outcomes, "failures": failures}
+    return {
+        "count": count,
+        "swept": len(ns),
+        "sampled": sampled,
+        "injected": injected,
+        "outcomes": outcomes,
+        "failures": failures,
+    }
 
 
 def main() -> None:
