@@ -35,7 +35,7 @@ DRIVER = HERE / "driver.py"
 SHIM_SOURCE = HERE / "failalloc.c"
 MODES = ("warm", "cold", "thread_pre", "thread_in")
 # per scenario and mode: every N up to MAX_POINTS, a deterministic sample of the rest beyond
-MAX_POINTS = {"small": 80, "big": 40}
+MAX_POINTS = {"small": 80, "big": 12}
 # drivers run at once (each forks one point at a time); GRADCLIP_FAULT_JOBS overrides
 JOBS = max(1, int(os.environ.get("GRADCLIP_FAULT_JOBS") or min(2, os.cpu_count() or 1)))
 POINT_TIMEOUT = 15.0  # seconds for one point (a healthy one takes milliseconds)

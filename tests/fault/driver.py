@@ -44,8 +44,6 @@ from typing import Any
 
 import numpy as np
 
-import gradclip as gc
-
 try:
     import ml_dtypes
 
@@ -54,6 +52,20 @@ except ImportError:  # bfloat16 leaves are left out
     BF16 = None
 
 MODES = ("warm", "cold", "thread_pre", "thread_in")
+
+# gradclip, imported by load(). gradclip registers a fork handler at import that makes a
+# forked child run every call on its calling thread (libgomp's pool does not survive a
+# fork), so for the OpenMP path ("big") each child imports gradclip itself, after the fork;
+# for the serial path ("small") the parent imports it once, before forking.
+gc: Any = None
+
+
+def load() -> None:
+    global gc
+    if gc is None:
+        import gradclip
+
+        gc = gradclip
 MB = 1 << 20
 
 
@@ -397,7 +409,12 @@ def run_point(sid: str, mode: str, n: int) -> dict[str, Any]:
     scenario, size = BY_ID[sid]
     big = size == "big"
     shim = Shim()
+    load()
     gc.set_num_threads(scenario.threads[size])
+    if gc.get_num_threads() != scenario.threads[size]:
+        raise RuntimeError(
+            f"gradclip runs {gc.get_num_threads()} threads here, not {scenario.threads[size]}"
+        )
     if mode != "cold":
         warm = scenario.build(big)  # (kept alive: the C API's call holds raw pointers)
         warm.call()  # the warm-up, on other arrays
@@ -620,6 +637,8 @@ def main() -> None:
         return
     if args.scenario not in BY_ID:
         sys.exit(f"driver.py: unknown scenario {args.scenario!r} (--list gives them)")
+    if BY_ID[args.scenario][1] == "small":
+        load()
     tasks = len(os.listdir("/proc/self/task"))
     if tasks != 1:
         # libgomp and other runtimes are not fork-safe once they have threads
