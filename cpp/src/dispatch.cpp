@@ -1,9 +1,17 @@
 // CPU targets (the kernel table in use, chosen at import) and the thread count.
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "engine_impl.hpp"
+
+#if defined(_WIN32)
+#include <windows.h>
+#else
+#include <pthread.h>
+#endif
 
 #if defined(GRADCLIP_WITH_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 #include <pthread.h>
@@ -74,7 +82,47 @@ std::atomic<bool> g_forked{false};
 void mark_forked_child() { g_forked.store(true, std::memory_order_relaxed); }
 #endif
 
+// The threads whose OpenMP team warm_threads created. Only they run calls on a team: the
+// runtime creates a team on a thread's first parallel region and ends the process when it
+// cannot (libgomp: "Out of memory allocating ..." or "Thread creation failed"), so a call
+// on any other thread runs on that thread alone and cannot die there. A fixed table of
+// thread keys, no allocation; beyond its size a thread stays serial.
+constexpr int kTeamSlots = 64;
+std::atomic<std::uintptr_t> g_team_threads[kTeamSlots];
+
+std::uintptr_t thread_key() noexcept {
+#if defined(_WIN32)
+    return static_cast<std::uintptr_t>(GetCurrentThreadId()) + 1;
+#else
+    const pthread_t self = pthread_self();
+    std::uintptr_t key = 0;
+    static_assert(sizeof(self) <= sizeof(key), "pthread_t fits a uintptr_t");
+    std::memcpy(&key, &self, sizeof(self));
+    return key + 1;  // never 0, the empty slot
+#endif
+}
+
+void register_team_thread() noexcept {
+    const std::uintptr_t key = thread_key();
+    for (auto& slot : g_team_threads)
+        if (slot.load(std::memory_order_relaxed) == key) return;
+    for (auto& slot : g_team_threads) {
+        std::uintptr_t empty = 0;
+        if (slot.compare_exchange_strong(empty, key, std::memory_order_relaxed)) return;
+    }
+}
+
 }  // namespace
+
+bool impl::team_ready() noexcept {
+    const std::uintptr_t key = thread_key();
+    for (const auto& slot : g_team_threads) {
+        const std::uintptr_t k = slot.load(std::memory_order_relaxed);
+        if (k == key) return true;
+        if (k == 0) return false;
+    }
+    return false;
+}
 
 const KernelTable& impl::table() noexcept {
     const KernelTable* t = g_table.load(std::memory_order_acquire);
@@ -135,6 +183,7 @@ void warm_threads() noexcept {
     {
         sink = sink + 0;
     }
+    register_team_thread();
 #endif
 }
 

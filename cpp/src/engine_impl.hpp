@@ -45,6 +45,9 @@ static inline std::size_t chunk_bytes_for(std::size_t total) noexcept {
 // Below this many bytes a call runs on the calling thread: waking a team costs more.
 constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 
+// Whether the calling thread's OpenMP team was created by warm_threads (dispatch.cpp).
+bool team_ready() noexcept;
+
 // The kernel table of the CPU target in use (dispatch.cpp).
 const KernelTable& table() noexcept;
 
@@ -186,6 +189,7 @@ static void run_chunk_runs(const Plan& s, F&& f) {
     const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
     int nt = get_num_threads();
     if (nt > static_cast<int>(nc)) nt = static_cast<int>(nc);
+    if (nt > 1 && !team_ready()) nt = 1;  // only a thread whose team exists uses one
     if (nt <= 1 || total < kSerialBytes) {
         f(std::size_t{0}, nc);
         return;

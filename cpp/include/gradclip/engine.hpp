@@ -30,9 +30,10 @@ void set_num_threads(int n) noexcept;  // n >= 1
 int get_num_threads() noexcept;
 bool have_openmp() noexcept;
 // Starts the calling thread's OpenMP team of get_num_threads() threads now (set_num_threads
-// does it too), so that the engine's calls on this thread reuse it: a runtime that cannot
-// create its threads ends the process (libgomp does), and this moves that moment to import
-// time instead of the middle of a call.
+// does it too) and marks the thread as one whose calls may use it. Calls on any other thread
+// run on that thread alone: a runtime that cannot create its threads ends the process
+// (libgomp does), so teams are created only here, at import and in set_num_threads, never in
+// the middle of a call.
 void warm_threads() noexcept;
 
 // ---- layout helpers
