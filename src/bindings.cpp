@@ -218,14 +218,15 @@ bool exact_overlap(const Batch& b, const std::vector<gradclip::ByteRange>& range
                    std::size_t& second, bool& undecided) {
     // kept for the interpreter's lifetime, as is_masked's type
     static PyObject* shares = py::object(py::module_::import("numpy").attr("shares_memory")).release().ptr();
-    static PyObject* too_hard = py::object(py::module_::import("numpy.exceptions").attr("TooHardError")).release().ptr();
+    static PyObject* too_hard =
+        py::object(py::module_::import("numpy.exceptions").attr("TooHardError")).release().ptr();
     const py::handle f(shares);
     for (std::size_t j = 1; j < ranges.size(); ++j) {
         for (std::size_t i = 0; i < j; ++i) {
             if (ranges[i].hi <= ranges[j].lo) continue;  // sorted by lo: ranges[i] ends before j starts
             try {
-                const bool share = f(b.keep[ranges[i].id], b.keep[ranges[j].id], py::arg("max_work") = kExactOverlapWork)
-                                       .cast<bool>();
+                const bool share =
+                    f(b.keep[ranges[i].id], b.keep[ranges[j].id], py::arg("max_work") = kExactOverlapWork).cast<bool>();
                 if (!share) continue;
                 undecided = false;
             } catch (py::error_already_set& e) {
@@ -321,9 +322,9 @@ void check_writable(const Batch& b) {
         if ((proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
             // the copying alternative is named to callers of in-place functions only (`out`
             // belongs to a caller of the copying functions)
-            throw py::value_error(b.at(b.pos[k]) + " is read-only; gradclip writes in place and needs a writeable array" +
-                                  (b.arg == "out" ? std::string()
-                                                  : " (gradclip.clip_by_global_norm returns clipped copies instead)"));
+            throw py::value_error(
+                b.at(b.pos[k]) + " is read-only; gradclip writes in place and needs a writeable array" +
+                (b.arg == "out" ? std::string() : " (gradclip.clip_by_global_norm returns clipped copies instead)"));
         }
         const Span& sp = b.spans[k];
         if (sp.n == 0) continue;  // nothing to write
@@ -872,10 +873,10 @@ private:
         const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
         const char* what = is_list ? "list" : "dict";
         if (n != n0) {
-            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " + std::to_string(n) +
-                                  " entries now, " + std::to_string(n0) +
-                                  " when the set was made; the set holds the arrays it was made with, not the " +
-                                  what + ": make a new GradientSet");
+            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " +
+                                  std::to_string(n) + " entries now, " + std::to_string(n0) +
+                                  " when the set was made; the set holds the arrays it was made with, not the " + what +
+                                  ": make a new GradientSet");
         }
         Py_ssize_t at = 0, i = 0;
         PyObject *key, *value;
@@ -926,8 +927,8 @@ private:
     }
 
     Batch b_;
-    py::object src_;     // the caller's list or dict (null otherwise): see check_items
-    py::tuple items0_;   // its items when the set was made
+    py::object src_;                 // the caller's list or dict (null otherwise): see check_items
+    py::tuple items0_;               // its items when the set was made
     mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets

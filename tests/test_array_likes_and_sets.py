@@ -36,7 +36,10 @@ def test_a_copying_call_is_never_told_to_use_itself() -> None:
     ro.flags.writeable = False
     with pytest.raises(ValueError) as info:
         gradclip.clip_by_global_norm([np.ones(3)], 1.0, out=[ro])
-    assert str(info.value) == "out[0] is read-only; gradclip writes in place and needs a writeable array"
+    assert (
+        str(info.value)
+        == "out[0] is read-only; gradclip writes in place and needs a writeable array"
+    )
     with pytest.raises(TypeError) as info2:
         gradclip.clip_by_global_norm([np.ones(3)], 1.0, out=[1.0])
     assert "clip_by_global_norm" not in str(info2.value)

@@ -62,5 +62,7 @@ def test_core_errors_name_parameters_grad() -> None:
     six, four = (0.0,) * 6, (0.0,) * 4
     a, b, c = param(*six, grad=buf[0::2]), param(*six, grad=buf[1::2]), param(*four, grad=buf[:4])
     gct.clip_grad_norm_([a, b], 1.0)  # disjoint views of one buffer
-    with pytest.raises(ValueError, match=r"^parameters\[0\]\.grad and parameters\[2\]\.grad overlap"):
+    with pytest.raises(
+        ValueError, match=r"^parameters\[0\]\.grad and parameters\[2\]\.grad overlap"
+    ):
         gct.clip_grads_with_norm_([a, b, c], 1.0, 10.0)

@@ -220,7 +220,9 @@ def _str_hint(where: str) -> str:
             "; if grads holds (name, array) pairs (list(d.items()) gives those), pass "
             "dict(pairs), whose values gradclip clips, or the arrays alone (d.values())"
         )
-    return "; if it is a dict key, pass the dict itself (gradclip takes dicts and clips their values)"
+    return (
+        "; if it is a dict key, pass the dict itself (gradclip takes dicts and clips their values)"
+    )
 
 
 def _leaf_error(obj: Any, where: str, write: bool) -> TypeError | None:
@@ -232,7 +234,9 @@ def _leaf_error(obj: Any, where: str, write: bool) -> TypeError | None:
             f"too. Pass its .data to clip every entry, or fill the masked ones first"
         )
     if isinstance(obj, (str, bytes)):
-        return TypeError(f"{where} is a {type(obj).__name__} ({obj!r}), not an array{_str_hint(where)}")
+        return TypeError(
+            f"{where} is a {type(obj).__name__} ({obj!r}), not an array{_str_hint(where)}"
+        )
     if not write:
         return None
     if isinstance(obj, np.generic):
@@ -242,7 +246,9 @@ def _leaf_error(obj: Any, where: str, write: bool) -> TypeError | None:
             "array it came from"
         )
     if isinstance(obj, (bool, int, float, complex)):
-        hint = _copy_hint(where, " (or use gradclip.clip_by_global_norm, which returns clipped copies)")
+        hint = _copy_hint(
+            where, " (or use gradclip.clip_by_global_norm, which returns clipped copies)"
+        )
         return TypeError(
             f"{where} is a {type(obj).__name__} ({obj!r}), not an array: gradclip clips arrays "
             f"in place and a number has no memory to write to. Pass NumPy arrays{hint}"

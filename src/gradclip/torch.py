@@ -46,8 +46,8 @@ import re
 import types
 import warnings
 import weakref
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -251,14 +251,18 @@ def _p(norm_type: Any) -> float:
 _CORE_POSITION = re.compile(r"\bgrads\[(\d+)\]")
 
 
-def _torch_names(arg: str) -> Any:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _torch_names(arg: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """Errors of gradclip's core name positions in the list of views they were given
     (``grads[3]``); the caller passed ``arg``, so name them as the rest of this module does
     (``parameters[3].grad``, ``tensors[3]``)."""
 
-    def wrap(f: Any) -> Any:
+    def wrap(f: Callable[_P, _R]) -> Callable[_P, _R]:
         @functools.wraps(f)
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             try:
                 return f(*args, **kwargs)
             except (TypeError, ValueError) as exc:
