@@ -115,8 +115,8 @@ def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
     mapping becomes a dict; other iterables, generators included, are consumed once into a
     list.
     """
-    jax = sys.modules.get("jax")
     if isinstance(grads, (list, tuple, dict)):
+        jax = sys.modules.get("jax")
         if jax is not None and type(grads) is not JaxLeaves and _holds_jax_node(grads, jax):
             return _jax_leaves(grads, jax), False
         return grads, False
@@ -124,6 +124,7 @@ def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
         return (grads,), True
     if grads is None:
         raise TypeError(f"{arg} must be an array or a pytree of arrays, not None")
+    jax = sys.modules.get("jax")
     if jax is not None and _is_jax_node(grads, jax):
         return _jax_leaves(grads, jax), False
     if isinstance(grads, collections.abc.Mapping):
