@@ -68,7 +68,10 @@ def _is_jax_node(obj: Any, jax: Any) -> bool:
         return False
     if kind not in _NODE_TYPES:
         tu = jax.tree_util
-        is_node = not tu.treedef_is_leaf(tu.tree_structure(obj))
+        with warnings.catch_warnings():
+            # JAX warns that an unregistered iterable (a generator) is a leaf: it is one here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            is_node = not tu.treedef_is_leaf(tu.tree_structure(obj))
         (_NODE_TYPES if is_node else _LEAF_TYPES).add(kind)
     return kind in _NODE_TYPES
 

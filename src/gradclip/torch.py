@@ -209,7 +209,7 @@ def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[li
         warnings.warn(
             f"`{arg}` is an empty generator, no gradient clipping will occur.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _as_list, the public function, its _torch_names wrapper, caller
         )
     return items, False
 

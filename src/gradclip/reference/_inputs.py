@@ -259,7 +259,9 @@ def _jax_tree(tree: object) -> bool:
             return any(holds(v, depth + 1) for v in node.values())
         if isinstance(node, (list, tuple)):
             return any(holds(v, depth + 1) for v in node)
-        return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node))
+        with warnings.catch_warnings():  # JAX warns that a generator is a leaf: it is one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node))
 
     return holds(tree, 0)
 
