@@ -185,7 +185,12 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
     return true;
 }
 
-[[noreturn]] void overlap_error(const Batch& b, std::size_t first, std::size_t second) {
+// numpy.shares_memory's max_work for one pair of views whose bounds intersect: the QKV split
+// and interleaved views take 1; a contrived pair of 2-d views with co-prime strides needs
+// about 1e5 and is then refused as undecided.
+constexpr long kExactOverlapWork = 1L << 16;
+
+[[noreturn]] void overlap_error(const Batch& b, std::size_t first, std::size_t second, bool undecided = false) {
     if (b.pos[first] > b.pos[second]) std::swap(first, second);
     const Span& sa = b.spans[first];
     const Span& sc = b.spans[second];
@@ -193,9 +198,47 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
     const bool same_bytes = sa.data == sc.data && sa.n * gradclip::itemsize(sa.dt) == sc.n * gradclip::itemsize(sc.dt);
     if (same_bytes && sa.ndim == 0 && sc.ndim == 0)
         throw py::value_error(pair + " are the same memory; each gradient must appear once");
-    throw py::value_error(pair +
-                          " overlap in memory (gradclip compares the memory bounds of each array, so "
-                          "interleaved strided views of one buffer are rejected too)");
+    if (undecided)
+        throw py::value_error(pair +
+                              " may overlap in memory: their memory bounds intersect, and deciding whether they "
+                              "share an element exceeded gradclip's work bound (numpy.shares_memory with "
+                              "max_work=" +
+                              std::to_string(kExactOverlapWork) + "); use views of separate buffers");
+    throw py::value_error(pair + " overlap in memory (they share at least one element)");
+}
+
+// Called when the memory bounds of some arrays intersect (find_overlap), which views of one
+// buffer that interleave or split its rows do without sharing a byte (qkv[:, :32] and
+// qkv[:, 32:64]; buf[0::2] and buf[1::2]). Decides every such pair exactly with NumPy's
+// solver, numpy.shares_memory, which bounds its work by max_work (a pair beyond it counts as
+// overlapping). Off the common path: only a call whose bounds check failed gets here. Sets
+// `first`, `second` to a pair that shares an element (or could not be decided, `undecided`)
+// and returns true, or returns false when every pair is disjoint. `ranges` is sorted by lo.
+bool exact_overlap(const Batch& b, const std::vector<gradclip::ByteRange>& ranges, std::size_t& first,
+                   std::size_t& second, bool& undecided) {
+    // kept for the interpreter's lifetime, as is_masked's type
+    static PyObject* shares = py::object(py::module_::import("numpy").attr("shares_memory")).release().ptr();
+    static PyObject* too_hard =
+        py::object(py::module_::import("numpy.exceptions").attr("TooHardError")).release().ptr();
+    const py::handle f(shares);
+    for (std::size_t j = 1; j < ranges.size(); ++j) {
+        for (std::size_t i = 0; i < j; ++i) {
+            if (ranges[i].hi <= ranges[j].lo) continue;  // sorted by lo: ranges[i] ends before j starts
+            try {
+                const bool share =
+                    f(b.keep[ranges[i].id], b.keep[ranges[j].id], py::arg("max_work") = kExactOverlapWork).cast<bool>();
+                if (!share) continue;
+                undecided = false;
+            } catch (py::error_already_set& e) {
+                if (!e.matches(py::handle(too_hard))) throw;
+                undecided = true;
+            }
+            first = ranges[i].id;
+            second = ranges[j].id;
+            return true;
+        }
+    }
+    return false;
 }
 
 // True for an ndarray subclass that must not be clipped as a plain array: a masked array's
@@ -277,9 +320,11 @@ void check_writable(const Batch& b) {
     for (std::size_t k = 0; k < m; ++k) {
         const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
         if ((proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
-            throw py::value_error(b.at(b.pos[k]) +
-                                  " is read-only; gradclip writes in place and needs a writeable array "
-                                  "(gradclip.clip_by_global_norm returns clipped copies instead)");
+            // the copying alternative is named to callers of in-place functions only (`out`
+            // belongs to a caller of the copying functions)
+            throw py::value_error(
+                b.at(b.pos[k]) + " is read-only; gradclip writes in place and needs a writeable array" +
+                (b.arg == "out" ? std::string() : " (gradclip.clip_by_global_norm returns clipped copies instead)"));
         }
         const Span& sp = b.spans[k];
         if (sp.n == 0) continue;  // nothing to write
@@ -304,7 +349,9 @@ void check_writable(const Batch& b) {
         }
     }
     std::size_t first, second;
-    if (gradclip::find_overlap(bounds, first, second)) overlap_error(b, first, second);
+    bool undecided = false;
+    if (gradclip::find_overlap(bounds, first, second) && exact_overlap(b, bounds, first, second, undecided))
+        overlap_error(b, first, second, undecided);
 }
 
 gradclip::NormSpec spec_from(double p) { return gradclip::make_norm_spec(p); }
@@ -765,6 +812,13 @@ public:
         }
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
+        // a list or dict the caller may change after this (L[0] = new_array): its items, by
+        // identity, for check() to notice (tuples cannot change; nested containers are not
+        // followed)
+        if (PyList_Check(grads.ptr()) || PyDict_Check(grads.ptr())) {
+            src_ = py::reinterpret_borrow<py::object>(grads);
+            items0_ = items_of(grads.ptr());
+        }
         plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
     }
 
@@ -892,8 +946,49 @@ private:
     std::size_t n() const noexcept { return b_.spans.size(); }
     const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
 
+    // The top-level items of a list, or the values of a dict, in order (strong references:
+    // an identity compared later must not be a reused address).
+    static py::tuple items_of(PyObject* c) {
+        if (PyList_Check(c)) return py::reinterpret_steal<py::tuple>(PyList_AsTuple(c));
+        return py::tuple(py::reinterpret_borrow<py::dict>(c).attr("values")());
+    }
+
+    // The set holds the arrays it was made with, not the caller's list: an item replaced or
+    // added or removed since would be silently missed, so it is an error. Pointer compares,
+    // no reference counts touched (a dict's values are walked with PyDict_Next).
+    void check_items() const {
+        PyObject* c = src_.ptr();
+        const Py_ssize_t n0 = PyTuple_GET_SIZE(items0_.ptr());
+        const bool is_list = PyList_Check(c);
+        const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
+        const char* what = is_list ? "list" : "dict";
+        if (n != n0) {
+            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " +
+                                  std::to_string(n) + " entries now, " + std::to_string(n0) +
+                                  " when the set was made; the set holds the arrays it was made with, not the " + what +
+                                  ": make a new GradientSet");
+        }
+        Py_ssize_t at = 0, i = 0;
+        PyObject *key, *value;
+        for (; i < n; ++i) {
+            if (is_list) {
+                value = PyList_GET_ITEM(c, i);
+            } else if (!PyDict_Next(c, &at, &key, &value)) {
+                break;
+            }
+            if (value == PyTuple_GET_ITEM(items0_.ptr(), i)) continue;
+            const std::string where =
+                b_.arg + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
+            throw py::value_error(where + " was replaced in the " + what +
+                                  " after the GradientSet was made; the set holds the arrays it was made with, "
+                                  "not the " +
+                                  what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+        }
+    }
+
     void check(bool write) const {
         if (!plans_) return;  // one-shot: validated just now, for what its operation does
+        if (src_) check_items();
         bool writeable = true;
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
@@ -922,6 +1017,8 @@ private:
     }
 
     Batch b_;
+    py::object src_;                 // the caller's list or dict (null otherwise): see check_items
+    py::tuple items0_;               // its items when the set was made
     mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets

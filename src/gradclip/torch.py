@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import types
 import warnings
 import weakref
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -208,7 +209,7 @@ def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[li
         warnings.warn(
             f"`{arg}` is an empty generator, no gradient clipping will occur.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _as_list, the public function, its _torch_names wrapper, caller
         )
     return items, False
 
@@ -216,24 +217,67 @@ def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[li
 # ---------------------------------------------------------------- scalar arguments
 
 
+def _float(x: Any) -> Any:
+    # torch.nn.utils converts max_norm, clip_value and norm_type with float(), so True and
+    # "1.0" are bounds there; a value float() refuses is left for gradclip's check to name
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return x
+
+
 def _bound(max_norm: Any) -> float:
     """``max_norm`` as a float: finite and > 0, or inf (never clips, as in PyTorch)."""
-    try:
-        if float(max_norm) == math.inf:
-            return math.inf
-    except (TypeError, ValueError, OverflowError):
-        pass  # check_max_norm names the problem
+    max_norm = _float(max_norm)
+    if max_norm == math.inf:
+        return math.inf
     return check_max_norm(max_norm)
 
 
 def _value(clip_value: Any) -> float:
     """``clip_value`` as a float: >= 0, inf included (clamping to +-inf changes nothing)."""
-    try:
-        if float(clip_value) == math.inf:
-            return math.inf
-    except (TypeError, ValueError, OverflowError):
-        pass
+    clip_value = _float(clip_value)
+    if clip_value == math.inf:
+        return math.inf
     return check_clip_value(clip_value)
+
+
+def _p(norm_type: Any) -> float:
+    """``norm_type`` as torch converts it (float(): True is 1, "2" is 2), or one of gradclip's
+    names ("fro", which float() does not read)."""
+    return check_norm_type(_float(norm_type))
+
+
+_CORE_POSITION = re.compile(r"\bgrads\[(\d+)\]")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _torch_names(arg: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Errors of gradclip's core name positions in the list of views they were given
+    (``grads[3]``); the caller passed ``arg``, so name them as the rest of this module does
+    (``parameters[3].grad``, ``tensors[3]``)."""
+
+    def wrap(f: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(f)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return f(*args, **kwargs)
+            except (TypeError, ValueError) as exc:
+                single = bool(args) and isinstance(args[0], torch.Tensor)
+                exc.args = tuple(
+                    _CORE_POSITION.sub(lambda m: _name(arg, int(m[1]), single), a)
+                    if isinstance(a, str)
+                    else a
+                    for a in exc.args
+                )
+                raise
+
+        return call
+
+    return wrap
 
 
 def _total(total_norm: Any) -> float:
@@ -336,6 +380,7 @@ def _clamp(target: Any, clip_value: float) -> None:
 # ---------------------------------------------------------------- torch.nn.utils' functions
 
 
+@_torch_names("parameters")
 def clip_grad_norm_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     max_norm: float,
@@ -381,12 +426,13 @@ def clip_grad_norm_(
     >>> w.grad
     tensor([0.6000, 0.8000])
     """
-    bound, p = _bound(max_norm), check_norm_type(norm_type)
+    bound, p = _bound(max_norm), _p(norm_type)
     params, single = _as_list(parameters, "parameters", warn_empty_generator=True)
     arrays, dtype = _views(_param_grads(params, single), "parameters", single, "refuse")
     return _clip_norm(arrays, dtype, bound, p, bool(error_if_nonfinite))
 
 
+@_torch_names("tensors")
 def get_total_norm(
     tensors: torch.Tensor | Iterable[torch.Tensor],
     norm_type: float = 2.0,
@@ -411,12 +457,13 @@ def get_total_norm(
     >>> gradclip.torch.get_total_norm([torch.tensor([3.0]), torch.tensor([4.0])])
     tensor(5.)
     """
-    p = check_norm_type(norm_type)
+    p = _p(norm_type)
     items, single = _as_list(tensors, "tensors")
     arrays, dtype = _views(items, "tensors", single, "allow")
     return _get_norm(arrays, dtype, p, bool(error_if_nonfinite))
 
 
+@_torch_names("parameters")
 def clip_grads_with_norm_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     max_norm: float,
@@ -447,6 +494,7 @@ def clip_grads_with_norm_(
         _scale(arrays, bound, total)
 
 
+@_torch_names("parameters")
 def clip_grad_value_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     clip_value: float,
@@ -595,23 +643,26 @@ class GradClipper:
         self._builds += 1
         return self._set, dtype
 
+    @_torch_names("parameters")
     def clip_grad_norm_(
         self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> torch.Tensor:
         """:func:`clip_grad_norm_` of the parameters' current gradients."""
-        bound, p = _bound(max_norm), check_norm_type(norm_type)
+        bound, p = _bound(max_norm), _p(norm_type)
         target, dtype = self._target()
         return _clip_norm(target, dtype, bound, p, bool(error_if_nonfinite))
 
+    @_torch_names("parameters")
     def get_total_norm(
         self, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> torch.Tensor:
         """The total norm of the parameters' current gradients (as :func:`get_total_norm`
         of them)."""
-        p = check_norm_type(norm_type)
+        p = _p(norm_type)
         target, dtype = self._target()
         return _get_norm(target, dtype, p, bool(error_if_nonfinite))
 
+    @_torch_names("parameters")
     def clip_grads_with_norm_(self, max_norm: float, total_norm: torch.Tensor) -> None:
         """:func:`clip_grads_with_norm_` of the parameters' current gradients."""
         bound, total = _bound(max_norm), _total(total_norm)
@@ -619,6 +670,7 @@ class GradClipper:
         if dtype is not None:
             _scale(target, bound, total)
 
+    @_torch_names("parameters")
     def clip_grad_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` of the parameters' current gradients."""
         v = _value(clip_value)
