@@ -1,4 +1,4 @@
-# Covers: memory (issue 8, part 5). No path allocates memory proportional to the data: the
+# Covers: memory. No path allocates memory proportional to the data: the
 # clip is in place and only per-chunk partial sums (one double per chunk of 64 KiB or more)
 # are allocated.
 #   - tracemalloc (every NumPy allocation is traced) stays below 64 KiB during each function
