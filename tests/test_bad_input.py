@@ -22,26 +22,24 @@ from typing import Any
 import numpy as np
 import pytest
 from gc_helpers import BF16, HAVE_BF16, snapshot
+from operations import BY_NAME, assert_same_outcome, operations
 
 from gradclip import NonFiniteNormError
 
 INF = math.inf
 NAN = math.nan
 
-# name -> call with (module, grads); every call would write to the valid arrays used below.
+# name -> call with (module, grads), every operation taking a pytree of arrays of any shapes
+# (tests/operations.py; clip_per_example_ needs one batch size: test_batched_entry_errors); each
+# call would write to the valid arrays used below if it could.
 GRAD_FUNCS: dict[str, Callable[[ModuleType, Any], Any]] = {
-    "get_total_norm": lambda m, g: m.get_total_norm(g),
-    "clip_grad_norm_": lambda m, g: m.clip_grad_norm_(g, 0.5),
-    "clip_grads_with_norm_": lambda m, g: m.clip_grads_with_norm_(g, 0.5, 100.0),
-    "clip_grad_value_": lambda m, g: m.clip_grad_value_(g, 0.01),
-    "tensor_norms": lambda m, g: m.tensor_norms(g),
-    "clip_grad_norm_per_tensor_": lambda m, g: m.clip_grad_norm_per_tensor_(g, 0.5),
+    op.name: op.call for op in operations(shapes=["any"])
 }
 
-
-# The reading calls accept read-only memory and the same array twice; the others write.
-READ_FUNCS = ("get_total_norm", "tensor_norms")
-WRITE_FUNCS = [f for f in GRAD_FUNCS if f not in READ_FUNCS]
+# The reading calls (and the functional forms, which return copies) accept read-only memory
+# and the same array twice; the others write.
+READ_FUNCS = [op.name for op in operations(access=["read", "copy"], shapes=["any"])]
+WRITE_FUNCS = [op.name for op in operations(access=["write"], shapes=["any"])]
 
 
 def good(seed: int, n: int = 37, dtype: Any = np.float32) -> np.ndarray:
@@ -176,8 +174,17 @@ def test_entry_bad_dtype(impl: ModuleType, func: str, make_bad: Callable[[], Any
     run_bad(impl, func, grads, [*goods, bad], TypeError, r"grads\[2\]")
 
 
-@pytest.mark.parametrize("func", GRAD_FUNCS)
-@pytest.mark.parametrize("make_bad", DTYPE_CASES)
+# Every dtype case once, the operation rotating: the message is made in one place, which
+# test_entry_bad_dtype reaches from every operation.
+@pytest.mark.parametrize(
+    ("func", "make_bad"),
+    [
+        pytest.param(
+            list(GRAD_FUNCS)[i % len(GRAD_FUNCS)], case.values[0], id=case.id, marks=case.marks
+        )
+        for i, case in enumerate(DTYPE_CASES)
+    ],
+)
 def test_dtype_message_names_dtype(
     impl: ModuleType, func: str, make_bad: Callable[[], Any]
 ) -> None:
@@ -214,7 +221,7 @@ def test_reading_call_reads_read_only(
     bad = make_bad()
     grads = [goods[0], None, bad, goods[1]]
     writable = [goods[0], None, np.array(bad, copy=True), goods[1]]
-    np.testing.assert_array_equal(GRAD_FUNCS[func](impl, grads), GRAD_FUNCS[func](impl, writable))
+    assert_same_outcome(GRAD_FUNCS[func](impl, grads), GRAD_FUNCS[func](impl, writable))
 
 
 def _overlap_cases() -> list[Any]:
@@ -292,9 +299,7 @@ def test_reading_call_reads_overlapping_arrays(
     before = snapshot(keep)
     copies = [np.array(g, copy=True) for g in grads]
     # (a copy of a reversed view is read in the other order: the last bit may differ)
-    np.testing.assert_allclose(
-        GRAD_FUNCS[func](impl, grads), GRAD_FUNCS[func](impl, copies), rtol=1e-14
-    )
+    assert_same_outcome(GRAD_FUNCS[func](impl, grads), GRAD_FUNCS[func](impl, copies), rtol=1e-14)
     assert snapshot(keep) == before
 
 
@@ -304,6 +309,35 @@ def test_adjacent_and_zero_size_views_are_not_overlaps(impl: ModuleType, func: s
     base = good(20, 60)
     grads = [base[:20], base[20:40], base[40:], base[5:5], base[10:10], np.zeros(0, np.float32)]
     GRAD_FUNCS[func](impl, grads)  # no exception
+
+
+BATCHED = [op.name for op in operations(shapes=["batched"])]
+
+
+@pytest.mark.parametrize("func", BATCHED)
+@pytest.mark.parametrize(
+    ("make_bad", "exc", "pattern"),
+    [
+        pytest.param(lambda a: "abc", TypeError, r"grads\[2\]", id="str"),
+        pytest.param(lambda a: np.arange(8), TypeError, r"grads\[2\].*dtype", id="int64"),
+        pytest.param(lambda a: readonly(good(5, 8)), ValueError, r"grads\[2\].*read-only", id="ro"),
+        pytest.param(lambda a: a, ValueError, r"grads\[(0|2)\]", id="same-array-twice"),
+        pytest.param(lambda a: a[::-1], ValueError, r"grads\[(0|2)\]", id="a,a[::-1]"),
+    ],
+)
+def test_batched_entry_errors(
+    impl: ModuleType, func: str, make_bad: Callable[[Any], Any], exc: type, pattern: str
+) -> None:
+    """The operations whose arrays share a batch axis: the entry errors of the others, on
+    arrays that share one (8 examples)."""
+    goods = [good(0, 8), good(1, 8 * 5, np.float64).reshape(8, 5), good(2, 8 * 3, np.float16)]
+    goods[2] = goods[2].reshape(8, 3)
+    grads = [goods[0], goods[1], make_bad(goods[0]), None, goods[2]]
+    before = snapshot(goods)
+    with pytest.raises(exc) as info:
+        BY_NAME[func].call(impl, grads)
+    assert re.search(pattern, str(info.value)), str(info.value)
+    assert snapshot(goods) == before, "an array changed although the call raised"
 
 
 def test_bad_entry_first_and_after_none(impl: ModuleType) -> None:

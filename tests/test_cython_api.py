@@ -1,4 +1,4 @@
-# Covers: the Cython API (issue 7). A small downstream extension is built at test time, in a
+# Covers: the Cython API. A small downstream extension is built at test time, in a
 # temporary directory, against the installed gradclip (cimport gradclip.cython_api, with
 # gradclip's get_include() on Cython's include path, Cython and the C compiler of this
 # environment), and then:

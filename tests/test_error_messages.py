@@ -1,4 +1,4 @@
-# Covers: error messages readable by people (issue 8, part 6). One case per row of the table
+# Covers: error messages readable by people. One case per row of the table
 # in docs/errors.md: the call raises the documented exception class, nothing is written, the
 # message names the argument (and the list position), says what was expected and what was
 # found, and appears in the table verbatim (a documented message ending in "…" is a prefix:

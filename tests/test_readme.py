@@ -1,5 +1,5 @@
 # Covers: the README's examples for users coming from PyTorch, JAX / Optax and NumPy autograd
-# code (issue 13, part 7) run as written; each skips when its library is not installed.
+# code run as written; each skips when its library is not installed.
 from __future__ import annotations
 
 import re
