@@ -48,7 +48,7 @@ def get_total_norm(
         float16, bfloat16, float32 or float64 arrays (or objects NumPy views without a copy);
         ``None`` entries are skipped.
     norm_type : float, default 2.0
-        p > 0, or ``inf`` for max |x|.
+        p > 0, or ``inf`` for ``max |x|``.
     error_if_nonfinite : bool, default False
         Raise :class:`NonFiniteNormError` when the norm is NaN or infinite.
 

@@ -1,0 +1,82 @@
+"""Sphinx configuration for gradclip's documentation.
+
+Build: ``pip install ".[docs]"`` (plus ``pip install torch`` for the ``gradclip.torch``
+reference), then ``sphinx-build -W --keep-going -b html docs docs/_build/html``. CI builds it
+the same way, warnings as errors, so a broken cross-reference fails the build.
+
+Why these tools:
+
+- Sphinx with MyST-Parser: the project's pages were Markdown already (``docs/errors.md`` is
+  also read by a test, the README renders on the forge), and MyST keeps them Markdown while
+  giving Sphinx's cross-references (``{func}`gradclip.clip_grad_norm_```), which the build
+  checks, and autodoc, which turns the docstrings into the API reference.
+- napoleon reads the NumPy-style docstrings (``Parameters`` / ``Returns`` / ``Examples``
+  sections) the package is written with; it ships with Sphinx (numpydoc would be one more
+  dependency and stricter about sections the short methods leave out).
+- furo: a maintained theme, readable on a phone, with a light and a dark mode, a search box
+  and a per-page table of contents; it needs no configuration beyond its name.
+"""
+
+from __future__ import annotations
+
+import gradclip
+
+project = "gradclip"
+author = "the gradclip authors"
+copyright = "the gradclip authors, BSD-3-Clause"
+release = version = gradclip.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "**/_build"]
+
+# MyST: ``{func}`name``` roles and directives in fences; headings up to level 3 get anchors,
+# so a page can link to ``other.md#a-section``.
+myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+myst_heading_anchors = 3
+
+# Every reference must resolve (with -W a missing target fails the build); the only
+# exceptions are the informal type words the docstrings use in "Parameters" lines.
+nitpicky = True
+# The docstrings' "Parameters" types are words for readers ("array or iterable of arrays",
+# "mpi4py communicator"); napoleon turns each word into a reference, and these have no
+# target. Anything else unresolved (a misspelt function, a page that moved) fails the build.
+nitpick_ignore_regex = [
+    ("py:class", r"arrays?|iterable|ints?|float64|ndarray|pytree|Tensors?|mpi4py communicator"),
+    ("py:class", r"ndarray \(or the input's structure\)|\(clipped|norms?\)"),
+    ("py:class", r"(numpy|torch)\.[\w.]+"),  # no intersphinx: the build downloads nothing
+    ("py:obj", r"True|False|None"),
+]
+
+
+def _settings_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, ARG001
+    """A clipper's constructor arguments are read-only descriptors (``Setting``): say that,
+    instead of the descriptor class's own docstring (which is about its implementation)."""
+    from gradclip._settings import Setting
+
+    if isinstance(obj, Setting):
+        lines[:] = ["The constructor argument of this name (read-only; kept in the state)."]
+
+
+def setup(app):  # noqa: ANN001, ANN201
+    app.connect("autodoc-process-docstring", _settings_docstring)
+
+# autodoc: members in source order, signatures with their annotations in the description.
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"
+autodoc_default_options = {"members": True, "undoc-members": False}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_preprocess_types = True
+
+html_theme = "furo"
+html_title = f"gradclip {release}"
+html_static_path: list[str] = []
+html_theme_options = {"navigation_with_keys": True}
