@@ -121,3 +121,23 @@ def test_the_api_reference_lists_every_public_name() -> None:
         documented = {n.rsplit(".", 1)[-1] for n in directive.findall(text)}
         missing = sorted(set(names) - documented - {"reference"})
         assert not missing, f"docs/api/{page}.md does not document {missing}"
+
+
+def test_docstring_examples_of_the_api_reference() -> None:
+    """The examples in the docstrings the API reference shows: every module that defines a
+    public name of gradclip or gradclip.reference (gradclip.torch's run in
+    test_torch_dropin.py)."""
+    import doctest
+
+    import gradclip
+    from gradclip import reference
+
+    names = [(gradclip, n) for n in gradclip.__all__ if n != "reference"]
+    names += [(reference, n) for n in reference.__all__]
+    modules = {getattr(mod, n).__module__ for mod, n in names} | {"gradclip.reference"}
+    attempted = 0
+    for name in sorted(modules):
+        result = doctest.testmod(sys.modules[name], optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{name}: {result.failed} docstring example(s) failed"
+        attempted += result.attempted
+    assert attempted >= 100, f"only {attempted} docstring examples found"
