@@ -34,6 +34,8 @@ extensions = [
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
+# a fence without a language (a table printed by the demo, a command's output) is plain text
+highlight_language = "none"
 exclude_patterns = ["_build", "**/_build"]
 
 # MyST: ``{func}`name``` roles and directives in fences; headings up to level 3 get anchors,

@@ -1,5 +1,5 @@
 # Covers: grads as pytrees (issue 13, part 3): dicts, lists, tuples and named tuples nested to
-# any depth, with None leaves; leaves depth first and dicts in iteration order (gradclip's rule), the
+# any depth, with None leaves; leaves depth first and dicts in iteration order (the rule), the
 # per-array outputs in that order, positions named by path in errors; and the reading calls
 # taking read-only and repeated arrays (part 5). Every function against its flat-list self and
 # gradclip.reference.
