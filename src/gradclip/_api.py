@@ -213,7 +213,9 @@ def clip_grad_norm_(
 
     The total norm is the ``norm_type``-norm of all elements of all arrays together,
     accumulated in float64. When ``coef = max_norm / (total_norm + eps)`` is below 1, every
-    array is multiplied by it; otherwise nothing is written at all.
+    array is multiplied by it in the array's own precision (a float32 array by the
+    coefficient rounded to float32, so the norm afterwards is ``max_norm`` to float32's
+    rounding, on either side of it); otherwise nothing is written at all.
 
     Parameters
     ----------
@@ -236,10 +238,11 @@ def clip_grad_norm_(
         Return a :class:`ClipResult` (norm, coefficient, whether it clipped, whether the
         norm was non-finite) instead of the norm.
     per_tensor_norms : bool, default False
-        With ``return_result``, also report each array's norm, from the same read pass. The
-        total is then the norm of those norms, which may differ from the plain call's total
-        in the last bit. With ``comm``, the norms are of this rank's arrays (one more read
-        pass) and the total is the global norm.
+        Also report each array's norm, from the same read pass, as ``tensor_norms`` of a
+        :class:`ClipResult`, which the call then returns even without ``return_result``.
+        The total is then the norm of those norms, which may differ from the plain call's
+        total in the last bit. With ``comm``, the norms are of this rank's arrays (one more
+        read pass) and the total is the global norm.
     comm : mpi4py communicator, optional
         Sharded training: ``grads`` is this rank's part of the gradients. Every rank reduces
         its part to its local norm, one collective gathers those (8 bytes per rank), and
@@ -250,7 +253,8 @@ def clip_grad_norm_(
     Returns
     -------
     float or ClipResult
-        The total norm before clipping (or the record, with ``return_result=True``).
+        The total norm before clipping, or the record when ``return_result`` or
+        ``per_tensor_norms`` is True.
 
     Examples
     --------

@@ -195,6 +195,11 @@ def adaptive_grad_clip_(
         coefficient, whether any unit was clipped, and the per-array pre-clip norms (all from
         the same read pass).
 
+    Returns
+    -------
+    None or ClipResult
+        None, or the record with ``return_result=True``.
+
     Examples
     --------
     >>> import numpy as np, gradclip
