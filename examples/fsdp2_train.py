@@ -49,7 +49,10 @@ def train_rank(rank: int, ranks: int, store: str, steps: int) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=ranks,
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=ranks,
         timeout=timedelta(seconds=60),
     )
     mesh = init_device_mesh("cpu", (ranks,))
@@ -85,8 +88,10 @@ def train_rank(rank: int, ranks: int, store: str, steps: int) -> None:
         same = all(torch.equal(e, every[0]) for e in every)
         ref = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
         err = float((every[0] - ref).abs().max() / ref.abs().max())
-        print(f"{steps} steps on {ranks} ranks, clipped on {clipped}; largest parameter "
-              f"difference from one process: {err:.2e} (relative)")
+        print(
+            f"{steps} steps on {ranks} ranks, clipped on {clipped}; largest parameter "
+            f"difference from one process: {err:.2e} (relative)"
+        )
         if not same:
             raise SystemExit("the ranks ended with different parameters")
         if err > 1e-10:

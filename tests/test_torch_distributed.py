@@ -131,8 +131,12 @@ def test_errors_raise_on_every_rank(reports, case, kind, text):
     for rank, r in enumerate(rs):
         assert r[case]["raised"] == kind, f"rank {rank}: {r[case]}"
         assert text in r[case]["message"]
-        untouched = {"nonfinite": "nonfinite_untouched", "fsdp_nonfinite": "fsdp_untouched",
-                     "twice": "twice_untouched", "bad_max_norm": "bad_max_norm_untouched"}
+        untouched = {
+            "nonfinite": "nonfinite_untouched",
+            "fsdp_nonfinite": "fsdp_untouched",
+            "twice": "twice_untouched",
+            "bad_max_norm": "bad_max_norm_untouched",
+        }
         if case in untouched:
             assert r[untouched[case]], f"rank {rank} wrote after {case}"
     if case in ("bad_dtype", "twice", "bad_max_norm"):  # bad on one rank: the others say which
@@ -152,7 +156,11 @@ def test_fsdp2_example_trains_in_step(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(script), "--steps", "5", "--store", str(tmp_path / "store")],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every rank ends with the same parameters" in done.stdout

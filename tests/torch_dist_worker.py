@@ -85,7 +85,10 @@ def scenario_fsdp(mesh, offload: bool, p: float = 2.0, dtype=torch.float32) -> d
     norm = gt.clip_grad_norm_(model.parameters(), max_norm, norm_type=p)
     after = full_grads(model)
     coef = max_norm / (ref + 1e-6)
-    err = max(float(np.max(np.abs(a - b * coef))) / (abs(coef) * max(1e-30, float(np.max(np.abs(b))))) for a, b in zip(after, before))
+    err = max(
+        float(np.max(np.abs(a - b * coef))) / (abs(coef) * max(1e-30, float(np.max(np.abs(b)))))
+        for a, b in zip(after, before, strict=True)
+    )
     return {
         "norm": norm_report(norm),
         "ref": ref,
@@ -101,8 +104,12 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
     """A replicated and a sharded DTensor: the replica counts once, not once per rank."""
     torch.manual_seed(2)
     full_a, full_b = torch.randn(11, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    a = torch.nn.Parameter(distribute_tensor(torch.zeros(11, 3, dtype=torch.float64), mesh, [Shard(0)]))
-    b = torch.nn.Parameter(distribute_tensor(torch.zeros(4, dtype=torch.float64), mesh, [Replicate()]))
+    a = torch.nn.Parameter(
+        distribute_tensor(torch.zeros(11, 3, dtype=torch.float64), mesh, [Shard(0)])
+    )
+    b = torch.nn.Parameter(
+        distribute_tensor(torch.zeros(4, dtype=torch.float64), mesh, [Replicate()])
+    )
     a.grad = distribute_tensor(full_a.clone(), mesh, [Shard(0)])
     b.grad = distribute_tensor(full_b.clone(), mesh, [Replicate()])
     ref = norm64([full_a.numpy().ravel(), full_b.numpy().ravel()])
@@ -122,7 +129,10 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
 def hand_shards(rank: int, n: int, dtype=torch.float32):
     """Rank ``rank``'s slices of two seeded full arrays, and the full arrays."""
     g = torch.Generator().manual_seed(3)
-    full = [torch.randn(1000, generator=g, dtype=dtype) * 1e3, torch.randn(5, 7, generator=g, dtype=dtype)]
+    full = [
+        torch.randn(1000, generator=g, dtype=dtype) * 1e3,
+        torch.randn(5, 7, generator=g, dtype=dtype),
+    ]
     mine = [f.reshape(-1).tensor_split(n)[rank].clone() for f in full]
     return mine, full
 
@@ -147,7 +157,9 @@ def scenario_group(rank: int, n: int) -> dict:
     return {
         "norm": norm_report(norm),
         "ref": ref,
-        "clip_rel_err": float(np.max(np.abs(np.concatenate(gathered) - want)) / np.max(np.abs(want))),
+        "clip_rel_err": float(
+            np.max(np.abs(np.concatenate(gathered) - want)) / np.max(np.abs(want))
+        ),
         "inf": norm_report(inf_norm),
         "inf_ref": norm64([f64(f) * coef for f in full], math.inf),
     }
@@ -157,8 +169,11 @@ def expect_error(fn) -> dict:
     try:
         fn()
     except Exception as exc:  # reported to the test, which checks the type and the message
-        return {"raised": type(exc).__name__, "message": str(exc),
-                "nonfinite": isinstance(exc, gradclip.NonFiniteNormError)}
+        return {
+            "raised": type(exc).__name__,
+            "message": str(exc),
+            "nonfinite": isinstance(exc, gradclip.NonFiniteNormError),
+        }
     return {"raised": None}
 
 
@@ -177,7 +192,9 @@ def scenario_errors(mesh, rank: int, n: int) -> dict:
     out["nonfinite"] = expect_error(
         lambda: gt.clip_grad_norm_(params, 1.0, error_if_nonfinite=True, group=dist.group.WORLD)
     )
-    out["nonfinite_untouched"] = all(bool(torch.equal(a, b)) for a, b in zip(mine, saved, strict=True))
+    out["nonfinite_untouched"] = all(
+        bool(torch.equal(a, b)) for a, b in zip(mine, saved, strict=True)
+    )
     # an integer tensor on rank 0 only: every rank raises a TypeError
     mine, _ = hand_shards(rank, n)
     saved = [t.clone() for t in mine]
@@ -189,17 +206,25 @@ def scenario_errors(mesh, rank: int, n: int) -> dict:
     out["twice"] = expect_error(lambda: gt.clip_grad_norm_(twice, 1e-3, group=dist.group.WORLD))
     out["twice_untouched"] = all(bool(torch.equal(a, b)) for a, b in zip(mine, saved, strict=True))
     # a bad max_norm on the last rank only
-    out["bad_max_norm"] = expect_error(lambda: gt.clip_grad_norm_(
-        [_param(t) for t in mine], -1.0 if rank == n - 1 else 1e-3, group=dist.group.WORLD))
-    out["bad_max_norm_untouched"] = all(bool(torch.equal(a, b)) for a, b in zip(mine, saved, strict=True))
+    out["bad_max_norm"] = expect_error(
+        lambda: gt.clip_grad_norm_(
+            [_param(t) for t in mine], -1.0 if rank == n - 1 else 1e-3, group=dist.group.WORLD
+        )
+    )
+    out["bad_max_norm_untouched"] = all(
+        bool(torch.equal(a, b)) for a, b in zip(mine, saved, strict=True)
+    )
     # FSDP2 gradients, one of them NaN on rank 0's shard
     model = fsdp_model(mesh, offload=False)
     if rank == 0:
         next(model.parameters()).grad.to_local()[0, 0] = math.nan
     before = full_grads(model)
     out["fsdp_nonfinite"] = expect_error(
-        lambda: gt.clip_grad_norm_(model.parameters(), 1e-3, error_if_nonfinite=True))
-    out["fsdp_untouched"] = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(full_grads(model), before, strict=True))
+        lambda: gt.clip_grad_norm_(model.parameters(), 1e-3, error_if_nonfinite=True)
+    )
+    out["fsdp_untouched"] = all(
+        np.array_equal(a, b, equal_nan=True) for a, b in zip(full_grads(model), before, strict=True)
+    )
     # a Partial placement on every rank
     w = torch.nn.Parameter(torch.zeros(3))
     w.grad = DTensor.from_local(torch.ones(3), mesh, [Partial()], run_check=False)
@@ -228,7 +253,10 @@ def main() -> None:
     rank, n, init_file, out_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=n,
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=n,
         timeout=timedelta(seconds=60),
     )
     mesh = init_device_mesh("cpu", (n,))
