@@ -6,6 +6,11 @@ take what PyTorch's take (parameters, or a single tensor; their ``.grad`` is use
 PyTorch's return (the norm as a 0-d tensor). ``foreach`` is accepted and ignored: gradclip
 has one implementation. :class:`GradClipper` is the cached form for a training loop.
 
+Sharded training (the project's ``docs/distributed.md``): DTensor gradients (FSDP2's
+``fully_shard``) are reduced over their device mesh, and plain tensors holding each rank's
+part of the gradients over ``group=`` (a torch.distributed process group, gloo on the CPU):
+every rank gets the same global norm, bit for bit, and scales its own shards in place.
+
 The gradients are viewed as NumPy arrays (the same memory, never a copy) and handed to the
 functions of :mod:`gradclip`; CPU tensors of float16, bfloat16 (with ml_dtypes), float32 and
 float64 are supported, anything else is a ``TypeError`` naming the tensor.
@@ -368,12 +373,20 @@ def clip_grad_norm_(
         NaN norm makes every element NaN, an infinite one makes finite elements 0.
     foreach : bool or None
         Accepted and ignored.
+    group : torch.distributed ProcessGroup or DeviceMesh, optional
+        Sharded training with plain tensors: each rank's ``.grad`` are its part of the
+        gradients, and the norm is taken over every rank of ``group`` (call it on every
+        rank). DTensor gradients need no ``group``: their device mesh is the group. Every
+        rank gets the same norm (the same bits) and scales its own part; an error on any
+        rank (a bad argument or tensor, a non-finite norm with ``error_if_nonfinite``) is
+        raised on every rank, before anything is written.
 
     Returns
     -------
     Tensor
         The total norm before clipping, a 0-d CPU tensor in the gradients' dtype (their
-        promoted dtype when they differ; ``torch.tensor(0.0)`` when there are none).
+        promoted dtype when they differ; ``torch.tensor(0.0)`` when there are none); for
+        DTensor gradients, a 0-d DTensor replicated over their mesh, as torch returns it.
 
     Examples
     --------
@@ -407,12 +420,15 @@ def get_total_norm(
 
     As in PyTorch, the tensors themselves are read (pass the gradients,
     ``[p.grad for p in params if p.grad is not None]``); ``None`` entries are skipped.
-    ``foreach`` is accepted and ignored.
+    ``foreach`` is accepted and ignored. DTensors are reduced over their device mesh (a
+    replicated one counted once), plain tensors over ``group=`` when it is given (see
+    :func:`clip_grad_norm_`).
 
     Returns
     -------
     Tensor
-        A 0-d CPU tensor in the tensors' (promoted) dtype; ``torch.tensor(0.0)`` for none.
+        A 0-d CPU tensor in the tensors' (promoted) dtype; ``torch.tensor(0.0)`` for none;
+        a 0-d replicated DTensor for DTensors.
 
     Examples
     --------
@@ -441,8 +457,10 @@ def clip_grads_with_norm_(
     1e-6), 1)``, with a total norm computed elsewhere: ``torch.nn.utils.clip_grads_with_norm_``
     on gradclip's kernels. Nothing is written when the coefficient is 1.
 
-    ``total_norm`` is a one-element tensor (as :func:`get_total_norm` returns) or a number,
-    >= 0, NaN or inf; ``foreach`` is accepted and ignored.
+    ``total_norm`` is a one-element tensor (as :func:`get_total_norm` returns, a replicated
+    DTensor included) or a number, >= 0, NaN or inf; ``foreach`` is accepted and ignored.
+    With DTensor gradients or ``group=``, every rank checks its arguments and the ranks
+    agree (one small collective) before any rank writes.
 
     Examples
     --------
@@ -515,6 +533,9 @@ class GradClipper:
     ----------
     parameters : Tensor or iterable of Tensors
         Consumed once (``model.parameters()`` is a generator). Each parameter once.
+    group : torch.distributed ProcessGroup or DeviceMesh, optional
+        As for :func:`clip_grad_norm_`. Sharded gradients (DTensors, or ``group``) take the
+        functions' sharded path on every call: no set is kept over them.
 
     Examples
     --------
