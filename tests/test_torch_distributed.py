@@ -101,6 +101,8 @@ def test_replicate_counts_once(reports):
     assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
     assert same_on_every_rank(rs, "clipper_norm") == norm  # GradClipper: the same
     assert all(r["a_ok"] and r["b_ok"] for r in rs)
+    assert all(r["with_norm_ok"] for r in rs)  # clip_grads_with_norm_, a DTensor norm
+    assert all(r["value_ok"] for r in rs)  # clip_grad_value_, element-wise on the shards
 
 
 def test_group_for_hand_sharded_tensors(reports):
@@ -164,3 +166,16 @@ def test_fsdp2_example_trains_in_step(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "every rank ends with the same parameters" in done.stdout
+
+
+def test_group_must_be_a_process_group():
+    import gradclip.torch as gt
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.ones(2)
+    if not torch.distributed.is_initialized():
+        with pytest.raises(RuntimeError, match="needs torch.distributed initialised"):
+            gt.clip_grad_norm_([w], 1.0, group=object())
+    with pytest.raises(TypeError, match="group must be a torch.distributed ProcessGroup"):
+        gt._groups_of(object())
+    assert torch.equal(w.grad, torch.ones(2))

@@ -117,12 +117,30 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
     clipper = gt.GradClipper([a, b])
     norm = clipper.clip_grad_norm_(1.0)
     coef = 1.0 / (ref + 1e-6)
+    a_ok = bool(torch.allclose(a.grad.full_tensor(), full_a * coef, rtol=1e-15, atol=0))
+    b_ok = bool(torch.allclose(b.grad.to_local(), full_b * coef, rtol=1e-15, atol=0))
+    # clip_grads_with_norm_ with the replicated DTensor norm get_total_norm returns
+    total = gt.get_total_norm([a.grad, b.grad])
+    gt.clip_grads_with_norm_([a, b], 0.5, total)
+    coef2 = 0.5 / (float(total.to_local()) + 1e-6)
+    with_norm_ok = bool(
+        torch.allclose(a.grad.full_tensor(), full_a * coef * coef2, rtol=1e-14, atol=0)
+        and torch.allclose(b.grad.to_local(), full_b * coef * coef2, rtol=1e-14, atol=0)
+    )
+    # clip_grad_value_ on DTensor gradients: element-wise on the local shards
+    bound = float(a.grad.full_tensor().abs().max()) / 2
+    want = a.grad.full_tensor().clamp(-bound, bound)
+    gt.clip_grad_value_([a, b], bound)
+    clipper.clip_grad_value_(bound)
+    value_ok = bool(torch.equal(a.grad.full_tensor(), want))
     return {
+        "with_norm_ok": with_norm_ok,
+        "value_ok": value_ok,
         "norm": norm_report(got),
         "clipper_norm": norm_report(norm),
         "ref": ref,
-        "a_ok": bool(torch.allclose(a.grad.full_tensor(), full_a * coef, rtol=1e-15, atol=0)),
-        "b_ok": bool(torch.allclose(b.grad.to_local(), full_b * coef, rtol=1e-15, atol=0)),
+        "a_ok": a_ok,
+        "b_ok": b_ok,
     }
 
 

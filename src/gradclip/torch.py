@@ -504,7 +504,8 @@ def clip_grad_value_(
     """
     v = _value(clip_value)
     params, single = _as_list(parameters, "parameters")
-    arrays, dtype = _views(_param_grads(params, single), "parameters", single, "once")
+    grads = _shards_of(_param_grads(params, single), single)  # element-wise: no collective
+    arrays, dtype = _views(grads, "parameters", single, "once")
     if dtype is not None:
         _clamp(arrays, v)
 
@@ -620,7 +621,7 @@ class GradClipper:
     def _target(self) -> tuple[Any, Any]:
         """The current gradients: the kept set when they are the ones it was built over, else
         fresh views (kept as a set when they are the same as the last call's)."""
-        grads = [p.grad for p in self._params]
+        grads = _shards_of([p.grad for p in self._params], False)
         unchanged = self._unchanged(grads)
         if unchanged and self._set is not None:
             return self._set, self._dtype
@@ -932,3 +933,24 @@ def _sharded_clip_with_norm(
     _, (arrays, _, dtype) = _sharded_norm(gather, prepare, 2.0)
     if dtype is not None:
         _scale(arrays, scalars[0], scalars[1])
+
+
+def _shards_of(grads: list[Any], single: bool) -> list[Any]:
+    """The local tensors of DTensor gradients, for element-wise work (clamping) that needs
+    no collective; other entries as they are. A Partial placement is refused: clamping
+    unreduced partial sums is not clamping the gradient."""
+    dtensor = _dtensor_type()
+    if dtensor is None:
+        return grads
+    out = []
+    for i, g in enumerate(grads):
+        if isinstance(g, dtensor):
+            if any(pl.is_partial() for pl in g.placements):
+                raise ValueError(
+                    f"{_name('parameters', i, single)} has a Partial placement: reduce it "
+                    "first (redistribute to Shard or Replicate)"
+                )
+            with torch.no_grad():
+                g = g.to_local()
+        out.append(g)
+    return out
