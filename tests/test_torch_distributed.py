@@ -105,6 +105,13 @@ def test_replicate_counts_once(reports):
     assert all(r["value_ok"] for r in rs)  # clip_grad_value_, element-wise on the shards
 
 
+def test_two_dimensional_mesh(reports):
+    rs = scenario(reports, "mesh2d")
+    norm = same_on_every_rank(rs, "norm")
+    assert norm["placements"] == ["R", "R"]
+    assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
+
+
 def test_group_for_hand_sharded_tensors(reports):
     rs = scenario(reports, "group")
     norm = same_on_every_rank(rs, "norm")
@@ -126,6 +133,7 @@ def test_group_for_hand_sharded_tensors(reports):
         ("partial", "ValueError", "parameters[0].grad has a Partial placement"),
         ("two_meshes", "ValueError", "parameters[1].grad is on device mesh"),
         ("mixed", "TypeError", "parameters[1].grad is a Tensor while parameters[0].grad"),
+        ("group_and_dtensor", "ValueError", "parameters[0].grad is a DTensor: pass group=None"),
     ],
 )
 def test_errors_raise_on_every_rank(reports, case, kind, text):

@@ -144,6 +144,21 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
     }
 
 
+def scenario_mesh2d(n: int) -> dict:
+    """A 2-D mesh (n, 1): replicated along the first dimension, sharded along the second,
+    and the other way round; the norms are gathered along each dimension in turn."""
+    mesh = init_device_mesh("cpu", (n, 1), mesh_dim_names=("rep", "shard"))
+    torch.manual_seed(4)
+    full_a, full_b = torch.randn(9, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    a = distribute_tensor(full_a.clone(), mesh, [Replicate(), Shard(0)])
+    b = distribute_tensor(full_b.clone(), mesh, [Shard(0), Replicate()])
+    norm = gt.get_total_norm([a, b])
+    return {
+        "norm": norm_report(norm),
+        "ref": norm64([full_a.numpy().ravel(), full_b.numpy().ravel()]),
+    }
+
+
 def hand_shards(rank: int, n: int, dtype=torch.float32):
     """Rank ``rank``'s slices of two seeded full arrays, and the full arrays."""
     g = torch.Generator().manual_seed(3)
@@ -256,6 +271,10 @@ def scenario_errors(mesh, rank: int, n: int) -> dict:
     out["two_meshes"] = expect_error(lambda: gt.clip_grad_norm_([u, v], 1.0))
     # a DTensor and a plain tensor in one list
     out["mixed"] = expect_error(lambda: gt.clip_grad_norm_([u, _param(torch.ones(2))], 1.0))
+    # group= with DTensor gradients
+    out["group_and_dtensor"] = expect_error(
+        lambda: gt.clip_grad_norm_([u], 1.0, group=dist.group.WORLD)
+    )
     # and the ranks are still in step afterwards
     out["after"] = norm_report(gt.get_total_norm([u.grad]))
     return out
@@ -287,6 +306,7 @@ def main() -> None:
         "fsdp_inf": lambda: scenario_fsdp(mesh, offload=False, p=math.inf),
         "placements": lambda: scenario_placements(mesh, rank, n),
         "group": lambda: scenario_group(rank, n),
+        "mesh2d": lambda: scenario_mesh2d(n),
         "errors": lambda: scenario_errors(mesh, rank, n),
     }
     report = {}
