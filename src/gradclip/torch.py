@@ -676,7 +676,7 @@ class GradClipper:
     def _sharding(self) -> tuple[Any, tuple[Any, Any] | None]:
         # sharded gradients (DTensors, or group=) take the functions' sharded path on every
         # call: no set is kept over them
-        return _sharding(list(self._params), self._group, "parameters")
+        return _sharding(self._params, self._group, "parameters")
 
     def clip_grad_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` of the parameters' current gradients."""
