@@ -1,4 +1,5 @@
-"""Global norms across processes (MPI through mpi4py).
+"""Global norms across processes (MPI through mpi4py; torch.distributed through the same
+function, from gradclip.torch).
 
 Each rank reduces its own arrays to one number, its local norm (overflow-safe, float64);
 one collective gathers those numbers (8 bytes per rank, whatever the model size); every
@@ -28,7 +29,8 @@ _BUILTIN_ERRORS: dict[str, type[Exception]] = {
 def global_norm(comm: Any, local: Callable[[], float], p: float) -> float:
     """Run ``local()`` on this rank, gather every rank's result, and combine them.
 
-    ``comm`` is an mpi4py communicator (anything with mpi4py's ``allgather``).
+    ``comm`` is an mpi4py communicator, or anything with its ``allgather`` of one Python
+    object per rank (``gradclip.torch`` passes one over torch.distributed process groups).
     """
     if not callable(getattr(comm, "allgather", None)):
         raise TypeError(f"comm must be an mpi4py communicator, not {type(comm).__name__}")
