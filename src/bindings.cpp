@@ -1112,6 +1112,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("get_num_threads", &gradclip::get_num_threads);
     m.def("have_openmp", &gradclip::have_openmp);
     m.def("warm_threads", &gradclip::warm_threads, "Start this thread's OpenMP team now (see the engine).");
+    m.def("allow_team", &gradclip::allow_team, "Let this thread's large calls use an OpenMP team (see the engine).");
     m.def(
         "probe_read",
         [](const py::buffer& buf) {

@@ -156,6 +156,8 @@ void set_num_threads(int n) noexcept {
     warm_threads();
 }
 
+void allow_team() noexcept { register_team_thread(); }
+
 void warm_threads() noexcept {
 #if defined(GRADCLIP_WITH_OPENMP)
     const int n = get_num_threads();

@@ -78,10 +78,11 @@ def _init_target() -> None:
 
 
 _init_target()
-# The importing thread's OpenMP team, started now: an OpenMP runtime that cannot create its
-# threads ends the process, and this makes that happen at import rather than inside a call
-# (see "Threads and CPU targets" in the README for calls from other threads).
-_core.warm_threads()
+# The importing thread's large calls use an OpenMP team (created on the first one); calls on
+# other threads run on their own thread unless set_num_threads is called there, which creates
+# that thread's team at once: an OpenMP runtime that cannot create a team ends the process
+# (docs/errors.md, "Out of memory").
+_core.allow_team()
 
 
 # Where an operation runs: ``ops.name(target, ...)`` is the same compiled method for a free

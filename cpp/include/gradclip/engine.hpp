@@ -35,6 +35,10 @@ bool have_openmp() noexcept;
 // (libgomp does), so teams are created only here, at import and in set_num_threads, never in
 // the middle of a call.
 void warm_threads() noexcept;
+// Marks the calling thread as one whose calls may use a team, created by the runtime on its
+// first large call (the importing thread: creating its team at import instead made processes
+// that also load PyTorch's OpenMP runtime abort at exit).
+void allow_team() noexcept;
 
 // ---- layout helpers
 // Describes an n-d array (shape, byte strides, itemsize) as a Span. Returns true for a dense
