@@ -156,18 +156,7 @@ void set_num_threads(int n) noexcept {
     warm_threads();
 }
 
-void allow_team() noexcept {
-#if defined(GRADCLIP_WITH_OPENMP)
-    // A region of one thread: the runtime's per-thread data for this thread is made now,
-    // at import, not in the middle of the first call (no threads are started).
-    volatile int sink = 0;
-#pragma omp parallel num_threads(1)
-    {
-        sink = sink + 0;
-    }
-#endif
-    register_team_thread();
-}
+void allow_team() noexcept { register_team_thread(); }
 
 void warm_threads() noexcept {
 #if defined(GRADCLIP_WITH_OPENMP)
