@@ -281,38 +281,9 @@ static inline void store_elem(char* p, DType dt, double v) noexcept {
     }
 }
 
-// Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
-// strided span, k = index - start.
-template <class F>
-static void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
-    const int nd = sp.ndim;
-    std::ptrdiff_t idx[64];
-    std::size_t rem = start;
-    for (int d = nd - 1; d >= 0; --d) {
-        const auto ext = static_cast<std::size_t>(sp.shape[d]);
-        idx[d] = static_cast<std::ptrdiff_t>(rem % ext);
-        rem /= ext;
-    }
-    const std::ptrdiff_t inner = sp.shape[nd - 1];
-    const std::ptrdiff_t istride = sp.strides[nd - 1];
-    std::size_t k = 0;
-    while (k < count) {
-        char* p = sp.data;
-        for (int d = 0; d < nd; ++d) p += idx[d] * sp.strides[d];
-        const std::size_t run = std::min(static_cast<std::size_t>(inner - idx[nd - 1]), count - k);
-        for (std::size_t r = 0; r < run; ++r) f(p + static_cast<std::ptrdiff_t>(r) * istride, k + r);
-        k += run;
-        idx[nd - 1] += static_cast<std::ptrdiff_t>(run);
-        for (int d = nd - 1; d > 0 && idx[d] == sp.shape[d]; --d) {
-            idx[d] = 0;
-            ++idx[d - 1];
-        }
-    }
-}
-
-// Calls f(pa, pb) for the elements with C-order flat indices [start, start + count) of two
-// strided spans of the same shape (a's shape), pa in a and pb in b: a copy between two
-// layouts without a buffer.
+// Calls f(pa, pb, k) for the elements with C-order flat indices [start, start + count) of two
+// strided spans of the same shape (a's shape), pa in a and pb in b, k = index - start: the one
+// walk over strided elements (a copy between two layouts needs no buffer).
 template <class F>
 static void for_each_strided_pair(const Span& a, const Span& b, std::size_t start, std::size_t count, F&& f) {
     const int nd = a.ndim;
@@ -335,7 +306,7 @@ static void for_each_strided_pair(const Span& a, const Span& b, std::size_t star
         }
         const std::size_t run = std::min(static_cast<std::size_t>(inner - idx[nd - 1]), count - k);
         for (std::size_t r = 0; r < run; ++r)
-            f(pa + static_cast<std::ptrdiff_t>(r) * sa, pb + static_cast<std::ptrdiff_t>(r) * sb);
+            f(pa + static_cast<std::ptrdiff_t>(r) * sa, pb + static_cast<std::ptrdiff_t>(r) * sb, k + r);
         k += run;
         idx[nd - 1] += static_cast<std::ptrdiff_t>(run);
         for (int d = nd - 1; d > 0 && idx[d] == a.shape[d]; --d) {
@@ -343,6 +314,13 @@ static void for_each_strided_pair(const Span& a, const Span& b, std::size_t star
             ++idx[d - 1];
         }
     }
+}
+
+// Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
+// strided span, k = index - start.
+template <class F>
+static void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
+    for_each_strided_pair(sp, sp, start, count, [&](char* p, char*, std::size_t k) { f(p, k); });
 }
 
 }  // namespace gradclip::impl

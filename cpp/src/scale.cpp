@@ -137,7 +137,8 @@ void copy_segment(const Span& src, const Span& dst, const Seg& g) {
     }
     // both strided (same shape): element by element, in step (no buffer: this runs inside the
     // parallel loop, where nothing may allocate)
-    for_each_strided_pair(dst, src, g.start, g.count, [&](char* d, const char* p) { std::memcpy(d, p, isz); });
+    for_each_strided_pair(dst, src, g.start, g.count,
+                          [&](char* d, const char* p, std::size_t) { std::memcpy(d, p, isz); });
 }
 }  // namespace
 
