@@ -79,7 +79,10 @@ python -m pip install --quiet --no-build-isolation \
 # (found without importing it: an ASan-built module refuses to load before LD_PRELOAD is set)
 pkg="$(cd / && python -c 'import importlib.util as u; print(u.find_spec("gradclip").submodule_search_locations[0])')"
 core="$(ls "$pkg"/_core*.so)"
-if ! ldd "$core" | grep -q libasan; then
+# (ldd's output is read whole before grep looks at it: with pipefail, `ldd | grep -q` fails
+# at random when grep exits at the first match and ldd is killed by SIGPIPE)
+ldd_out="$(ldd "$core")"
+if ! grep -q libasan <<<"$ldd_out"; then
     echo "sanitize.sh: $core is not linked with ASan; is GRADCLIP_SANITIZE honoured?" >&2
     exit 2
 fi
