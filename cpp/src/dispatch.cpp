@@ -2,6 +2,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -156,7 +157,15 @@ void set_num_threads(int n) noexcept {
     warm_threads();
 }
 
-void allow_team() noexcept { register_team_thread(); }
+void allow_team() noexcept {
+    // libstdc++'s per-thread block (exception globals, std::call_once) is dynamic TLS when a
+    // library loaded earlier already used it that way (PyTorch does), and the loader then
+    // allocates it on a thread's first access, aborting the process if that allocation fails.
+    // Reading the exception globals here, at import, makes that happen on the importing thread
+    // now, not inside its first call (on a fresh thread the first exception still allocates).
+    (void)std::uncaught_exceptions();
+    register_team_thread();
+}
 
 void warm_threads() noexcept {
 #if defined(GRADCLIP_WITH_OPENMP)
