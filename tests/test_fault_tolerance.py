@@ -216,3 +216,55 @@ def test_a_failing_foreign_dlpack_exporter_is_a_type_error_naming_the_position()
 
     with pytest.raises(TypeError, match=r"^grads\[1\]"):
         gradclip.clip_grad_norm_([np.ones(2), Broken()], 1.0)
+
+
+# The stateful clippers read the threshold, clip, and only then record the step: a clip that
+# fails (MemoryError from the engine, made to fail here at the one call that writes) leaves the
+# gradients and the clipper's state exactly as they were, and the next successful step gives
+# the same result as on a clipper that never saw the failure.
+_CLIPPERS = {
+    "autoclip-unbounded": lambda: gradclip.AutoClip(percentile=50.0),
+    "autoclip-bounded-filling": lambda: gradclip.AutoClip(percentile=30.0, history_size=50),
+    "autoclip-bounded-full": lambda: gradclip.AutoClip(percentile=70.0, history_size=4),
+    "zclip-warmup": lambda: gradclip.ZClip(warmup_steps=20, max_grad_norm=1.0),
+    "zclip-warmup-last-step": lambda: gradclip.ZClip(warmup_steps=7, max_grad_norm=1.0),
+    "zclip-zscore": lambda: gradclip.ZClip(warmup_steps=3, max_grad_norm=None, z_thresh=0.5),
+    "zclip-percentile": lambda: gradclip.ZClip(
+        warmup_steps=3, max_grad_norm=None, z_thresh=0.1, mode="percentile"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_CLIPPERS))
+def test_a_failed_clip_leaves_the_clipper_state_unchanged(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    steps = [(rng.standard_normal(50) * (1.0 + i % 3)).astype(np.float32) for i in range(6)]
+    failing, clean = _CLIPPERS[name](), _CLIPPERS[name]()
+    for g in steps:  # the same history in both
+        failing(g.copy())
+        clean(g.copy())
+    spike = (rng.standard_normal(50) * 40.0).astype(np.float32)  # a norm both clippers clip
+    state = failing.state_dict()
+    real = gradclip.adaptive._StatefulClipper._scale
+
+    def fail(self: Any, s: Any, threshold: float, norm: float) -> float:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(gradclip.adaptive._StatefulClipper, "_scale", fail)
+    g = spike.copy()
+    with pytest.raises(MemoryError, match="injected"):
+        failing(g)
+    assert g.tobytes() == spike.tobytes()
+    assert failing.state_dict() == state
+    monkeypatch.setattr(gradclip.adaptive._StatefulClipper, "_scale", real)
+    a, b = spike.copy(), spike.copy()
+    ra, rb = failing(a), clean(b)
+    assert ra.clipped and (ra.total_norm, ra.coef, ra.threshold) == (
+        rb.total_norm,
+        rb.coef,
+        rb.threshold,
+    )
+    assert a.tobytes() == b.tobytes()
+    assert failing.state_dict() == clean.state_dict()

@@ -30,7 +30,6 @@ gives back the clipper that saved ``d``.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -272,7 +271,7 @@ class AutoClip(_StatefulClipper):
     7.5
     """
 
-    __slots__ = ("_history", "_history_size", "_index", "_percentile")
+    __slots__ = ("_history", "_history_size", "_index", "_percentile", "_start")
 
     percentile = Setting(check_percentile)
     history_size = Setting(check_optional_count)
@@ -294,18 +293,17 @@ class AutoClip(_StatefulClipper):
         self._set_history([])
 
     def _set_history(self, norms: list[float]) -> None:
-        # Insertion order (for the state and to drop the oldest), and an index for the percentile.
-        self._history: deque[float] = deque(norms, maxlen=self._history_size)
+        # Insertion order (for the state and to drop the oldest): a list, oldest first from
+        # _start (a ring once history_size norms are held); and an index for the percentile.
+        self._history: list[float] = list(norms)
+        self._start = 0
         q = self._percentile / 100.0
-        self._index = SplitHeaps(norms, q) if self._history_size is None else SortedNorms(norms, q)
+        self._index: SplitHeaps | SortedNorms = (
+            SplitHeaps(norms, q) if self._history_size is None else SortedNorms(norms, q)
+        )
 
-    def _push(self, norm: float) -> None:
-        if self._history_size is not None and len(self._history) == self._history_size:
-            index = self._index
-            assert isinstance(index, SortedNorms)  # bounded histories are kept sorted
-            index.remove(self._history[0])  # the deque drops it on append
-        self._history.append(norm)
-        self._index.add(norm)
+    def _ordered(self) -> list[float]:
+        return self._history[self._start :] + self._history[: self._start]
 
     def _current_threshold(self) -> float:
         return self._index.quantile() if self._history else math.inf
@@ -314,19 +312,43 @@ class AutoClip(_StatefulClipper):
         norm, norms = self._total_norm(s)
         if not math.isfinite(norm):
             return self._nonfinite_step(s, norm, norms, self._current_threshold())
-        self._push(norm)
-        return self._clip(s, norm, norms, self._current_threshold())
+        # The threshold the history gives with this norm in it, read without changing it; then
+        # the clip, the one step that can fail (MemoryError); then the norm is recorded, in
+        # storage reserved before the clip, so that recording allocates nothing: an error
+        # leaves the history as it was, and nothing can fail once the gradients are written.
+        history, index = self._history, self._index
+        full = self._history_size is not None and len(history) == self._history_size
+        oldest = history[self._start] if full else None
+        if isinstance(index, SortedNorms):
+            threshold = index.quantile_with(norm, oldest)
+        else:
+            threshold = index.quantile_with(norm)
+        if not full:
+            history.append(0.0)  # room for the append below (see _quantiles._reserve)
+            history.pop()
+            index.reserve()
+        result = self._clip(s, norm, norms, threshold)
+        if oldest is not None:  # the ring is full: the new norm takes the oldest one's place
+            assert isinstance(index, SortedNorms)  # bounded histories are kept sorted
+            index.remove(oldest)
+            index.add(norm)
+            history[self._start] = norm
+            self._start = (self._start + 1) % len(history)
+        else:
+            history.append(norm)
+            index.add(norm)
+        return result
 
     @property
     def history(self) -> tuple[float, ...]:
         """The norms in the history, oldest first."""
-        return tuple(self._history)
+        return tuple(self._ordered())
 
     def _summary(self) -> str:
         return f"{len(self._history)} norms seen"
 
     def _state(self) -> dict[str, Any]:
-        return {"history": list(self._history)}
+        return {"history": self._ordered()}
 
     def _check_state(self, state: Mapping[str, Any], settings: Mapping[str, Any]) -> Any:
         history = check_norm_list(state["history"], "history")
@@ -503,24 +525,29 @@ class ZClip(_StatefulClipper):
         if not math.isfinite(norm):
             # The z-score of a non-finite norm means nothing: only the hard bound applies.
             return self._nonfinite_step(s, norm, norms, self._cap())
+        # The new statistics are computed first, into locals; then the clip, the one step that
+        # can fail (MemoryError); then they are assigned, which allocates nothing: an error
+        # leaves the state as it was.
         if self._mean is None or self._var is None:
+            warmup = [*self._warmup_norms, norm]
+            mean: float | None = None
+            var: float | None = None
+            if len(warmup) >= self._warmup_steps:
+                n = len(warmup)
+                mean = math.fsum(warmup) / n
+                var = math.fsum((x - mean) ** 2 for x in warmup) / n
+                warmup = []
             result = self._clip(s, norm, norms, self._cap())
-            self._warmup_norms.append(norm)
-            if len(self._warmup_norms) >= self._warmup_steps:
-                n = len(self._warmup_norms)
-                mean = math.fsum(self._warmup_norms) / n
-                self._var = math.fsum((x - mean) ** 2 for x in self._warmup_norms) / n
-                self._mean = mean
-                self._warmup_norms = []
+            self._warmup_norms, self._mean, self._var = warmup, mean, var
             return result
         spike = self._spike_value(norm, self._mean, self._var)
         threshold = self._cap() if spike is None else min(spike, self._cap())
-        result = self._clip(s, norm, norms, threshold)
         x = norm if spike is None else spike
         a = self._alpha
-        mean = a * self._mean + (1.0 - a) * x
-        self._var = a * self._var + (1.0 - a) * (x - mean) ** 2
-        self._mean = mean
+        new_mean = a * self._mean + (1.0 - a) * x
+        new_var = a * self._var + (1.0 - a) * (x - new_mean) ** 2
+        result = self._clip(s, norm, norms, threshold)
+        self._mean, self._var = new_mean, new_var
         return result
 
     @property
