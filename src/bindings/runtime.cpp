@@ -23,6 +23,8 @@ void register_runtime(py::module_& m) {
             return gradclip::norm_of_norms(norms.data(), norms.size(), spec_from(p));
         },
         py::arg("norms"), py::arg("p"), "The p-norm of parts given the p-norm of each (the engine's one combination).");
+    m.def("clipped", &gradclip::coef_writes, py::arg("coef"),
+          "Whether a step with this applied coefficient clipped: coef < 1 or NaN (the engine's one rule).");
     m.def("cpu_target", &gradclip::current_target);
     m.def("available_cpu_targets", &gradclip::available_targets);
     m.def("set_cpu_target", [](const std::string& name) { return gradclip::set_target(name); });

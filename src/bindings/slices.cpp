@@ -248,7 +248,7 @@ py::tuple clip_per_example(const py::handle& grads, double max_norm, bool per_la
         clipped = gradclip::clip_per_example(sl.spans.data(), na, nb, per_layer, max_norm, eps, pn, pc);
         gradclip::sum_examples(views.data(), steps.data(), na, nb, outs.data());
         for (std::size_t k = 0; k < na; ++k)
-            for (std::size_t e = 0; e < nb; ++e) pk[g.pos[k]] += pc[k * nb + e] < 1.0 ? 1 : 0;
+            for (std::size_t e = 0; e < nb; ++e) pk[g.pos[k]] += gradclip::coef_writes(pc[k * nb + e]) ? 1 : 0;
     }
     return py::make_tuple(norms, coefs, clipped, counts, sums);
 }
