@@ -166,7 +166,7 @@ def _clip_norm(
             raise _nonfinite_error(norm, p, "total norm of the gradients")
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, coef < 1.0, not math.isfinite(norm), norms)
+    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
 
 
 def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
