@@ -93,7 +93,7 @@ def unscale_clip_grad_norm_(
     return ClipResult(
         total_norm=total,
         coef=coef,
-        clipped=finite and coef < 1.0,
+        clipped=_core.clipped(coef),
         found_nonfinite=not finite,
         tensor_norms=norms,
     )
@@ -230,7 +230,7 @@ def adaptive_grad_clip_(
     return ClipResult(
         total_norm=total,
         coef=cmin,
-        clipped=not (cmin >= 1.0),
+        clipped=_core.clipped(cmin),
         found_nonfinite=not math.isfinite(total),
         tensor_norms=norms,
     )
