@@ -40,71 +40,142 @@ bool is_bf16(int num) {
 }
 
 // ------------------------------------------------------------------ pytrees
-// A grads argument is one array, or lists, tuples (named tuples too) and dicts nested to any
-// depth; leaves depth first, dicts in their iteration order. A flat list or tuple, the common
-// case, is read as is; anything nested is flattened once here.
+// The pytree rule, its one home (gradclip._tree flattens through tree_flatten below): a
+// grads argument is one array, or lists, tuples (named tuples too) and dicts nested to any
+// depth; everything else, None included, is a leaf; leaves depth first, dicts in their
+// iteration order (their own items()/values(), so an OrderedDict's order holds). A flat list
+// or tuple, the common case, is read as is by parse; anything nested is walked once.
 constexpr int kMaxDepth = 200;
 
 bool is_container(PyObject* o) noexcept { return PyList_Check(o) || PyTuple_Check(o) || PyDict_Check(o); }
 
-// Visits the leaves below `node` in order: leaf(PyObject*) for each; returns false when the
-// walk was stopped (leaf returned false).
-template <class Leaf>
-bool walk(PyObject* node, int depth, Leaf&& leaf) {
-    if (!is_container(node)) return leaf(node);
+// What walk tells a visitor besides the leaves (no-ops here): open/close around a container's
+// children, key/unkey around each child (key: the dict key, or null and the index in a list
+// or tuple). kKeys: whether the visitor needs dict keys (else a dict's values are read alone).
+struct LeavesOnly {
+    static constexpr bool kKeys = false;
+    void open(PyObject*) {}
+    void close(PyObject*) {}
+    void key(PyObject*, Py_ssize_t) {}
+    void unkey() {}
+};
+
+// Visits the tree below `node` in order: v.leaf(PyObject*) for each leaf; returns false when
+// the walk was stopped (v.leaf returned false).
+template <class V>
+bool walk(PyObject* node, int depth, V& v) {
+    if (!is_container(node)) return v.leaf(node);
     if (depth > kMaxDepth)
         throw py::type_error("grads is nested more than " + std::to_string(kMaxDepth) +
                              " levels deep (a container that contains itself?)");
+    v.open(node);
     if (PyDict_Check(node)) {
-        // the dict's values, as a new list (safe against a dict changed by Python code below)
-        const py::list values = py::reinterpret_borrow<py::dict>(node).attr("values")();
-        for (const py::handle v : values)
-            if (!walk(v.ptr(), depth + 1, leaf)) return false;
-        return true;
+        // the dict's items or values, as a new list (safe against a dict changed by Python code
+        // below)
+        const py::dict d = py::reinterpret_borrow<py::dict>(node);
+        if constexpr (V::kKeys) {
+            const py::list items = d.attr("items")();
+            Py_ssize_t i = 0;
+            for (const py::handle kv : items) {
+                const py::object k = kv[py::int_(0)];
+                const py::object value = kv[py::int_(1)];
+                v.key(k.ptr(), i++);
+                if (!walk(value.ptr(), depth + 1, v)) return false;
+                v.unkey();
+            }
+        } else {
+            const py::list values = d.attr("values")();
+            for (const py::handle value : values)
+                if (!walk(value.ptr(), depth + 1, v)) return false;
+        }
+    } else {
+        const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(node, "not a sequence"));
+        if (!fast) throw py::error_already_set();
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
+        PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            v.key(nullptr, i);
+            if (!walk(items[i], depth + 1, v)) return false;
+            v.unkey();
+        }
     }
-    const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(node, "not a sequence"));
-    if (!fast) throw py::error_already_set();
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
-    PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-    for (Py_ssize_t i = 0; i < n; ++i)
-        if (!walk(items[i], depth + 1, leaf)) return false;
+    v.close(node);
     return true;
 }
 
-// The path of leaf `target` below `node` ("[0]['enc']"), or "" when there is none.
-bool path_to(PyObject* node, std::size_t& remaining, std::string& path) {
-    if (!is_container(node)) {
-        if (remaining == 0) return true;
+// The path of one leaf through the containers ("[0]['enc']"): the walk stops at it.
+struct PathTo : LeavesOnly {
+    static constexpr bool kKeys = true;
+    std::size_t remaining;  // leaves still to pass before the one named
+    std::string path;
+    std::vector<std::size_t> marks;
+
+    explicit PathTo(std::size_t leaf) : remaining(leaf) {}
+    bool leaf(PyObject*) {
+        if (remaining == 0) return false;
         --remaining;
-        return false;
+        return true;
     }
-    const std::size_t mark = path.size();
-    if (PyDict_Check(node)) {
-        const py::list items = py::reinterpret_borrow<py::dict>(node).attr("items")();
-        for (const py::handle kv : items) {
-            path += "[" + py::repr(kv[py::int_(0)]).cast<std::string>() + "]";
-            if (path_to(kv[py::int_(1)].ptr(), remaining, path)) return true;
-            path.resize(mark);
+    void key(PyObject* k, Py_ssize_t i) {
+        marks.push_back(path.size());
+        path += "[" + (k != nullptr ? py::repr(k).cast<std::string>() : std::to_string(i)) + "]";
+    }
+    void unkey() {
+        path.resize(marks.back());
+        marks.pop_back();
+    }
+};
+
+// The leaves in order and the structure around them, for gradclip._tree: a leaf is None in
+// the structure, a list or tuple (type, [child, ...]), a dict (type, [(key, child), ...]).
+struct Flatten : LeavesOnly {
+    static constexpr bool kKeys = true;
+    py::list leaves;
+    py::object spec = py::none();  // the root's
+    std::vector<py::list> children;
+    std::vector<py::object> keys;  // per open container: the key of the child being visited
+    std::vector<bool> is_dict;
+
+    void put(py::object node) {
+        if (children.empty()) {
+            spec = std::move(node);
+        } else if (is_dict.back()) {
+            children.back().append(py::make_tuple(keys.back(), std::move(node)));
+        } else {
+            children.back().append(std::move(node));
         }
-        return false;
     }
-    const py::sequence seq = py::reinterpret_borrow<py::sequence>(node);
-    for (std::size_t i = 0; i < seq.size(); ++i) {
-        path += "[" + std::to_string(i) + "]";
-        if (path_to(seq[i].ptr(), remaining, path)) return true;
-        path.resize(mark);
+    bool leaf(PyObject* o) {
+        leaves.append(py::handle(o));
+        put(py::none());
+        return true;
     }
-    return false;
-}
+    void open(PyObject* node) {
+        children.emplace_back();
+        keys.emplace_back();
+        is_dict.push_back(PyDict_Check(node) != 0);
+    }
+    void key(PyObject* k, Py_ssize_t) {
+        if (k != nullptr) keys.back() = py::reinterpret_borrow<py::object>(k);
+    }
+    void close(PyObject* node) {
+        py::list done = std::move(children.back());
+        children.pop_back();
+        keys.pop_back();
+        is_dict.pop_back();
+        put(py::make_tuple(py::type::handle_of(py::handle(node)), std::move(done)));
+    }
+};
 
 }  // namespace
 
 std::string Batch::at(std::size_t leaf) const {
     if (single) return arg;
+    // a tree jax.tree_util flattened names its leaves by their key paths, as the reference does
+    if (names) return names.attr("leaf_name")(arg, leaf).cast<std::string>();
     if (root) {
-        std::string path;
-        std::size_t remaining = leaf;
-        if (path_to(root.ptr(), remaining, path)) return arg + path;
+        PathTo v(leaf);
+        if (!walk(root.ptr(), 0, v)) return arg + v.path;
     }
     return arg + "[" + std::to_string(leaf) + "]";
 }
@@ -259,6 +330,10 @@ void parse(const py::handle& grads, const std::string& arg, bool single, Batch& 
     b.arg = arg;
     b.single = single;
     bool nested = PyDict_Check(grads.ptr());
+    // the leaves of a tree that jax.tree_util flattened (gradclip._inputs.JaxLeaves, a list
+    // that can name its leaves); only list subclasses pay for the look-up
+    if (PyList_Check(grads.ptr()) && !PyList_CheckExact(grads.ptr()) && py::hasattr(grads, "leaf_name"))
+        b.names = py::reinterpret_borrow<py::object>(grads);
     if (!nested) {
         // a list or tuple as is (any other sequence materialised once): a C array of items
         const py::object fast =
@@ -276,10 +351,17 @@ void parse(const py::handle& grads, const std::string& arg, bool single, Batch& 
     }
     if (nested) {
         b.root = py::reinterpret_borrow<py::object>(grads);
-        walk(grads.ptr(), 0, [&](PyObject* leaf) {
-            add_leaf(b, leaf, write, api);
-            return true;
-        });
+        struct AddLeaves : LeavesOnly {
+            Batch& b;
+            bool write;
+            const py::detail::npy_api& api;
+            AddLeaves(Batch& b_, bool w, const py::detail::npy_api& a) : b(b_), write(w), api(a) {}
+            bool leaf(PyObject* o) {
+                add_leaf(b, o, write, api);
+                return true;
+            }
+        } v(b, write, api);
+        walk(grads.ptr(), 0, v);
     }
     std::size_t meta_need = 0;
     for (const py::array& a : b.keep) meta_need += 2 * static_cast<std::size_t>(a.ndim());
@@ -379,6 +461,16 @@ py::array_t<double> scatter(const Batch& b, const std::vector<double>& per_span)
 }
 
 void register_batch(py::module_& m) {
+    m.def(
+        "tree_flatten",
+        [](const py::handle& tree) {
+            Flatten v;
+            walk(tree.ptr(), 0, v);
+            return py::make_tuple(v.leaves, v.spec);
+        },
+        py::arg("tree"),
+        "(leaves, spec): the leaves of a pytree in the compiled parse's order, and its structure (None for a "
+        "leaf; (type, children) for a list or tuple; (type, [(key, child), ...]) for a dict).");
     m.def(
         "_init",
         [](const py::object& bf16_lookup, const py::object& as_array) {

@@ -38,6 +38,7 @@ struct Batch {
     std::string arg = "grads";
     bool single = false;
     py::object root;
+    py::object names;  // a flattened JAX tree that names its leaves (leaf_name), else null
 
     std::string at(std::size_t leaf) const;
     // The memory bounds [lo, hi) of kept array k.

@@ -41,6 +41,8 @@ public:
     }
 
     std::size_t size() const { return b_.npos; }
+    // How errors name leaf position `leaf` (grads[3], grads['enc'][0], x): the one naming.
+    std::string where(std::size_t leaf) const { return b_.at(leaf); }
     py::tuple arrays() const {
         py::tuple t(b_.npos);
         for (std::size_t i = 0; i < b_.npos; ++i) t[i] = py::none();
@@ -297,6 +299,7 @@ void register_gradset(py::module_& m) {
             py::arg("arg") = "grads", py::arg("single") = false, py::arg("cached") = true, py::arg("write") = true)
         .def("__len__", &GradSet::size)
         .def("arrays", &GradSet::arrays)
+        .def("where", &GradSet::where, py::arg("leaf"), "How error messages name leaf position `leaf`.")
         .def(
             "own", [](const py::object& self, bool) { return self; }, py::arg("write") = true,
             "The set itself (as _core.once.own makes one).");
