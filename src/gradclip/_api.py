@@ -186,7 +186,7 @@ def _clip_each(
     norms: np.ndarray = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
     if mode == "raise" and not np.isfinite(norms).all():
         bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-        raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
+        raise _nonfinite_error(float(norms[bad]), p, f"norm of {ops.own(target, False).where(bad)}")
     return norms
 
 
