@@ -218,9 +218,10 @@ def adaptive_grad_clip_(
     gseq = arrays_of(grads, "grads")
     pseq = arrays_of(params, "params")
     # the leaves' shapes as the core sees them (its checks first: a bad leaf is named there)
-    shapes = [None if a is None else a.shape for a in core_set(grads).arrays()]
+    cs = core_set(grads)
+    shapes = [None if a is None else a.shape for a in cs.arrays()]
     reduce = [
-        [] if shape is None else _agc_reduce_axes(tuple(shape), layout, axis, f"grads[{i}]")
+        [] if shape is None else _agc_reduce_axes(tuple(shape), layout, axis, cs.where(i))
         for i, shape in enumerate(shapes)
     ]
     # total: the engine's combination of the per-array norms
