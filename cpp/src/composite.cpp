@@ -14,18 +14,30 @@ double clip_coef(double max_norm, double norm, double eps) noexcept {
     return c > 1.0 ? 1.0 : c;  // NaN stays NaN
 }
 
+namespace {
+// The non-finite policy, its one home (the global rule and the per-span one): when a norm
+// the call depends on is NaN or infinite, Skip writes nothing (the coefficient is 1) and Zero
+// sets every element to 0 (the coefficient is 0); either finishes the call and returns true.
+// Propagate, or finite norms, return false: the call goes on with PyTorch's arithmetic.
+bool settle_nonfinite(bool nonfinite, NonFinite mode, const Span* spans, std::size_t n, const PlanCache* cached,
+                      double& coef) {
+    if (!nonfinite || mode == NonFinite::Propagate) return false;
+    if (mode == NonFinite::Zero) {
+        zero_all(spans, n, cached);
+        coef = 0.0;
+    } else {
+        coef = 1.0;
+    }
+    return true;
+}
+}  // namespace
+
 double apply_global_clip(const Span* spans, std::size_t n, double norm, double max_norm, double eps, NonFinite mode,
                          const PlanCache* cached) {
-    if (!std::isfinite(norm)) {
-        if (mode == NonFinite::Skip) return 1.0;
-        if (mode == NonFinite::Zero) {
-            zero_all(spans, n, cached);
-            return 0.0;
-        }
-    }
-    const double coef = clip_coef(max_norm, norm, eps);
-    if (!coef_writes(coef)) return 1.0;
-    scale_all(spans, n, coef, cached);
+    double settled;
+    if (settle_nonfinite(!std::isfinite(norm), mode, spans, n, cached, settled)) return settled;
+    const double coef = applied_coef(clip_coef(max_norm, norm, eps));
+    if (coef_writes(coef)) scale_all(spans, n, coef, cached);
     return coef;
 }
 
@@ -50,8 +62,8 @@ bool fill_coefs(const double* norms, std::size_t n, SpanBounds bounds, double ep
     bool any = false;
     for (std::size_t i = 0; i < n; ++i) {
         const double c = clip_coef(bounds.bound[i * bounds.step], norms[i], eps);
-        coefs[i] = coef_writes(c) ? c : 1.0;
-        any = any || coefs[i] != 1.0;
+        coefs[i] = applied_coef(c);
+        any = any || coef_writes(c);
     }
     return any;
 }
@@ -68,11 +80,8 @@ void clip_each(const Span* spans, std::size_t n, NormSpec spec, SpanBounds bound
     bool nonfinite = false;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(norms[i])) nonfinite = true;
-    if (nonfinite && mode == NonFinite::Skip) return;
-    if (nonfinite && mode == NonFinite::Zero) {
-        zero_all(spans, n, cached);
-        return;
-    }
+    double settled;
+    if (settle_nonfinite(nonfinite, mode, spans, n, cached, settled)) return;
     ws->coefs.resize(n);
     if (fill_coefs(norms, n, bounds, eps, ws->coefs.data())) impl::scale_each(*ws, spans, n, ws->coefs.data());
 }
@@ -108,8 +117,7 @@ double clip_total_into(const Span* src, const Span* dst, std::size_t n, NormSpec
                        double* coef) {
     const ScratchLease ws;
     const double norm = impl::total_norm(*ws, src, n, spec, nullptr);
-    const double c = clip_coef(max_norm, norm, eps);
-    const double applied = coef_writes(c) ? c : 1.0;
+    const double applied = applied_coef(clip_coef(max_norm, norm, eps));
     ws->coefs.assign(n, applied);
     scale_into(src, dst, n, ws->coefs.data());
     *coef = applied;
@@ -184,7 +192,7 @@ double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, dou
                           double eps, const PlanCache* cached) {
     if (!std::isfinite(raw_norm)) return 1.0;  // the caller skips the step and lowers the scale
     const double coef = clip_coef(max_norm, raw_norm * std::fabs(inv_scale), eps);
-    double factor = inv_scale * (coef_writes(coef) ? coef : 1.0);
+    double factor = inv_scale * applied_coef(coef);
     // The kernels multiply float types by the factor rounded to float. A factor beyond the
     // float range (inv_scale > FLT_MAX: a loss scale below 3e-39) would round to inf although
     // every product is finite (unscale_overflows ruled out the rest), so it is applied as
@@ -223,8 +231,8 @@ std::size_t clip_per_example(const Span* slices, std::size_t narrays, std::size_
     if (per_layer) {
         for (std::size_t i = 0; i < n; ++i) {
             const double c = clip_coef(max_norm, norms[i], eps);
-            coefs[i] = coef_writes(c) ? c : 1.0;
-            clipped += c < 1.0 ? 1 : 0;
+            coefs[i] = applied_coef(c);
+            clipped += coef_writes(c) ? 1u : 0u;
         }
     } else {
         std::vector<double> col(narrays);
@@ -232,10 +240,10 @@ std::size_t clip_per_example(const Span* slices, std::size_t narrays, std::size_
             for (std::size_t a = 0; a < narrays; ++a) col[a] = norms[a * batch + b];
             const double nb = norm_of_norms(col.data(), narrays, l2);
             const double c = clip_coef(max_norm, nb, eps);
-            clipped += c < 1.0 ? 1 : 0;
+            clipped += coef_writes(c) ? 1u : 0u;
             for (std::size_t a = 0; a < narrays; ++a) {
                 norms[a * batch + b] = nb;
-                coefs[a * batch + b] = coef_writes(c) ? c : 1.0;
+                coefs[a * batch + b] = applied_coef(c);
             }
         }
     }

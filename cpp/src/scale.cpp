@@ -93,30 +93,42 @@ void scale_each(const Span* spans, std::size_t n, const double* coefs) {
     impl::scale_each(*ws, spans, n, coefs);
 }
 
+namespace {
+// A clamp's bounds, rounded once per element type (the engine's one bound rounding).
+struct ClampBounds {
+    double lo[kNumDTypes], hi[kNumDTypes];
+    ClampBounds(double lo64, double hi64) noexcept {
+        for (int d = 0; d < kNumDTypes; ++d) {
+            lo[d] = round_to_dtype(static_cast<DType>(d), lo64);
+            hi[d] = round_to_dtype(static_cast<DType>(d), hi64);
+        }
+    }
+};
+
+// Clamps one segment to its type's bounds, through the kernel table or the strided path.
+void clamp_segment(const KernelTable& kt, const Span& sp, const Seg& g, const ClampBounds& b) {
+    const int di = static_cast<int>(sp.dt);
+    const double lo = b.lo[di], hi = b.hi[di];
+    if (sp.ndim == 0) {
+        kt.clamp[di](sp.data + g.start * itemsize(sp.dt), g.count, lo, hi);
+        return;
+    }
+    for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) {
+        const double x = load_elem(p, sp.dt);
+        if (x < lo)
+            store_elem(p, sp.dt, lo);
+        else if (x > hi)
+            store_elem(p, sp.dt, hi);
+    });
+}
+}  // namespace
+
 void clamp_all(const Span* spans, std::size_t n, double lo64, double hi64, const PlanCache* cached) {
     const ScratchLease ws;
     const Plan& s = plan_for(*ws, spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
-    double lo_of[kNumDTypes], hi_of[kNumDTypes];
-    for (int d = 0; d < kNumDTypes; ++d) {
-        lo_of[d] = round_to_dtype(static_cast<DType>(d), lo64);
-        hi_of[d] = round_to_dtype(static_cast<DType>(d), hi64);
-    }
-    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
-        const int di = static_cast<int>(sp.dt);
-        const double lo = lo_of[di], hi = hi_of[di];
-        if (sp.ndim == 0) {
-            kt.clamp[di](sp.data + g.start * itemsize(sp.dt), g.count, lo, hi);
-        } else {
-            for_each_strided(sp, g.start, g.count, [&](char* p, std::size_t) {
-                const double x = load_elem(p, sp.dt);
-                if (x < lo)
-                    store_elem(p, sp.dt, lo);
-                else if (x > hi)
-                    store_elem(p, sp.dt, hi);
-            });
-        }
-    });
+    const ClampBounds b(lo64, hi64);
+    for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { clamp_segment(kt, sp, g, b); });
 }
 
 namespace {
@@ -159,27 +171,11 @@ void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo64, do
     Plan& s = ws->plan;
     build_plan(dst, n, s, Layout::Stream);
     const KernelTable& kt = table();
-    double lo_of[kNumDTypes], hi_of[kNumDTypes];
-    for (int d = 0; d < kNumDTypes; ++d) {
-        lo_of[d] = round_to_dtype(static_cast<DType>(d), lo64);
-        hi_of[d] = round_to_dtype(static_cast<DType>(d), hi64);
-    }
+    const ClampBounds b(lo64, hi64);
     for_each_segment(dst, s, [&](const Span& d, const Seg& g) {
         const std::size_t k = static_cast<std::size_t>(&d - dst);
         copy_segment(src[k], d, g);
-        const int di = static_cast<int>(d.dt);
-        const double lo = lo_of[di], hi = hi_of[di];
-        if (d.ndim == 0) {
-            kt.clamp[di](d.data + g.start * itemsize(d.dt), g.count, lo, hi);
-        } else {
-            for_each_strided(d, g.start, g.count, [&](char* p, std::size_t) {
-                const double x = load_elem(p, d.dt);
-                if (x < lo)
-                    store_elem(p, d.dt, lo);
-                else if (x > hi)
-                    store_elem(p, d.dt, hi);
-            });
-        }
+        clamp_segment(kt, d, g, b);
     });
 }
 
@@ -195,14 +191,22 @@ void zero_all(const Span* spans, std::size_t n, const PlanCache* cached) {
     });
 }
 
-std::uint64_t probe_read(const char* p, std::size_t bytes) {
+namespace {
+// The probes' buffer as one span of 64-bit words, planned into chunks like every other call.
+Span word_span(char* p, std::size_t bytes, Scratch& ws) {
     Span sp;
-    sp.data = const_cast<char*>(p);
+    sp.data = p;
     sp.n = bytes / 8;
     sp.dt = DType::F64;
+    build_plan(&sp, 1, ws.plan, Layout::Stream);
+    return sp;
+}
+}  // namespace
+
+std::uint64_t probe_read(const char* p, std::size_t bytes) {
     const ScratchLease ws;
-    Plan& s = ws->plan;
-    build_plan(&sp, 1, s, Layout::Stream);
+    const Span sp = word_span(const_cast<char*>(p), bytes, *ws);
+    const Plan& s = ws->plan;
     const KernelTable& kt = table();
     ws->words.assign(s.nchunks(), 0);
     std::uint64_t* out = ws->words.data();
@@ -220,13 +224,9 @@ volatile std::uint64_t g_zero = 0;  // read at run time, so the probe's store ca
 }
 
 void probe_rw(char* p, std::size_t bytes) {
-    Span sp;
-    sp.data = p;
-    sp.n = bytes / 8;
-    sp.dt = DType::F64;
     const ScratchLease ws;
-    Plan& s = ws->plan;
-    build_plan(&sp, 1, s, Layout::Stream);
+    const Span sp = word_span(p, bytes, *ws);
+    const Plan& s = ws->plan;
     const KernelTable& kt = table();
     const std::uint64_t k = g_zero;
     run_chunks(s, [&](std::size_t c) {

@@ -71,29 +71,25 @@ std::uint16_t to_bf16(float f) {
     return static_cast<std::uint16_t>(u >> 16);
 }
 
+template <class T>
+T read_as(const void* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
 double from_elem(const char* p, DType dt) {
     switch (dt) {
-        case DType::F64: {
-            double v;
-            std::memcpy(&v, p, 8);
-            return v;
-        }
-        case DType::F32: {
-            float v;
-            std::memcpy(&v, p, 4);
-            return v;
-        }
+        case DType::F64:
+            return read_as<double>(p);
+        case DType::F32:
+            return read_as<float>(p);
         case DType::BF16: {
-            std::uint16_t h;
-            std::memcpy(&h, p, 2);
-            const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
-            float f;
-            std::memcpy(&f, &u, 4);
-            return f;
+            const std::uint32_t u = static_cast<std::uint32_t>(read_as<std::uint16_t>(p)) << 16;
+            return read_as<float>(&u);
         }
         case DType::F16: {
-            std::uint16_t h;
-            std::memcpy(&h, p, 2);
+            const auto h = read_as<std::uint16_t>(p);
             const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
             if (e == 31)
                 return m != 0         ? std::numeric_limits<double>::quiet_NaN()

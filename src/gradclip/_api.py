@@ -166,7 +166,7 @@ def _clip_norm(
             raise _nonfinite_error(norm, p, "total norm of the gradients")
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, coef < 1.0, not math.isfinite(norm), norms)
+    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
 
 
 def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
@@ -186,7 +186,7 @@ def _clip_each(
     norms: np.ndarray = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
     if mode == "raise" and not np.isfinite(norms).all():
         bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-        raise _nonfinite_error(float(norms[bad]), p, f"norm of grads[{bad}]")
+        raise _nonfinite_error(float(norms[bad]), p, f"norm of {ops.own(target, False).where(bad)}")
     return norms
 
 

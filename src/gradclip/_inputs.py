@@ -51,8 +51,19 @@ class JaxLeaves(list):  # type: ignore[type-arg]
     """The leaves of a tree that ``jax.tree_util`` flattened (None leaves kept, so positions
     count them as gradclip's own trees do), with its ``treedef`` to rebuild the structure."""
 
-    __slots__ = ("treedef",)
+    __slots__ = ("_paths", "tree", "treedef")
     treedef: Any
+    tree: Any
+    _paths: list[str] | None
+
+    def leaf_name(self, arg: str, i: int) -> str:
+        """Leaf ``i`` as error messages name it: ``arg`` and its key path
+        (``jax.tree_util.keystr``), as for gradclip's own trees (``grads['enc'][0]``)."""
+        if self._paths is None:
+            tu = sys.modules["jax"].tree_util
+            pairs = tu.tree_flatten_with_path(self.tree, is_leaf=lambda x: x is None)[0]
+            self._paths = [tu.keystr(path) for path, _ in pairs]
+        return arg + self._paths[i]
 
 
 # Types known to be pytree leaves / nodes for jax.tree_util, learned as they are met: a type's
@@ -103,6 +114,8 @@ def _jax_leaves(tree: Any, jax: Any) -> JaxLeaves:
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is None)
     out = JaxLeaves(leaves)
     out.treedef = treedef
+    out.tree = tree
+    out._paths = None
     return out
 
 

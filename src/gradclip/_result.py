@@ -21,7 +21,10 @@ class ClipResult:
         The coefficient the gradients were multiplied by (1.0 when nothing was written for
         clipping; a mixed-precision step still multiplies by the inverse loss scale).
     clipped : bool
-        True when ``coef < 1``.
+        True when the gradients were multiplied by a coefficient other than 1 to clip them:
+        ``coef < 1``, or ``coef`` NaN (a NaN norm under ``nonfinite="propagate"``, PyTorch's
+        arithmetic, writes NaN: that step is reported as clipped, not as left alone). A step
+        that zeroed the gradients (``coef == 0``) is clipped too.
     found_nonfinite : bool
         True when the norm was NaN or infinite.
     tensor_norms : ndarray of float64 or None

@@ -93,7 +93,7 @@ def unscale_clip_grad_norm_(
     return ClipResult(
         total_norm=total,
         coef=coef,
-        clipped=finite and coef < 1.0,
+        clipped=_core.clipped(coef),
         found_nonfinite=not finite,
         tensor_norms=norms,
     )
@@ -218,9 +218,10 @@ def adaptive_grad_clip_(
     gseq = arrays_of(grads, "grads")
     pseq = arrays_of(params, "params")
     # the leaves' shapes as the core sees them (its checks first: a bad leaf is named there)
-    shapes = [None if a is None else a.shape for a in core_set(grads).arrays()]
+    cs = core_set(grads)
+    shapes = [None if a is None else a.shape for a in cs.arrays()]
     reduce = [
-        [] if shape is None else _agc_reduce_axes(tuple(shape), layout, axis, f"grads[{i}]")
+        [] if shape is None else _agc_reduce_axes(tuple(shape), layout, axis, cs.where(i))
         for i, shape in enumerate(shapes)
     ]
     # total: the engine's combination of the per-array norms
@@ -230,7 +231,7 @@ def adaptive_grad_clip_(
     return ClipResult(
         total_norm=total,
         coef=cmin,
-        clipped=not (cmin >= 1.0),
+        clipped=_core.clipped(cmin),
         found_nonfinite=not math.isfinite(total),
         tensor_norms=norms,
     )

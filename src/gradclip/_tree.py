@@ -1,7 +1,7 @@
 """Pytrees in Python, for the operations that return arrays in the input's structure or work
-per leaf (AGC, per-example clipping, the functional copies). The rule is the compiled parse's:
-lists, tuples (named tuples too) and dicts are containers, nested to any depth; everything
-else, None included, is a leaf; leaves depth first, dicts in their iteration order. A tree that
+per leaf (AGC, per-example clipping, the functional copies). The rule (what is a container,
+the leaf order, the depth limit) is the compiled parse's, and only there: ``flatten`` asks it
+(``_core.tree_flatten``); ``unflatten`` builds containers back around new leaves. A tree that
 ``_inputs.as_sequence`` flattened with ``jax.tree_util`` (a ``JaxLeaves``) carries its treedef,
 and JAX rebuilds it."""
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _core
 from ._inputs import JaxLeaves
 
 __all__ = ["flatten", "unflatten"]
-
-_MAX_DEPTH = 200
 
 
 def flatten(tree: Any) -> tuple[list[Any], Any]:
@@ -21,23 +20,7 @@ def flatten(tree: Any) -> tuple[list[Any], Any]:
     containers around new leaves."""
     if isinstance(tree, JaxLeaves):
         return list(tree), tree
-    leaves: list[Any] = []
-
-    def visit(node: Any, depth: int) -> Any:
-        if depth > _MAX_DEPTH:
-            raise TypeError(
-                f"grads is nested more than {_MAX_DEPTH} levels deep (a container that "
-                "contains itself?)"
-            )
-        if isinstance(node, dict):
-            return (type(node), [(k, visit(v, depth + 1)) for k, v in node.items()])
-        if isinstance(node, (list, tuple)):
-            return (type(node), [visit(v, depth + 1) for v in node])
-        leaves.append(node)
-        return None
-
-    spec = visit(tree, 0)
-    return leaves, spec
+    return _core.tree_flatten(tree)
 
 
 def unflatten(spec: Any, leaves: list[Any]) -> Any:

@@ -134,8 +134,14 @@ void probe_rw(char* p, std::size_t bytes);
 
 // min(1, max_norm / (norm + eps)); NaN when norm is NaN (as in PyTorch).
 double clip_coef(double max_norm, double norm, double eps) noexcept;
-// True when a coefficient asks for a write: coef < 1 or NaN.
+// True when a coefficient asks for a write: coef < 1 or NaN. This is also what "clipped"
+// means everywhere (ClipResult.clipped, the per-example counts): the gradients were
+// multiplied by a coefficient other than 1, a NaN one included (PyTorch's arithmetic for a
+// NaN norm writes NaN, so such a step is reported as clipped, not as left alone).
 inline bool coef_writes(double coef) noexcept { return !(coef >= 1.0); }
+// The coefficient a clip applies: coef where coef_writes(coef), else exactly 1 (nothing
+// written).
+inline double applied_coef(double coef) noexcept { return coef_writes(coef) ? coef : 1.0; }
 
 // The global rule once the total norm is known, its one home: the non-finite policy (Skip:
 // write nothing; Zero: set every element to 0; Propagate: go on with PyTorch's arithmetic),

@@ -146,7 +146,7 @@ def clip_grad_norm_(
         _clip_by_coef(arrays, m, norm, e)
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, coef < 1.0, not finite, norms)
+    return ClipResult(norm, coef, not coef >= 1.0, not finite, norms)  # NaN: written, so clipped
 
 
 def clip_grads_with_norm_(
