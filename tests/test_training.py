@@ -40,9 +40,9 @@ def assert_same(a, b, cancel=False):
 @pytest.fixture(params=gradclip.available_cpu_targets())
 def target(request):
     before = gradclip.cpu_target()
-    gradclip._api._set_cpu_target(request.param)
+    gradclip._set_cpu_target(request.param)
     yield request.param
-    gradclip._api._set_cpu_target(before)
+    gradclip._set_cpu_target(before)
 
 
 # ---------------------------------------------------------------- mixed precision
