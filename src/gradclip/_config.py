@@ -27,7 +27,7 @@ def _init_target() -> None:
             f"(available: {', '.join(_core.available_cpu_targets())}); "
             f"using {_core.cpu_target()!r}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the package import of _api, as before the split
         )
 
 
