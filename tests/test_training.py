@@ -88,11 +88,11 @@ def test_unscale_nonfinite_writes_nothing(bad):
 @pytest.mark.parametrize(
     ("kwargs", "exc"),
     [
-        (dict(max_norm=0.0, inv_scale=1.0), ValueError),
-        (dict(max_norm=1.0, inv_scale=0.0), ValueError),
-        (dict(max_norm=1.0, inv_scale=math.inf), ValueError),
-        (dict(max_norm=1.0, inv_scale=-1.0), ValueError),
-        (dict(max_norm=1.0, inv_scale="1"), TypeError),
+        ({"max_norm": 0.0, "inv_scale": 1.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": 0.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": math.inf}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": -1.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": "1"}, TypeError),
     ],
 )
 def test_unscale_bad_arguments(kwargs, exc):

@@ -99,7 +99,7 @@ def test_views_sharing_an_element_are_refused_before_any_write(m: Any, name: str
 
 
 def test_an_output_sharing_memory_with_another_output_is_refused() -> None:
-    buf, views = fresh(overlapping)
+    _buf, views = fresh(overlapping)
     with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] overlap in memory"):
         gradclip.clip_by_global_norm([v.copy() for v in views], 0.5, out=views)
 
@@ -119,7 +119,7 @@ def test_reading_calls_accept_views_that_share_memory(
 
 
 def test_a_cached_set_of_disjoint_views_clips_every_call() -> None:
-    buf, views = fresh(qkv_split)
+    _buf, views = fresh(qkv_split)
     gs = gradclip.GradientSet(views)
     for _ in range(3):
         views[0][...] = 10.0  # large again: each call clips

@@ -324,7 +324,7 @@ def clip_per_example_(
         else:
             typed[...] = total
             sums.append(typed)
-    leaves, spec = flatten(seq)
+    _leaves, spec = flatten(seq)
     # the sums in the input's structure (the outermost list or tuple as a list)
     if spec is not None and spec[0] in (list, tuple):
         spec = (list, spec[1])
