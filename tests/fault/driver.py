@@ -61,7 +61,7 @@ gc: Any = None
 
 
 def load() -> None:
-    global gc
+    global gc  # noqa: PLW0603  (imported once, lazily: see the comment above)
     if gc is None:
         import gradclip
 
