@@ -13,8 +13,10 @@ from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
-from . import _config as _config  # the core set up before any call
-from . import _core
+from . import (
+    _config,  # noqa: F401  (sets the core up before any call)
+    _core,
+)
 from ._dist import global_norm
 from ._errors import raise_nonfinite
 from ._inputs import (
@@ -27,7 +29,9 @@ from ._inputs import (
     resolve_mode,
     value_bounds,
 )
-from ._ops import ENGINE_MODE as ENGINE_MODE  # re-exported: the stateful clippers use it
+
+# (the "as" form re-exports ENGINE_MODE for the stateful clippers, PEP 484 style)
+from ._ops import ENGINE_MODE as ENGINE_MODE  # noqa: PLC0414
 from ._ops import ONCE, SET, Norms, Ops
 from ._result import ClipResult
 from ._slices import clip_by_norm_
