@@ -159,7 +159,9 @@ def plain_ceiling_lib():
             out = Path(tempfile.mkdtemp(prefix="gradclip-bench-")) / "plain_ceiling.so"
             src = Path(__file__).with_name("plain_ceiling.c")
             flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-            done = subprocess.run([cc, *flags, str(src), "-o", str(out)], capture_output=True)
+            done = subprocess.run(
+                [cc, *flags, str(src), "-o", str(out)], capture_output=True, check=False
+            )
             if done.returncode == 0:
                 lib = ctypes.CDLL(str(out))
                 lib.plain_sum_sq.restype = ctypes.c_double
@@ -242,7 +244,14 @@ def record(benchmark, *, workload: str, case: str, threads: int, peer: str, nbyt
         gbps=nbytes / median / 1e9,
     )
     _RESULTS.append(
-        dict(workload=workload, case=case, threads=threads, peer=peer, bytes=nbytes, median=median)
+        {
+            "workload": workload,
+            "case": case,
+            "threads": threads,
+            "peer": peer,
+            "bytes": nbytes,
+            "median": median,
+        }
     )
 
 
@@ -324,16 +333,16 @@ def pytest_sessionfinish(session, exitstatus):
     if not _RESULTS:
         return
     rows = summarize(_RESULTS)
-    meta = dict(
-        date=_dt.date.today().isoformat(),
-        cpu=_cpu_name(),
-        cores=os.cpu_count(),
-        cpu_target=gradclip.cpu_target(),
-        gradclip=gradclip.__version__,
-        numpy=np.__version__,
-        blas=_blas_info(),
-        dropped_env=DROPPED_BLAS_VARS,
-    )
+    meta = {
+        "date": _dt.date.today().isoformat(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "cpu_target": gradclip.cpu_target(),
+        "gradclip": gradclip.__version__,
+        "numpy": np.__version__,
+        "blas": _blas_info(),
+        "dropped_env": DROPPED_BLAS_VARS,
+    }
     meta["ceilings"] = _ceiling_summary(_RESULTS)
     try:
         import torch
@@ -343,7 +352,7 @@ def pytest_sessionfinish(session, exitstatus):
         pass
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / "latest.json"
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     from report import markdown_table  # bench/report.py
 
     tr = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -93,7 +93,7 @@ def plot(meta: dict, rows: list[dict], out: Path) -> None:
     axes = list(grid.ravel())[: len(cases)]
     width = 0.8 / (len(peers) + 1)
     for ax, (case, nt) in zip(axes, cases, strict=True):
-        for j, peer in enumerate(peers + ["ceiling"]):
+        for j, peer in enumerate([*peers, "ceiling"]):
             ys = []
             for wl in workloads:
                 match = [

@@ -87,7 +87,7 @@ def check_agreement(w: Any, case: str, norm: float) -> None:
         w.restore()
         if case == "clip":
             assert gradclip.clip_grad_norm_(w.grads, result.threshold) == norm
-        for a, b in zip(got, w.grads[:40] + [w.grads[-1]], strict=True):
+        for a, b in zip(got, [*w.grads[:40], w.grads[-1]], strict=True):
             assert a.tobytes() == b.tobytes(), peer
     w.restore()
     _CHECKED.add((w.name, case))

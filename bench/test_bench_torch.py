@@ -35,9 +35,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # conftest, when run as a script
-from conftest import CEILINGS, ceiling_fn, get_workload, record  # noqa: E402
+from conftest import CEILINGS, ceiling_fn, get_workload, record
 
-import gradclip  # noqa: E402
+import gradclip
 
 torch = pytest.importorskip("torch")
 import gradclip.torch as gt  # noqa: E402

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.steps):
         x, y = demo.adding_batch(data_rng, local_batch, cfg.seq_len)
         with np.errstate(all="ignore"):
-            loss, grads = demo.loss_and_grads(params, x, y)
+            _loss, grads = demo.loss_and_grads(params, x, y)
         for g in grads:  # average the gradients over the ranks
             comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
             g /= size

@@ -152,8 +152,8 @@ def run_pair(
 
 def assert_states_close(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        x, y = a[key], b[key]
+    for key, x in a.items():
+        y = b[key]
         if isinstance(y, float):
             assert_close(x, y, key)
         elif isinstance(y, list):

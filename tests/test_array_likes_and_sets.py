@@ -34,7 +34,7 @@ def test_writing_calls_refuse_numbers_and_name_the_copying_call() -> None:
 def test_a_copying_call_is_never_told_to_use_itself() -> None:
     ro = np.ones(3)
     ro.flags.writeable = False
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="read-only") as info:
         gradclip.clip_by_global_norm([np.ones(3)], 1.0, out=[ro])
     assert (
         str(info.value)

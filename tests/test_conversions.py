@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gradclip
-from gradclip._api import _set_cpu_target
+from gradclip._config import _set_cpu_target
 
 ml_dtypes = pytest.importorskip("ml_dtypes", exc_type=ImportError)
 

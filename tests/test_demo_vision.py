@@ -16,8 +16,8 @@ import gradclip
 
 pytest.importorskip("sklearn", exc_type=ImportError)
 
-from gradclip import demo as demo_package  # noqa: E402
-from gradclip.demo import vision  # noqa: E402
+from gradclip import demo as demo_package
+from gradclip.demo import vision
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,24 +5,20 @@
 # by the writing ones.
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from operations import operations
 
 import gradclip
 from gradclip import reference as ref
 
-WRITERS = {
-    "clip_grad_norm_": lambda m, g: m.clip_grad_norm_(g, 1e-3),
-    "clip_grads_with_norm_": lambda m, g: m.clip_grads_with_norm_(g, 1e-3, 10.0),
-    "clip_grad_value_": lambda m, g: m.clip_grad_value_(g, 1e-3),
-    "clip_grad_norm_per_tensor_": lambda m, g: m.clip_grad_norm_per_tensor_(g, 1e-3),
-    "clip_by_block_rms_": lambda m, g: m.clip_by_block_rms_(g, 1e-3),
-    "unscale_clip_grad_norm_": lambda m, g: m.unscale_clip_grad_norm_(g, 1e-3, 0.5),
-    "clip_per_example_": lambda m, g: m.clip_per_example_(g, 1e-3),
+# every writing call taking a pytree (tests/operations.py), and making a GradientSet
+WRITERS: dict[str, Callable[[Any, Any], Any]] = {
+    **{op.name: op.call for op in operations(access=["write"], shapes=["any", "batched"])},
     "GradientSet": lambda m, g: m.GradientSet(g),
-    "AutoClip": lambda m, g: m.AutoClip()(g),
 }
 
 

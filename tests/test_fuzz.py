@@ -359,7 +359,7 @@ def invoke(module: Any, sc: Scenario, grads: Any, args: dict[str, Any], via: str
                 value = module.clip_by_norm_(grads, **args)
             else:
                 value = getattr(module, sc.op)(grads, **args)
-        except Exception as exc:  # noqa: BLE001 - the property is about which exceptions
+        except Exception as exc:
             return Outcome(error=exc, warned=tuple(w.category for w in caught))
     return Outcome(value=value, warned=tuple(w.category for w in caught))
 
@@ -571,7 +571,7 @@ def check_success(
             expected = np.array(original)
             axis = args.get("axis")
             axes = range(view.ndim) if axis is None else np.atleast_1d(axis) % max(view.ndim, 1)
-            kept = [d for d in range(view.ndim) if d not in set(int(a) for a in axes)]
+            kept = [d for d in range(view.ndim) if d not in {int(a) for a in axes}]
             norms = np.asarray(got.value)
             for index in np.ndindex(*(view.shape[d] for d in kept)):
                 slicer: list[Any] = [slice(None)] * view.ndim
@@ -796,9 +796,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             entries.append(("foreign", draw(st.sampled_from(FOREIGN))))
         else:
             entries.append(("array", draw(array_specs(shared=True, clean=clean))))
-    if op == "clip_by_norm_":
-        container = "single"
-    elif n == 1 and entries[0][0] == "array" and draw(st.booleans()):
+    if op == "clip_by_norm_" or (n == 1 and entries[0][0] == "array" and draw(st.booleans())):
         container = "single"
     else:
         container = draw(st.sampled_from(["list", "list", "tuple", "generator"]))

@@ -107,10 +107,7 @@ def test_mixed_magnitudes(values: list[float], p: float) -> None:
     m = float(np.max(np.abs(x)))
     e = math.frexp(m)[1]
     scaled = np.ldexp(x, -e)
-    if math.isinf(p):
-        expected = m
-    else:
-        expected = math.ldexp(math.fsum(np.abs(scaled) ** p) ** (1.0 / p), e)
+    expected = m if math.isinf(p) else math.ldexp(math.fsum(np.abs(scaled) ** p) ** (1.0 / p), e)
     check_against(expected, ref.get_total_norm(x, p), 1e-13, "reference")
     for cfg in each_config():
         check_against(expected, gradclip.get_total_norm(x, p), 1e-12, f"compiled {cfg}")

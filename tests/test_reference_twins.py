@@ -99,7 +99,7 @@ def test_clip_result_options_agree(mode: str, per_tensor_norms: bool, bad: bool)
     ours = make()
     rng = np.random.default_rng(5)
     theirs = make()
-    kw = dict(nonfinite=mode, return_result=True, per_tensor_norms=per_tensor_norms)
+    kw = {"nonfinite": mode, "return_result": True, "per_tensor_norms": per_tensor_norms}
     a = gradclip.clip_grad_norm_(ours, 0.5, **kw)
     b = ref.clip_grad_norm_(theirs, 0.5, **kw)
     assert_norm_close(a.total_norm, b.total_norm, 2.0)
@@ -160,5 +160,5 @@ def test_package_works_without_the_compiled_core() -> None:
         print("ok")
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr

@@ -182,8 +182,8 @@ def test_group_must_be_a_process_group():
     w = torch.nn.Parameter(torch.zeros(2))
     w.grad = torch.ones(2)
     if not torch.distributed.is_initialized():
-        with pytest.raises(RuntimeError, match="needs torch.distributed initialised"):
+        with pytest.raises(RuntimeError, match=r"needs torch\.distributed initialised"):
             gt.clip_grad_norm_([w], 1.0, group=object())
-    with pytest.raises(TypeError, match="group must be a torch.distributed ProcessGroup"):
+    with pytest.raises(TypeError, match=r"group must be a torch\.distributed ProcessGroup"):
         gt._groups_of(object())
     assert torch.equal(w.grad, torch.ones(2))

@@ -40,9 +40,9 @@ def assert_same(a, b, cancel=False):
 @pytest.fixture(params=gradclip.available_cpu_targets())
 def target(request):
     before = gradclip.cpu_target()
-    gradclip._api._set_cpu_target(request.param)
+    gradclip._set_cpu_target(request.param)
     yield request.param
-    gradclip._api._set_cpu_target(before)
+    gradclip._set_cpu_target(before)
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -88,11 +88,11 @@ def test_unscale_nonfinite_writes_nothing(bad):
 @pytest.mark.parametrize(
     ("kwargs", "exc"),
     [
-        (dict(max_norm=0.0, inv_scale=1.0), ValueError),
-        (dict(max_norm=1.0, inv_scale=0.0), ValueError),
-        (dict(max_norm=1.0, inv_scale=math.inf), ValueError),
-        (dict(max_norm=1.0, inv_scale=-1.0), ValueError),
-        (dict(max_norm=1.0, inv_scale="1"), TypeError),
+        ({"max_norm": 0.0, "inv_scale": 1.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": 0.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": math.inf}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": -1.0}, ValueError),
+        ({"max_norm": 1.0, "inv_scale": "1"}, TypeError),
     ],
 )
 def test_unscale_bad_arguments(kwargs, exc):

@@ -51,19 +51,21 @@ _PURE_NAMES = frozenset({"ClipResult", "NonFiniteNormError", "get_include", "ref
 try:
     from ._api import (
         GradientSet,
-        _set_cpu_target,  # noqa: F401  (tests and benchmarks switch targets)
-        available_cpu_targets,
         clip_by_block_rms_,
         clip_by_norm_,
         clip_grad_norm_,
         clip_grad_norm_per_tensor_,
         clip_grad_value_,
         clip_grads_with_norm_,
+        get_total_norm,
+        tensor_norms,
+    )
+    from ._config import (
+        _set_cpu_target,  # noqa: F401  (tests and benchmarks switch targets)
+        available_cpu_targets,
         cpu_target,
         get_num_threads,
-        get_total_norm,
         set_num_threads,
-        tensor_norms,
     )
     from ._functional import clip_by_global_norm, clip_by_norm_per_tensor, clip_by_value
     from ._training import adaptive_grad_clip_, clip_per_example_, unscale_clip_grad_norm_

@@ -7,95 +7,54 @@ compiled core in one call: no per-array Python work on the hot path.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_tuple
 
-from . import _core
+from . import (
+    _config,  # noqa: F401  (sets the core up before any call)
+    _core,
+)
 from ._dist import global_norm
-from ._errors import NonFiniteNormError
+from ._errors import raise_nonfinite
 from ._inputs import (
-    as_array,
     as_sequence,
     check_eps,
     check_flag,
     check_max_norm,
     check_norm_type,
     check_total_norm,
-    loaded_bfloat16,
     resolve_mode,
     value_bounds,
 )
+
+# (the "as" form re-exports ENGINE_MODE for the stateful clippers, PEP 484 style)
+from ._ops import ENGINE_MODE as ENGINE_MODE  # noqa: PLC0414
+from ._ops import ONCE, SET, Norms, Ops
 from ._result import ClipResult
+from ._slices import clip_by_norm_
+
+T = TypeVar("T")
 
 __all__ = [
     "GradientSet",
-    "available_cpu_targets",
     "clip_by_block_rms_",
     "clip_by_norm_",
     "clip_grad_norm_",
     "clip_grad_norm_per_tensor_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
-    "cpu_target",
-    "get_num_threads",
     "get_total_norm",
-    "set_num_threads",
     "tensor_norms",
 ]
 
-# The engine's non-finite policies; "raise" is the engine's "skip" (nothing written), then
-# an exception here. The one mapping from the public spelling to the engine's.
-ENGINE_MODE: dict[str, Any] = {
-    "propagate": _core.NonFinite.propagate,
-    "raise": _core.NonFinite.skip,
-    "skip": _core.NonFinite.skip,
-    "zero": _core.NonFinite.zero,
-}
 
-
-# bfloat16 is ml_dtypes' type, and the core learns its type number from loaded_bfloat16 when
-# it first meets a dtype it does not know: importing ml_dtypes here would cost most of
-# gradclip's import time, for users who may never have a bfloat16 array.
-_core._init(loaded_bfloat16, as_array)
-
-
-def _init_target() -> None:
-    forced = os.environ.get("GRADCLIP_CPU_TARGET", "").strip()
-    if not _core.init_cpu_target(forced):
-        warnings.warn(
-            f"GRADCLIP_CPU_TARGET={forced!r} is not a CPU target this build and CPU can run "
-            f"(available: {', '.join(_core.available_cpu_targets())}); "
-            f"using {_core.cpu_target()!r}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-_init_target()
-# The importing thread's large calls use an OpenMP team (created on the first one); calls on
-# other threads run on their own thread unless set_num_threads is called there, which creates
-# that thread's team at once: an OpenMP runtime that cannot create a team ends the process
-# (docs/errors.md, "Out of memory").
-_core.allow_team()
-
-
-# Where an operation runs: ``ops.name(target, ...)`` is the same compiled method for a free
-# function's arrays (``ONCE``: ``target`` is ``as_sequence``'s (sequence, single), made into
-# a one-shot set inside the call, validated then and there) and for a GradientSet (``SET``:
-# ``target`` is its compiled set, with the cached plan and the re-check). ``ops.own(target)``
-# is the set itself, for code that makes several calls on the same arrays.
-ONCE: Any = _core.once
-SET: Any = _core.GradientSet
-
-
-def ops_of(grads: Any) -> tuple[Any, Any]:
-    """``(ops, target)`` for ``grads``: a :class:`GradientSet`'s own set, else one-shot."""
+def ops_of(grads: Any) -> tuple[Ops[Any], Any]:
+    """``(ops, target)`` for ``grads`` (see :mod:`._ops`): a :class:`GradientSet`'s own set,
+    else one-shot. ``ops.own(target)`` is the compiled set itself, for code that makes
+    several calls on the same arrays."""
     if isinstance(grads, GradientSet):
         return SET, grads._set
     return ONCE, as_sequence(grads)
@@ -109,7 +68,7 @@ def arrays_of(grads: Any, arg: str = "grads") -> tuple[Any, ...] | Any:
     return as_sequence(grads, arg)[0]
 
 
-def core_set(grads: Any) -> Any:
+def core_set(grads: Any) -> _core.GradientSet:
     """The compiled set behind ``grads``: a :class:`GradientSet`'s own, else a one-shot one."""
     ops, target = ops_of(grads)
     return ops.own(target)
@@ -117,20 +76,19 @@ def core_set(grads: Any) -> Any:
 
 def global_norm_of(
     comm: Any,
-    make_set: Callable[[], Any],
+    make_set: Callable[[], _core.GradientSet],
     p: float,
-    part: Callable[[Any], float] | None = None,
-) -> tuple[float, Any]:
+    part: Callable[[_core.GradientSet], float] | None = None,
+) -> tuple[float, _core.GradientSet]:
     """The norm over every rank's arrays, and this rank's compiled set. The set is made inside
     the collective's error handling: a rank whose input is bad still takes part in the
     collective, and then every rank raises (none is left waiting, none writes). ``part``
     gives this rank's norm from its set (default: its total norm)."""
-    made: list[Any] = []
+    made: list[_core.GradientSet] = []
 
     def local() -> float:
         made.append(make_set())
-        norm: float = made[0].total_norm(p) if part is None else part(made[0])
-        return norm
+        return made[0].total_norm(p) if part is None else part(made[0])
 
     return global_norm(comm, local, p), made[0]
 
@@ -141,63 +99,105 @@ def global_norm_of(
 
 
 def _clip_norm(
-    ops: Any,
-    target: Any,
+    ops: Ops[T],
+    target: T,
     max_norm: float,
     p: float,
     mode: str,
     eps: float,
     comm: Any,
-    return_result: bool,
     per_tensor_norms: bool,
-) -> Any:
+) -> tuple[float, float, Norms | None]:
+    """``(norm, coef, per-array norms or None)`` of a global norm clip."""
     if comm is not None:
         norm, s = global_norm_of(comm, partial(ops.own, target), p)
         if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
-            raise _nonfinite_error(norm, p, "global norm of the gradients across ranks")
+            raise_nonfinite(norm, p, "global norm of the gradients across ranks")
         # this rank's own arrays, before the write (one more read pass, only when asked)
         norms = s.tensor_norms(p) if per_tensor_norms else None
-        coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
-    else:
-        norm, coef, norms = ops.clip_total(
-            target, max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
-        )
-        if mode == "raise" and not math.isfinite(norm):
-            raise _nonfinite_error(norm, p, "total norm of the gradients")
-    if not return_result and not per_tensor_norms:
-        return norm
-    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
+        return norm, s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode]), norms
+    norm, coef, norms = ops.clip_total(
+        target, max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
+    )
+    if mode == "raise" and not math.isfinite(norm):
+        raise_nonfinite(norm, p)
+    return norm, coef, norms
 
 
-def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
+def _total_norm(ops: Ops[T], target: T, p: float, error_if_nonfinite: bool, comm: Any) -> float:
     error_if_nonfinite = check_flag(error_if_nonfinite, "error_if_nonfinite")
     if comm is not None:
         norm = global_norm_of(comm, partial(ops.own, target, False), p)[0]
     else:
         norm = ops.total_norm(target, p)
     if error_if_nonfinite and not math.isfinite(norm):
-        raise _nonfinite_error(norm, p, "total norm of the gradients")
+        raise_nonfinite(norm, p)
     return float(norm)
 
 
 def _clip_each(
-    ops: Any, target: Any, max_norm: float, p: float, mode: str, eps: float
+    ops: Ops[T], target: T, max_norm: float, p: float, mode: str, eps: float
 ) -> np.ndarray:
-    norms: np.ndarray = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
+    norms = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
     if mode == "raise" and not np.isfinite(norms).all():
         bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-        raise _nonfinite_error(float(norms[bad]), p, f"norm of {ops.own(target, False).where(bad)}")
+        raise_nonfinite(float(norms[bad]), p, f"norm of {ops.own(target, False).where(bad)}")
     return norms
 
 
-def _nonfinite_error(norm: float, p: float, what: str) -> NonFiniteNormError:
-    return NonFiniteNormError(
-        f"The {what} of order {p} is non-finite ({norm}), so it cannot be clipped; nothing "
-        "was modified. Pass nonfinite='skip' to get the norm back without an error, or "
-        "nonfinite='propagate' (error_if_nonfinite=False) to scale by it as PyTorch does."
-    )
-
-
+# The return type follows the flags: a float, or a ClipResult when either flag is True.
+@overload
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = ...,
+    *,
+    error_if_nonfinite: bool = ...,
+    nonfinite: str = ...,
+    eps: float = ...,
+    return_result: Literal[False] = ...,
+    per_tensor_norms: Literal[False] = ...,
+    comm: Any = ...,
+) -> float: ...
+@overload
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = ...,
+    *,
+    error_if_nonfinite: bool = ...,
+    nonfinite: str = ...,
+    eps: float = ...,
+    return_result: Literal[True],
+    per_tensor_norms: bool = ...,
+    comm: Any = ...,
+) -> ClipResult: ...
+@overload
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = ...,
+    *,
+    error_if_nonfinite: bool = ...,
+    nonfinite: str = ...,
+    eps: float = ...,
+    return_result: bool = ...,
+    per_tensor_norms: Literal[True],
+    comm: Any = ...,
+) -> ClipResult: ...
+@overload
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = ...,
+    *,
+    error_if_nonfinite: bool = ...,
+    nonfinite: str = ...,
+    eps: float = ...,
+    return_result: bool = ...,
+    per_tensor_norms: bool = ...,
+    comm: Any = ...,
+) -> float | ClipResult: ...
 def clip_grad_norm_(
     grads: Any,
     max_norm: float,
@@ -209,7 +209,7 @@ def clip_grad_norm_(
     return_result: bool = False,
     per_tensor_norms: bool = False,
     comm: Any = None,
-) -> Any:
+) -> float | ClipResult:
     """Clip gradients in place so that their total norm is at most ``max_norm``.
 
     The total norm is the ``norm_type``-norm of all elements of all arrays together,
@@ -239,8 +239,9 @@ def clip_grad_norm_(
         Return a :class:`ClipResult` (norm, coefficient, whether it clipped, whether the
         norm was non-finite) instead of the norm.
     per_tensor_norms : bool, default False
-        Also report each array's norm, from the same read pass, as ``tensor_norms`` of a
-        :class:`ClipResult`, which the call then returns even without ``return_result``.
+        Also report each array's norm, from the same read pass, as ``tensor_norms``: the
+        flag alone makes the call return a :class:`ClipResult` (``return_result`` is not
+        needed).
         The total is then the norm of those norms, which may differ from the plain call's
         total in the last bit. With ``comm``, the norms are of this rank's arrays (one more
         read pass) and the total is the global norm.
@@ -270,9 +271,12 @@ def clip_grad_norm_(
     p = check_norm_type(norm_type)
     mode = resolve_mode(nonfinite, error_if_nonfinite)
     eps = check_eps(eps)
-    return _clip_norm(
-        ONCE, as_sequence(grads), max_norm, p, mode, eps, comm, return_result, per_tensor_norms
+    norm, coef, norms = _clip_norm(
+        ONCE, as_sequence(grads), max_norm, p, mode, eps, comm, per_tensor_norms
     )
+    if not return_result and not per_tensor_norms:
+        return norm
+    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
 
 
 def get_total_norm(
@@ -370,8 +374,7 @@ def tensor_norms(grads: Any, norm_type: float = 2.0) -> np.ndarray:
     array([5., 0., 2.])
     """
     p = check_norm_type(norm_type)
-    out: np.ndarray = ONCE.tensor_norms(as_sequence(grads), p)
-    return out
+    return ONCE.tensor_norms(as_sequence(grads), p)
 
 
 def clip_grad_norm_per_tensor_(
@@ -411,96 +414,6 @@ def clip_grad_norm_per_tensor_(
     return _clip_each(ONCE, as_sequence(grads), max_norm, p, mode, eps)
 
 
-def clip_by_norm_(
-    x: Any,
-    max_norm: float,
-    axis: int | tuple[int, ...] | None = None,
-    norm_type: float = 2.0,
-    *,
-    eps: float = 1e-6,
-) -> np.ndarray:
-    """Clip the slices of one array in place, each by its own norm.
-
-    ``axis`` names the axes the norm reduces, as in ``np.linalg.vector_norm`` and
-    TensorFlow's ``clip_by_norm(axes=)``: ``axis=None`` clips the whole array,
-    ``axis=1`` on an ``(out, in)`` weight clips each row (unit-wise), ``axis`` = all but 0
-    clips each example of a batch.
-
-    Returns
-    -------
-    ndarray of float64
-        The pre-clip norms, shaped as ``np.linalg.vector_norm(x, axis=axis)`` is.
-
-    Examples
-    --------
-    >>> import numpy as np, gradclip
-    >>> w = np.array([[3.0, 4.0], [0.3, 0.4]])
-    >>> gradclip.clip_by_norm_(w, 1.0, axis=1, eps=0.0)
-    array([5. , 0.5])
-    >>> w
-    array([[0.6, 0.8],
-           [0.3, 0.4]])
-    """
-    p = check_norm_type(norm_type)
-    eps = check_eps(eps)
-    if x is None or isinstance(x, (list, tuple)):
-        raise TypeError(f"x must be one array, not {type(x).__name__}")
-    arr = x if isinstance(x, np.ndarray) else as_array(x, "x")
-    if axis is None:
-        axes: tuple[int, ...] = tuple(range(arr.ndim))
-    else:
-        if isinstance(axis, (bool, np.bool_)):
-            raise TypeError("axis must be None, an int or a tuple of ints, not bool")
-        try:
-            axes = normalize_axis_tuple(axis, arr.ndim, "axis")
-        except TypeError:
-            raise TypeError(
-                f"axis must be None, an int or a tuple of ints, not {type(axis).__name__}"
-            ) from None
-    kept = tuple(arr.shape[d] for d in range(arr.ndim) if d not in axes)
-    bounds = _slice_bounds(max_norm, arr.shape, axes, kept)
-    norms: np.ndarray = _core.clip_by_norm(arr, bounds, sorted(axes), p, eps, "x")
-    return norms.reshape(kept)
-
-
-def _slice_bounds(
-    max_norm: Any, shape: tuple[int, ...], axes: tuple[int, ...], kept: tuple[int, ...]
-) -> np.ndarray:
-    """``clip_by_norm_``'s bound per slice, flat in C order of the kept axes: one number, or an
-    array broadcastable to the norms' shape ``kept`` or to their keepdims shape (``x.ndim``
-    axes, the reduced ones of length 1), as TensorFlow broadcasts a tensor ``clip_norm``."""
-    if np.ndim(max_norm) == 0 and not isinstance(max_norm, np.ndarray):
-        return np.array([check_max_norm(max_norm)])
-    if isinstance(max_norm, (bool, np.bool_)) or (
-        isinstance(max_norm, np.ndarray) and max_norm.dtype == np.bool_
-    ):
-        raise TypeError("max_norm must be a real number or an array of them, not bool")
-    try:
-        m = np.asarray(max_norm, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"max_norm must be a real number or an array of them, not {type(max_norm).__name__}"
-        ) from None
-    if m.ndim == 0:
-        return np.array([check_max_norm(float(m))])
-    keepdims = tuple(1 if d in axes else n for d, n in enumerate(shape))
-    try:
-        if m.ndim == len(shape):
-            if any(m.shape[d] != 1 for d in axes):
-                raise ValueError
-            full = np.broadcast_to(m, keepdims).reshape(kept)
-        else:
-            full = np.broadcast_to(m, kept)
-    except ValueError:
-        raise ValueError(
-            f"max_norm of shape {m.shape} does not broadcast to the norms' shape {kept} "
-            f"(or {keepdims} with the reduced axes kept)"
-        ) from None
-    if not (np.isfinite(full).all() and (full > 0.0).all()):
-        raise ValueError("every max_norm must be finite and > 0")
-    return np.ascontiguousarray(full, dtype=np.float64).reshape(-1)
-
-
 def clip_by_block_rms_(grads: Any, threshold: float, *, eps: float = 1e-6) -> np.ndarray:
     """Clip each array in place by its root mean square (Optax's ``clip_by_block_rms``).
 
@@ -525,8 +438,7 @@ def clip_by_block_rms_(grads: Any, threshold: float, *, eps: float = 1e-6) -> np
     """
     threshold = check_max_norm(threshold, "threshold")
     eps = check_eps(eps)
-    out: np.ndarray = ONCE.clip_block_rms(as_sequence(grads), threshold, eps)
-    return out
+    return ONCE.clip_block_rms(as_sequence(grads), threshold, eps)
 
 
 class GradientSet:
@@ -572,8 +484,7 @@ class GradientSet:
     @property
     def arrays(self) -> tuple[Any, ...]:
         """The arrays (as NumPy views), ``None`` where the input had ``None``."""
-        arrays: tuple[Any, ...] = self._set.arrays()
-        return arrays
+        return self._set.arrays()
 
     def __repr__(self) -> str:
         return f"GradientSet({len(self)} arrays)"
@@ -593,8 +504,7 @@ class GradientSet:
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
-        norm: float = _clip_norm(SET, self._set, max_norm, p, mode, eps, comm, False, False)
-        return norm
+        return _clip_norm(SET, self._set, max_norm, p, mode, eps, comm, False)[0]
 
     def total_norm(
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
@@ -620,8 +530,7 @@ class GradientSet:
 
     def tensor_norms(self, norm_type: float = 2.0) -> np.ndarray:
         """:func:`tensor_norms` over the set."""
-        out: np.ndarray = self._set.tensor_norms(check_norm_type(norm_type))
-        return out
+        return self._set.tensor_norms(check_norm_type(norm_type))
 
     def clip_norm_per_tensor_(
         self,
@@ -638,39 +547,3 @@ class GradientSet:
         mode = resolve_mode(nonfinite, error_if_nonfinite)
         eps = check_eps(eps)
         return _clip_each(SET, self._set, max_norm, p, mode, eps)
-
-
-def set_num_threads(n: int) -> None:
-    """Use up to ``n`` threads for large calls (small calls always run on one)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n must be an int, not {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    _core.set_num_threads(int(n))
-
-
-def get_num_threads() -> int:
-    """The number of threads a large call uses (``OMP_NUM_THREADS`` by default)."""
-    n: int = _core.get_num_threads()
-    return n
-
-
-def cpu_target() -> str:
-    """The instruction set in use: ``'baseline'``, ``'avx2'`` or ``'avx512'`` on x86-64,
-    ``'baseline'`` or ``'neon'`` on 64-bit ARM."""
-    name: str = _core.cpu_target()
-    return name
-
-
-def available_cpu_targets() -> list[str]:
-    """The instruction sets compiled in and supported by this CPU, best last."""
-    names: list[str] = _core.available_cpu_targets()
-    return names
-
-
-def _set_cpu_target(name: str) -> None:
-    """Switch the kernel table (for tests and benchmarks; not thread-safe against calls)."""
-    if not _core.set_cpu_target(name):
-        raise ValueError(
-            f"unknown or unsupported CPU target {name!r}; available: {available_cpu_targets()}"
-        )

@@ -237,6 +237,21 @@ def adaptive_grad_clip_(
     )
 
 
+def _finish_sum(
+    total: np.ndarray | None, noise: np.ndarray | None, typed: np.ndarray | None
+) -> np.ndarray | None:
+    """One array's float64 sum over the batch, with its noise, in its dtype (into ``typed``,
+    made before the write; None for float64)."""
+    if total is None:
+        return None
+    if noise is not None:
+        total += noise
+    if typed is None:
+        return total
+    typed[...] = total
+    return typed
+
+
 def clip_per_example_(
     grads: Any,
     max_norm: float,
@@ -313,19 +328,8 @@ def clip_per_example_(
             noise.append(None)
         outs.append(None if a.dtype == np.float64 else np.empty(a.shape[1:], a.dtype))
     _, _, clipped, counts, totals = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
-    sums: list[np.ndarray | None] = []
-    for total, z, typed in zip(totals, noise, outs, strict=True):
-        if total is None:
-            sums.append(None)
-            continue
-        if z is not None:
-            total += z
-        if typed is None:
-            sums.append(total)
-        else:
-            typed[...] = total
-            sums.append(typed)
-    leaves, spec = flatten(seq)
+    sums = [_finish_sum(*t) for t in zip(totals, noise, outs, strict=True)]
+    _leaves, spec = flatten(seq)
     # the sums in the input's structure (the outermost list or tuple as a list)
     if spec is not None and spec[0] in (list, tuple):
         spec = (list, spec[1])

@@ -61,7 +61,7 @@ gc: Any = None
 
 
 def load() -> None:
-    global gc
+    global gc  # noqa: PLW0603  (imported once, lazily: see the comment above)
     if gc is None:
         import gradclip
 
@@ -466,7 +466,7 @@ def run_point(sid: str, mode: str, n: int) -> dict[str, Any]:
     changed = [
         i
         for i, (a, b) in enumerate(zip(case.watch, before, strict=True))
-        if not (a.tobytes() == b.tobytes())
+        if a.tobytes() != b.tobytes()
     ]
     state_changed = case.state is not None and digest(case.state()) != state_before
     out: dict[str, Any] = {"count": count, "failed": failed}

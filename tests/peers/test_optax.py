@@ -221,7 +221,7 @@ def test_unitwise_norm_6d_needs_axis() -> None:
     Through adaptive_grad_clip_, which uses the units."""
     g6 = np.ones((2,) * 6, F32)
     p6 = np.ones((2,) * 6, F32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no unit-wise norm"):
         gradclip.adaptive_grad_clip_(g6.copy(), p6, clipping=0.5, layout="IO")
     gradclip.adaptive_grad_clip_(g6, p6, clipping=0.5, layout="IO", axis=(0, 1, 2))
     assert g6.shape == (2,) * 6
@@ -475,7 +475,7 @@ def test_aggregated_updates_as_input_fails() -> None:
         "key_a": (np.full((2, 3, 4), 3.5, F32), np.array(3.5, F32)),
         "key_b": np.full((6, 7), 3.5, F32),
     }
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="per-example gradients need a batch axis"):
         gradclip.clip_per_example_(leaves(mean_grads), 0.1)
 
 

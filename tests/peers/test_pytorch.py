@@ -166,7 +166,7 @@ def test_difference_empty_generator_message() -> None:
     argument `parameters`; gradclip's names its own, `grads`."""
     gen = (g for g in [np.ones(2)])
     list(gen)
-    with pytest.warns(UserWarning) as caught:
+    with pytest.warns(UserWarning, match="empty generator") as caught:
         gradclip.clip_grad_norm_(gen, 1.0)
     assert str(caught[0].message) == (
         "`grads` is an empty generator, no gradient clipping will occur."

@@ -193,7 +193,7 @@ def test_clip_by_norm_bad_shape() -> None:
     Needs the array max_norm of clip_by_norm_ being added on main."""
     x = np.array(X6, F32).reshape(2, 3, 1)
     before = x.copy()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not broadcast"):
         gradclip.clip_by_norm_(x, np.array([1.0, 2.0]), eps=0.0)
     np.testing.assert_array_equal(x, before)
 

@@ -91,9 +91,9 @@ __all__ = [
     "header",
     "init_params",
     "loss_and_grads",
-    "save_figure",
     "predict",
     "run_demo",
+    "save_figure",
     "train",
 ]
 

@@ -85,8 +85,8 @@ __all__ = [
     "logits",
     "loss_and_grads",
     "param_names",
-    "save_figure",
     "run_demo",
+    "save_figure",
     "train",
 ]
 

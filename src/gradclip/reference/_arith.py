@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .._errors import NonFiniteNormError
 from ._inputs import _BLOCK, _SMALL_SUM, Array, Float64Array
 
 # --------------------------------------------------------------------------------------------
@@ -111,14 +110,6 @@ def _norms_each(arrays: Sequence[Array | None], p: float) -> Float64Array:
 
 def _present(arrays: Sequence[Array | None]) -> list[Array]:
     return [a for a in arrays if a is not None]
-
-
-def _nonfinite_error(norm: float, p: float) -> NonFiniteNormError:
-    return NonFiniteNormError(
-        f"The total norm of order {p} for gradients is non-finite ({norm}), so it cannot be "
-        "clipped. To scale the gradients by the non-finite norm anyway, pass "
-        "nonfinite='propagate' (error_if_nonfinite=False)."
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def clip_by_global_norm(
 ) -> tuple[Any, float]:
     """Reference for :func:`gradclip.clip_by_global_norm`."""
     grads, copies = _copies(grads)
-    norm = clip_grad_norm_([c for c in copies], max_norm, norm_type, eps=eps)  # type: ignore[arg-type]
+    norm = clip_grad_norm_(list(copies), max_norm, norm_type, eps=eps)  # type: ignore[arg-type]
     return _deliver(grads, copies, out), norm
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
+from .._errors import raise_nonfinite
 from .._result import ClipResult
 from ._arith import (
     _clip_by_coef,
     _coefficient,
-    _nonfinite_error,
     _norms_each,
     _pnorm,
     _present,
@@ -67,7 +67,7 @@ def get_total_norm(
     arrays = _present(_as_arrays(grads, use="read"))
     norm = _pnorm(arrays, p)
     if error_if_nonfinite and not math.isfinite(norm):
-        raise _nonfinite_error(norm, p)
+        raise_nonfinite(norm, p)
     return norm
 
 
@@ -134,7 +134,7 @@ def clip_grad_norm_(
     norm = _pnorm([norms], p) if norms is not None else _pnorm(arrays, p)
     finite = math.isfinite(norm)
     if not finite and mode == "raise":
-        raise _nonfinite_error(norm, p)
+        raise_nonfinite(norm, p)
     if not finite and mode == "skip":
         coef = 1.0
     elif not finite and mode == "zero":
@@ -344,9 +344,9 @@ def clip_grad_norm_per_tensor_(
     arrays = _as_arrays(grads)
     norms = _norms_each(arrays, p)
     if not bool(np.all(np.isfinite(norms))):
-        bad = float(norms[~np.isfinite(norms)][0])
+        i = int(np.flatnonzero(~np.isfinite(norms))[0])
         if mode == "raise":
-            raise _nonfinite_error(bad, p)
+            raise_nonfinite(float(norms[i]), p, f"norm of grads[{i}]")
         if mode == "skip":
             return norms
         if mode == "zero":

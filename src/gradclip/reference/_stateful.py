@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import raise_nonfinite
 from .._result import ClipResult
-from ._arith import _coefficient, _nonfinite_error, _norms_each, _pnorm, _present, _scale, _zero
+from ._arith import _coefficient, _norms_each, _pnorm, _present, _scale, _zero
 from ._inputs import (
     Array,
     Float64Array,
@@ -168,10 +169,12 @@ def _adaptive_nonfinite(
     p: float,
     eps: float,
     mode: str,
+    clipper: str,
 ) -> ClipResult:
-    """A non-finite norm: the statistics are left alone, ``mode`` says what is written."""
+    """A non-finite norm: the statistics are left alone, ``mode`` says what is written
+    (``clipper``, the class's name, for the error)."""
     if mode == "raise":
-        raise _nonfinite_error(norm, p)
+        raise_nonfinite(norm, p, clipper=clipper)
     if mode == "skip":
         return ClipResult(norm, 1.0, False, True, norms, threshold)
     if mode == "zero":
@@ -233,7 +236,7 @@ class AutoClip:
         if not math.isfinite(norm):
             threshold = self._threshold()
             return _adaptive_nonfinite(
-                arrays, norm, norms, threshold, self.norm_type, self.eps, self.nonfinite
+                arrays, norm, norms, threshold, self.norm_type, self.eps, self.nonfinite, "AutoClip"
             )
         self._history.append(norm)  # the deque drops the oldest norm when it is full
         return _adaptive_clip(arrays, norm, norms, self._threshold(), self.eps)
@@ -323,7 +326,14 @@ class ZClip:
         arrays, norm, norms = _norm_and_norms(grads, self.norm_type, self.per_tensor_norms)
         if not math.isfinite(norm):
             return _adaptive_nonfinite(
-                arrays, norm, norms, self._bound(), self.norm_type, self.eps, self.nonfinite
+                arrays,
+                norm,
+                norms,
+                self._bound(),
+                self.norm_type,
+                self.eps,
+                self.nonfinite,
+                "ZClip",
             )
         if self.mean is None or self.var is None:  # warm-up: only the hard bound applies
             result = _adaptive_clip(arrays, norm, norms, self._bound(), self.eps)

@@ -119,7 +119,9 @@ def _unit_norms(a: np.ndarray, axes: tuple[int, ...], p: float) -> np.ndarray:
     return np.array([_pnorm([np.ascontiguousarray(row)], p) for row in flat])
 
 
-def adaptive_grad_clip_(
+# The reference spells each algorithm out as one procedure, step by step in the order of its
+# description, for a reader checking it against the paper: longer than the limits allow.
+def adaptive_grad_clip_(  # noqa: C901
     grads: Any,
     params: Any,
     clipping: float = 0.01,
@@ -187,7 +189,7 @@ def _scale_view(view: np.ndarray, coef: float) -> None:
     arr[...] = tmp
 
 
-def clip_per_example_(
+def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see above)
     grads: Any,
     max_norm: float,
     *,
