@@ -105,6 +105,9 @@ class GradClipper:
     def _target(self) -> tuple[Any, Any]:
         """The current gradients: the kept set when they are the ones it was built over, else
         fresh views (kept as a set when they are the same as the last call's)."""
+        hit = self._cache.kept(self._params, True)
+        if hit is not None:
+            return hit
         grads = _shards_of(list(map(_GRAD, self._params)), False)
         return self._cache.target(grads, "parameters", False, "refuse")
 

@@ -66,14 +66,20 @@ def _array(t: Any, where: str) -> np.ndarray:
     return view if as_dtype is None else view.view(as_dtype)
 
 
-def _param_grads(params: list[Any], single: bool) -> list[Any]:
-    """The ``.grad`` of each parameter (None where it has none), in one pass: a TypeError
-    names the first item that is not a tensor."""
+def _check_tensors(params: list[Any], single: bool = False) -> None:
+    """A TypeError naming the first of ``params`` that is not a tensor (a check of their few
+    types on the common path)."""
     if not all(issubclass(kind, _TENSOR) for kind in set(map(type, params))):
-        for i, p in enumerate(params):  # off the common path: name the first one
+        for i, p in enumerate(params):
             if not isinstance(p, _TENSOR):
                 where = "parameters" if single else f"parameters[{i}]"
                 raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor{_hint(p)}")
+
+
+def _param_grads(params: list[Any], single: bool) -> list[Any]:
+    """The ``.grad`` of each parameter (None where it has none), in one pass of C-level
+    reads, after :func:`_check_tensors`."""
+    _check_tensors(params, single)
     return list(map(_GRAD, params))
 
 

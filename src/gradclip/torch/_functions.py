@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import _cache
-from ._convert import _as_list, _param_grads, _views
+from ._convert import _as_list, _check_tensors, _param_grads, _views
 from ._ops import (
     _bound,
     _clamp,
@@ -31,12 +31,26 @@ from ._sharded import (
 # ---------------------------------------------------------------- torch.nn.utils' functions
 
 
-def _target(items: list[Any], tensors: list[Any], arg: str, single: bool, repeats: str) -> Any:
-    """``(target, dtype)`` of ``tensors`` for the operations: views of them, or the set
-    kept over them when the last call on these ``items`` saw the same tensors (``_cache``)."""
+def _target(items: list[Any], single: bool, arg: str, repeats: str) -> Any:
+    """``(target, dtype)`` for the operations: the set kept over the tensors (``items``'
+    ``.grad`` for ``arg == "parameters"``, else ``items``) when the last call on these
+    ``items`` saw the same ones with the same memory (``_cache``), else views of them."""
+    grads = arg == "parameters"
     if single or len(items) < 2:  # nothing to gain
-        return _views(tensors, arg, single, repeats)
-    return _cache.cache_for(items).target(tensors, arg, single, repeats)
+        tensors = _param_grads(items, single) if grads else items
+        return _views(
+            _shards_of(tensors, single) if repeats == "once" else tensors, arg, single, repeats
+        )
+    if grads:
+        _check_tensors(items)
+    cache = _cache.cache_for(items)
+    hit = cache.kept(items, grads)
+    if hit is not None:
+        return hit
+    tensors = _param_grads(items, single) if grads else items
+    if repeats == "once":  # clip_grad_value_: element-wise, DTensors as their local shards
+        tensors = _shards_of(tensors, single)
+    return cache.target(tensors, arg, single, repeats)
 
 
 @_torch_names("parameters")
@@ -100,7 +114,7 @@ def clip_grad_norm_(
         return _sharded_clip_norm(parameters, sharding, max_norm, norm_type, error_if_nonfinite)
     bound, p = _bound(max_norm), _p(norm_type)
     params, single = _as_list(parameters, "parameters", warn_empty_generator=True)
-    target, dtype = _target(params, _param_grads(params, single), "parameters", single, "refuse")
+    target, dtype = _target(params, single, "parameters", "refuse")
     return _clip_norm(target, dtype, bound, p, bool(error_if_nonfinite))
 
 
@@ -139,7 +153,7 @@ def get_total_norm(
         return _sharded_get_norm(tensors, sharding, norm_type, error_if_nonfinite)
     p = _p(norm_type)
     items, single = _as_list(tensors, "tensors")
-    target, dtype = _target(items, items, "tensors", single, "allow")
+    target, dtype = _target(items, single, "tensors", "allow")
     return _get_norm(target, dtype, p, bool(error_if_nonfinite))
 
 
@@ -177,7 +191,7 @@ def clip_grads_with_norm_(
         return
     bound, total = _bound(max_norm), _total(total_norm)
     params, single = _as_list(parameters, "parameters")
-    target, dtype = _target(params, _param_grads(params, single), "parameters", single, "refuse")
+    target, dtype = _target(params, single, "parameters", "refuse")
     if dtype is not None:
         _scale(target, bound, total)
 
@@ -204,7 +218,6 @@ def clip_grad_value_(
     """
     v = _value(clip_value)
     params, single = _as_list(parameters, "parameters")
-    grads = _shards_of(_param_grads(params, single), single)  # element-wise: no collective
-    target, dtype = _target(params, grads, "parameters", single, "once")
+    target, dtype = _target(params, single, "parameters", "once")  # DTensors: local shards
     if dtype is not None:
         _clamp(target, v)
