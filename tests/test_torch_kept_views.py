@@ -245,3 +245,14 @@ def test_a_record_whose_tensor_died_never_matches() -> None:
     del b
     assert seen.dead == [True]
     assert not seen.same([a, None, a])
+
+
+def test_kept_set_with_zero_size_and_none_gradients() -> None:
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(3,), (0,), (2, 0), (4,)]]
+    for p in params[:3]:
+        p.grad = torch.full_like(p, 2.0)
+    for step in range(3):
+        norm = gt.clip_grad_norm_(params, 0.1)
+        assert float(norm) == pytest.approx(12.0**0.5 if step == 0 else 0.1, rel=1e-4)
+        assert kept(params) == (step > 0)
+    assert params[3].grad is None

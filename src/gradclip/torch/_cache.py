@@ -201,7 +201,10 @@ def cache_for(items: list[Any]) -> ViewCache:
     cache = _CACHES.get(key)
     if cache is None:
         while len(_CACHES) >= _MOST:
-            _CACHES.pop(next(iter(_CACHES)), None)
+            try:  # the oldest; another thread may change the dict meanwhile
+                _CACHES.pop(next(iter(_CACHES)), None)
+            except (RuntimeError, StopIteration):
+                break
         cache = _CACHES[key] = ViewCache()
     return cache
 
