@@ -22,8 +22,8 @@
 #     non-tensors, bfloat16 without ml_dtypes;
 #   - GradClipper: over training steps with zero_grad() (new gradient tensors every step) and
 #     zero_grad(set_to_none=False) (the same ones), it clips the live gradients, keeps a
-#     GradientSet only over unchanged ones (builds counter), never keeps replaced gradients
-#     alive, and notices a gradient re-pointed in place.
+#     GradientSet only over unchanged ones (builds counter), never holds gradient memory,
+#     and notices a gradient re-pointed in place.
 from __future__ import annotations
 
 import copy

@@ -26,9 +26,9 @@ class GradClipper:
     per call than the functions.
 
     Each call reads the parameters' current ``.grad``. Once the clipper has seen the same
-    gradient tensors (the same objects, memory, shape, strides and dtype) on two calls in a
-    row, it keeps a :class:`gradclip.GradientSet` over them and reuses it until one of them
-    changes; then it views the new ones. So ``optimizer.zero_grad()`` (which sets the
+    gradient tensors (the same objects) on two calls in a row, it keeps a
+    :class:`gradclip.GradientSet` over their memory and reuses it while each still has that
+    memory (data pointer, size, dtype, layout); at a change it views the new ones. So ``optimizer.zero_grad()`` (which sets the
     gradients to None, and the next backward allocates new ones) is safe: the live gradients
     are always the ones clipped.
 
