@@ -5,16 +5,22 @@ table), or ``python bench/test_bench_torch.py`` for the same comparison with the
 alternated round by round (timeit-style medians of many rounds, less exposed to a machine
 whose load drifts during the run), printed as a table.
 
-Workload ``T10M``: the float32 gradients of a 9.97M-parameter model in 50 tensors (a 1000x512
-embedding, three transformer layers of width 512, layer norms), as torch Parameters whose
-``.grad`` shares memory with the workload's arrays. Groups are ``T10M <case> <threads>t``;
-each times, on the same gradients:
+Workloads: ``T10M``, the float32 gradients of a 9.97M-parameter model in 50 tensors (a 1000x512
+embedding, three transformer layers of width 512, layer norms); ``T2K``, 12.7M parameters in
+2,000 tensors (500 x (768x16, 16x768, 768, 64), adapter-like blocks); ``T20K``, 10.6M
+parameters in 20,000 tensors (5,000 x (64x16, 16x64, 64, 16), a LoRA- or MoE-like count of
+small tensors). Their tensors are torch Parameters whose ``.grad`` shares memory with the
+workload's arrays. Groups are ``<workload> <case> <threads>t``; each times, on the same
+gradients:
 
-- ``gradclip``: ``gradclip.torch.clip_grad_norm_(params, max_norm)``, the drop-in;
+- ``gradclip``: ``gradclip.torch.clip_grad_norm_(params, max_norm)``, the drop-in (from the
+  third round on through the views it keeps: the gradients are the same tensors every call);
 - ``gradclip-clipper``: ``gradclip.torch.GradClipper(params).clip_grad_norm_(max_norm)``, the
   clipper warmed up so that it keeps its GradientSet;
 - ``gradclip-numpy``: ``gradclip.clip_grad_norm_`` on NumPy views of the gradients (what the
   drop-in costs over gradclip's own call);
+- ``gradclip-set``: ``gradclip.GradientSet`` over those views (gradclip's floor: no per-array
+  work in Python or in parsing);
 - ``torch`` / ``torch-foreach``: ``torch.nn.utils.clip_grad_norm_`` with foreach off / on;
 
 and the machine's read / read+write ceilings over a flat buffer of the same bytes. Cases and
@@ -35,16 +41,33 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # conftest, when run as a script
-from conftest import CEILINGS, ceiling_fn, get_workload, record
+from conftest import (
+    CEILINGS,
+    WORKLOADS,
+    _make,
+    ceiling_fn,
+    get_workload,
+    record,
+)
 
 import gradclip
 
 torch = pytest.importorskip("torch")
 import gradclip.torch as gt  # noqa: E402
 
-WORKLOAD = "T10M"
+F32 = np.dtype(np.float32)
+WORKLOADS.setdefault("T2K", lambda: _make([(768, 16), (16, 768), (768,), (64,)] * 500, F32, 8))
+WORKLOADS.setdefault("T20K", lambda: _make([(64, 16), (16, 64), (64,), (16,)] * 5000, F32, 9))
+TORCH_WORKLOADS = ["T10M", "T2K", "T20K"]
 ROUNDS = 30
-PEERS = ["gradclip", "gradclip-clipper", "gradclip-numpy", "torch", "torch-foreach"]
+PEERS = [
+    "gradclip",
+    "gradclip-clipper",
+    "gradclip-numpy",
+    "gradclip-set",
+    "torch",
+    "torch-foreach",
+]
 
 
 def peer_fn(peer: str, w: Any, max_norm: float) -> Any:
@@ -59,6 +82,9 @@ def peer_fn(peer: str, w: Any, max_norm: float) -> Any:
         return lambda: clipper.clip_grad_norm_(max_norm)
     if peer == "gradclip-numpy":
         return lambda: gradclip.clip_grad_norm_(w.grads, max_norm)
+    if peer == "gradclip-set":
+        gs = gradclip.GradientSet(w.grads)
+        return lambda: gs.clip_norm_(max_norm)
     foreach = peer == "torch-foreach"
     return lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
 
@@ -69,13 +95,13 @@ def max_norm_for(w: Any, case: str) -> float:
     return norm / 10 if case == "clip" else norm * 10
 
 
-_CHECKED: set[str] = set()
+_CHECKED: set[tuple[str, str]] = set()
 
 
 def check_agreement(w: Any, case: str, max_norm: float) -> None:
     """Every peer returns gradclip's norm and writes its clipped values (within torch's
     float32 accumulation error on 10M elements), once per case."""
-    if case in _CHECKED:
+    if (w.name, case) in _CHECKED:
         return
     results = {}
     for peer in PEERS:
@@ -91,36 +117,39 @@ def check_agreement(w: Any, case: str, max_norm: float) -> None:
         assert n == pytest.approx(norm, rel=1e-4), peer
         for a, b in zip(vals, values, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
-    _CHECKED.add(case)
+    _CHECKED.add((w.name, case))
 
 
 def _cases() -> Any:
-    for nt in (1, 2):
-        for peer in CEILINGS:
-            yield pytest.param(nt, "-", peer, id=f"{nt}t-{peer}")
-        for case in ("clip", "noclip"):
-            for peer in PEERS:
-                yield pytest.param(nt, case, peer, id=f"{nt}t-{case}-{peer}")
+    for name in TORCH_WORKLOADS:
+        for nt in (1, 2):
+            for peer in CEILINGS:
+                yield pytest.param(name, nt, "-", peer, id=f"{name}-{nt}t-{peer}")
+            for case in ("clip", "noclip"):
+                for peer in PEERS:
+                    yield pytest.param(name, nt, case, peer, id=f"{name}-{nt}t-{case}-{peer}")
 
 
-@pytest.mark.parametrize(("nthreads", "case", "peer"), list(_cases()))
-def test_torch_dropin(benchmark: Any, request: Any, nthreads: int, case: str, peer: str) -> None:
+@pytest.mark.parametrize(("name", "nthreads", "case", "peer"), list(_cases()))
+def test_torch_dropin(
+    benchmark: Any, request: Any, name: str, nthreads: int, case: str, peer: str
+) -> None:
     threads = request.getfixturevalue("threads_" + str(nthreads))
-    w = get_workload(WORKLOAD)
+    w = get_workload(name)
     if peer.startswith("ceiling"):
-        benchmark.group = f"{WORKLOAD} ceiling {threads}t"
+        benchmark.group = f"{name} ceiling {threads}t"
         fn, nbytes = ceiling_fn(w, peer)
         benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-        record(benchmark, workload=WORKLOAD, case="-", threads=threads, peer=peer, nbytes=nbytes)
+        record(benchmark, workload=name, case="-", threads=threads, peer=peer, nbytes=nbytes)
         return
     max_norm = max_norm_for(w, case)
     check_agreement(w, case, max_norm)
     fn = peer_fn(peer, w, max_norm)
-    benchmark.group = f"{WORKLOAD} {case} {threads}t"
+    benchmark.group = f"{name} {case} {threads}t"
     setup = w.restore if case == "clip" else None
     benchmark.pedantic(fn, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     nbytes = 3 * w.nbytes if case == "clip" else w.nbytes
-    record(benchmark, workload=WORKLOAD, case=case, threads=threads, peer=peer, nbytes=nbytes)
+    record(benchmark, workload=name, case=case, threads=threads, peer=peer, nbytes=nbytes)
 
 
 # ---------------------------------------------------------------- alternated, as a script
@@ -145,33 +174,50 @@ def alternated(w: Any, case: str, rounds: int) -> dict[str, float]:
     return {peer: statistics.median(ts) for peer, ts in times.items()}
 
 
-def main(rounds: int = 60) -> None:
-    w = get_workload(WORKLOAD)
+def main(names: list[str], rounds: int = 60, threads: tuple[int, ...] = (1, 2)) -> None:
     before = gradclip.get_num_threads(), torch.get_num_threads()
     print(
-        f"{WORKLOAD}: {sum(g.size for g in w.grads) / 1e6:.2f}M float32 in {len(w.grads)} "
-        f"tensors; medians of {rounds} alternated rounds; gradclip {gradclip.__version__} "
+        f"medians of {rounds} alternated rounds; gradclip {gradclip.__version__} "
         f"({gradclip.cpu_target()}), torch {torch.__version__}\n"
     )
-    print("| case | threads | peer | median | x torch | x torch-foreach |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    print(
+        "| workload | case | threads | peer | median | x torch | x torch-foreach "
+        "| / gradclip-numpy | / gradclip-set |"
+    )
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     try:
-        for case in ("clip", "noclip"):
-            for nt in (1, 2):
-                gradclip.set_num_threads(nt)
-                torch.set_num_threads(nt)
-                check_agreement(w, case, max_norm_for(w, case))
-                med = alternated(w, case, rounds)
-                for peer in PEERS:
-                    print(
-                        f"| {case} | {nt} | {peer} | {med[peer] * 1e3:.2f} ms | "
-                        f"{med['torch'] / med[peer]:.2f} | "
-                        f"{med['torch-foreach'] / med[peer]:.2f} |"
-                    )
+        for name in names:
+            w = get_workload(name)
+            label = f"{name} ({sum(g.size for g in w.grads) / 1e6:.1f}M in {len(w.grads)})"
+            for case in ("clip", "noclip"):
+                for nt in threads:
+                    gradclip.set_num_threads(nt)
+                    torch.set_num_threads(nt)
+                    check_agreement(w, case, max_norm_for(w, case))
+                    med = alternated(w, case, rounds)
+                    for peer in PEERS:
+                        t = med[peer]
+                        print(
+                            f"| {label} | {case} | {nt} | {peer} | {t * 1e3:.2f} ms | "
+                            f"{med['torch'] / t:.2f} | {med['torch-foreach'] / t:.2f} | "
+                            f"{t / med['gradclip-numpy']:.2f} | {t / med['gradclip-set']:.2f} |"
+                        )
     finally:
         gradclip.set_num_threads(before[0])
         torch.set_num_threads(before[1])
 
 
 if __name__ == "__main__":
-    main()
+    # python bench/test_bench_torch.py [workload ...] [--rounds N] [--threads 1,2]
+    args = sys.argv[1:]
+    opts = {"--rounds": "60", "--threads": "1,2"}
+    for flag in opts:
+        if flag in args:
+            k = args.index(flag)
+            opts[flag] = args[k + 1]
+            del args[k : k + 2]
+    main(
+        args or TORCH_WORKLOADS,
+        int(opts["--rounds"]),
+        tuple(int(n) for n in opts["--threads"].split(",")),
+    )

@@ -185,5 +185,5 @@ def test_group_must_be_a_process_group():
         with pytest.raises(RuntimeError, match=r"needs torch\.distributed initialised"):
             gt.clip_grad_norm_([w], 1.0, group=object())
     with pytest.raises(TypeError, match=r"group must be a torch\.distributed ProcessGroup"):
-        gt._groups_of(object())
+        gt._sharded._groups_of(object())
     assert torch.equal(w.grad, torch.ones(2))

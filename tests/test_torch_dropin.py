@@ -22,8 +22,8 @@
 #     non-tensors, bfloat16 without ml_dtypes;
 #   - GradClipper: over training steps with zero_grad() (new gradient tensors every step) and
 #     zero_grad(set_to_none=False) (the same ones), it clips the live gradients, keeps a
-#     GradientSet only over unchanged ones (builds counter), never keeps replaced gradients
-#     alive, and notices a gradient re-pointed in place.
+#     GradientSet only over unchanged ones (builds counter), never holds gradient memory,
+#     and notices a gradient re-pointed in place.
 from __future__ import annotations
 
 import copy
@@ -626,7 +626,7 @@ def test_non_tensors_are_refused() -> None:
 
 
 def test_bfloat16_without_ml_dtypes_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gt, "_BF16", None)
+    monkeypatch.setattr(gt._convert, "_BF16", None)
     p = param_with(torch.ones(3, dtype=torch.bfloat16))
     with pytest.raises(
         ImportError, match=r"parameters\[0\].grad is bfloat16.*pip install ml_dtypes"
@@ -792,7 +792,7 @@ def storages(model: Any) -> list[Any]:
     return [weakref.ref(g.untyped_storage()) for g in grads(model)]
 
 
-def test_clipper_releases_kept_gradients_once_they_are_replaced() -> None:
+def test_clipper_never_holds_gradient_memory() -> None:
     model, _ = model_pair("cnn", torch.float32)
     clipper = gt.GradClipper(model.parameters())
     first = storages(model)
@@ -805,10 +805,11 @@ def test_clipper_releases_kept_gradients_once_they_are_replaced() -> None:
     assert clipper.cached and clipper.builds == 1
     kept = storages(model)
     model.zero_grad(set_to_none=True)
-    assert all(r() is not None for r in kept)  # held until the next call
+    assert all(r() is None for r in kept)  # the kept set borrows the memory, never holds it
     backward(model, "cnn", torch.float32, seed=7)
-    clipper.clip_grad_norm_(1e-3)
-    assert all(r() is None for r in kept) and not clipper.cached
+    expected = norm64(grads(model), 2.0)
+    assert float(clipper.clip_grad_norm_(1e-3)) == pytest.approx(expected, rel=1e-6)
+    assert not clipper.cached
 
 
 def test_kept_gradients_cannot_be_resized_under_the_clipper() -> None:
@@ -856,9 +857,14 @@ def test_clipper_notices_a_changed_gradient(change: str) -> None:
     norm = clipper.clip_grad_norm_(1e-3)
     assert float(norm) == pytest.approx(expected, rel=1e-6)
     assert norm64(grads(model), 2.0) <= 1e-3 * (1 + 1e-6)
-    assert not clipper.cached  # the changed gradients are seen once: nothing kept yet
+    # the changed gradients are seen once: nothing kept yet (resize_: the same tensor
+    # objects as the one call before, which kept nothing, so a set is kept over them now,
+    # built from their current memory)
+    assert clipper.cached == (change == "resize_")
     clipper.clip_grad_norm_(1e-3)
     assert clipper.cached
+    live = norm64(grads(model), 2.0)  # through the kept set: the live gradients' norm
+    assert float(clipper.get_total_norm()) == pytest.approx(live, rel=1e-6)
 
 
 def test_clipper_notices_a_dtype_changed_in_place() -> None:

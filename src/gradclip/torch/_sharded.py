@@ -1,0 +1,292 @@
+"""Sharded gradients: DTensor gradients (FSDP2's) over their device mesh, and plain tensors
+over ``group=`` (torch.distributed process groups)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._dist import global_norm
+from .._inputs import check_norm_type
+from ._convert import _GRAD, _as_list, _name, _param_grads, _views
+from ._ops import _bound, _nonfinite, _result, _scale, _total, _total_norm
+
+# ---------------------------------------------------------------- sharded gradients
+# DTensor gradients (FSDP2's) and hand-sharded tensors with ``group=``. Each rank reduces
+# the local shards it owns to its local norm with the engine; one all-gather per mesh
+# dimension (8 bytes and an error flag per rank) brings every rank's local norm to every
+# rank; the engine's combination of partial norms (``_dist.global_norm``, the one the
+# mpi4py ``comm=`` path uses) gives every rank the same bits, and every rank scales its own
+# shards in place. Validation (scalar arguments, placements, meshes, dtypes, overlaps) runs
+# inside the agreement step: a rank whose input is bad still enters the collective, so every
+# rank raises and none writes or waits.
+
+
+def _dtensor_type() -> Any:
+    """torch's DTensor class, or None when no code has imported it yet (then no gradient
+    can be a DTensor, and a plain call pays nothing for the check)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None)
+
+
+class _TorchGather:
+    """What ``_dist.global_norm`` needs of a communicator (``allgather`` of each rank's
+    ``(local norm, error or None)``), over torch.distributed process groups: one
+    ``all_gather`` of a float64 pair per group, in order (the mesh's dimensions), so every
+    rank gets every rank's pair in the same order. The error messages travel only when a
+    flag is set, which every rank then sees, so every rank enters that second collective."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, groups: list[Any]) -> None:
+        self.groups = groups
+
+    def allgather(self, sent: tuple[float, Any]) -> list[tuple[float, Any]]:
+        import torch.distributed as dist
+
+        value, error = sent
+        rows = torch.tensor([[value, 0.0 if error is None else 1.0]], dtype=torch.float64)
+        for g in self.groups:
+            parts = [torch.empty_like(rows) for _ in range(dist.get_world_size(g))]
+            dist.all_gather(parts, rows, group=g)
+            rows = torch.cat(parts)
+        errors: list[Any] = [None] * rows.shape[0]
+        if bool(rows[:, 1].any()):
+            errors = [error]
+            for g in self.groups:
+                out: list[Any] = [None] * dist.get_world_size(g)
+                dist.all_gather_object(out, errors, group=g)
+                errors = [e for part in out for e in part]
+        return [(float(v), e) for (v, _), e in zip(rows.tolist(), errors, strict=True)]
+
+
+def _groups_of(group: Any) -> list[Any]:
+    """The process groups to gather over: a ProcessGroup, or each dimension of a DeviceMesh."""
+    import torch.distributed as dist
+
+    if isinstance(group, dist.ProcessGroup):
+        return [group]
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if isinstance(group, DeviceMesh):
+        return [group.get_group(d) for d in range(group.ndim)]
+    raise TypeError(
+        f"group must be a torch.distributed ProcessGroup or DeviceMesh, not {type(group).__name__}"
+    )
+
+
+def _sharding(items: Any, group: Any, arg: str) -> tuple[Any, tuple[Any, Any] | None]:
+    """``(items, (gather, mesh))`` when the call is distributed (``group`` given, or a DTensor
+    among the gradients), else ``(items, None)``. A generator is consumed into a list here
+    (an empty one is handed back as it is, so that the plain path warns about it)."""
+    if isinstance(items, Iterable) and not isinstance(items, (torch.Tensor, list, tuple, str)):
+        listed = list(items)
+        items = listed if listed or not isinstance(items, types.GeneratorType) else items
+    if group is not None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "group= needs torch.distributed initialised (init_process_group) on every rank"
+            )
+        return items, (_TorchGather(_groups_of(group)), None)
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(items, (torch.Tensor, list, tuple)):
+        return items, None
+    every: Any = [items] if isinstance(items, torch.Tensor) else items
+    found: Any
+    try:  # one C-level pass; a found DTensor is then looked for in order
+        found = list(map(_GRAD, every)) if arg == "parameters" else every
+    except AttributeError:  # not all are tensors: the plain path names the one
+        found = [getattr(t, "grad", None) for t in every]
+    if any(issubclass(kind, dtensor) for kind in set(map(type, found))):
+        g = next(g for g in found if isinstance(g, dtensor))
+        mesh = g.device_mesh
+        return items, (_TorchGather(_groups_of(mesh)), mesh)
+    return items, None
+
+
+def _local_views(
+    tensors: list[Any], arg: str, single: bool, mesh: Any, repeats: str
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None], Any]:
+    """``(views to write, views to count in the norm, norm dtype)`` of this rank's shards.
+
+    A DTensor contributes its local tensor (viewed, never copied: the write lands in the
+    DTensor's storage). It counts in the norm on this rank unless it is replicated along a
+    mesh dimension where this rank's coordinate is not 0 (a replica is counted once, by the
+    first rank of that dimension). ``Partial`` placements, another mesh, and plain tensors
+    mixed with DTensors are refused, naming the tensor."""
+    dtensor = _dtensor_type()
+    local: list[Any] = []
+    owned: list[bool] = []
+    first = ""
+    coord = None if mesh is None else mesh.get_coordinate()
+    for i, t in enumerate(tensors):
+        where = _name(arg, i, single)
+        if dtensor is None or not isinstance(t, dtensor):
+            if mesh is not None and t is not None:
+                raise TypeError(
+                    f"{where} is a {type(t).__name__} while {first} is a DTensor: gradclip.torch "
+                    "reduces one kind per call (DTensors over their mesh, or plain tensors with "
+                    "group=)"
+                )
+            local.append(t)
+            owned.append(True)
+            continue
+        if mesh is None:
+            raise ValueError(
+                f"{where} is a DTensor: pass group=None, its device mesh gives the process group"
+            )
+        first = first or where
+        if t.device_mesh != mesh:
+            raise ValueError(
+                f"{where} is on device mesh {t.device_mesh} while {first} is on {mesh}: one call "
+                "reduces over one mesh; clip the parameters of each mesh with a call of its own, "
+                "or combine the norms with get_total_norm and clip_grads_with_norm_"
+            )
+        mine = True
+        for d, placement in enumerate(t.placements):
+            if placement.is_partial():
+                raise ValueError(
+                    f"{where} has a Partial placement ({placement}) on mesh dimension {d}: its "
+                    "local values are unreduced partial sums, whose norm is not the norm of the "
+                    "gradient. Reduce it first (redistribute to Shard or Replicate)"
+                )
+            if placement.is_replicate() and (coord is None or coord[d] != 0):
+                mine = False
+        with torch.no_grad():  # without autograd, to_local() is the DTensor's own local tensor
+            local.append(t.to_local())
+        owned.append(mine)
+    arrays, dtype = _views(local, arg, single, repeats)
+    counted = [a if mine else None for a, mine in zip(arrays, owned, strict=True)]
+    return arrays, counted, dtype
+
+
+def _sharded_norm(gather: Any, prepare: Any, p: float) -> tuple[float, Any]:
+    """The global norm, and what ``prepare()`` made on this rank (``(write, counted, dtype,
+    extra)``), with every rank agreeing on errors raised by ``prepare`` (see _dist)."""
+    made: list[Any] = []
+
+    def local() -> float:
+        made.append(prepare())
+        counted = made[0][1]
+        return _total_norm(counted, p) if counted else 0.0
+
+    return global_norm(gather, local, p), made[0]
+
+
+def _p_or_default(norm_type: Any) -> float:
+    # a bad norm_type is raised inside the agreement step (prepare), on every rank
+    try:
+        return check_norm_type(norm_type)
+    except (TypeError, ValueError):
+        return 2.0
+
+
+def _sharded_result(norm: float, dtype: Any, mesh: Any) -> torch.Tensor:
+    """The norm as torch returns it: a 0-d tensor, replicated over ``mesh`` for DTensors."""
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if mesh is None:
+        return out
+    from torch.distributed.tensor import DTensor, Replicate
+
+    return DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def _local_norm_value(total_norm: Any) -> Any:
+    """A DTensor total norm as a plain tensor (replicated: its local value is the norm)."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(total_norm, dtensor):
+        if any(pl.is_partial() for pl in total_norm.placements):
+            raise ValueError(
+                "total_norm is a DTensor with a Partial placement: pass total_norm.full_tensor()"
+            )
+        with torch.no_grad():
+            return total_norm.to_local()
+    return total_norm
+
+
+def _sharded_clip_norm(
+    items: Any, sharding: tuple[Any, Any], max_norm: Any, norm_type: Any, raise_: Any
+) -> torch.Tensor:
+    gather, mesh = sharding
+    p = _p_or_default(norm_type)
+    bound: list[float] = []
+
+    def prepare() -> Any:
+        bound.append(_bound(max_norm))
+        check_norm_type(norm_type)
+        params, single = _as_list(items, "parameters")
+        return _local_views(_param_grads(params, single), "parameters", single, mesh, "refuse")
+
+    norm, (arrays, _, dtype) = _sharded_norm(gather, prepare, p)
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)  # the same norm on every rank: every rank raises
+    if dtype is not None:
+        _scale(arrays, bound[0], norm)
+    return _sharded_result(norm, dtype, mesh)
+
+
+def _sharded_get_norm(
+    items: Any, sharding: tuple[Any, Any], norm_type: Any, raise_: Any
+) -> torch.Tensor:
+    gather, mesh = sharding
+    p = _p_or_default(norm_type)
+
+    def prepare() -> Any:
+        check_norm_type(norm_type)
+        tensors, single = _as_list(items, "tensors")
+        return _local_views(tensors, "tensors", single, mesh, "allow")
+
+    norm, (_, _, dtype) = _sharded_norm(gather, prepare, p)
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)
+    return _sharded_result(norm, dtype, mesh)
+
+
+def _sharded_clip_with_norm(
+    items: Any, sharding: tuple[Any, Any], max_norm: Any, total_norm: Any
+) -> None:
+    gather, mesh = sharding
+    scalars: list[float] = []
+
+    def prepare() -> Any:
+        scalars.extend((_bound(max_norm), _total(_local_norm_value(total_norm))))
+        params, single = _as_list(items, "parameters")
+        arrays, _, dtype = _local_views(
+            _param_grads(params, single), "parameters", single, mesh, "refuse"
+        )
+        return arrays, None, dtype  # no norm to reduce: the collective only agrees on errors
+
+    _, (arrays, _, dtype) = _sharded_norm(gather, prepare, 2.0)
+    if dtype is not None:
+        _scale(arrays, scalars[0], scalars[1])
+
+
+def _shards_of(grads: list[Any], single: bool) -> list[Any]:
+    """The local tensors of DTensor gradients, for element-wise work (clamping) that needs
+    no collective; other entries as they are. A Partial placement is refused: clamping
+    unreduced partial sums is not clamping the gradient."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(issubclass(k, dtensor) for k in set(map(type, grads))):
+        return grads
+    out = []
+    for i, g in enumerate(grads):
+        if isinstance(g, dtensor):
+            if any(pl.is_partial() for pl in g.placements):
+                raise ValueError(
+                    f"{_name('parameters', i, single)} has a Partial placement: reduce it "
+                    "first (redistribute to Shard or Replicate)"
+                )
+            with torch.no_grad():
+                g = g.to_local()
+        out.append(g)
+    return out
