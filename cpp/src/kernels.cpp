@@ -75,6 +75,7 @@ template <DType D, class Op>
 void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes,
                 const Op& op = Op{}) noexcept {
     const char* p = static_cast<const char*>(vp);
+    const Prefetch pf = prefetch_policy();
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vloadu_lanes(lanes + j * kW);
     const VD s = vset(scale);
@@ -101,7 +102,7 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kL <= sn; k += kL) {
         const auto uk = static_cast<std::size_t>(k);
-        prefetch_ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
+        pf.ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
         VD x[kAcc];
         vload_block<D>(p, uk, x);
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
@@ -119,6 +120,7 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
 template <DType D, class Op>
 void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes,
                      const Op& op = Op{}) noexcept {
+    const Prefetch pf = prefetch_policy();
     VD acc[kAcc], pend[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) {
         acc[j] = vloadu_lanes(lanes + j * kW);
@@ -156,7 +158,7 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
         constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
         for (; k + kL <= sn; k += kL) {
             const auto uk = static_cast<std::size_t>(k);
-            prefetch_ahead(p + uk * itemsize(D), kBlockBytes);
+            pf.ahead(p + uk * itemsize(D), kBlockBytes);
             VD x[kAcc];
             vload_block<D>(p, uk, x);
             for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
@@ -183,6 +185,7 @@ void accumulate_pair(const void* vp0, const void* vp1, std::size_t n, double sca
     const Op op{};
     const char* p0 = static_cast<const char*>(vp0);
     const char* p1 = static_cast<const char*>(vp1);
+    const Prefetch pf = prefetch_policy();
     VD a0[kAcc], a1[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) {
         a0[j] = vloadu_lanes(lanes0 + j * kW);
@@ -192,8 +195,8 @@ void accumulate_pair(const void* vp0, const void* vp1, std::size_t n, double sca
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     std::size_t k = 0;
     for (; k + kLanes <= n; k += kLanes) {
-        prefetch_ahead(p0 + k * itemsize(D), kBlockBytes);
-        prefetch_ahead(p1 + k * itemsize(D), kBlockBytes);
+        pf.ahead(p0 + k * itemsize(D), kBlockBytes);
+        pf.ahead(p1 + k * itemsize(D), kBlockBytes);
         VD x0[kAcc], x1[kAcc];
         vload_block<D>(p0, k, x0);
         vload_block<D>(p1, k, x1);
@@ -272,9 +275,10 @@ double max_abs(const void* vp, std::size_t n) noexcept {
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
     NanTrack nt;
+    const Prefetch pf = prefetch_policy();
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kLanes <= n; k += kLanes) {
-        prefetch_ahead(p + k * itemsize(D), kBlockBytes);
+        pf.ahead(p + k * itemsize(D), kBlockBytes);
         VD x[kAcc];
         vload_block<D>(p, k, x);
         for (std::size_t j = 0; j < kAcc; ++j) {
@@ -341,11 +345,12 @@ template <DType D, class Op>
 void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
     using N = Native<D>;
     char* b = static_cast<char*>(vp);
+    const Prefetch pf = prefetch_policy();
     std::size_t k = 0;
     constexpr std::size_t kBlockBytes = 256;
     constexpr std::size_t kBlock = kBlockBytes / itemsize(D);
     for (; k + kBlock <= n; k += kBlock) {
-        prefetch_ahead(b + k * itemsize(D), kBlockBytes);
+        pf.ahead(b + k * itemsize(D), kBlockBytes);
         for (std::size_t j = 0; j < kBlock; j += N::kW) N::store(b, k + j, op.vec(N::load(b, k + j)));
     }
     for (; k + N::kW <= n; k += N::kW) N::store(b, k, op.vec(N::load(b, k)));
@@ -393,7 +398,7 @@ void clamp(void* p, std::size_t n, double lo, double hi) noexcept {
 std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
     const char* b = static_cast<const char*>(vp);
     std::uint64_t out = 0;
-    std::size_t k = probe_read_vec(b, n, out);
+    std::size_t k = probe_read_vec(b, n, out, prefetch_policy());
     std::uint64_t acc[8] = {};
     for (; k + 8 <= n; k += 8) {
         for (std::size_t j = 0; j < 8; ++j) {
@@ -413,7 +418,7 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
 
 void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
     char* b = static_cast<char*>(vp);
-    std::size_t k = probe_rw_vec(b, n, k64);
+    std::size_t k = probe_rw_vec(b, n, k64, prefetch_policy());
     for (; k < n; ++k) {
         std::uint64_t w;
         std::memcpy(&w, b + 8 * k, 8);

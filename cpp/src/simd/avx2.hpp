@@ -127,19 +127,20 @@ inline void store_bf16(char* p, VF v) noexcept {
 }  // namespace
 }  // namespace gradclip::simd
 
-// vload_block, vclamp and prefetch_ahead, over the definitions above
+// vload_block, vclamp and Prefetch, over the definitions above
 #include "simd/x86.hpp"
 
 namespace gradclip::simd {
 namespace {
 
 // ---------------------------------------------------------------- bandwidth probes
-inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out) noexcept {
+inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out, Prefetch pf) noexcept {
     std::size_t k = 0;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 16 <= n; k += 16) {
         const char* q = b + 8 * k;
-        for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
+        if (pf.on)
+            for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
         a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
         a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)));
         a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
@@ -151,11 +152,11 @@ inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& o
     out = t[0] ^ t[1] ^ t[2] ^ t[3];
     return k;
 }
-inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64) noexcept {
+inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64, Prefetch pf) noexcept {
     std::size_t k = 0;
     const __m256i d = _mm256_set1_epi64x(static_cast<long long>(k64));
     for (; k + 16 <= n; k += 16) {
-        prefetch_ahead(b + 8 * k, 128);
+        pf.ahead(b + 8 * k, 128);
         for (std::size_t j = 0; j < 4; ++j) {
             auto* q = reinterpret_cast<__m256i*>(b + 8 * k + 32 * j);
             _mm256_storeu_si256(q, _mm256_add_epi64(_mm256_loadu_si256(q), d));

@@ -113,19 +113,20 @@ inline void store_bf16(char* p, VF v) noexcept {
 }  // namespace
 }  // namespace gradclip::simd
 
-// vload_block, vclamp and prefetch_ahead, over the definitions above
+// vload_block, vclamp and Prefetch, over the definitions above
 #include "simd/x86.hpp"
 
 namespace gradclip::simd {
 namespace {
 
 // ---------------------------------------------------------------- bandwidth probes
-inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out) noexcept {
+inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out, Prefetch pf) noexcept {
     std::size_t k = 0;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 32 <= n; k += 32) {
         const char* q = b + 8 * k;
-        for (std::size_t j = 0; j < 256; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
+        if (pf.on)
+            for (std::size_t j = 0; j < 256; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
         a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(q));
         a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(q + 64));
         a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(q + 128));
@@ -135,11 +136,11 @@ inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& o
         _mm512_reduce_or_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
     return k;
 }
-inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64) noexcept {
+inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64, Prefetch pf) noexcept {
     std::size_t k = 0;
     const __m512i d = _mm512_set1_epi64(static_cast<long long>(k64));
     for (; k + 32 <= n; k += 32) {
-        prefetch_ahead(b + 8 * k, 256);
+        pf.ahead(b + 8 * k, 256);
         for (std::size_t j = 0; j < 4; ++j) {
             char* q = b + 8 * k + 64 * j;
             _mm512_storeu_si512(q, _mm512_add_epi64(_mm512_loadu_si512(q), d));

@@ -26,7 +26,9 @@
 //                         exactly to float64 / float32, rounded to nearest even on the store
 //                         (NaN kept quiet) as half.hpp's scalar conversions do
 //   memory:
-//     prefetch_ahead(p, bytes)           software prefetch (or nothing)
+//     Prefetch, prefetch_policy()        software prefetch where it pays (or nothing): a
+//                                        kernel takes prefetch_policy() once and calls
+//                                        .ahead(p, bytes) before each block it reads
 //     probe_read_vec / probe_rw_vec      the vector body of the bandwidth probes: they do a
 //                                        prefix of the words and return its length
 #pragma once
@@ -98,9 +100,13 @@ inline VF load_bf16(const char* p) noexcept { return Elem<DType::BF16>::loadf(p,
 inline void store_bf16(char* p, VF v) noexcept { Elem<DType::BF16>::storef(p, 0, v); }
 
 // ---------------------------------------------------------------- memory
-inline void prefetch_ahead(const void*, std::size_t) noexcept {}
-inline std::size_t probe_read_vec(const char*, std::size_t, std::uint64_t&) noexcept { return 0; }
-inline std::size_t probe_rw_vec(char*, std::size_t, std::uint64_t) noexcept { return 0; }
+struct Prefetch {
+    bool on = false;
+    void ahead(const void*, std::size_t) const noexcept {}
+};
+inline Prefetch prefetch_policy() noexcept { return Prefetch{}; }
+inline std::size_t probe_read_vec(const char*, std::size_t, std::uint64_t&, Prefetch) noexcept { return 0; }
+inline std::size_t probe_rw_vec(char*, std::size_t, std::uint64_t, Prefetch) noexcept { return 0; }
 
 }  // namespace
 }  // namespace gradclip::simd
