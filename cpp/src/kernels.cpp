@@ -111,6 +111,24 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
 }
 
+// x[0 .. kAcc): lanes [lo, hi) of the block of kLanes elements whose lane 0 is element k (k may
+// be negative, k + hi may pass the end: only those lanes are read), +0.0 in the others. A layer
+// may load a whole block of one type at once (BlockPart<D>, e.g. float32 in two or four masked
+// loads instead of one per register); otherwise one vload_part per register that has lanes.
+template <DType D>
+inline void load_lanes(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
+    if constexpr (BlockPart<D>::kHave) {
+        BlockPart<D>::load(p, k, lo, hi, x);
+    } else {
+        for (std::size_t j = 0; j < kAcc; ++j) {
+            const std::size_t b = j * kW;
+            const std::size_t l = lo > b ? lo - b : 0;
+            const std::size_t h = hi > b ? std::min(hi - b, kW) : 0;
+            x[j] = h > l ? vload_part<D>(p, k + static_cast<std::ptrdiff_t>(b), l, h) : vzero();
+        }
+    }
+}
+
 // accumulate() over consecutive pieces (kernels.hpp: AccManyFn). Whole blocks inside a piece
 // are added as they are read; the lanes of a block that spans pieces (or that a piece only
 // begins or ends) are gathered from each piece by masked loads into a pending block (zeros
@@ -128,8 +146,7 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
     }
     const VD s = vset(scale);
     constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
-    constexpr auto kWs = static_cast<std::ptrdiff_t>(kW);
-    std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
+        std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
     for (std::size_t i = 0; i < m; ++i) {
         const char* p = static_cast<const char*>(pieces[i].p);
         const auto sn = static_cast<std::ptrdiff_t>(pieces[i].n);
@@ -137,14 +154,10 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
         // starts at element k = -lane
         std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane);
         if (lane != 0 || sn < kL) {
-            for (std::size_t j = 0; j < kAcc; ++j) {
-                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
-                const std::ptrdiff_t lo = g < 0 ? -g : 0;
-                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
-                if (hi > lo)
-                    pend[j] =
-                        vadd(pend[j], vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)));
-            }
+            // lanes [lane, min(lane + sn, kLanes)) of this block are the piece's
+            VD x[kAcc];
+            load_lanes<D>(p, k, lane, static_cast<std::size_t>(std::min(sn - k, kL)), x);
+            for (std::size_t j = 0; j < kAcc; ++j) pend[j] = vadd(pend[j], x[j]);
             if (k + kL > sn) {  // the piece ends inside this block
                 lane = static_cast<std::size_t>(sn - k);
                 continue;
@@ -164,13 +177,7 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
             for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
         }
         lane = static_cast<std::size_t>(sn - k);
-        if (lane != 0) {  // the tail starts a new pending block at lane 0
-            for (std::size_t j = 0; j < kAcc; ++j) {
-                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
-                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
-                if (hi > 0) pend[j] = vload_part<D>(p, g, 0, static_cast<std::size_t>(hi));
-            }
-        }
+        if (lane != 0) load_lanes<D>(p, k, 0, lane, pend);  // the tail starts a new pending block at lane 0
     }
     if (lane != 0)
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], pend[j], s);
