@@ -146,7 +146,7 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
     }
     const VD s = vset(scale);
     constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
-        std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
+    std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
     for (std::size_t i = 0; i < m; ++i) {
         const char* p = static_cast<const char*>(pieces[i].p);
         const auto sn = static_cast<std::ptrdiff_t>(pieces[i].n);

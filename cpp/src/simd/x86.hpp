@@ -2,9 +2,8 @@
 // each: the block load made of vload<D>, the clamp, and software prefetch.
 #pragma once
 
-#include <immintrin.h>
-
 #include <cpuid.h>
+#include <immintrin.h>
 
 #include <atomic>
 #include <cstddef>
