@@ -33,7 +33,8 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
         + ".\n\nMedian of the rounds. GB/s = bytes the minimal algorithm moves (N to read when "
         "not clipping, 3N to read, then read and write, when clipping) / time; ceiling = the "
         "same bytes over the faster, in this run, of the engine's probes (read / read+write "
-        "of 64-bit words, software prefetch) and the plain compiled float32 loops "
+        "of 64-bit words, software prefetch where the CPU gains from it) and the plain compiled "
+        "float32 loops "
         "(bench/plain_ceiling.c: sum of squares / x *= c); x gradclip = peer time / gradclip "
         "time.\n"
     )

@@ -75,6 +75,7 @@ template <DType D, class Op>
 void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, double* lanes,
                 const Op& op = Op{}) noexcept {
     const char* p = static_cast<const char*>(vp);
+    const Prefetch pf = prefetch_policy();
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vloadu_lanes(lanes + j * kW);
     const VD s = vset(scale);
@@ -101,13 +102,31 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kL <= sn; k += kL) {
         const auto uk = static_cast<std::size_t>(k);
-        prefetch_ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
+        pf.ahead(p + uk * itemsize(D), kBlockBytes);  // a few KiB ahead, one per cache line
         VD x[kAcc];
         vload_block<D>(p, uk, x);
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
     }
     if (k < sn) partial(k);
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
+}
+
+// x[0 .. kAcc): lanes [lo, hi) of the block of kLanes elements whose lane 0 is element k (k may
+// be negative, k + hi may pass the end: only those lanes are read), +0.0 in the others. A layer
+// may load a whole block of one type at once (BlockPart<D>, e.g. float32 in two or four masked
+// loads instead of one per register); otherwise one vload_part per register that has lanes.
+template <DType D>
+inline void load_lanes(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
+    if constexpr (BlockPart<D>::kHave) {
+        BlockPart<D>::load(p, k, lo, hi, x);
+    } else {
+        for (std::size_t j = 0; j < kAcc; ++j) {
+            const std::size_t b = j * kW;
+            const std::size_t l = lo > b ? lo - b : 0;
+            const std::size_t h = hi > b ? std::min(hi - b, kW) : 0;
+            x[j] = h > l ? vload_part<D>(p, k + static_cast<std::ptrdiff_t>(b), l, h) : vzero();
+        }
+    }
 }
 
 // accumulate() over consecutive pieces (kernels.hpp: AccManyFn). Whole blocks inside a piece
@@ -119,6 +138,7 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
 template <DType D, class Op>
 void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes,
                      const Op& op = Op{}) noexcept {
+    const Prefetch pf = prefetch_policy();
     VD acc[kAcc], pend[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) {
         acc[j] = vloadu_lanes(lanes + j * kW);
@@ -126,7 +146,6 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
     }
     const VD s = vset(scale);
     constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
-    constexpr auto kWs = static_cast<std::ptrdiff_t>(kW);
     std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
     for (std::size_t i = 0; i < m; ++i) {
         const char* p = static_cast<const char*>(pieces[i].p);
@@ -135,14 +154,10 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
         // starts at element k = -lane
         std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane);
         if (lane != 0 || sn < kL) {
-            for (std::size_t j = 0; j < kAcc; ++j) {
-                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
-                const std::ptrdiff_t lo = g < 0 ? -g : 0;
-                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
-                if (hi > lo)
-                    pend[j] =
-                        vadd(pend[j], vload_part<D>(p, g, static_cast<std::size_t>(lo), static_cast<std::size_t>(hi)));
-            }
+            // lanes [lane, min(lane + sn, kLanes)) of this block are the piece's
+            VD x[kAcc];
+            load_lanes<D>(p, k, lane, static_cast<std::size_t>(std::min(sn - k, kL)), x);
+            for (std::size_t j = 0; j < kAcc; ++j) pend[j] = vadd(pend[j], x[j]);
             if (k + kL > sn) {  // the piece ends inside this block
                 lane = static_cast<std::size_t>(sn - k);
                 continue;
@@ -156,19 +171,13 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
         constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
         for (; k + kL <= sn; k += kL) {
             const auto uk = static_cast<std::size_t>(k);
-            prefetch_ahead(p + uk * itemsize(D), kBlockBytes);
+            pf.ahead(p + uk * itemsize(D), kBlockBytes);
             VD x[kAcc];
             vload_block<D>(p, uk, x);
             for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
         }
         lane = static_cast<std::size_t>(sn - k);
-        if (lane != 0) {  // the tail starts a new pending block at lane 0
-            for (std::size_t j = 0; j < kAcc; ++j) {
-                const std::ptrdiff_t g = k + static_cast<std::ptrdiff_t>(j) * kWs;
-                const std::ptrdiff_t hi = sn - g < kWs ? sn - g : kWs;
-                if (hi > 0) pend[j] = vload_part<D>(p, g, 0, static_cast<std::size_t>(hi));
-            }
-        }
+        if (lane != 0) load_lanes<D>(p, k, 0, lane, pend);  // the tail starts a new pending block at lane 0
     }
     if (lane != 0)
         for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], pend[j], s);
@@ -183,6 +192,7 @@ void accumulate_pair(const void* vp0, const void* vp1, std::size_t n, double sca
     const Op op{};
     const char* p0 = static_cast<const char*>(vp0);
     const char* p1 = static_cast<const char*>(vp1);
+    const Prefetch pf = prefetch_policy();
     VD a0[kAcc], a1[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) {
         a0[j] = vloadu_lanes(lanes0 + j * kW);
@@ -192,8 +202,8 @@ void accumulate_pair(const void* vp0, const void* vp1, std::size_t n, double sca
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     std::size_t k = 0;
     for (; k + kLanes <= n; k += kLanes) {
-        prefetch_ahead(p0 + k * itemsize(D), kBlockBytes);
-        prefetch_ahead(p1 + k * itemsize(D), kBlockBytes);
+        pf.ahead(p0 + k * itemsize(D), kBlockBytes);
+        pf.ahead(p1 + k * itemsize(D), kBlockBytes);
         VD x0[kAcc], x1[kAcc];
         vload_block<D>(p0, k, x0);
         vload_block<D>(p1, k, x1);
@@ -272,9 +282,10 @@ double max_abs(const void* vp, std::size_t n) noexcept {
     VD acc[kAcc];
     for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vzero();
     NanTrack nt;
+    const Prefetch pf = prefetch_policy();
     constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
     for (; k + kLanes <= n; k += kLanes) {
-        prefetch_ahead(p + k * itemsize(D), kBlockBytes);
+        pf.ahead(p + k * itemsize(D), kBlockBytes);
         VD x[kAcc];
         vload_block<D>(p, k, x);
         for (std::size_t j = 0; j < kAcc; ++j) {
@@ -341,11 +352,12 @@ template <DType D, class Op>
 void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
     using N = Native<D>;
     char* b = static_cast<char*>(vp);
+    const Prefetch pf = prefetch_policy();
     std::size_t k = 0;
     constexpr std::size_t kBlockBytes = 256;
     constexpr std::size_t kBlock = kBlockBytes / itemsize(D);
     for (; k + kBlock <= n; k += kBlock) {
-        prefetch_ahead(b + k * itemsize(D), kBlockBytes);
+        pf.ahead(b + k * itemsize(D), kBlockBytes);
         for (std::size_t j = 0; j < kBlock; j += N::kW) N::store(b, k + j, op.vec(N::load(b, k + j)));
     }
     for (; k + N::kW <= n; k += N::kW) N::store(b, k, op.vec(N::load(b, k)));
@@ -393,7 +405,7 @@ void clamp(void* p, std::size_t n, double lo, double hi) noexcept {
 std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
     const char* b = static_cast<const char*>(vp);
     std::uint64_t out = 0;
-    std::size_t k = probe_read_vec(b, n, out);
+    std::size_t k = probe_read_vec(b, n, out, prefetch_policy());
     std::uint64_t acc[8] = {};
     for (; k + 8 <= n; k += 8) {
         for (std::size_t j = 0; j < 8; ++j) {
@@ -413,7 +425,7 @@ std::uint64_t probe_read(const void* vp, std::size_t n) noexcept {
 
 void probe_rw(void* vp, std::size_t n, std::uint64_t k64) noexcept {
     char* b = static_cast<char*>(vp);
-    std::size_t k = probe_rw_vec(b, n, k64);
+    std::size_t k = probe_rw_vec(b, n, k64, prefetch_policy());
     for (; k < n; ++k) {
         std::uint64_t w;
         std::memcpy(&w, b + 8 * k, 8);

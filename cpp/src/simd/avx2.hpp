@@ -67,6 +67,32 @@ inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_
         return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)));
     }
 }
+// BlockPart<F32>: lanes [lo, hi) of a 32-lane float32 block in four masked 8-float loads (one
+// per 32 bytes) instead of eight 4-lane ones; the 16-bit types and float64 go lane group by
+// lane group (kernels.cpp: load_lanes). On Zen 4, 100 arrays of 100 float32 through the
+// batched kernel: 15.3 -> 11.9 ns per array.
+template <DType D>
+struct BlockPart {
+    static constexpr bool kHave = false;
+};
+template <>
+struct BlockPart<DType::F32> {
+    static constexpr bool kHave = true;
+    static void load(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
+        static_assert(kLanes == 32 && kW == 4, "four 8-float groups of eight 4-double registers");
+        const __m256i vlo = _mm256_set1_epi32(static_cast<int>(lo) - 1);
+        const __m256i vhi = _mm256_set1_epi32(static_cast<int>(hi));
+        for (std::size_t g = 0; g < 4; ++g) {
+            const int b = static_cast<int>(8 * g);
+            const __m256i idx = _mm256_setr_epi32(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+            const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(vhi, idx), _mm256_cmpgt_epi32(idx, vlo));
+            const char* q = addr(p, (k + b) * 4);
+            const __m256 v = _mm256_maskload_ps(reinterpret_cast<const float*>(q), m);
+            x[2 * g] = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            x[2 * g + 1] = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        }
+    }
+};
 inline double vhmax(const VD* acc) noexcept {
     __m256d a = acc[0];
     for (std::size_t j = 1; j < 8; ++j) a = _mm256_max_pd(a, acc[j]);
@@ -127,19 +153,20 @@ inline void store_bf16(char* p, VF v) noexcept {
 }  // namespace
 }  // namespace gradclip::simd
 
-// vload_block, vclamp and prefetch_ahead, over the definitions above
+// vload_block, vclamp and Prefetch, over the definitions above
 #include "simd/x86.hpp"
 
 namespace gradclip::simd {
 namespace {
 
 // ---------------------------------------------------------------- bandwidth probes
-inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out) noexcept {
+inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out, Prefetch pf) noexcept {
     std::size_t k = 0;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 16 <= n; k += 16) {
         const char* q = b + 8 * k;
-        for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
+        if (pf.on)
+            for (std::size_t j = 0; j < 128; j += 64) _mm_prefetch(q + 4096 + j, _MM_HINT_T0);
         a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
         a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32)));
         a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64)));
@@ -151,11 +178,11 @@ inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& o
     out = t[0] ^ t[1] ^ t[2] ^ t[3];
     return k;
 }
-inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64) noexcept {
+inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64, Prefetch pf) noexcept {
     std::size_t k = 0;
     const __m256i d = _mm256_set1_epi64x(static_cast<long long>(k64));
     for (; k + 16 <= n; k += 16) {
-        prefetch_ahead(b + 8 * k, 128);
+        pf.ahead(b + 8 * k, 128);
         for (std::size_t j = 0; j < 4; ++j) {
             auto* q = reinterpret_cast<__m256i*>(b + 8 * k + 32 * j);
             _mm256_storeu_si256(q, _mm256_add_epi64(_mm256_loadu_si256(q), d));

@@ -80,6 +80,11 @@ inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_
     if constexpr (D == DType::F16) return vcvt_f64_f32(vget_low_f32(f16_lo(vreinterpretq_f16_u8(b))));
     return vcvt_f64_f32(vget_low_f32(bf16_lo(vreinterpretq_u16_u8(b))));
 }
+// BlockPart<D>: no whole-block partial load for D in this layer (kernels.cpp: load_lanes).
+template <DType D>
+struct BlockPart {
+    static constexpr bool kHave = false;
+};
 // FMAX returns NaN when either operand is NaN (unlike x86's maxpd, which returns its second
 // operand), so a NaN reaches the final maximum by itself; it is returned as the canonical
 // quiet NaN that the other targets return.
@@ -146,13 +151,17 @@ inline void store_bf16(char* p, VF v) noexcept {
 }
 
 // ---------------------------------------------------------------- memory
-// None on NEON: the third of the bandwidth that software prefetch wins back was measured on
-// x86 cores; whether it helps (or hurts) an ARM core's stream prefetchers has not been
+// None on NEON: the bandwidth that software prefetch wins back was measured on Intel x86
+// cores (on AMD Zen 4 it costs bandwidth instead); whether it helps an ARM core's stream prefetchers has not been
 // measured, so the NEON copy issues none rather than guess.
-inline void prefetch_ahead(const void*, std::size_t) noexcept {}
+struct Prefetch {
+    bool on = false;
+    void ahead(const void*, std::size_t) const noexcept {}
+};
+inline Prefetch prefetch_policy() noexcept { return Prefetch{}; }
 
 // ---------------------------------------------------------------- bandwidth probes
-inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out) noexcept {
+inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& out, Prefetch) noexcept {
     std::size_t k = 0;
     uint64x2_t a0 = vdupq_n_u64(0), a1 = a0, a2 = a0, a3 = a0;
     for (; k + 8 <= n; k += 8) {
@@ -166,7 +175,7 @@ inline std::size_t probe_read_vec(const char* b, std::size_t n, std::uint64_t& o
     out = vgetq_lane_u64(a, 0) ^ vgetq_lane_u64(a, 1);
     return k;
 }
-inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64) noexcept {
+inline std::size_t probe_rw_vec(char* b, std::size_t n, std::uint64_t k64, Prefetch) noexcept {
     std::size_t k = 0;
     const uint64x2_t d = vdupq_n_u64(k64);
     for (; k + 8 <= n; k += 8) {

@@ -10,6 +10,8 @@
 //     vload_part<D>(p, k, lo, hi)        lanes [lo, hi) of the kW-group at element k (k may be
 //                                        negative or past the end: only those lanes are read),
 //                                        +0.0 in the others
+//     BlockPart<D>        kHave, and if true load(p, k, lo, hi, x): the same for the lanes
+//                         [lo, hi) of a whole kLanes block in x[0 .. kAcc)
 //     vzero vset vadd vmul vabs vdiv vsqrt vmax vstore vloadu_lanes
 //     vfma(a, b, c)       a * b + c; used only where a * b is exact, so with one rounding or
 //                         two it gives the same bits
@@ -26,7 +28,9 @@
 //                         exactly to float64 / float32, rounded to nearest even on the store
 //                         (NaN kept quiet) as half.hpp's scalar conversions do
 //   memory:
-//     prefetch_ahead(p, bytes)           software prefetch (or nothing)
+//     Prefetch, prefetch_policy()        software prefetch where it pays (or nothing): a
+//                                        kernel takes prefetch_policy() once and calls
+//                                        .ahead(p, bytes) before each block it reads
 //     probe_read_vec / probe_rw_vec      the vector body of the bandwidth probes: they do a
 //                                        prefix of the words and return its length
 #pragma once
@@ -55,6 +59,11 @@ template <DType D>
 inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
     return lo < hi ? Elem<D>::load(addr(p, k * static_cast<std::ptrdiff_t>(itemsize(D))), 0) : 0.0;
 }
+// BlockPart<D>: no whole-block partial load for D in this layer (kernels.cpp: load_lanes).
+template <DType D>
+struct BlockPart {
+    static constexpr bool kHave = false;
+};
 inline VD vzero() noexcept { return 0.0; }
 inline VD vset(double x) noexcept { return x; }
 inline VD vadd(VD a, VD b) noexcept { return a + b; }
@@ -98,9 +107,13 @@ inline VF load_bf16(const char* p) noexcept { return Elem<DType::BF16>::loadf(p,
 inline void store_bf16(char* p, VF v) noexcept { Elem<DType::BF16>::storef(p, 0, v); }
 
 // ---------------------------------------------------------------- memory
-inline void prefetch_ahead(const void*, std::size_t) noexcept {}
-inline std::size_t probe_read_vec(const char*, std::size_t, std::uint64_t&) noexcept { return 0; }
-inline std::size_t probe_rw_vec(char*, std::size_t, std::uint64_t) noexcept { return 0; }
+struct Prefetch {
+    bool on = false;
+    void ahead(const void*, std::size_t) const noexcept {}
+};
+inline Prefetch prefetch_policy() noexcept { return Prefetch{}; }
+inline std::size_t probe_read_vec(const char*, std::size_t, std::uint64_t&, Prefetch) noexcept { return 0; }
+inline std::size_t probe_rw_vec(char*, std::size_t, std::uint64_t, Prefetch) noexcept { return 0; }
 
 }  // namespace
 }  // namespace gradclip::simd
