@@ -123,12 +123,12 @@ class DemoConfig:
     clipping arm.
     """
 
-    steps: int = 5000
+    steps: int = 3000
     seeds: int = 4
-    seq_len: int = 40
-    hidden: int = 64
-    batch: int = 50
-    lr: float = 0.05
+    seq_len: int = 20
+    hidden: int = 32
+    batch: int = 32
+    lr: float = 0.1
     momentum: float = 0.9
     spectral_radius: float = 1.2
     max_norm: float = 0.5
