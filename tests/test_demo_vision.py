@@ -93,7 +93,7 @@ def test_forward_matches_the_naive_network() -> None:
 def test_backward_matches_central_finite_differences(seed: int) -> None:
     params, x, y = _tiny_problem(seed)
     _, grads = vision.loss_and_grads(params, x, y)
-    names = vision.param_names(2)
+    names = vision.param_names(2, ws=False)
     assert len(names) == len(params) == len(grads) == 12
     step = 1e-6
     for name, p, g in zip(names, params, grads, strict=True):
@@ -119,7 +119,8 @@ def test_large_batches_in_chunks_give_the_whole_batch_gradient() -> None:
     y = rng.integers(0, 10, len(x))
     loss, grads = vision.loss_and_grads(params, x, y)
     parts = [slice(0, 70), slice(70, len(x))]
-    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x)) for s in parts]
+    convs = vision._layers(params)[0]
+    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x), convs) for s in parts]
     assert loss == pytest.approx(sum(p[0] for p in pieces), rel=1e-12)
     for g, a, b in zip(grads, pieces[0][1], pieces[1][1], strict=True):
         np.testing.assert_allclose(g, a + b, rtol=1e-10, atol=1e-14)

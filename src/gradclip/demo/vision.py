@@ -89,6 +89,7 @@ __all__ = [
     "save_figure",
     "run_demo",
     "train",
+    "train_many",
 ]
 
 FloatArray = npt.NDArray[np.floating[Any]]
@@ -128,6 +129,8 @@ class VisionConfig:
     max_norm: float = 1.0
     clipping: float = 0.01
     agc_eps: float = 1e-3
+    #: scaled weight standardisation in every convolution (NF-ResNets, NFNets)
+    ws: bool = True
     #: Steps between two evaluations on the test set (the figure's accuracy curve).
     eval_every: int = 25
     #: Training steps between two progress reports.
@@ -199,7 +202,7 @@ def init_params(
     width: int,
     blocks: int,
     dtype: npt.DTypeLike = np.float32,
-    ws: bool = True,
+    ws: bool = False,
 ) -> list[FloatArray]:
     """Initial weights: He-normal convolutions, stored ``(out, 3, 3, in)`` (so each slice
     along axis 0, one output channel, is a unit for AGC's ``layout="OI"``), zero biases,
@@ -318,9 +321,10 @@ def _conv_backward(
     """Gradients of a 3x3 'same' convolution: weight, bias, and input."""
     cout = w.shape[0]
     d_q = _operand(d_out, _ACT_BITS)
-    d2 = d_q if not isinstance(d_q, exact.Prepared) else exact.Prepared.of(
-        d_q.q.reshape(-1, cout), d_q.scale, d_q.bits
-    )
+    if isinstance(d_q, exact.Prepared):
+        d2: Any = exact.Prepared.of(d_q.q.reshape(-1, cout), d_q.scale, d_q.bits)
+    else:
+        d2 = d_out.reshape(-1, cout)
     g_w = exact.matmul(_t(d2), cols).reshape(w.shape)
     g_b = d_out.reshape(-1, cout).sum(axis=0)
     if not need_input:
@@ -577,7 +581,9 @@ def train(
     config.check()
     dtype = np.float32
     x_train, y_train, x_test, y_test = load_data(dtype)
-    params = init_params(np.random.default_rng([seed, 0]), config.width, config.blocks, dtype)
+    params = init_params(
+        np.random.default_rng([seed, 0]), config.width, config.blocks, dtype, ws=config.ws
+    )
     velocity = [np.zeros_like(p) for p in params]
     clip = arm.make(config, params)
     batches = _batches(np.random.default_rng([seed, 1]), len(y_train), config.batch)
@@ -635,6 +641,16 @@ def train(
     )
 
 
+def train_many(
+    runs: Sequence[tuple[str, int]],
+    config: VisionConfig = VisionConfig(),
+    report: Callable[[int], None] | None = None,
+) -> list[VisionResult]:
+    """:func:`train` for each (arm name, seed), one after the other (the convolutions are
+    large enough that stacking runs would gain nothing)."""
+    return [train(arm, seed, config, report) for arm, seed in runs]
+
+
 def run_demo(
     config: VisionConfig = VisionConfig(),
     arms: Sequence[Arm] = ARMS,
@@ -645,7 +661,8 @@ def run_demo(
     (0: in this process); the results ordered by arm, then seed."""
     config.check()
     load_data()  # fail here, before any worker starts, if scikit-learn is missing
-    results = run_all(train, config, [arm.name for arm in arms], jobs, progress)
+    names = [arm.name for arm in arms]
+    results = run_all(train_many, config, names, jobs, progress, group_size=1)
     return [results[arm.name, seed] for arm in arms for seed in range(config.seeds)]
 
 
@@ -665,7 +682,7 @@ def header(config: VisionConfig) -> str:
 def _arm_rows(
     results: Sequence[VisionResult], arms: Sequence[Arm], config: VisionConfig
 ) -> list[list[str]]:
-    probe = init_params(np.random.default_rng(0), config.width, config.blocks)
+    probe = init_params(np.random.default_rng(0), config.width, config.blocks, ws=config.ws)
     rows = []
     for arm in arms:
         runs = [r for r in results if r.arm == arm.name]
