@@ -61,7 +61,7 @@ _MASK = np.uint64((1 << _LOW_BITS) - 1)
 _BELOW_MIDPOINT = np.uint64((1 << (_LOW_BITS - 1)) - WINDOW)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bits_for(k: int) -> int:
     """The largest integer width ``b`` for which a sum of ``k`` products of two integers of
     magnitude at most ``2**b`` stays at most ``2**53``, exact in float64."""
@@ -144,7 +144,8 @@ def matmul(a: FloatArray | Prepared, b: FloatArray | Prepared) -> FloatArray:
         )
     product = np.matmul(pa.q, pb.q)
     product *= pa.scale * pb.scale
-    return product.astype(np.float32)
+    out: FloatArray = product.astype(np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------- tanh, exp, log

@@ -63,6 +63,7 @@ import numpy.typing as npt
 
 import gradclip
 
+from . import exact
 from .common import (
     Arm,
     ClipFn,
@@ -76,7 +77,6 @@ from .common import (
     seeds_phrase,
     value_arm,
 )
-from . import exact
 from .common import RunResult as _RunBase
 from .runner import run_all
 

@@ -211,7 +211,8 @@ def init_params(
 
     def conv(cin: int, cout: int) -> list[FloatArray]:
         w = rng.standard_normal((cout, 3, 3, cin)) * math.sqrt(2.0 / (9 * cin))
-        return [w, np.zeros(cout)] + ([np.ones(cout)] if ws else [])
+        out: list[FloatArray] = [w, np.zeros(cout)]
+        return out + ([np.ones(cout)] if ws else [])
 
     params = conv(1, width)
     for _ in range(blocks):
@@ -337,7 +338,7 @@ def _conv_backward(
     return g_w, g_b, d_in
 
 
-def _layers(params: Sequence[FloatArray]) -> tuple[list[tuple[FloatArray, ...]], list[Any]]:
+def _layers(params: Sequence[FloatArray]) -> tuple[list[tuple[FloatArray, FloatArray]], list[Any]]:
     """Each convolution's (weight used, bias) and what the standardisation's backward pass
     needs (None without it)."""
     per = 3 if _has_ws(params) else 2
@@ -354,14 +355,16 @@ def _layers(params: Sequence[FloatArray]) -> tuple[list[tuple[FloatArray, ...]],
 
 
 def _forward(
-    params: Sequence[FloatArray], x: FloatArray, convs: list[tuple[FloatArray, ...]] | None = None
+    params: Sequence[FloatArray],
+    x: FloatArray,
+    convs: list[tuple[FloatArray, FloatArray]] | None = None,
 ) -> tuple[FloatArray, FloatArray, list[Any]]:
     """Logits, the pooled features and what the backward pass needs."""
     if convs is None:
         convs = _layers(params)[0]
     blocks = (len(convs) - 1) // 2
     cols = _im2col(_operand(x, _ACT_BITS))
-    h = _conv(cols, *convs[0], x.shape)
+    h = _conv(cols, convs[0][0], convs[0][1], x.shape)
     cache: list[Any] = [cols]
     for k in range(blocks):
         (w1, b1), (w2, b2) = convs[1 + 2 * k], convs[2 + 2 * k]
@@ -449,7 +452,7 @@ def _loss_and_grads(
     x: FloatArray,
     y: IntArray,
     batch: int,
-    convs: list[tuple[FloatArray, ...]],
+    convs: list[tuple[FloatArray, FloatArray]],
 ) -> tuple[float, list[FloatArray]]:
     """The sum of the cross-entropy over ``x`` divided by ``batch``, and its gradient with
     respect to the weights used (standardised or not): two arrays per convolution, then the
