@@ -185,7 +185,12 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
     return true;
 }
 
-[[noreturn]] void overlap_error(const Batch& b, std::size_t first, std::size_t second) {
+// numpy.shares_memory's max_work for one pair of views whose bounds intersect: the QKV split
+// and interleaved views take 1; a contrived pair of 2-d views with co-prime strides needs
+// about 1e5 and is then refused as undecided.
+constexpr long kExactOverlapWork = 1L << 16;
+
+[[noreturn]] void overlap_error(const Batch& b, std::size_t first, std::size_t second, bool undecided = false) {
     if (b.pos[first] > b.pos[second]) std::swap(first, second);
     const Span& sa = b.spans[first];
     const Span& sc = b.spans[second];
@@ -193,9 +198,47 @@ bool describe(Batch& b, std::size_t k, std::size_t off) {
     const bool same_bytes = sa.data == sc.data && sa.n * gradclip::itemsize(sa.dt) == sc.n * gradclip::itemsize(sc.dt);
     if (same_bytes && sa.ndim == 0 && sc.ndim == 0)
         throw py::value_error(pair + " are the same memory; each gradient must appear once");
-    throw py::value_error(pair +
-                          " overlap in memory (gradclip compares the memory bounds of each array, so "
-                          "interleaved strided views of one buffer are rejected too)");
+    if (undecided)
+        throw py::value_error(pair +
+                              " may overlap in memory: their memory bounds intersect, and deciding whether they "
+                              "share an element exceeded gradclip's work bound (numpy.shares_memory with "
+                              "max_work=" +
+                              std::to_string(kExactOverlapWork) + "); use views of separate buffers");
+    throw py::value_error(pair + " overlap in memory (they share at least one element)");
+}
+
+// Called when the memory bounds of some arrays intersect (find_overlap), which views of one
+// buffer that interleave or split its rows do without sharing a byte (qkv[:, :32] and
+// qkv[:, 32:64]; buf[0::2] and buf[1::2]). Decides every such pair exactly with NumPy's
+// solver, numpy.shares_memory, which bounds its work by max_work (a pair beyond it counts as
+// overlapping). Off the common path: only a call whose bounds check failed gets here. Sets
+// `first`, `second` to a pair that shares an element (or could not be decided, `undecided`)
+// and returns true, or returns false when every pair is disjoint. `ranges` is sorted by lo.
+bool exact_overlap(const Batch& b, const std::vector<gradclip::ByteRange>& ranges, std::size_t& first,
+                   std::size_t& second, bool& undecided) {
+    // kept for the interpreter's lifetime, as is_masked's type
+    static PyObject* shares = py::object(py::module_::import("numpy").attr("shares_memory")).release().ptr();
+    static PyObject* too_hard =
+        py::object(py::module_::import("numpy.exceptions").attr("TooHardError")).release().ptr();
+    const py::handle f(shares);
+    for (std::size_t j = 1; j < ranges.size(); ++j) {
+        for (std::size_t i = 0; i < j; ++i) {
+            if (ranges[i].hi <= ranges[j].lo) continue;  // sorted by lo: ranges[i] ends before j starts
+            try {
+                const bool share =
+                    f(b.keep[ranges[i].id], b.keep[ranges[j].id], py::arg("max_work") = kExactOverlapWork).cast<bool>();
+                if (!share) continue;
+                undecided = false;
+            } catch (py::error_already_set& e) {
+                if (!e.matches(py::handle(too_hard))) throw;
+                undecided = true;
+            }
+            first = ranges[i].id;
+            second = ranges[j].id;
+            return true;
+        }
+    }
+    return false;
 }
 
 // True for an ndarray subclass that must not be clipped as a plain array: a masked array's
@@ -277,9 +320,11 @@ void check_writable(const Batch& b) {
     for (std::size_t k = 0; k < m; ++k) {
         const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
         if ((proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
-            throw py::value_error(b.at(b.pos[k]) +
-                                  " is read-only; gradclip writes in place and needs a writeable array "
-                                  "(gradclip.clip_by_global_norm returns clipped copies instead)");
+            // the copying alternative is named to callers of in-place functions only (`out`
+            // belongs to a caller of the copying functions)
+            throw py::value_error(
+                b.at(b.pos[k]) + " is read-only; gradclip writes in place and needs a writeable array" +
+                (b.arg == "out" ? std::string() : " (gradclip.clip_by_global_norm returns clipped copies instead)"));
         }
         const Span& sp = b.spans[k];
         if (sp.n == 0) continue;  // nothing to write
@@ -304,18 +349,27 @@ void check_writable(const Batch& b) {
         }
     }
     std::size_t first, second;
-    if (gradclip::find_overlap(bounds, first, second)) overlap_error(b, first, second);
+    bool undecided = false;
+    if (gradclip::find_overlap(bounds, first, second) && exact_overlap(b, bounds, first, second, undecided))
+        overlap_error(b, first, second, undecided);
 }
 
 gradclip::NormSpec spec_from(double p) { return gradclip::make_norm_spec(p); }
 
-// Per-position output: norms of the spans at their positions, 0.0 for None entries.
-py::array_t<double> scatter(const Batch& b, const std::vector<double>& per_span) {
+// Per-position output: norms of the spans at their positions, 0.0 for None entries. Made
+// (allocated) before a writing call's write, filled after it with scatter.
+py::array_t<double> positions_array(const Batch& b) {
     py::array_t<double> out(static_cast<py::ssize_t>(b.npos));
+    std::fill(out.mutable_data(), out.mutable_data() + b.npos, 0.0);
+    return out;
+}
+py::array_t<double> scatter(const Batch& b, const std::vector<double>& per_span, py::array_t<double> out) {
     double* o = out.mutable_data();
-    std::fill(o, o + b.npos, 0.0);
     for (std::size_t k = 0; k < b.spans.size(); ++k) o[b.pos[k]] = per_span[k];
     return out;
+}
+py::array_t<double> scatter(const Batch& b, const std::vector<double>& per_span) {
+    return scatter(b, per_span, positions_array(b));
 }
 
 // ------------------------------------------------------------------ slices
@@ -354,9 +408,10 @@ void slice_batch(const Batch& b, const std::vector<std::vector<bool>>& reduced, 
     }
 }
 
-// clip_by_norm walks the slices a window at a time: the spans and the engine's chunk plan of
-// one window (about 140 bytes per slice) are made, used and reused for the next, so the
-// memory of a call beyond the norms it returns is bounded whatever the number of slices. A
+// clip_by_norm walks the slices a window at a time (gradclip::clip_slices): the spans and the
+// engine's chunk plan of one window (about 140 bytes per slice) are made once, for the
+// largest window, before the first write, and reused for every window, so the memory of a
+// call beyond the norms it returns is bounded whatever the number of slices. A
 // window holds at most kWindowSlices slices (about half a MiB of bookkeeping, which stays in
 // cache) and at most kWindowBytes of data (small chunk tables), but at least one slice. A
 // window of slices of 64 bytes or more holds at least 256 KiB, enough for clip_each to split
@@ -379,7 +434,7 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
     const int nd = static_cast<int>(arr.ndim());
     const auto und = static_cast<std::size_t>(nd);
     // shape, strides and reduced flags copied while the GIL is held
-    std::vector<std::ptrdiff_t> geom(2 * und), meta(2 * und);
+    std::vector<std::ptrdiff_t> geom(2 * und);
     std::unique_ptr<bool[]> reduced(new bool[und + 1]());
     for (int a : axes) reduced[static_cast<std::size_t>(a)] = true;
     std::size_t slice_bytes = gradclip::itemsize(dt);
@@ -396,22 +451,53 @@ py::array_t<double> clip_by_norm(const py::object& x, const py::array_t<double, 
     const std::size_t by_bytes =
         slice_bytes == 0 ? kWindowSlices : std::max<std::size_t>(1, kWindowBytes / slice_bytes);
     const std::size_t window = std::min({total, kWindowSlices, by_bytes});
-    std::vector<Span> spans(window);
     char* data = static_cast<char*>(const_cast<void*>(arr.data()));
-    const double* bound = max_norm.data();
+    const gradclip::SpanBounds bounds{max_norm.data(), nb == 1 ? 0u : 1u, false};
     py::array_t<double> out(static_cast<py::ssize_t>(total));
     double* o = out.mutable_data();
     {
         py::gil_scoped_release nogil;
-        for (std::size_t s = 0; s < total; s += window) {
-            const std::size_t k = std::min(window, total - s);
-            gradclip::make_slices(data, nd, geom.data(), geom.data() + und, dt, reduced.get(), meta.data(), s, k,
-                                  spans.data());
-            const gradclip::SpanBounds bounds{nb == 1 ? bound : bound + s, nb == 1 ? 0u : 1u, false};
-            gradclip::clip_each(spans.data(), k, spec_from(p), bounds, eps, NonFinite::Propagate, o + s);
-        }
+        gradclip::clip_slices(data, nd, geom.data(), geom.data() + und, dt, reduced.get(), window, spec_from(p), bounds,
+                              eps, o);
     }
     return out;
+}
+
+// AGC reads the parameters while it writes the gradients: a parameter that shares memory with
+// a gradient (the weights passed as their own gradients, say) would be clipped too, so that is
+// refused, by the overlap rule of every writing call (the memory bounds of the arrays; the
+// gradients are disjoint already).
+void check_disjoint(const Batch& g, const Batch& w) {
+    std::vector<gradclip::ByteRange> ranges;
+    ranges.reserve(g.keep.size());
+    const auto bounds_of = [](const Batch& b, std::size_t k, const char*& lo, const char*& hi) {
+        const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
+        const std::ptrdiff_t* shape = b.meta.data() + b.meta_off[k];
+        gradclip::byte_bounds(proxy->data, proxy->nd, shape, shape + proxy->nd, gradclip::itemsize(b.spans[k].dt), lo,
+                              hi);
+    };
+    for (std::size_t k = 0; k < g.keep.size(); ++k) {
+        if (g.spans[k].n == 0) continue;
+        const char* lo;
+        const char* hi;
+        bounds_of(g, k, lo, hi);
+        ranges.push_back({lo, hi, k});
+    }
+    std::sort(ranges.begin(), ranges.end(),
+              [](const gradclip::ByteRange& x, const gradclip::ByteRange& y) { return x.lo < y.lo; });
+    for (std::size_t j = 0; j < w.keep.size(); ++j) {
+        if (w.spans[j].n == 0) continue;
+        const char* lo;
+        const char* hi;
+        bounds_of(w, j, lo, hi);
+        // the gradients are disjoint, so sorted by lo their hi ascend too
+        const auto it = std::upper_bound(ranges.begin(), ranges.end(), lo,
+                                         [](const char* x, const gradclip::ByteRange& r) { return x < r.hi; });
+        if (it != ranges.end() && it->lo < hi)
+            throw py::value_error(w.at(w.pos[j]) + " and " + g.at(g.pos[it->id]) +
+                                  " share memory; AGC writes the gradients and only reads the parameters, so a "
+                                  "parameter may not be (or overlap) a gradient (pass each parameter's gradient)");
+    }
 }
 
 // Adaptive gradient clipping over lists of gradients and parameters of equal shapes.
@@ -453,27 +539,32 @@ py::tuple adaptive_clip(const py::handle& grads, const py::handle& params, doubl
         for (int ax : reduce.at(i)) r.at(static_cast<std::size_t>(ax)) = true;
         reduced.push_back(std::move(r));
     }
+    check_disjoint(g, all_w);
     Slices gs, ws;
     slice_batch(g, reduced, gs);
     slice_batch(w, reduced, ws);
     const std::size_t n = gs.spans.size();
-    std::vector<double> gn(n), wn(n), coefs(n);
+    // everything the result needs is allocated before the write
+    std::vector<double> gn(n), wn(n), coefs(n), per_array(g.keep.size());
+    py::array_t<double> out = positions_array(g);
+    double total;
     {
         py::gil_scoped_release nogil;
         gradclip::adaptive_clip(gs.spans.data(), ws.spans.data(), n, spec_from(p), clipping, eps, gn.data(), wn.data(),
                                 coefs.data());
+        // per-array pre-clip norms from the unit norms, and the total from those
+        for (std::size_t k = 0; k < g.keep.size(); ++k)
+            per_array[k] =
+                gradclip::norm_of_norms(gn.data() + gs.first[k], gs.first[k + 1] - gs.first[k], spec_from(p));
+        total = gradclip::norm_of_norms(per_array.data(), per_array.size(), spec_from(p));
     }
-    // per-array pre-clip norms from the unit norms
-    std::vector<double> per_array(g.keep.size());
-    for (std::size_t k = 0; k < g.keep.size(); ++k)
-        per_array[k] = gradclip::norm_of_norms(gn.data() + gs.first[k], gs.first[k + 1] - gs.first[k], spec_from(p));
     double cmin = 1.0;
     bool nan = false;
     for (double c : coefs) {
         if (c != c) nan = true;
         cmin = c < cmin ? c : cmin;
     }
-    return py::make_tuple(scatter(g, per_array), nan ? std::numeric_limits<double>::quiet_NaN() : cmin);
+    return py::make_tuple(scatter(g, per_array, out), nan ? std::numeric_limits<double>::quiet_NaN() : cmin, total);
 }
 
 // Per-example clipping; every array's axis 0 is the batch. Returns (per-example norms,
@@ -501,16 +592,48 @@ py::tuple clip_per_example(const py::handle& grads, double max_norm, bool per_la
     Slices sl;
     slice_batch(g, reduced, sl);
     const std::size_t na = g.keep.size(), nb = static_cast<std::size_t>(batch);
+    // everything the result needs is allocated before the write: the norms, the coefficients,
+    // and each array's sum over the batch (float64, shape[1:]), with example 0 of each array
+    // described for the sums
     py::array_t<double> norms({static_cast<py::ssize_t>(na), batch});
     py::array_t<double> coefs({static_cast<py::ssize_t>(na), batch});
+    py::list sums(g.npos);
+    for (std::size_t i = 0; i < g.npos; ++i) sums[i] = py::none();
+    std::vector<Span> views(na);
+    std::vector<std::ptrdiff_t> steps(na);
+    std::vector<double*> outs(na);
+    for (std::size_t k = 0; k < na; ++k) {
+        const py::array& a = g.keep[k];
+        const auto* proxy = py::detail::array_proxy(a.ptr());
+        const std::ptrdiff_t* shape = g.meta.data() + g.meta_off[k];
+        const std::ptrdiff_t* strides = shape + proxy->nd;
+        py::array_t<double> s(std::vector<py::ssize_t>(shape + 1, shape + proxy->nd));
+        outs[k] = s.mutable_data();
+        sums[g.pos[k]] = s;
+        Span& v = views[k];
+        v.data = proxy->data;
+        v.dt = g.spans[k].dt;
+        v.n = static_cast<std::size_t>(s.size());
+        v.ndim = proxy->nd - 1;
+        v.shape = v.ndim == 0 ? nullptr : shape + 1;
+        v.strides = v.ndim == 0 ? nullptr : strides + 1;
+        steps[k] = strides[0];
+    }
+    // examples clipped, per array (per_layer counts)
+    py::array_t<std::int64_t> counts(static_cast<py::ssize_t>(g.npos));
+    std::int64_t* pk = counts.mutable_data();
+    std::fill(pk, pk + g.npos, std::int64_t{0});
     std::size_t clipped;
     {
         double* pn = norms.mutable_data();
         double* pc = coefs.mutable_data();
         py::gil_scoped_release nogil;
         clipped = gradclip::clip_per_example(sl.spans.data(), na, nb, per_layer, max_norm, eps, pn, pc);
+        gradclip::sum_examples(views.data(), steps.data(), na, nb, outs.data());
+        for (std::size_t k = 0; k < na; ++k)
+            for (std::size_t e = 0; e < nb; ++e) pk[g.pos[k]] += pc[k * nb + e] < 1.0 ? 1 : 0;
     }
-    return py::make_tuple(norms, coefs, clipped);
+    return py::make_tuple(norms, coefs, clipped, counts, sums);
 }
 
 // ------------------------------------------------------------------ copies
@@ -653,11 +776,12 @@ py::tuple copy_clip_total(const py::tuple& target, const py::object& out, double
 py::tuple copy_clip_each(const py::tuple& target, const py::object& out, double max_norm, double p, double eps) {
     Copies c = make_copies(target, out);
     std::vector<double> each(c.s.size());
+    py::array_t<double> norms = positions_array(c.src);
     {
         py::gil_scoped_release nogil;
         gradclip::clip_each_into(c.s.data(), c.d.data(), c.s.size(), spec_from(p), max_norm, eps, each.data());
     }
-    return py::make_tuple(c.outs, scatter(c.src, each));
+    return py::make_tuple(c.outs, scatter(c.src, each, norms));
 }
 
 py::object copy_clamp(const py::tuple& target, const py::object& out, double lo, double hi) {
@@ -688,6 +812,13 @@ public:
         }
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
+        // a list or dict the caller may change after this (L[0] = new_array): its items, by
+        // identity, for check() to notice (tuples cannot change; nested containers are not
+        // followed)
+        if (PyList_Check(grads.ptr()) || PyDict_Check(grads.ptr())) {
+            src_ = py::reinterpret_borrow<py::object>(grads);
+            items0_ = items_of(grads.ptr());
+        }
         plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
     }
 
@@ -730,13 +861,15 @@ public:
     py::tuple clip_total(double max_norm, double p, NonFinite mode, double eps, bool with_norms) const {
         check(true);
         std::vector<double> each(with_norms ? n() : 0);
+        const py::object out = with_norms ? py::object(positions_array(b_)) : py::object(py::none());
         double norm, coef;
         {
             py::gil_scoped_release nogil;
             norm = gradclip::clip_total(spans(), n(), spec_from(p), max_norm, eps, mode, plan(), &coef,
                                         with_norms ? each.data() : nullptr);
         }
-        return py::make_tuple(norm, coef, with_norms ? py::object(scatter(b_, each)) : py::object(py::none()));
+        if (with_norms) scatter(b_, each, py::reinterpret_borrow<py::array_t<double>>(out));
+        return py::make_tuple(norm, coef, out);
     }
     // The global rule with a norm from elsewhere (the user, other processes); returns the
     // applied coefficient.
@@ -760,34 +893,45 @@ public:
     py::array_t<double> clip_each(double max_norm, double p, NonFinite mode, double eps) const {
         check(true);
         std::vector<double> each(n());
+        py::array_t<double> out = positions_array(b_);
         {
             py::gil_scoped_release nogil;
             gradclip::clip_each(spans(), n(), spec_from(p), max_norm, eps, mode, each.data(), plan());
         }
-        return scatter(b_, each);
+        return scatter(b_, each, out);
     }
     // Each array clipped by its root mean square (Optax's clip_by_block_rms); returns the RMS.
     py::array_t<double> clip_block_rms(double threshold, double eps) const {
         check(true);
         std::vector<double> each(n());
+        py::array_t<double> out = positions_array(b_);
         {
             py::gil_scoped_release nogil;
             gradclip::clip_each(spans(), n(), spec_from(2.0), gradclip::SpanBounds{&threshold, 0, true}, eps,
                                 NonFinite::Propagate, each.data(), plan());
         }
-        return scatter(b_, each);
+        return scatter(b_, each, out);
     }
     // (unscaled total norm, clipping coefficient, per-array unscaled norms or None)
     py::tuple unscale_clip(double max_norm, double inv_scale, double p, double eps, bool with_norms) const {
         check(true);
         std::vector<double> each(with_norms ? n() : 0);
+        const py::object out = with_norms ? py::object(positions_array(b_)) : py::object(py::none());
         double coef = 1.0, total;
         {
             py::gil_scoped_release nogil;
             total = gradclip::unscale_clip(spans(), n(), spec_from(p), max_norm, inv_scale, eps, &coef,
                                            with_norms ? each.data() : nullptr, plan());
         }
-        return py::make_tuple(total, coef, with_norms ? py::object(scatter(b_, each)) : py::object(py::none()));
+        if (with_norms) scatter(b_, each, py::reinterpret_borrow<py::array_t<double>>(out));
+        return py::make_tuple(total, coef, out);
+    }
+    // This process's part for unscale_clip across processes: the scaled norm, or +inf when
+    // unscaling would overflow an element (then every process skips).
+    double unscale_norm(double p, double inv_scale) const {
+        check(false);
+        py::gil_scoped_release nogil;
+        return gradclip::unscale_norm(spans(), n(), spec_from(p), inv_scale, plan());
     }
 
     // unscale_clip's write half with the scaled gradients' norm from elsewhere; returns coef
@@ -802,8 +946,49 @@ private:
     std::size_t n() const noexcept { return b_.spans.size(); }
     const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
 
+    // The top-level items of a list, or the values of a dict, in order (strong references:
+    // an identity compared later must not be a reused address).
+    static py::tuple items_of(PyObject* c) {
+        if (PyList_Check(c)) return py::reinterpret_steal<py::tuple>(PyList_AsTuple(c));
+        return py::tuple(py::reinterpret_borrow<py::dict>(c).attr("values")());
+    }
+
+    // The set holds the arrays it was made with, not the caller's list: an item replaced or
+    // added or removed since would be silently missed, so it is an error. Pointer compares,
+    // no reference counts touched (a dict's values are walked with PyDict_Next).
+    void check_items() const {
+        PyObject* c = src_.ptr();
+        const Py_ssize_t n0 = PyTuple_GET_SIZE(items0_.ptr());
+        const bool is_list = PyList_Check(c);
+        const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
+        const char* what = is_list ? "list" : "dict";
+        if (n != n0) {
+            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " +
+                                  std::to_string(n) + " entries now, " + std::to_string(n0) +
+                                  " when the set was made; the set holds the arrays it was made with, not the " + what +
+                                  ": make a new GradientSet");
+        }
+        Py_ssize_t at = 0, i = 0;
+        PyObject *key, *value;
+        for (; i < n; ++i) {
+            if (is_list) {
+                value = PyList_GET_ITEM(c, i);
+            } else if (!PyDict_Next(c, &at, &key, &value)) {
+                break;
+            }
+            if (value == PyTuple_GET_ITEM(items0_.ptr(), i)) continue;
+            const std::string where =
+                b_.arg + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
+            throw py::value_error(where + " was replaced in the " + what +
+                                  " after the GradientSet was made; the set holds the arrays it was made with, "
+                                  "not the " +
+                                  what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+        }
+    }
+
     void check(bool write) const {
         if (!plans_) return;  // one-shot: validated just now, for what its operation does
+        if (src_) check_items();
         bool writeable = true;
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
@@ -832,6 +1017,8 @@ private:
     }
 
     Batch b_;
+    py::object src_;                 // the caller's list or dict (null otherwise): see check_items
+    py::tuple items0_;               // its items when the set was made
     mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets
@@ -850,6 +1037,7 @@ private:
     X(clip_each)                   \
     X(clip_block_rms)              \
     X(unscale_clip)                \
+    X(unscale_norm)                \
     X(apply_unscale)
 
 // A free function's set: `target` is (sequence, single) as gradclip._inputs.as_sequence
@@ -869,6 +1057,8 @@ template <>
 constexpr bool kReads<&GradSet::norms> = true;
 template <>
 constexpr bool kReads<&GradSet::tensor_norms> = true;
+template <>
+constexpr bool kReads<&GradSet::unscale_norm> = true;
 
 template <auto Method>
 struct Once;
@@ -921,6 +1111,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("set_num_threads", &gradclip::set_num_threads);
     m.def("get_num_threads", &gradclip::get_num_threads);
     m.def("have_openmp", &gradclip::have_openmp);
+    m.def("warm_threads", &gradclip::warm_threads, "Start this thread's OpenMP team now (see the engine).");
+    m.def("allow_team", &gradclip::allow_team, "Let this thread's large calls use an OpenMP team (see the engine).");
     m.def(
         "probe_read",
         [](const py::buffer& buf) {

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -40,6 +41,14 @@ settings.register_profile(
     suppress_health_check=_NO_TIMING,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "repro")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The exhaustive grids (marker "exhaustive") are built only when GRADCLIP_EXHAUSTIVE=1, so
+    # a default run neither collects nor deselects them; asking for the marker with -m turns
+    # the variable on before the test modules are imported.
+    if re.search(r"(?<!not )\bexhaustive\b", config.getoption("markexpr") or ""):
+        os.environ["GRADCLIP_EXHAUSTIVE"] = "1"
 
 
 @pytest.fixture(params=gradclip.available_cpu_targets())

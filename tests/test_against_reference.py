@@ -1,10 +1,18 @@
-# Covers: every public function of the compiled package against gradclip.reference, over
-#   dtypes (float16, bfloat16, float32, float64, and mixed lists with None entries)
-#   x shapes (lengths 0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 70001, 0-d, zero-size and
-#     several multi-dim shapes; 1000003 elements for a few cases)
-#   x layouts (C, F, reversed/negative strides, strided with sentinel gaps, unaligned)
-#   x every CPU target the machine supports x 1 and 2 threads (looped inside each test, so the
-#     reference is computed once per case).
+# Covers: every public norm and clip function of the compiled package against
+# gradclip.reference, on every CPU target the machine supports x 1 and 2 threads (looped inside
+# each test, so the reference is computed once per case). The grid of dtypes x shapes x layouts
+# x norm types x value regimes is split in two parts whose factors barely interact:
+#   numerics: every dtype (float16, bfloat16, float32, float64) x every norm type (or bound)
+#     x value regimes (typical magnitudes; near the dtype's smallest normal, subnormals
+#     included; near its largest, so float64 squares overflow) on a few shapes (a vector
+#     tail, an array the OpenMP team splits, a 3-d block) in C order;
+#   layouts: every shape (lengths 0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 70001, 0-d,
+#     zero-size and several multi-dim shapes) x every layout (C, F, reversed/negative strides,
+#     strided with sentinel gaps, unaligned), the dtype and norm type rotating from case to
+#     case so that each layout meets every dtype and nearly every norm type.
+#   The full product (every dtype x shape x layout x norm type, the numerics on every shape)
+#   is the exhaustive run: GRADCLIP_EXHAUSTIVE=1, or -m exhaustive, adds it.
+# Also: mixed lists with None entries, many small arrays, 1000003 elements for a few cases.
 # Norms: within the contract tolerance of the reference (rtol 1e-12, p=inf exact).
 # Writes: exactly the documented per-dtype arithmetic applied with the compiled path's own
 #   returned norm (bit-exact up to NaN payloads), within an ulp of the reference's own writes,
@@ -16,14 +24,18 @@
 #   clip_grad_norm_per_tensor_ + clip_grad_value_, and clip_by_norm_ with random axes.
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 from gc_helpers import (
     CONFIGS,
+    DTYPE_NAMES,
     DTYPE_PARAMS,
     GAP_SENTINEL,
     HAVE_BF16,
@@ -37,7 +49,9 @@ from gc_helpers import (
     dtype_of,
     each_config,
     expected_scaled,
+    finfo,
     make_array,
+    needs_bf16,
     random_values,
     snapshot,
     ulps_for,
@@ -58,6 +72,81 @@ SHAPES = [(n,) for n in LENGTHS] + [(), (0, 5), (3, 0, 2), (3, 5, 7), (2, 33), (
 
 def shape_id(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) if shape else "0d"
+
+
+# The exhaustive run (GRADCLIP_EXHAUSTIVE=1, or -m exhaustive, which conftest.py turns into
+# it) adds the full product to the two parts; without it those cases are not even collected.
+EXHAUSTIVE = os.environ.get("GRADCLIP_EXHAUSTIVE") == "1"
+
+REGIMES = ("typical", "small", "large")
+# A vector tail (33 = one 32-lane block + 1), an array the OpenMP team splits (70001 float32
+# is above the 256 KiB threshold for threads) and a 3-d block.
+NUMERIC_SHAPES = [(33,), (70001,), (3, 5, 7)]
+
+
+def case_id(value: Any) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return shape_id(value)
+    if isinstance(value, tuple):
+        return "-".join(case_id(v) for v in value)
+    return repr(value).replace(" ", "") if not isinstance(value, (str, float)) else str(value)
+
+
+def grid(
+    extras: Sequence[Any],
+    shapes: Sequence[Any] = SHAPES,
+    numeric_shapes: Sequence[Any] = NUMERIC_SHAPES,
+) -> list[Any]:
+    """pytest params (dtype_name, shape, layout, extra, regime): the numerics part (every
+    dtype x extra x regime, the shape rotating through numeric_shapes, C order), the layout
+    part (every shape x layout, typical values, dtype and extra rotating), and under
+    EXHAUSTIVE the full product, marked exhaustive. ``extra`` is the test's own factor (a
+    norm type, a bound, ...)."""
+    seen: set[Any] = set()
+    out: list[Any] = []
+
+    def add(d: str, shape: Any, layout: str, extra: Any, regime: str, full: bool) -> None:
+        key = (d, repr(shape), layout, repr(extra), regime)
+        if key in seen:
+            return
+        seen.add(key)
+        marks = [needs_bf16] if d == "bfloat16" else []
+        if full:
+            marks.append(pytest.mark.exhaustive)
+        ident = "-".join([d, case_id(shape), layout, case_id(extra), regime])
+        out.append(pytest.param(d, shape, layout, extra, regime, marks=marks, id=ident))
+
+    numeric = itertools.product(DTYPE_NAMES, extras, REGIMES)
+    for i, (d, extra, regime) in enumerate(numeric):
+        add(d, numeric_shapes[i % len(numeric_shapes)], "C", extra, regime, False)
+    for si, shape in enumerate(shapes):
+        for li, layout in enumerate(LAYOUTS):
+            d = DTYPE_NAMES[(si + li) % len(DTYPE_NAMES)]
+            add(d, shape, layout, extras[(si + 2 * li) % len(extras)], "typical", False)
+    if EXHAUSTIVE:
+        for d, shape, layout, extra in itertools.product(DTYPE_NAMES, shapes, LAYOUTS, extras):
+            add(d, shape, layout, extra, "typical", True)
+        for d, shape, extra, regime in itertools.product(
+            DTYPE_NAMES, numeric_shapes, extras, REGIMES
+        ):
+            add(d, shape, "C", extra, regime, True)
+    return out
+
+
+def regime_values(seed: int, shape: Sequence[int], dtype: np.dtype[Any], regime: str) -> np.ndarray:
+    """float64 values for a value regime: "typical" magnitudes (1e-2..1e2), "small" ones near
+    the dtype's smallest normal (some subnormal once rounded; float64 squares underflow) or
+    "large" ones near its largest (float64 squares overflow; the norm stays finite)."""
+    if regime == "typical":
+        return random_values(seed, shape)
+    info = finfo(dtype)
+    if regime == "small":
+        return random_values(seed, shape, scale=float(info.tiny) * 16)
+    # float64: a scale below max / n**2 keeps every p-norm down to p = 0.5 finite (at most
+    # n**2 max|x|); the narrower types' norms are far from float64's range anyway
+    n = max(1, math.prod(shape))
+    scale = float(info.max) / 16 / (n * n if dtype == np.float64 else 1)
+    return random_values(seed, shape, scale=scale)
 
 
 def seed_of(*parts: Any) -> int:
@@ -91,13 +180,12 @@ def all_equal(outcomes: dict[tuple[str, int], Any], what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("p", P_ALL, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
-def test_get_total_norm(dtype_name: str, shape: tuple[int, ...], layout: str, p: float) -> None:
+@pytest.mark.parametrize(("dtype_name", "shape", "layout", "p", "regime"), grid(P_ALL))
+def test_get_total_norm(
+    dtype_name: str, shape: tuple[int, ...], layout: str, p: float, regime: str
+) -> None:
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of(dtype_name, shape, layout), shape)
+    values = regime_values(seed_of(dtype_name, shape, layout), shape, dtype, regime)
     expected = ref.get_total_norm(make_array(values, dtype, layout), p)
     outcomes = {}
     for cfg in each_config():
@@ -111,13 +199,12 @@ def test_get_total_norm(dtype_name: str, shape: tuple[int, ...], layout: str, p:
     all_equal(outcomes, "total norm")
 
 
-@pytest.mark.parametrize("p", P_ALL, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
-def test_tensor_norms(dtype_name: str, shape: tuple[int, ...], layout: str, p: float) -> None:
+@pytest.mark.parametrize(("dtype_name", "shape", "layout", "p", "regime"), grid(P_ALL))
+def test_tensor_norms(
+    dtype_name: str, shape: tuple[int, ...], layout: str, p: float, regime: str
+) -> None:
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("tn", dtype_name, shape, layout), shape)
+    values = regime_values(seed_of("tn", dtype_name, shape, layout), shape, dtype, regime)
     other = random_values(seed_of("tn-other", shape), (5, 3))
 
     def grads() -> list[Any]:
@@ -143,16 +230,16 @@ def test_tensor_norms(dtype_name: str, shape: tuple[int, ...], layout: str, p: f
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("clip", ["clips", "noop"])
-@pytest.mark.parametrize("p", P_ALL, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "layout", "case", "regime"),
+    grid([(p, clip) for p in P_ALL for clip in ("clips", "noop")]),
+)
 def test_clip_grad_norm(
-    dtype_name: str, shape: tuple[int, ...], layout: str, p: float, clip: str
+    dtype_name: str, shape: tuple[int, ...], layout: str, case: tuple[float, str], regime: str
 ) -> None:
+    p, clip = case
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("cgn", dtype_name, shape, layout, p), shape)
+    values = regime_values(seed_of("cgn", dtype_name, shape, layout, p), shape, dtype, regime)
     ref_arr = make_array(values, dtype, layout)
     max_norm = clip_max_norm(ref.get_total_norm(ref_arr, p), clip)
     expected_norm = ref.clip_grad_norm_(ref_arr, max_norm, p)
@@ -173,15 +260,15 @@ def test_clip_grad_norm(
     all_equal(outcomes, "clip_grad_norm_ norm and writes")
 
 
-@pytest.mark.parametrize("total", ["clips", "noop", "nan", "inf", "zero"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "layout", "total", "regime"),
+    grid(["clips", "noop", "nan", "inf", "zero"]),
+)
 def test_clip_grads_with_norm(
-    dtype_name: str, shape: tuple[int, ...], layout: str, total: str
+    dtype_name: str, shape: tuple[int, ...], layout: str, total: str, regime: str
 ) -> None:
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("cgwn", dtype_name, shape, layout), shape)
+    values = regime_values(seed_of("cgwn", dtype_name, shape, layout), shape, dtype, regime)
     max_norm = 0.75
     total_norm = {"clips": 7.0, "noop": 0.5, "nan": math.nan, "inf": INF, "zero": 0.0}[total]
     ref_arr = make_array(values, dtype, layout)
@@ -201,15 +288,14 @@ def test_clip_grads_with_norm(
         all_equal(outcomes, "clip_grads_with_norm_ writes")
 
 
-@pytest.mark.parametrize("p", [1.0, 2.0, INF, 3.0], ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "layout", "p", "regime"), grid([1.0, 2.0, INF, 3.0])
+)
 def test_clip_grad_norm_per_tensor(
-    dtype_name: str, shape: tuple[int, ...], layout: str, p: float
+    dtype_name: str, shape: tuple[int, ...], layout: str, p: float, regime: str
 ) -> None:
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("pt", dtype_name, shape, layout), shape)
+    values = regime_values(seed_of("pt", dtype_name, shape, layout), shape, dtype, regime)
     big = random_values(seed_of("pt-big"), (4, 6), scale=10.0)
     small = random_values(seed_of("pt-small"), (3,), scale=1e-3)
 
@@ -246,13 +332,15 @@ def test_clip_grad_norm_per_tensor(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["zero", "median", "tiny", "huge"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
-def test_clip_grad_value(dtype_name: str, shape: tuple[int, ...], layout: str, which: str) -> None:
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "layout", "which", "regime"),
+    grid(["zero", "median", "tiny", "huge"]),
+)
+def test_clip_grad_value(
+    dtype_name: str, shape: tuple[int, ...], layout: str, which: str, regime: str
+) -> None:
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("cgv", dtype_name, shape, layout), shape)
+    values = regime_values(seed_of("cgv", dtype_name, shape, layout), shape, dtype, regime)
     if values.size > 3:  # NaN stays NaN, infinities are clamped
         flat = values.reshape(-1)
         flat[0], flat[1], flat[2] = math.nan, INF, -INF
@@ -260,7 +348,7 @@ def test_clip_grad_value(dtype_name: str, shape: tuple[int, ...], layout: str, w
     median = float(np.median(finite)) if finite.size else 1.0
     # median * 1.0001 is (almost surely) not representable in float16/bfloat16/float32: the
     # bound is the dtype's own rounding of it.
-    clip_value = {"zero": 0.0, "median": median * 1.0001, "tiny": 1e-30, "huge": 1e300}[which]
+    clip_value = {"zero": 0.0, "median": median * 1.0001, "tiny": 1e-30, "huge": 1e308}[which]
     ref_arr = make_array(values, dtype, layout)
     ref.clip_grad_value_(ref_arr, clip_value)
     outcomes = {}
@@ -333,21 +421,22 @@ def slices_of(arr: np.ndarray, axis: Any) -> list[tuple[tuple[int, ...], np.ndar
     return out
 
 
-@pytest.mark.parametrize("p", [2.0, 1.0, INF, 3.0], ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("shape", "axis"), AXIS_CASES, ids=lambda v: repr(v).replace(" ", ""))
-@pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)
+@pytest.mark.parametrize(
+    ("dtype_name", "shape_axis", "layout", "p", "regime"),
+    grid([2.0, 1.0, INF, 3.0], AXIS_CASES, [((6, 33), 1), ((3, 5, 7), (0, 2)), ((65,), None)]),
+)
 def test_clip_by_norm(
-    dtype_name: str, shape: tuple[int, ...], axis: Any, layout: str, p: float
+    dtype_name: str, shape_axis: tuple[tuple[int, ...], Any], layout: str, p: float, regime: str
 ) -> None:
+    shape, axis = shape_axis
     dtype = dtype_of(dtype_name)
-    values = random_values(seed_of("cbn", dtype_name, shape, layout, axis), shape)
+    values = regime_values(seed_of("cbn", dtype_name, shape, layout, axis), shape, dtype, regime)
     ref_arr = make_array(values, dtype, layout)
     slice_norms = [ref.get_total_norm(s, p) for _, s in slices_of(ref_arr, axis)]
     # Half of the slices clip (those above the median norm), half are left alone.
     max_norm = float(np.median(slice_norms)) if slice_norms and max(slice_norms) > 0 else 1.0
     expected = ref.clip_by_norm_(ref_arr, max_norm, axis, p)
-    expected_shape = np.asarray(np.linalg.vector_norm(values, axis=axis)).shape
+    expected_shape = np.asarray(np.linalg.vector_norm(np.zeros(shape), axis=axis)).shape
     assert isinstance(expected, np.ndarray) and expected.shape == expected_shape
     outcomes = {}
     for cfg in each_config():
@@ -670,9 +759,37 @@ NONFINITE_P_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["propagate", "raise", "skip", "zero", "error_if_nonfinite"])
-@pytest.mark.parametrize("layout", ["C", "strided", "unaligned"])
-@pytest.mark.parametrize(("dtype_name", "kind", "p"), NONFINITE_P_CASES)
+NONFINITE_MODES = ["propagate", "raise", "skip", "zero", "error_if_nonfinite"]
+NONFINITE_LAYOUTS = ["C", "strided", "unaligned"]
+
+
+def nonfinite_grid() -> list[Any]:
+    """(dtype_name, kind, p, layout, mode): every dtype x kind x p in C order with the modes
+    rotating (whether the kernels see the special value is a matter of dtype and p; what the
+    call does with a non-finite norm is not), every mode x kind on float32 p=2, every layout
+    x dtype; under EXHAUSTIVE the full product, marked exhaustive."""
+    cases: dict[tuple[Any, ...], bool] = {}
+    for i, (name, kind, p) in enumerate(NONFINITE_P_CASES):
+        cases.setdefault((name, kind, p, "C", NONFINITE_MODES[i % len(NONFINITE_MODES)]), False)
+    for kind, mode in itertools.product(["nan", "inf", "-inf", "nan+inf"], NONFINITE_MODES):
+        cases.setdefault(("float32", kind, 2.0, "C", mode), False)
+    for i, (layout, name) in enumerate(itertools.product(NONFINITE_LAYOUTS, DTYPE_NAMES)):
+        cases.setdefault((name, "nan+inf", 2.0, layout, NONFINITE_MODES[i % 2]), False)
+    if EXHAUSTIVE:
+        for (name, kind, p), layout, mode in itertools.product(
+            NONFINITE_P_CASES, NONFINITE_LAYOUTS, NONFINITE_MODES
+        ):
+            cases.setdefault((name, kind, p, layout, mode), True)
+    out = []
+    for case, full in cases.items():
+        marks = [needs_bf16] if case[0] == "bfloat16" else []
+        if full:
+            marks.append(pytest.mark.exhaustive)
+        out.append(pytest.param(*case, marks=marks, id="-".join(map(str, case))))
+    return out
+
+
+@pytest.mark.parametrize(("dtype_name", "kind", "p", "layout", "mode"), nonfinite_grid())
 def test_nonfinite_clip_grad_norm(
     dtype_name: str, kind: str, p: float, layout: str, mode: str
 ) -> None:

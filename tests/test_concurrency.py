@@ -1,5 +1,5 @@
-# Covers: gradclip under concurrency (issue 8, part 3).
-#   - many Python threads calling every function at once on their own arrays (small calls on
+# Covers: gradclip under concurrency.
+#   - many Python threads calling every operation at once on their own arrays (small calls on
 #     the calling thread and large ones on an OpenMP team per caller, 1 and 2 OpenMP threads)
 #     give bit-for-bit the results and writes of the same calls made serially;
 #   - threads reading the same arrays at once (norms only) agree;
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gc_helpers import HAVE_BF16, dtype_of
+from operations import OPERATIONS, Operation, outcome
 
 import gradclip
 
@@ -51,17 +52,20 @@ def workload(seed: int) -> list[np.ndarray]:
     return out
 
 
+def op_grads(op: Operation, arrays: list[np.ndarray]) -> Any:
+    """What ``op`` takes of a thread's arrays: all of them, or the last (strided) one alone
+    where it takes one array, or as the only array of a batch."""
+    if op.shapes == "single":
+        return arrays[-1]
+    return [arrays[-1]] if op.shapes == "batched" else arrays
+
+
 def run_ops(arrays: list[np.ndarray]) -> list[bytes]:
-    """Every function once, in an order where each reads the previous one's writes."""
+    """Every operation once (tests/operations.py), in an order where each reads the previous
+    one's writes, then a GradientSet."""
     record: list[bytes] = []
-    record.append(np.float64(gradclip.get_total_norm(arrays)).tobytes())
-    record.append(gradclip.tensor_norms(arrays, 3.0).tobytes())
-    norm = gradclip.clip_grad_norm_(arrays, 5.0)
-    record.append(np.float64(norm).tobytes())
-    record.append(gradclip.clip_grad_norm_per_tensor_(arrays, 1.0, np.inf).tobytes())
-    gradclip.clip_grads_with_norm_(arrays, 1.0, 3.0)
-    gradclip.clip_grad_value_(arrays, 0.01)
-    record.append(gradclip.clip_by_norm_(arrays[-1], 0.001, axis=1).tobytes())
+    for op in OPERATIONS:
+        record += [x.tobytes() for x in outcome(op.call(gradclip, op_grads(op, arrays)))]
     gs = gradclip.GradientSet(arrays)
     record.append(np.float64(gs.clip_norm_(0.01, 1.0)).tobytes())
     record += [a.tobytes() for a in arrays]
@@ -130,14 +134,15 @@ def test_concurrent_reads_of_shared_arrays(threads: int) -> None:
     assert [a.tobytes() for a in arrays] == before
 
 
+# every operation (tests/operations.py) and a GradientSet method
+def on_arrays(op: Operation) -> Callable[[list[np.ndarray]], Any]:
+    return lambda g: op.call(gradclip, op_grads(op, g))
+
+
 GIL_CALLS: dict[str, Callable[[list[np.ndarray]], Any]] = {
-    "get_total_norm": lambda g: gradclip.get_total_norm(g),
-    "clip_grad_norm_": lambda g: gradclip.clip_grad_norm_(g, 1e30),
-    "clip_grad_value_": lambda g: gradclip.clip_grad_value_(g, 2.0),
-    "tensor_norms": lambda g: gradclip.tensor_norms(g),
-    "clip_by_norm_": lambda g: gradclip.clip_by_norm_(g[0], 1e30),
-    "GradientSet.total_norm": lambda g: gradclip.GradientSet(g).total_norm(),
+    op.name: on_arrays(op) for op in OPERATIONS
 }
+GIL_CALLS["GradientSet.total_norm"] = lambda g: gradclip.GradientSet(g).total_norm()
 
 
 @pytest.mark.parametrize("name", GIL_CALLS)

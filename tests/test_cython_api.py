@@ -1,4 +1,4 @@
-# Covers: the Cython API (issue 7). A small downstream extension is built at test time, in a
+# Covers: the Cython API. A small downstream extension is built at test time, in a
 # temporary directory, against the installed gradclip (cimport gradclip.cython_api, with
 # gradclip's get_include() on Cython's include path, Cython and the C compiler of this
 # environment), and then:
@@ -76,6 +76,7 @@ from gradclip.cython_api cimport (
     clamp_bf16, clamp_f16, clamp_f32, clamp_f64, clip_grad_norm, clip_grads_with_norm,
     error_message, norm_bf16, norm_f16, norm_f32, norm_f64, scale_bf16, scale_f16, scale_f32,
     scale_f64, sum_pow_bf16, sum_pow_f16, sum_pow_f32, sum_pow_f64, total_norm,
+    unscale_clip_grad_norm,
 )
 
 CODES = {
@@ -220,6 +221,14 @@ cdef class Buffers:
             rc = clip_grads_with_norm(self.n, self.ptrs, self.lens, self.dtypes, max_norm, total,
                                       eps)
         return rc
+
+    def unscale_clip_grad_norm(self, double max_norm, double inv_scale, double p, double eps):
+        cdef double total = -1.0, coef = -1.0
+        cdef int rc
+        with nogil:
+            rc = unscale_clip_grad_norm(self.n, self.ptrs, self.lens, self.dtypes, max_norm,
+                                        inv_scale, p, eps, &total, &coef)
+        return rc, total, coef
 '''
 
 SETUP_PY = f'''
@@ -516,6 +525,27 @@ def test_multi_buffer(ext: ModuleType, p: float) -> None:
         ref.clip_grads_with_norm_(expected, 0.5, 7.0)
         for a, e in zip(arrays, expected, strict=True):
             assert_same_values(a, e, "clip_grads_with_norm vs reference")
+
+
+@pytest.mark.parametrize("inv_scale", [1 / 1024, 2.0, 1e30])
+def test_unscale_clip_grad_norm(ext: ModuleType, inv_scale: float) -> None:
+    # the same norm, coefficient and writes as the Python API, an overflow of the unscaled
+    # values (float16 near its maximum, inv_scale > 1) included: nothing written, C_NONFINITE
+    c = ext.CODES
+    for arrays in (
+        mixed_arrays(1),
+        [np.array([60000.0, 1.0], np.float16), np.ones(3, np.float32)],
+    ):
+        py_arrays = [np.array(a) for a in arrays]
+        before = snapshot(arrays)
+        rc, total, coef = buffers(ext, arrays).unscale_clip_grad_norm(0.5, inv_scale, 2.0, 1e-6)
+        r = gradclip.unscale_clip_grad_norm_(py_arrays, 0.5, inv_scale)
+        assert (total, coef) == (r.total_norm, r.coef)
+        assert rc == (c["NONFINITE"] if r.found_nonfinite else c["OK"])
+        for a, b in zip(arrays, py_arrays, strict=True):
+            assert a.tobytes() == b.tobytes()
+        if r.found_nonfinite:
+            assert snapshot(arrays) == before
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -1,4 +1,4 @@
-# Covers: error messages readable by people (issue 8, part 6). One case per row of the table
+# Covers: error messages readable by people. One case per row of the table
 # in docs/errors.md: the call raises the documented exception class, nothing is written, the
 # message names the argument (and the list position), says what was expected and what was
 # found, and appears in the table verbatim (a documented message ending in "…" is a prefix:
@@ -57,6 +57,35 @@ class Case:
     reference: bool = True  # gradclip.reference has this function and this check
 
 
+class Unreadable:
+    """An object whose array conversion fails (np.asarray raises)."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError("no array here")
+
+
+def _hard_pair() -> list[np.ndarray]:
+    # two 5-d views whose overlap numpy.shares_memory cannot decide within max_work=65536
+    base = np.zeros(200_000, np.float32)
+    x = as_strided(base, (3, 4, 10, 9, 5), tuple(4 * v for v in (9684, 2421, 242, 27, 5)))
+    y = as_strided(base[6:], (9, 11, 5, 6, 7), tuple(4 * v for v in (6658, 605, 121, 20, 3)))
+    return [x, y]
+
+
+def _replaced_entry(m: ModuleType, s: dict[str, Any]) -> Any:
+    grads = [s["g"]]
+    gs = m.GradientSet(grads)
+    grads[0] = s["h"]
+    return gs.total_norm()
+
+
+def _added_entry(m: ModuleType, s: dict[str, Any]) -> Any:
+    grads = [s["g"]]
+    gs = m.GradientSet(grads)
+    grads.append(s["h"])
+    return gs.total_norm()
+
+
 def _resized_set(m: ModuleType, s: dict[str, Any]) -> Any:
     gs = m.GradientSet([s["a"]])
     s["a"].resize(8, refcheck=False)
@@ -83,7 +112,39 @@ CASES: dict[str, Case] = {
     "key-leaf": Case(
         lambda m, s: m.clip_grad_norm_(list({"w": s["g"]}.items()), 1.0),
         TypeError,
-        ("grads[0][0]", "str", "'w'", "dict"),
+        ("grads[0][0]", "str", "'w'", "dict(pairs)", ".values()"),
+    ),
+    "dict-key": Case(
+        lambda m, s: m.clip_grad_norm_(list({"w": s["g"]}), 1.0),
+        TypeError,
+        ("grads[0]", "str", "'w'", "dict itself"),
+    ),
+    "read-object": Case(
+        lambda m, s: m.get_total_norm([s["g"], object()]), TypeError, ("grads[1]", "object")
+    ),
+    "read-unreadable": Case(
+        lambda m, s: m.get_total_norm([s["g"], Unreadable()]),
+        TypeError,
+        ("grads[1]", "Unreadable", "np.asarray"),
+        reference=False,  # the reference lets NumPy's TypeError through
+    ),
+    "out-readonly": Case(
+        lambda m, s: m.clip_by_global_norm([s["g"]], 1.0, out=[s["ro"]]),
+        ValueError,
+        ("out[0]", "read-only"),
+        reference=False,  # the reference has its own out checks
+    ),
+    "overlap-undecided": Case(
+        lambda m, s: m.clip_grad_value_(_hard_pair(), 0.0),
+        ValueError,
+        ("grads[0]", "grads[1]", "may overlap", "max_work"),
+        reference=False,  # the reference decides without a work bound
+    ),
+    "replaced-entry": Case(
+        _replaced_entry, ValueError, ("grads[0]", "replaced", "GradientSet"), reference=False
+    ),
+    "added-entry": Case(
+        _added_entry, ValueError, ("grads", "2 entries", "1 when"), reference=False
     ),
     "masked": Case(
         lambda m, s: m.clip_grad_norm_([s["g"], np.ma.masked_array(np.ones(3), [0, 1, 0])], 1.0),

@@ -1,4 +1,4 @@
-# Covers: the objects of the libraries users come from (issue 13, parts 1 and 5), real ones
+# Covers: the objects of the libraries users come from, real ones
 # where installed: torch parameters and mygrad tensors refused by every writing function
 # (nothing modified, no message that leads to clipping the weights), their gradients clipped in
 # place; JAX arrays read by the reading calls and refused, with the copying alternative named,

@@ -1,4 +1,4 @@
-# Covers: the functional forms (issue 13, part 4): clip_by_global_norm, clip_by_norm_per_tensor
+# Covers: the functional forms: clip_by_global_norm, clip_by_norm_per_tensor
 # and clip_by_value return clipped copies in the input's structure (or write into out), with
 # the inputs untouched and allowed to be read-only, JAX arrays, the same array twice. Each
 # result has the bits of the in-place function applied to a copy, on every target, dtype and

@@ -1,4 +1,4 @@
-# Covers: a property-based fuzzer over the whole public surface (issue 8, part 1). Each example
+# Covers: a property-based fuzzer over the whole public surface. Each example
 # draws a list of entries - arrays of every dtype (float16, bfloat16, float32, float64 and
 # unsupported ones: integers, bool, complex, float8, long double, big-endian floats), any
 # shape (0-d, empty, odd lengths around the SIMD widths, now and then one large enough for
@@ -6,10 +6,10 @@
 # strides, unaligned offsets, stride-0 and self-overlapping windows), views sharing one buffer
 # (overlapping or disjoint, the same object twice), read-only flags, memoryview and
 # __array_interface__ wrappers, None and objects that are not arrays at all - passed as a
-# list, tuple, generator or single array, to every function (directly or through
-# GradientSet) with random arguments (max_norm, clip_value, eps, total_norm, norm_type
-# including 0, negative, NaN, inf, tiny and huge, nonfinite modes, axis), on a random CPU
-# target and thread count.
+# list, tuple, generator or single array, to every operation that tests/operations.py gives
+# arguments to draw (fuzz_args), directly or through GradientSet, with random arguments
+# (max_norm, clip_value, eps, total_norm, norm_type including 0, negative, NaN, inf, tiny and
+# huge, nonfinite modes, axis), on a random CPU target and thread count.
 #
 # Property: the compiled call and gradclip.reference, run on two identical copies of the
 # memory, either both succeed - the norms agree within the contract (rtol 1e-12, p=inf
@@ -54,6 +54,7 @@ from gc_helpers import (
 )
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
+from operations import OPERATIONS
 
 import gradclip
 from gradclip import NonFiniteNormError
@@ -334,29 +335,9 @@ def grads_arg(sc: Scenario, world: World) -> Any:
 # calling both implementations the same way
 # ---------------------------------------------------------------------------------------------
 
-GS_METHODS = {
-    "get_total_norm": "total_norm",
-    "clip_grad_norm_": "clip_norm_",
-    "clip_grads_with_norm_": "clip_with_norm_",
-    "clip_grad_value_": "clip_value_",
-    "tensor_norms": "tensor_norms",
-    "clip_grad_norm_per_tensor_": "clip_norm_per_tensor_",
-}
-OP_ARGS = {
-    "get_total_norm": ("norm_type", "error_if_nonfinite"),
-    "clip_grad_norm_": ("max_norm", "norm_type", "error_if_nonfinite", "nonfinite", "eps"),
-    "clip_grads_with_norm_": ("max_norm", "total_norm", "eps"),
-    "clip_grad_value_": ("clip_value",),
-    "tensor_norms": ("norm_type",),
-    "clip_grad_norm_per_tensor_": (
-        "max_norm",
-        "norm_type",
-        "error_if_nonfinite",
-        "nonfinite",
-        "eps",
-    ),
-    "clip_by_norm_": ("max_norm", "axis", "norm_type", "eps"),
-}
+# the operations the fuzzer covers, and the arguments it draws for each (tests/operations.py)
+GS_METHODS = {op.name: op.gradient_set for op in OPERATIONS if op.gradient_set and op.fuzz_args}
+OP_ARGS = {op.name: op.fuzz_args for op in OPERATIONS if op.fuzz_args}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-# Covers: an array of more than 2**31 elements (issue 8, part 4), opt-in because it needs
+# Covers: an array of more than 2**31 elements, opt-in because it needs
 # about 4.3 GB: run with GRADCLIP_HUGE=1 python -m pytest -m huge -s tests/test_huge.py.
 # One float16 array of 2**31 + 2**20 + 3 elements, filled with multiples of 1/4 whose pattern
 # depends on the index (and doubles past element 2**31, so a 32-bit index that wrapped around

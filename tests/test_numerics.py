@@ -506,16 +506,26 @@ def test_accuracy_50m_float32() -> None:
 
 
 @pytest.mark.parametrize("dtype_name", ["float16", "float32"])
-def test_scaling_factor_beyond_the_float_range_gives_inf(dtype_name: str, cpu_target: str) -> None:
-    # unscale's factor inv_scale * coef = 1e305 * 0.1 is a finite double beyond FLT_MAX: it
-    # rounds to inf (not an undefined float conversion), and so does the clipped value, 1e300
+def test_scaling_factor_beyond_the_float_range(dtype_name: str, cpu_target: str) -> None:
+    # unscale's factor inv_scale * coef = 1e305 * 0.1 is a finite double beyond FLT_MAX: the
+    # unscaled value 1e301 overflows the type, so nothing is written and the step is flagged
+    # (not an undefined float conversion, not an inf written)
     x = np.array([1e-4] + [0.0] * 40, dtype=dtype_name)
     view = x[::2]  # the strided path too
     for arr in (x, view):
         a = np.array(arr) if arr is x else arr
+        before = a.copy()
         r = gradclip.unscale_clip_grad_norm_(a, max_norm=1e300, inv_scale=1e305)
-        assert r.coef < 1.0
-        assert np.isinf(a.astype(np.float64)[0])
+        assert r.found_nonfinite and not r.clipped and math.isinf(r.total_norm)
+        np.testing.assert_array_equal(a, before)
+    # where the products are finite, a factor beyond the float range still gives them: the
+    # smallest float32 subnormal times 1e40 is about 1.4e-5
+    tiny = np.full(5, np.finfo(np.float32).smallest_subnormal, np.float32)
+    for arr in (tiny, np.repeat(tiny, 2)[::2]):
+        r = gradclip.unscale_clip_grad_norm_(arr, max_norm=1e300, inv_scale=1e40)
+        assert not r.found_nonfinite
+        expected = np.float32(float(np.finfo(np.float32).smallest_subnormal) * 1e40)
+        np.testing.assert_allclose(arr, np.full(5, expected, np.float32), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype_name", DTYPE_PARAMS)

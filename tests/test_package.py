@@ -2,7 +2,9 @@
 # line that says what it has and what an absent extra would install, and an `import gradclip`
 # that loads neither ml_dtypes nor the demo's packages, while bfloat16 still works once a
 # caller has ml_dtypes. Each check runs in a fresh interpreter (this one has imported
-# everything the suite needs).
+# everything the suite needs). And the tests' registry of operations (tests/operations.py)
+# names every public name: each is an operation the "for each operation" tests run, or is
+# listed with the reason it is none.
 from __future__ import annotations
 
 import importlib.metadata
@@ -12,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from operations import NOT_OPERATIONS, OPERATIONS, operations
 
 import gradclip
 from gradclip import _cli
+from gradclip import reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,3 +164,39 @@ def test_a_torch_bfloat16_tensor_imports_ml_dtypes_itself() -> None:
         "    assert t.tolist() == [1.5] * 4, t\n"
     )
     _python(code)
+
+
+def test_operations_registry_covers_the_public_surface() -> None:
+    names = [op.name for op in OPERATIONS]
+    assert len(set(names)) == len(names), "an operation is registered twice"
+    public = set(gradclip.__all__)
+    missing = public - set(names) - set(NOT_OPERATIONS)
+    assert not missing, f"public names in neither OPERATIONS nor NOT_OPERATIONS: {sorted(missing)}"
+    both = set(names) & set(NOT_OPERATIONS)
+    assert not both, f"both an operation and not one: {sorted(both)}"
+    stale = (set(names) | set(NOT_OPERATIONS)) - public
+    assert not stale, f"registered names that are not public: {sorted(stale)}"
+    assert all(NOT_OPERATIONS.values()), "every exclusion gives its reason"
+    methods = {m for m in dir(gradclip.GradientSet) if not m.startswith("_")} - {"arrays"}
+    assert {op.gradient_set for op in OPERATIONS if op.gradient_set} == methods
+    for op in OPERATIONS:
+        assert op.access in ("read", "write", "copy") and op.shapes in ("any", "batched", "single")
+        assert hasattr(ref, op.name), f"gradclip.reference has no {op.name}"
+
+
+def test_operations_registry_attributes_hold() -> None:
+    """What the registry says of each operation is what it does: a "write" operation changes
+    its input, "read" and "copy" ones leave it alone (and accept read-only memory)."""
+    for op in OPERATIONS:
+        rng = np.random.default_rng(0)
+        shape = (6, 5) if op.shapes != "single" else (4, 5)
+        grads = (rng.standard_normal(shape) * 10).astype(np.float32)
+        arg = grads if op.shapes == "single" else [grads]
+        before = grads.copy()
+        op.call(gradclip, arg)
+        changed = not np.array_equal(grads, before)
+        assert changed == (op.access == "write"), f"{op.name}: changed={changed}, {op.access}"
+        if op.access != "write":
+            grads.flags.writeable = False
+            op.call(gradclip, arg)
+    assert {op.name for op in operations(access=["read"])} == {"get_total_norm", "tensor_norms"}

@@ -1,4 +1,4 @@
-# Covers: the clipping rules added from the peers (issue 14): asymmetric and one-sided value
+# Covers: the clipping rules added from the peers: asymmetric and one-sided value
 # clipping, Optax's clip_by_block_rms, clip_by_norm_ with an array of bounds, AGC with timm's
 # "OI" rule, explicit unit axes and norm_type, AGC skipping None gradients, DP-SGD noise, and
 # PyTorch's "inf" / "fro" spellings of norm_type. Each is checked against gradclip.reference

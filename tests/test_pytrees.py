@@ -1,7 +1,7 @@
-# Covers: grads as pytrees (issue 13, part 3): dicts, lists, tuples and named tuples nested to
-# any depth, with None leaves; leaves depth first and dicts in iteration order (DESIGN.md), the
+# Covers: grads as pytrees: dicts, lists, tuples and named tuples nested to
+# any depth, with None leaves; leaves depth first and dicts in iteration order, the
 # per-array outputs in that order, positions named by path in errors; and the reading calls
-# taking read-only and repeated arrays (part 5). Every function against its flat-list self and
+# taking read-only and repeated arrays. Every operation against its flat-list self and
 # gradclip.reference.
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 from gc_helpers import assert_same_values, random_values, snapshot
+from operations import assert_same_outcome, operations
 
 import gradclip
 from gradclip import reference as ref
@@ -50,16 +51,8 @@ def arrays(t: Any) -> list[np.ndarray]:
     return [x for x in leaves_in_order(t) if x is not None]
 
 
-CALLS = {
-    "clip_grad_norm_": lambda m, g: m.clip_grad_norm_(g, 1.0),
-    "get_total_norm": lambda m, g: m.get_total_norm(g),
-    "tensor_norms": lambda m, g: m.tensor_norms(g),
-    "clip_grad_norm_per_tensor_": lambda m, g: m.clip_grad_norm_per_tensor_(g, 1.0),
-    "clip_grad_value_": lambda m, g: m.clip_grad_value_(g, 0.5),
-    "clip_grads_with_norm_": lambda m, g: m.clip_grads_with_norm_(g, 1.0, 50.0),
-    "clip_by_block_rms_": lambda m, g: m.clip_by_block_rms_(g, 0.1),
-    "unscale_clip_grad_norm_": lambda m, g: m.unscale_clip_grad_norm_(g, 1.0, 0.5).total_norm,
-}
+# every operation on a pytree of arrays of any shapes (tests/operations.py)
+CALLS = {op.name: op.call for op in operations(shapes=["any"])}
 
 
 @pytest.mark.parametrize("call", CALLS)
@@ -69,10 +62,8 @@ def test_tree_is_its_leaves_in_order(module: Any, call: str) -> None:
     flat = [None if x is None else x.copy() for x in leaves_in_order(t)]
     got = CALLS[call](module, t)
     want = CALLS[call](module, flat)
-    if got is None:
-        assert want is None
-    else:
-        np.testing.assert_array_equal(got, want)
+    assert (got is None) == (want is None)
+    assert_same_outcome(got, want)
     for a, b in zip(leaves_in_order(t), flat, strict=True):
         if a is not None:
             assert_same_values(a, b, call)
@@ -82,8 +73,7 @@ def test_tree_is_its_leaves_in_order(module: Any, call: str) -> None:
 def test_tree_compiled_matches_reference(call: str) -> None:
     t, u = tree(1), tree(1)
     got, want = CALLS[call](gradclip, t), CALLS[call](ref, u)
-    if got is not None:
-        np.testing.assert_allclose(got, want, rtol=1e-14)
+    assert_same_outcome(got, want, rtol=1e-14)
     for a, b in zip(arrays(t), arrays(u), strict=True):
         np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=1e-6)
 

@@ -1,36 +1,146 @@
-# Covers: the README's examples for users coming from PyTorch, JAX / Optax and NumPy autograd
-# code (issue 13, part 7) run as written; each skips when its library is not installed.
+# Covers: every Python example of the README and of the documentation pages (docs/*.md) runs
+# as written, and prints what its comments say. Each page's examples run in order in one
+# namespace (a later block may use what an earlier one defined); a page that imports an
+# optional library (torch, jax, ...) skips when it is not installed. The rules for writing an
+# example, checked here:
+#   - a ```python block runs; a block that cannot run here (it needs mpiexec, or is a piece of
+#     a larger program) is written ```{code-block} python with the option `:class: not-run`
+#     on its first line, and any other way of marking Python code is an error;
+#   - a line `print(...)  # text` must print output that starts with `text` (up to a first
+#     ": ", after which the comment may explain), whitespace runs compared as one space.
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-NEEDS = {"torch": "torch", "jax": "jax", "numpy": "numpy"}
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# the sdist ships docs/errors.md alone (a test reads it): the site is there only in a checkout
+HAVE_DOCS = (DOCS / "conf.py").exists()
+# the optional libraries an example may import (the page skips without them)
+OPTIONAL = ("torch", "jax", "mpi4py", "ml_dtypes", "Cython", "matplotlib")
+
+RUN = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+NOT_RUN = re.compile(r"^```\{code-block\} python\n:class: not-run\n", re.M)
+ANY_PYTHON = re.compile(r"^```\s*(\{code-block\}\s*)?(python3?|py|pycon|ipython)\b", re.M)
+PRINTED = re.compile(r"^\s*print\(.*\)\s+#\s?(?P<out>.+)$")
 
 
-def examples() -> dict[str, str]:
-    if not README.exists():  # an installed copy of the tests without the README
-        return {}
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n# readme-example: (\w+)\n(.*?)```", text, re.S)
-    return dict(blocks)
+def pages() -> list[Path]:
+    found = [README] if README.exists() else []
+    if HAVE_DOCS:
+        found += sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
+    return found
 
 
-def test_every_library_has_an_example() -> None:
-    if not README.exists():
-        pytest.skip("README.md is not next to the tests")
-    assert set(examples()) == set(NEEDS)
+def page_id(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
 
 
-@pytest.mark.parametrize("name", sorted(NEEDS))
-def test_example_runs(name: str) -> None:
-    code = examples().get(name)
-    if code is None:
-        pytest.skip("README.md is not next to the tests")
-    pytest.importorskip(NEEDS[name])
-    if name == "torch":
-        pytest.importorskip("gradclip.torch")
-    exec(compile(code, f"README.md ({name} example)", "exec"), {})
+def blocks(text: str) -> list[tuple[int, str]]:
+    """(first line number in the file, code) of each block that runs."""
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in RUN.finditer(text)]
+
+
+def needs(code: str) -> list[str]:
+    return [lib for lib in OPTIONAL if re.search(rf"^\s*(import|from)\s+{lib}\b", code, re.M)]
+
+
+@pytest.mark.parametrize("path", pages(), ids=page_id)
+def test_every_python_block_runs_or_says_why_not(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    marked = len(ANY_PYTHON.findall(text))
+    runnable, not_run = len(blocks(text)), len(NOT_RUN.findall(text))
+    assert marked == runnable + not_run, (
+        f"{page_id(path)}: {marked - runnable - not_run} Python block(s) neither run "
+        "(```python) nor marked ```{code-block} python + :class: not-run"
+    )
+
+
+@pytest.mark.parametrize("path", pages(), ids=page_id)
+def test_examples_run_and_print_what_they_say(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    found = blocks(text)
+    if not found:
+        pytest.skip("no runnable example on this page")
+    for lib in needs("\n".join(code for _, code in found)):
+        pytest.importorskip(lib)
+    printed: dict[int, list[str]] = {}
+    name = str(path)
+
+    def recording_print(*args: object, sep: str | None = " ", **kw: object) -> None:
+        frame = sys._getframe(1)
+        if frame.f_code.co_filename == name:
+            printed.setdefault(frame.f_lineno, []).append((sep or " ").join(map(str, args)))
+        builtins.print(*args, sep=sep, **kw)  # type: ignore[call-overload]
+
+    namespace: dict[str, object] = {"print": recording_print, "__name__": "__docs__"}
+    for first, code in found:
+        # blank lines in front, so a traceback names the line of the Markdown file
+        exec(compile("\n" * (first - 1) + code, name, "exec"), namespace)
+        for i, line in enumerate(code.splitlines(), start=first):
+            m = PRINTED.match(line)
+            if not m:
+                continue
+            want = " ".join(m["out"].split(": ")[0].split())
+            assert i in printed, f"{page_id(path)}:{i}: this print never ran"
+            got = " ".join(printed[i][0].split())
+            assert got.startswith(want), f"{page_id(path)}:{i}: printed {got!r}, says {want!r}"
+
+
+def test_the_examples_are_found() -> None:
+    """The collection above could pass by finding nothing: the README and the guides for
+    users of each peer must each have an example that runs."""
+    if not (README.exists() and HAVE_DOCS):
+        pytest.skip("README.md and docs/ are not next to the tests")
+    for path in (README, DOCS / "from-pytorch.md", DOCS / "from-jax.md", DOCS / "from-numpy.md"):
+        assert blocks(path.read_text(encoding="utf-8")), f"{page_id(path)} has no example"
+
+
+def test_the_api_reference_lists_every_public_name() -> None:
+    """docs/api/*.md name every public name of gradclip, gradclip.torch and
+    gradclip.reference in an autodoc directive (a name added to __all__ without a place in
+    the reference fails here, not silently in the built site)."""
+    if not HAVE_DOCS:
+        pytest.skip("docs/ is not next to the tests")
+    import gradclip
+    from gradclip import reference
+
+    modules = {"gradclip": gradclip.__all__, "reference": reference.__all__}
+    if importlib.util.find_spec("torch") is not None:
+        import gradclip.torch
+
+        modules["torch"] = gradclip.torch.__all__
+    kinds = r"(?:auto|py:)?(?:function|class|exception|module)"
+    directive = re.compile(rf"^\.\. {kinds}::\s+(\S+)", re.M)
+    for page, names in modules.items():
+        text = (DOCS / "api" / f"{page}.md").read_text(encoding="utf-8")
+        documented = {n.rsplit(".", 1)[-1] for n in directive.findall(text)}
+        missing = sorted(set(names) - documented - {"reference"})
+        assert not missing, f"docs/api/{page}.md does not document {missing}"
+
+
+def test_docstring_examples_of_the_api_reference() -> None:
+    """The examples in the docstrings the API reference shows: every module that defines a
+    public name of gradclip or gradclip.reference (gradclip.torch's run in
+    test_torch_dropin.py)."""
+    import doctest
+
+    import gradclip
+    from gradclip import reference
+
+    names = [(gradclip, n) for n in gradclip.__all__ if n != "reference"]
+    names += [(reference, n) for n in reference.__all__]
+    modules = {getattr(mod, n).__module__ for mod, n in names} | {"gradclip.reference"}
+    attempted = 0
+    for name in sorted(modules):
+        result = doctest.testmod(sys.modules[name], optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{name}: {result.failed} docstring example(s) failed"
+        attempted += result.attempted
+    assert attempted >= 100, f"only {attempted} docstring examples found"

@@ -65,19 +65,21 @@ int make_span(int code, const void* x, std::size_t n, Span& sp) noexcept {
     return GRADCLIP_OK;
 }
 
-// Per-thread buffers reused across calls, so a warm caller does not allocate (as the engine's
-// own plans).
+// The spans of one call. A local of each call, not a per-thread buffer: thread-local objects
+// of a dlopen'ed library are allocated on a thread's first use, where a failure aborts the
+// process; here it is a std::bad_alloc that guarded() turns into GRADCLIP_E_NOMEM, before
+// anything is written.
 struct Scratch {
     std::vector<Span> spans;
     std::vector<gradclip::ByteRange> ranges;
 };
-thread_local Scratch t_scratch;
 
-// Validates buffers 0..n-1 into t_scratch.spans. With `writes`, buffers must not share a byte:
+// Validates buffers 0..n-1 into sc.spans. With `writes`, buffers must not share a byte:
 // a gradient present twice would be scaled twice.
-int make_spans(std::size_t n, const void* const* ptrs, const std::size_t* lens, const int* dtypes, bool writes) {
+int make_spans(Scratch& sc, std::size_t n, const void* const* ptrs, const std::size_t* lens, const int* dtypes,
+               bool writes) {
     if (n > 0 && (ptrs == nullptr || lens == nullptr || dtypes == nullptr)) return GRADCLIP_E_NULL;
-    std::vector<Span>& spans = t_scratch.spans;
+    std::vector<Span>& spans = sc.spans;
     spans.resize(n);
     std::size_t total = 0;
     for (std::size_t i = 0; i < n; ++i) {
@@ -88,7 +90,7 @@ int make_spans(std::size_t n, const void* const* ptrs, const std::size_t* lens, 
         total += bytes;
     }
     if (!writes) return GRADCLIP_OK;
-    auto& ranges = t_scratch.ranges;
+    auto& ranges = sc.ranges;
     ranges.clear();
     for (std::size_t i = 0; i < n; ++i) {
         const Span& sp = spans[i];
@@ -156,11 +158,12 @@ int c_clamp(int dtype, void* x, std::size_t n, double clip_value) {
 int c_total_norm(std::size_t n_buffers, const void* const* ptrs, const std::size_t* lens, const int* dtypes, double p,
                  double* out) {
     return guarded([&] {
-        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/false);
+        Scratch sc;
+        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/false);
         if (rc != GRADCLIP_OK) return rc;
         if (out == nullptr) return GRADCLIP_E_NULL;
         if (!valid_p(p)) return GRADCLIP_E_VALUE;
-        *out = gradclip::total_norm(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p));
+        *out = gradclip::total_norm(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p));
         return GRADCLIP_OK;
     });
 }
@@ -168,7 +171,8 @@ int c_total_norm(std::size_t n_buffers, const void* const* ptrs, const std::size
 int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
                      double max_norm, double p, double eps, int nonfinite_mode, double* total_norm) {
     return guarded([&] {
-        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        Scratch sc;
+        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
         if (rc != GRADCLIP_OK) return rc;
         if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
             return GRADCLIP_E_VALUE;
@@ -187,7 +191,7 @@ int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t
                 return GRADCLIP_E_VALUE;
         }
         const double norm =
-            gradclip::clip_total(t_scratch.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm, eps, mode);
+            gradclip::clip_total(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm, eps, mode);
         if (total_norm != nullptr) *total_norm = norm;
         return mode == NonFinite::Skip && !std::isfinite(norm) ? GRADCLIP_NONFINITE : GRADCLIP_OK;
     });
@@ -196,12 +200,32 @@ int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t
 int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
                            double max_norm, double total_norm, double eps) {
     return guarded([&] {
-        const int rc = make_spans(n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        Scratch sc;
+        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
         if (rc != GRADCLIP_OK) return rc;
         if (!(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0) || total_norm < 0.0)
             return GRADCLIP_E_VALUE;
-        gradclip::apply_global_clip(t_scratch.spans.data(), n_buffers, total_norm, max_norm, eps, NonFinite::Propagate);
+        gradclip::apply_global_clip(sc.spans.data(), n_buffers, total_norm, max_norm, eps, NonFinite::Propagate);
         return GRADCLIP_OK;
+    });
+}
+
+int c_unscale_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
+                             double max_norm, double inv_scale, double p, double eps, double* total_norm,
+                             double* coef) {
+    return guarded([&] {
+        Scratch sc;
+        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
+        if (rc != GRADCLIP_OK) return rc;
+        if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) ||
+            !(std::isfinite(inv_scale) && inv_scale > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
+            return GRADCLIP_E_VALUE;
+        double c = 1.0;
+        const double norm = gradclip::unscale_clip(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm,
+                                                   inv_scale, eps, &c, nullptr);
+        if (total_norm != nullptr) *total_norm = norm;
+        if (coef != nullptr) *coef = c;
+        return std::isfinite(norm) ? GRADCLIP_OK : GRADCLIP_NONFINITE;
     });
 }
 
@@ -242,6 +266,7 @@ constexpr gradclip_capi kTable = {
     &c_clip_grad_norm,
     &c_clip_grads_with_norm,
     &c_strerror,
+    &c_unscale_clip_grad_norm,
 };
 // clang-format on
 

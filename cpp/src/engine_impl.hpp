@@ -45,6 +45,9 @@ static inline std::size_t chunk_bytes_for(std::size_t total) noexcept {
 // Below this many bytes a call runs on the calling thread: waking a team costs more.
 constexpr std::size_t kSerialBytes = std::size_t{256} * 1024;
 
+// Whether the calling thread's OpenMP team was created by warm_threads (dispatch.cpp).
+bool team_ready() noexcept;
+
 // The kernel table of the CPU target in use (dispatch.cpp).
 const KernelTable& table() noexcept;
 
@@ -67,7 +70,7 @@ struct Seg {
 
 enum class Layout { Stream, PerSpan };
 
-// A plan. Built per call into a per-thread buffer (reused across calls, so the hot path does
+// A plan. Built per call into the call's scratch (pooled across calls, so the hot path does
 // not allocate once warm), or once for a fixed list of spans (PlanCache, for GradientSet).
 struct Plan {
     std::vector<Seg> segs;
@@ -75,16 +78,40 @@ struct Plan {
     std::vector<std::size_t> offset;  // bytes before each chunk, plus the total
     std::size_t nchunks() const noexcept { return first.empty() ? 0 : first.size() - 1; }
 };
-extern thread_local Plan t_plan;
 
-// Per-call outputs, per calling thread (a cached plan may be used by several threads at once).
-struct Work {
+// The working memory of one engine call: its plan, the plan of one span for the rescaled
+// pass, per-chunk partial results and per-span coefficients. Every writing call sizes all of
+// it before its first write (a std::bad_alloc then leaves the arrays untouched), and nothing
+// in it grows inside an OpenMP region, so no exception can leave one.
+struct Scratch {
+    Plan plan;
+    Plan one;
     std::vector<double> partial;
     std::vector<double> coefs;
+    std::vector<double> maxes;
     std::vector<std::uint64_t> words;
-    std::vector<char> bytes;  // scale_into / clamp_into: one strided run
 };
-extern thread_local Work t_work;
+
+// A Scratch for the duration of one call, taken from a small process-wide pool (a new one,
+// which may throw std::bad_alloc, when the pool is empty) and given back at the end. The pool
+// replaces per-thread buffers: thread-local objects in a dlopen'ed module are allocated by
+// glibc on a thread's first use, and a failure there aborts the process instead of raising.
+class ScratchLease {
+public:
+    ScratchLease();
+    ~ScratchLease();
+    ScratchLease(const ScratchLease&) = delete;
+    ScratchLease& operator=(const ScratchLease&) = delete;
+    Scratch& operator*() const noexcept { return *s_; }
+    Scratch* operator->() const noexcept { return s_; }
+
+private:
+    Scratch* s_;
+};
+
+// Capacity for plans of up to `spans` spans and `bytes` bytes, for callers that build several
+// plans (one window after another) and must not allocate after their first write.
+void reserve_plan(Plan& s, std::size_t spans, std::size_t bytes);
 
 template <class Keep>
 static void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout, Keep keep) {
@@ -142,8 +169,16 @@ static void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout,
 // build_plan keeping every span (plan.cpp).
 void build_plan(const Span* spans, std::size_t n, Plan& s, Layout layout);
 
-// The plan of a call: the cached one when given, else built into the per-thread t_plan.
-const Plan& plan_for(const Span* spans, std::size_t n, Layout layout, const PlanCache* cached);
+// The plan of a call: the cached one when given, else built into `ws.plan`.
+const Plan& plan_for(Scratch& ws, const Span* spans, std::size_t n, Layout layout, const PlanCache* cached);
+
+// The engine's operations on a caller's scratch (for composite calls that must size all
+// their memory before their first write); the public ones in engine.hpp lease their own.
+double total_norm(Scratch& ws, const Span* spans, std::size_t n, NormSpec spec, const PlanCache* cached);
+void span_norms(Scratch& ws, const Span* spans, std::size_t n, NormSpec spec, double* out, const PlanCache* cached);
+// Multiplies span i by coefs[i], skipping spans whose coefficient is exactly 1; allocates only
+// when ws.plan has less capacity than the call's plan needs (see reserve_plan).
+void scale_each(Scratch& ws, const Span* spans, std::size_t n, const double* coefs);
 
 // Runs f(lo, hi) for runs of chunks [lo, hi) that cover the plan: one run on the calling
 // thread, or one per thread, contiguous and of about equal bytes. Which thread runs a chunk
@@ -154,6 +189,7 @@ static void run_chunk_runs(const Plan& s, F&& f) {
     const std::size_t total = s.offset.empty() ? 0 : s.offset.back();
     int nt = get_num_threads();
     if (nt > static_cast<int>(nc)) nt = static_cast<int>(nc);
+    if (nt > 1 && !team_ready()) nt = 1;  // only a thread whose team exists uses one
     if (nt <= 1 || total < kSerialBytes) {
         f(std::size_t{0}, nc);
         return;
@@ -245,33 +281,46 @@ static inline void store_elem(char* p, DType dt, double v) noexcept {
     }
 }
 
-// Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
-// strided span, k = index - start.
+// Calls f(pa, pb, k) for the elements with C-order flat indices [start, start + count) of two
+// strided spans of the same shape (a's shape), pa in a and pb in b, k = index - start: the one
+// walk over strided elements (a copy between two layouts needs no buffer).
 template <class F>
-static void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
-    const int nd = sp.ndim;
+static void for_each_strided_pair(const Span& a, const Span& b, std::size_t start, std::size_t count, F&& f) {
+    const int nd = a.ndim;
     std::ptrdiff_t idx[64];
     std::size_t rem = start;
     for (int d = nd - 1; d >= 0; --d) {
-        const auto ext = static_cast<std::size_t>(sp.shape[d]);
+        const auto ext = static_cast<std::size_t>(a.shape[d]);
         idx[d] = static_cast<std::ptrdiff_t>(rem % ext);
         rem /= ext;
     }
-    const std::ptrdiff_t inner = sp.shape[nd - 1];
-    const std::ptrdiff_t istride = sp.strides[nd - 1];
+    const std::ptrdiff_t inner = a.shape[nd - 1];
+    const std::ptrdiff_t sa = a.strides[nd - 1], sb = b.strides[nd - 1];
     std::size_t k = 0;
     while (k < count) {
-        char* p = sp.data;
-        for (int d = 0; d < nd; ++d) p += idx[d] * sp.strides[d];
+        char* pa = a.data;
+        char* pb = b.data;
+        for (int d = 0; d < nd; ++d) {
+            pa += idx[d] * a.strides[d];
+            pb += idx[d] * b.strides[d];
+        }
         const std::size_t run = std::min(static_cast<std::size_t>(inner - idx[nd - 1]), count - k);
-        for (std::size_t r = 0; r < run; ++r) f(p + static_cast<std::ptrdiff_t>(r) * istride, k + r);
+        for (std::size_t r = 0; r < run; ++r)
+            f(pa + static_cast<std::ptrdiff_t>(r) * sa, pb + static_cast<std::ptrdiff_t>(r) * sb, k + r);
         k += run;
         idx[nd - 1] += static_cast<std::ptrdiff_t>(run);
-        for (int d = nd - 1; d > 0 && idx[d] == sp.shape[d]; --d) {
+        for (int d = nd - 1; d > 0 && idx[d] == a.shape[d]; --d) {
             idx[d] = 0;
             ++idx[d - 1];
         }
     }
+}
+
+// Calls f(pointer, k) for the elements with C-order flat indices [start, start + count) of a
+// strided span, k = index - start.
+template <class F>
+static void for_each_strided(const Span& sp, std::size_t start, std::size_t count, F&& f) {
+    for_each_strided_pair(sp, sp, start, count, [&](char* p, char*, std::size_t k) { f(p, k); });
 }
 
 }  // namespace gradclip::impl

@@ -1,8 +1,8 @@
 // The per-instruction-set kernel table.
 //
 // cpp/src/kernels.cpp is compiled once per target (baseline, avx2, avx512, neon), each copy in
-// its own namespace, and each fills one KernelTable. Every kernel is serial: threads
-// belong to the engine.
+// its own namespace over its own SIMD layer (cpp/src/simd/), and each fills one KernelTable. Every kernel is serial:
+// threads belong to the engine.
 //
 // Reductions follow a fixed lane layout so that every target returns the same bits: the
 // engine gives every element a lane (its index in the chunk, modulo kLanes), each lane adds
@@ -133,23 +133,10 @@ static inline double combine_lanes(const double* l) noexcept {
     return c0 + c1;
 }
 
+// Each target's table (kernels.cpp); dispatch.cpp declares the others from the build's
+// list, the baseline is the one every build has.
 namespace baseline {
 const KernelTable& kernel_table() noexcept;
 }
-#if defined(GRADCLIP_HAVE_AVX2)
-namespace avx2 {
-const KernelTable& kernel_table() noexcept;
-}
-#endif
-#if defined(GRADCLIP_HAVE_AVX512)
-namespace avx512 {
-const KernelTable& kernel_table() noexcept;
-}
-#endif
-#if defined(GRADCLIP_HAVE_NEON)
-namespace neon {
-const KernelTable& kernel_table() noexcept;
-}
-#endif
 
 }  // namespace gradclip

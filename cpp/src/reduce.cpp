@@ -153,11 +153,11 @@ bool reduce_chunk_pair(const KernelTable& kt, const Span* spans, const Plan& s, 
     return true;
 }
 
-// Fills t_work.partial with one value per chunk of the plan.
-void reduce_plan(const Span* spans, const Plan& s, NormSpec spec, double scale, double div = 1.0) {
+// Fills ws.partial with one value per chunk of the plan (sized before the parallel loop).
+void reduce_plan(Scratch& ws, const Span* spans, const Plan& s, NormSpec spec, double scale, double div = 1.0) {
     const KernelTable& kt = table();
-    t_work.partial.resize(s.nchunks());
-    double* out = t_work.partial.data();
+    ws.partial.resize(s.nchunks());
+    double* out = ws.partial.data();
     run_chunk_runs(s, [&](std::size_t lo, std::size_t hi) {
         for (std::size_t c = lo; c < hi; ++c) {
             if (spec.kind == NormKind::L2 && c + 1 < hi && reduce_chunk_pair(kt, spans, s, c, scale, out)) {
@@ -170,10 +170,10 @@ void reduce_plan(const Span* spans, const Plan& s, NormSpec spec, double scale, 
 }
 
 // Partials of the plan combined in chunk order.
-double combine_plan(const Plan& s, NormSpec spec) noexcept {
+double combine_plan(const Scratch& ws, const Plan& s, NormSpec spec) noexcept {
     const std::size_t nc = s.nchunks();
     double total = 0.0;
-    const double* partial = t_work.partial.data();
+    const double* partial = ws.partial.data();
     for (std::size_t c = 0; c < nc; ++c)
         total = spec.kind == NormKind::Linf ? max_of(total, partial[c]) : total + partial[c];
     return total;
@@ -209,10 +209,10 @@ bool rescale_for(double m, int& e, bool& into_range) noexcept {
 // use the ratio form m * (sum (|x| / m)^p)^(1/p): dividing (not multiplying by 1/m,
 // which can round m / m to 1 - 2^-53, whose 1e20th power is 0) makes the largest term exactly
 // 1, so the sum lies in [1, n] and the norm is never below m, for any p up to DBL_MAX.
-double rescaled_norm(const Span* spans, const Plan& s, NormSpec spec) {
+double rescaled_norm(Scratch& ws, const Span* spans, const Plan& s, NormSpec spec) {
     const NormSpec linf{NormKind::Linf, spec.p};
-    reduce_plan(spans, s, linf, 1.0);
-    const double m = combine_plan(s, linf);
+    reduce_plan(ws, spans, s, linf, 1.0);
+    const double m = combine_plan(ws, s, linf);
     int e = 0;
     bool into_range = true;
     if (!rescale_for(m, e, into_range)) {
@@ -220,49 +220,60 @@ double rescaled_norm(const Span* spans, const Plan& s, NormSpec spec) {
         return m == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
     }
     if (spec.kind == NormKind::Lp && (spec.p > kExactScaleMaxP || spec.p < 1.0 || !into_range)) {
-        reduce_plan(spans, s, spec, 1.0, m);
-        return finish_norm(spec, combine_plan(s, spec)) * m;
+        reduce_plan(ws, spans, s, spec, 1.0, m);
+        return finish_norm(spec, combine_plan(ws, s, spec)) * m;
     }
-    reduce_plan(spans, s, spec, std::ldexp(1.0, -e));
-    return std::ldexp(finish_norm(spec, combine_plan(s, spec)), e);
+    reduce_plan(ws, spans, s, spec, std::ldexp(1.0, -e));
+    return std::ldexp(finish_norm(spec, combine_plan(ws, s, spec)), e);
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------ norms
-double total_norm(const Span* spans, std::size_t n, NormSpec spec, const PlanCache* cached) {
-    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+double impl::total_norm(Scratch& ws, const Span* spans, std::size_t n, NormSpec spec, const PlanCache* cached) {
+    const Plan& s = plan_for(ws, spans, n, Layout::Stream, cached);
     if (s.nchunks() == 0) return 0.0;
     if (!ratio_form_only(spec)) {
-        reduce_plan(spans, s, spec, 1.0);
-        const double sum = combine_plan(s, spec);
+        reduce_plan(ws, spans, s, spec, 1.0);
+        const double sum = combine_plan(ws, s, spec);
         if (!lost_range(spec, sum)) return finish_norm(spec, sum);
     }
-    return rescaled_norm(spans, s, spec);
+    return rescaled_norm(ws, spans, s, spec);
 }
 
-void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const PlanCache* cached) {
-    const Plan& s = plan_for(spans, n, Layout::PerSpan, cached);
+double total_norm(const Span* spans, std::size_t n, NormSpec spec, const PlanCache* cached) {
+    const ScratchLease ws;
+    return impl::total_norm(*ws, spans, n, spec, cached);
+}
+
+void impl::span_norms(Scratch& ws, const Span* spans, std::size_t n, NormSpec spec, double* out,
+                      const PlanCache* cached) {
+    const Plan& s = plan_for(ws, spans, n, Layout::PerSpan, cached);
     const bool redo_all = ratio_form_only(spec);
-    if (!redo_all) reduce_plan(spans, s, spec, 1.0);
+    if (!redo_all) reduce_plan(ws, spans, s, spec, 1.0);
     for (std::size_t i = 0; i < n; ++i) out[i] = 0.0;
     // chunks of one span are consecutive: combine them in order
-    const double* partial = t_work.partial.data();
+    const double* partial = ws.partial.data();
     for (std::size_t c = 0; !redo_all && c < s.nchunks(); ++c) {
         const std::size_t span = s.segs[s.first[c]].span;
         out[span] = spec.kind == NormKind::Linf ? max_of(out[span], partial[c]) : out[span] + partial[c];
     }
     // Spans whose sum lost range (rare: values near the ends of the double range), or all of
-    // them for ratio_form_only, are redone one by one, each with its own plan and scale.
-    Plan one;
+    // them for ratio_form_only, are redone one by one, each with its own plan and scale
+    // (ws.one; ws.partial is free again: the sums above are in out).
     for (std::size_t i = 0; i < n; ++i) {
         if (spans[i].n == 0 || !(redo_all || lost_range(spec, out[i]))) {
             out[i] = finish_norm(spec, out[i]);
             continue;
         }
-        build_plan(spans + i, 1, one, Layout::PerSpan);
-        out[i] = rescaled_norm(spans + i, one, spec);
+        build_plan(spans + i, 1, ws.one, Layout::PerSpan);
+        out[i] = rescaled_norm(ws, spans + i, ws.one, spec);
     }
+}
+
+void span_norms(const Span* spans, std::size_t n, NormSpec spec, double* out, const PlanCache* cached) {
+    const ScratchLease ws;
+    impl::span_norms(*ws, spans, n, spec, out, cached);
 }
 
 double norm_of_norms(const double* norms, std::size_t n, NormSpec spec) noexcept {

@@ -75,20 +75,27 @@ void scale_segment(const KernelTable& kt, const Span& sp, const Seg& g, double c
 }  // namespace
 
 void scale_all(const Span* spans, std::size_t n, double coef, const PlanCache* cached) {
-    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    const ScratchLease ws;
+    const Plan& s = plan_for(*ws, spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coef); });
 }
 
-void scale_each(const Span* spans, std::size_t n, const double* coefs) {
-    Plan& s = t_plan;
+void impl::scale_each(Scratch& ws, const Span* spans, std::size_t n, const double* coefs) {
+    Plan& s = ws.plan;
     build_plan(spans, n, s, Layout::Stream, [&](std::size_t i) { return coefs[i] != 1.0; });
     const KernelTable& kt = table();
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coefs[&sp - spans]); });
 }
 
+void scale_each(const Span* spans, std::size_t n, const double* coefs) {
+    const ScratchLease ws;
+    impl::scale_each(*ws, spans, n, coefs);
+}
+
 void clamp_all(const Span* spans, std::size_t n, double lo64, double hi64, const PlanCache* cached) {
-    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    const ScratchLease ws;
+    const Plan& s = plan_for(*ws, spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
     double lo_of[kNumDTypes], hi_of[kNumDTypes];
     for (int d = 0; d < kNumDTypes; ++d) {
@@ -128,16 +135,16 @@ void copy_segment(const Span& src, const Span& dst, const Seg& g) {
         for_each_strided(src, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(out + k * isz, p, isz); });
         return;
     }
-    // both strided: gather the source run, then scatter it (the runs are short: one chunk)
-    std::vector<char>& buf = t_work.bytes;
-    buf.resize(g.count * isz);
-    for_each_strided(src, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(buf.data() + k * isz, p, isz); });
-    for_each_strided(dst, g.start, g.count, [&](char* p, std::size_t k) { std::memcpy(p, buf.data() + k * isz, isz); });
+    // both strided (same shape): element by element, in step (no buffer: this runs inside the
+    // parallel loop, where nothing may allocate)
+    for_each_strided_pair(dst, src, g.start, g.count,
+                          [&](char* d, const char* p, std::size_t) { std::memcpy(d, p, isz); });
 }
 }  // namespace
 
 void scale_into(const Span* src, const Span* dst, std::size_t n, const double* coefs) {
-    Plan& s = t_plan;
+    const ScratchLease ws;
+    Plan& s = ws->plan;
     build_plan(dst, n, s, Layout::Stream);
     const KernelTable& kt = table();
     for_each_segment(dst, s, [&](const Span& d, const Seg& g) {
@@ -148,7 +155,8 @@ void scale_into(const Span* src, const Span* dst, std::size_t n, const double* c
 }
 
 void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo64, double hi64) {
-    Plan& s = t_plan;
+    const ScratchLease ws;
+    Plan& s = ws->plan;
     build_plan(dst, n, s, Layout::Stream);
     const KernelTable& kt = table();
     double lo_of[kNumDTypes], hi_of[kNumDTypes];
@@ -176,7 +184,8 @@ void clamp_into(const Span* src, const Span* dst, std::size_t n, double lo64, do
 }
 
 void zero_all(const Span* spans, std::size_t n, const PlanCache* cached) {
-    const Plan& s = plan_for(spans, n, Layout::Stream, cached);
+    const ScratchLease ws;
+    const Plan& s = plan_for(*ws, spans, n, Layout::Stream, cached);
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) {
         const std::size_t isz = itemsize(sp.dt);
         if (sp.ndim == 0)
@@ -191,11 +200,12 @@ std::uint64_t probe_read(const char* p, std::size_t bytes) {
     sp.data = const_cast<char*>(p);
     sp.n = bytes / 8;
     sp.dt = DType::F64;
-    Plan& s = t_plan;
+    const ScratchLease ws;
+    Plan& s = ws->plan;
     build_plan(&sp, 1, s, Layout::Stream);
     const KernelTable& kt = table();
-    t_work.words.assign(s.nchunks(), 0);
-    std::uint64_t* out = t_work.words.data();
+    ws->words.assign(s.nchunks(), 0);
+    std::uint64_t* out = ws->words.data();
     run_chunks(s, [&](std::size_t c) {
         const Seg& g = s.segs[s.first[c]];
         out[c] = kt.probe_read(sp.data + 8 * g.start, g.count);
@@ -214,7 +224,8 @@ void probe_rw(char* p, std::size_t bytes) {
     sp.data = p;
     sp.n = bytes / 8;
     sp.dt = DType::F64;
-    Plan& s = t_plan;
+    const ScratchLease ws;
+    Plan& s = ws->plan;
     build_plan(&sp, 1, s, Layout::Stream);
     const KernelTable& kt = table();
     const std::uint64_t k = g_zero;

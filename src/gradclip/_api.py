@@ -23,6 +23,7 @@ from ._inputs import (
     as_array,
     as_sequence,
     check_eps,
+    check_flag,
     check_max_norm,
     check_norm_type,
     check_total_norm,
@@ -77,6 +78,11 @@ def _init_target() -> None:
 
 
 _init_target()
+# The importing thread's large calls use an OpenMP team (created on the first one); calls on
+# other threads run on their own thread unless set_num_threads is called there, which creates
+# that thread's team at once: an OpenMP runtime that cannot create a team ends the process
+# (docs/errors.md, "Out of memory").
+_core.allow_team()
 
 
 # Where an operation runs: ``ops.name(target, ...)`` is the same compiled method for a free
@@ -109,15 +115,21 @@ def core_set(grads: Any) -> Any:
     return ops.own(target)
 
 
-def global_norm_of(comm: Any, make_set: Callable[[], Any], p: float) -> tuple[float, Any]:
+def global_norm_of(
+    comm: Any,
+    make_set: Callable[[], Any],
+    p: float,
+    part: Callable[[Any], float] | None = None,
+) -> tuple[float, Any]:
     """The norm over every rank's arrays, and this rank's compiled set. The set is made inside
     the collective's error handling: a rank whose input is bad still takes part in the
-    collective, and then every rank raises (none is left waiting, none writes)."""
+    collective, and then every rank raises (none is left waiting, none writes). ``part``
+    gives this rank's norm from its set (default: its total norm)."""
     made: list[Any] = []
 
     def local() -> float:
         made.append(make_set())
-        norm: float = made[0].total_norm(p)
+        norm: float = made[0].total_norm(p) if part is None else part(made[0])
         return norm
 
     return global_norm(comm, local, p), made[0]
@@ -158,6 +170,7 @@ def _clip_norm(
 
 
 def _total_norm(ops: Any, target: Any, p: float, error_if_nonfinite: bool, comm: Any) -> float:
+    error_if_nonfinite = check_flag(error_if_nonfinite, "error_if_nonfinite")
     if comm is not None:
         norm = global_norm_of(comm, partial(ops.own, target, False), p)[0]
     else:
@@ -201,7 +214,9 @@ def clip_grad_norm_(
 
     The total norm is the ``norm_type``-norm of all elements of all arrays together,
     accumulated in float64. When ``coef = max_norm / (total_norm + eps)`` is below 1, every
-    array is multiplied by it; otherwise nothing is written at all.
+    array is multiplied by it in the array's own precision (a float32 array by the
+    coefficient rounded to float32, so the norm afterwards is ``max_norm`` to float32's
+    rounding, on either side of it); otherwise nothing is written at all.
 
     Parameters
     ----------
@@ -224,10 +239,11 @@ def clip_grad_norm_(
         Return a :class:`ClipResult` (norm, coefficient, whether it clipped, whether the
         norm was non-finite) instead of the norm.
     per_tensor_norms : bool, default False
-        With ``return_result``, also report each array's norm, from the same read pass. The
-        total is then the norm of those norms, which may differ from the plain call's total
-        in the last bit. With ``comm``, the norms are of this rank's arrays (one more read
-        pass) and the total is the global norm.
+        Also report each array's norm, from the same read pass, as ``tensor_norms`` of a
+        :class:`ClipResult`, which the call then returns even without ``return_result``.
+        The total is then the norm of those norms, which may differ from the plain call's
+        total in the last bit. With ``comm``, the norms are of this rank's arrays (one more
+        read pass) and the total is the global norm.
     comm : mpi4py communicator, optional
         Sharded training: ``grads`` is this rank's part of the gradients. Every rank reduces
         its part to its local norm, one collective gathers those (8 bytes per rank), and
@@ -238,7 +254,8 @@ def clip_grad_norm_(
     Returns
     -------
     float or ClipResult
-        The total norm before clipping (or the record, with ``return_result=True``).
+        The total norm before clipping, or the record when ``return_result`` or
+        ``per_tensor_norms`` is True.
 
     Examples
     --------
@@ -519,6 +536,13 @@ class GradientSet:
     writeability and overlaps once, keeps the arrays alive, and keeps their memory layout;
     each method then only re-checks, in C++, that no array was resized, re-allocated or
     made read-only since (a ``ValueError`` says which, and nothing is written).
+
+    The set holds the arrays, not the container they came in: to change the gradients,
+    write into those arrays (``np.copyto(grads[0], new)``). When the set was made from a
+    list or a dict, each call also checks, by identity, that its top-level entries are
+    still the ones the set was made with; a replaced, added or removed entry
+    (``grads[0] = new_array``) is a ``ValueError`` naming the position, never a silent
+    clip of the old array.
 
     Parameters
     ----------

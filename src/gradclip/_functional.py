@@ -41,11 +41,13 @@ def clip_by_global_norm(
     (``coef = min(1, max_norm / (total_norm + eps))``, PyTorch's arithmetic for a non-finite
     norm), with ``grads`` left untouched.
 
-    ``grads`` is one array or a pytree (lists, tuples, named tuples, dicts) of arrays NumPy
-    can view without a copy: NumPy arrays (read-only ones too), JAX and TensorFlow CPU arrays
-    (through DLPack or the buffer protocol), torch tensors. One read pass computes the norm
-    and one pass writes the outputs (the copy and the scaling together); nothing of the
-    inputs is copied first.
+    ``grads`` is one array or a pytree (lists, tuples, named tuples, dicts; any JAX pytree
+    when JAX is imported, see docs/pytrees.md) of array-likes: NumPy arrays (read-only ones
+    too), JAX and TensorFlow CPU arrays and torch tensors (viewed through DLPack or the
+    buffer protocol), numbers and anything else ``np.asarray`` reads (converted once, as are
+    bfloat16 JAX arrays, which DLPack cannot hand to NumPy). One read pass computes the norm
+    and one pass writes the outputs (the copy and the scaling together); nothing of a viewed
+    input is copied first.
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import math
+import re
 import sys
 import warnings
 from typing import Any
@@ -46,21 +47,89 @@ def _is_single_array(obj: object) -> bool:
     )
 
 
+class JaxLeaves(list):  # type: ignore[type-arg]
+    """The leaves of a tree that ``jax.tree_util`` flattened (None leaves kept, so positions
+    count them as gradclip's own trees do), with its ``treedef`` to rebuild the structure."""
+
+    __slots__ = ("treedef",)
+    treedef: Any
+
+
+# Types known to be pytree leaves / nodes for jax.tree_util, learned as they are met: a type's
+# registration decides, and registering happens where a class is defined, before any instance
+# reaches gradclip.
+_LEAF_TYPES: set[type] = {np.ndarray, type(None)}
+_NODE_TYPES: set[type] = set()
+
+
+def _is_jax_node(obj: Any, jax: Any) -> bool:
+    kind = type(obj)
+    if kind in _LEAF_TYPES:
+        return False
+    if kind not in _NODE_TYPES:
+        tu = jax.tree_util
+        with warnings.catch_warnings():
+            # JAX warns that an unregistered iterable (a generator) is a leaf: it is one here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            is_node = not tu.treedef_is_leaf(tu.tree_structure(obj))
+        (_NODE_TYPES if is_node else _LEAF_TYPES).add(kind)
+    return kind in _NODE_TYPES
+
+
+def _holds_jax_node(node: Any, jax: Any, depth: int = 0) -> bool:
+    """Whether a tree of gradclip's own containers holds a node only JAX knows (a registered
+    dataclass, a custom node, a Flax FrozenDict, ...). One ``set(map(type, ...))`` per
+    container: a flat list of arrays costs a few microseconds, and nothing without JAX."""
+    if depth > _MAX_DEPTH:
+        return False  # the compiled walk raises its nesting error
+    items = list(node.values()) if isinstance(node, dict) else node
+    kinds = set(map(type, items))
+    if kinds <= _LEAF_TYPES:
+        return False
+    for kind in kinds - _LEAF_TYPES:
+        same = [x for x in items if type(x) is kind]
+        if issubclass(kind, (list, tuple, dict)):  # gradclip's containers: look inside
+            if any(_holds_jax_node(x, jax, depth + 1) for x in same):
+                return True
+        elif _is_jax_node(same[0], jax):
+            return True
+    return False
+
+
+_MAX_DEPTH = 200
+
+
+def _jax_leaves(tree: Any, jax: Any) -> JaxLeaves:
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is None)
+    out = JaxLeaves(leaves)
+    out.treedef = treedef
+    return out
+
+
 def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
     """Returns ``(grads, single)`` for the compiled core; ``single`` is True when ``grads``
     was one array (it is then wrapped in a tuple).
 
     Lists, tuples and dicts pass through untouched: the compiled core reads them directly,
-    flattening nested ones (leaves depth first, dicts in their iteration order). Any other
+    flattening nested ones (leaves depth first, dicts in their iteration order). When JAX is
+    imported (never imported here) and the tree holds a node only JAX knows (a registered
+    dataclass or custom node, a Flax ``FrozenDict``, ...), ``jax.tree_util`` flattens the
+    whole tree (its leaf order, None leaves kept) into a :class:`JaxLeaves`. Any other
     mapping becomes a dict; other iterables, generators included, are consumed once into a
     list.
     """
     if isinstance(grads, (list, tuple, dict)):
+        jax = sys.modules.get("jax")
+        if jax is not None and type(grads) is not JaxLeaves and _holds_jax_node(grads, jax):
+            return _jax_leaves(grads, jax), False
         return grads, False
     if isinstance(grads, np.ndarray):
         return (grads,), True
     if grads is None:
         raise TypeError(f"{arg} must be an array or a pytree of arrays, not None")
+    jax = sys.modules.get("jax")
+    if jax is not None and _is_jax_node(grads, jax):
+        return _jax_leaves(grads, jax), False
     if isinstance(grads, collections.abc.Mapping):
         return dict(grads), False
     if isinstance(grads, (str, bytes, bytearray)) or not _is_single_array(grads):
@@ -68,8 +137,8 @@ def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
             grads, collections.abc.Iterable
         ):
             raise TypeError(
-                f"{arg} must be an array or a pytree of arrays (lists, tuples, dicts), "
-                f"not {type(grads).__name__}"
+                f"{arg} must be an array or a pytree of arrays (lists, tuples, dicts; with "
+                f"JAX imported, any JAX pytree), not {type(grads).__name__}"
             )
         one_shot = isinstance(grads, collections.abc.Iterator)
         items = list(grads)
@@ -141,13 +210,39 @@ def _not_a_gradient(obj: Any, where: str, write: bool) -> Any:
     return obj.detach() if _is_torch_tensor(obj) else obj
 
 
-def _leaf_error(obj: Any, where: str) -> TypeError | None:
-    """The message for a leaf that is not an array at all, or None."""
+def _copy_hint(where: str, text: str) -> str:
+    """``text`` (which names gradclip.clip_by_global_norm, the copying alternative), except
+    for the ``out`` arrays of a copying call: its caller already uses that function."""
+    return "" if where.startswith("out") else text
+
+
+def _str_hint(where: str) -> str:
+    # "[i][0]": the first item of an entry of a sequence, as the name in a (name, array)
+    # pair is (list(d.items()), named_parameters())
+    if re.search(r"\[\d+\]\[0\]$", where):
+        return (
+            "; if grads holds (name, array) pairs (list(d.items()) gives those), pass "
+            "dict(pairs), whose values gradclip clips, or the arrays alone (d.values())"
+        )
+    return (
+        "; if it is a dict key, pass the dict itself (gradclip takes dicts and clips their values)"
+    )
+
+
+def _leaf_error(obj: Any, where: str, write: bool) -> TypeError | None:
+    """The message for a leaf that is not an array at all, or None. A reading or copying call
+    (``write=False``) reads numbers and NumPy scalars as 0-d arrays."""
     if isinstance(obj, np.ma.MaskedArray):
         return TypeError(
             f"{where} is a masked array; gradclip would read and write its masked entries "
             f"too. Pass its .data to clip every entry, or fill the masked ones first"
         )
+    if isinstance(obj, (str, bytes)):
+        return TypeError(
+            f"{where} is a {type(obj).__name__} ({obj!r}), not an array{_str_hint(where)}"
+        )
+    if not write:
+        return None
     if isinstance(obj, np.generic):
         return TypeError(
             f"{where} is a NumPy scalar ({type(obj).__name__}), not an array: it holds a copy "
@@ -155,15 +250,12 @@ def _leaf_error(obj: Any, where: str) -> TypeError | None:
             "array it came from"
         )
     if isinstance(obj, (bool, int, float, complex)):
+        hint = _copy_hint(
+            where, " (or use gradclip.clip_by_global_norm, which returns clipped copies)"
+        )
         return TypeError(
             f"{where} is a {type(obj).__name__} ({obj!r}), not an array: gradclip clips arrays "
-            "in place and a number has no memory to write to. Pass NumPy arrays (or use "
-            "gradclip.clip_by_global_norm, which returns clipped copies)"
-        )
-    if isinstance(obj, (str, bytes)):
-        return TypeError(
-            f"{where} is a {type(obj).__name__} ({obj!r}), not an array; if it is a dict key, "
-            "pass the dict itself (gradclip takes dicts and clips their values)"
+            f"in place and a number has no memory to write to. Pass NumPy arrays{hint}"
         )
     return None
 
@@ -171,10 +263,11 @@ def _leaf_error(obj: Any, where: str) -> TypeError | None:
 def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
     """Views a non-ndarray gradient as an ndarray without copying, or raises TypeError.
 
-    Called by the compiled core for every leaf that is not a plain ndarray. A reading call
-    (``write=False``) may also take a copy, since nothing is written back.
+    Called by the compiled core for every leaf that is not a plain ndarray. A reading or
+    copying call (``write=False``) takes a copy where no view exists (a bfloat16 JAX array,
+    which DLPack cannot describe to NumPy; a number), since nothing is written back.
     """
-    error = _leaf_error(obj, where)
+    error = _leaf_error(obj, where, write)
     if error is not None:
         raise error
     obj = _not_a_gradient(obj, where, write)
@@ -186,16 +279,28 @@ def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
             try:
                 return np.from_dlpack(obj, copy=False)
             except (TypeError, ValueError, BufferError, RuntimeError):
-                if not (hasattr(obj, "__array_interface__") or _has_buffer(obj)):
+                if write and not (hasattr(obj, "__array_interface__") or _has_buffer(obj)):
                     raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # the exporter's own failure, named with the position
+                raise TypeError(
+                    f"{where} ({type(obj).__name__}): its __dlpack__ failed with "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         arr = np.asarray(obj, copy=None if not write else False)
     except (TypeError, ValueError, BufferError, RuntimeError):
+        if not write:
+            raise TypeError(
+                f"{where} ({type(obj).__name__}) cannot be read as an array: NumPy cannot "
+                "convert it (np.asarray fails)"
+            ) from None
+        hint = _copy_hint(where, "; gradclip.clip_by_global_norm returns clipped copies instead")
         raise TypeError(
             f"{where} ({type(obj).__name__}) cannot be used in place: NumPy cannot view it as "
             "an array without a copy, and a copy would silently lose the update. Pass NumPy "
             "arrays or objects that expose their memory (the buffer protocol, "
-            "__array_interface__ or __dlpack__); gradclip.clip_by_global_norm returns clipped "
-            "copies instead"
+            f"__array_interface__ or __dlpack__){hint}"
         ) from None
     if arr.dtype == object:
         raise TypeError(f"{where} ({type(obj).__name__}) is not an array of numbers")
@@ -292,12 +397,20 @@ def check_total_norm(x: Any) -> float:
     return v
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """A bool argument: Python's or NumPy's bool, or an integer (as ``if value:`` reads it);
+    anything else (an array, whose truth is ambiguous) is a TypeError naming the argument."""
+    if not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return bool(value)
+
+
 def resolve_mode(nonfinite: Any, error_if_nonfinite: Any) -> str:
     if not isinstance(nonfinite, str) or nonfinite not in MODES:
         raise ValueError(
             f"nonfinite must be one of {', '.join(map(repr, MODES))}, got {nonfinite!r}"
         )
-    if error_if_nonfinite:
+    if check_flag(error_if_nonfinite, "error_if_nonfinite"):
         if nonfinite not in ("propagate", "raise"):
             raise ValueError(
                 f"error_if_nonfinite=True asks to raise, but nonfinite={nonfinite!r} was also given"

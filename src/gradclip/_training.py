@@ -11,7 +11,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _core
-from ._api import arrays_of, global_norm_of, ops_of
+from ._api import arrays_of, core_set, global_norm_of, ops_of
 from ._inputs import check_eps, check_max_norm, check_nonnegative, check_norm_type
 from ._result import ClipResult
 from ._tree import flatten, unflatten
@@ -38,9 +38,13 @@ def unscale_clip_grad_norm_(
     ``coef = min(1, max_norm / (norm + eps))``. The three-pass way (unscale, norm, clip)
     moves half as many bytes again.
 
-    When the norm is NaN or infinite (an overflow in the scaled backward pass), nothing is
-    written and ``found_nonfinite`` is True: skip the optimizer step and lower ``S``, as
-    dynamic loss scaling does.
+    When the norm is NaN or infinite (an overflow in the scaled backward pass), or when
+    unscaling would take a value past its dtype's largest finite one (``x * inv_scale``
+    rounded to ``x``'s dtype is infinite: a loss scale below 1, ``inv_scale > 1``, on values
+    near the dtype's maximum), nothing is written, ``found_nonfinite`` is True and
+    ``total_norm`` is ``inf``: skip the optimizer step and lower ``S``, as dynamic loss
+    scaling does (PyTorch's ``GradScaler`` flags the same values as ``found_inf``).
+    With ``per_tensor_norms``, an array with such a value has an infinite norm.
 
     Parameters
     ----------
@@ -76,7 +80,9 @@ def unscale_clip_grad_norm_(
     eps = check_eps(eps)
     if comm is not None:
         ops, target = ops_of(grads)
-        raw, s = global_norm_of(comm, partial(ops.own, target), p)
+        # each rank's part is +inf when unscaling would overflow one of its values, so an
+        # overflow on any rank makes every rank skip
+        raw, s = global_norm_of(comm, partial(ops.own, target), p, lambda s: s.unscale_norm(p, inv))
         # this rank's own arrays, before the write (one more read pass, only when asked)
         norms = s.tensor_norms(p) * inv if per_tensor_norms else None
         total, coef = raw * inv, s.apply_unscale(max_norm, raw, inv, eps)
@@ -189,6 +195,11 @@ def adaptive_grad_clip_(
         coefficient, whether any unit was clipped, and the per-array pre-clip norms (all from
         the same read pass).
 
+    Returns
+    -------
+    None or ClipResult
+        None, or the record with ``return_result=True``.
+
     Examples
     --------
     >>> import numpy as np, gradclip
@@ -206,14 +217,16 @@ def adaptive_grad_clip_(
     axis = _check_axis(axis)
     gseq = arrays_of(grads, "grads")
     pseq = arrays_of(params, "params")
+    # the leaves' shapes as the core sees them (its checks first: a bad leaf is named there)
+    shapes = [None if a is None else a.shape for a in core_set(grads).arrays()]
     reduce = [
-        [] if g is None else _agc_reduce_axes(tuple(np.shape(g)), layout, axis, f"grads[{i}]")
-        for i, g in enumerate(flatten(gseq)[0])
+        [] if shape is None else _agc_reduce_axes(tuple(shape), layout, axis, f"grads[{i}]")
+        for i, shape in enumerate(shapes)
     ]
-    norms, cmin = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce, p)
+    # total: the engine's combination of the per-array norms
+    norms, cmin, total = _core.adaptive_clip(gseq, pseq, clipping, eps, reduce, p)
     if not return_result:
         return None
-    total = _core.norm_of_norms(norms.tolist(), p)  # the engine's combination
     return ClipResult(
         total_norm=total,
         coef=cmin,
@@ -279,29 +292,43 @@ def clip_per_example_(
             "(numpy.random.default_rng(seed) makes one)"
         )
     seq = arrays_of(grads)
-    _, coefs, clipped = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
-    leaves, spec = flatten(seq)
-    sums: list[np.ndarray | None] = []
-    counts = []
-    k = 0
-    for g in leaves:
-        if g is None:
-            sums.append(None)
-            counts.append(0)
+    # Everything the result needs is made before the in-place write, so that a MemoryError
+    # leaves the gradients untouched: the noise (drawn array by array, in position order) and
+    # the sums in each array's dtype. The core validates, clips, and sums in float64.
+    arrays = core_set(grads).arrays()
+    well_formed = all(a is None or a.ndim >= 1 for a in arrays)  # else the core says why
+    noise: list[np.ndarray | None] = []
+    outs: list[np.ndarray | None] = []
+    for a in arrays:
+        if a is None or not well_formed:
+            noise.append(None)
+            outs.append(None)
             continue
-        arr = np.asarray(g)
-        total = arr.sum(axis=0, dtype=np.float64)
         if sigma > 0.0:
             if rng is None:
                 rng = np.random.default_rng()
-            total += sigma * rng.standard_normal(total.shape)
-        sums.append(total.astype(arr.dtype))
-        counts.append(int(np.count_nonzero(coefs[k] < 1.0)))
-        k += 1
+            noise.append(sigma * rng.standard_normal(a.shape[1:]))
+        else:
+            noise.append(None)
+        outs.append(None if a.dtype == np.float64 else np.empty(a.shape[1:], a.dtype))
+    _, _, clipped, counts, totals = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
+    sums: list[np.ndarray | None] = []
+    for total, z, typed in zip(totals, noise, outs, strict=True):
+        if total is None:
+            sums.append(None)
+            continue
+        if z is not None:
+            total += z
+        if typed is None:
+            sums.append(total)
+        else:
+            typed[...] = total
+            sums.append(typed)
+    leaves, spec = flatten(seq)
     # the sums in the input's structure (the outermost list or tuple as a list)
     if spec is not None and spec[0] in (list, tuple):
         spec = (list, spec[1])
     out: Any = sums if spec is None else unflatten(spec, sums)
     if per_layer:
-        return out, np.asarray(counts, dtype=np.int64)
+        return out, counts
     return out, int(clipped)

@@ -1,11 +1,15 @@
 """Pytrees in Python, for the operations that return arrays in the input's structure or work
 per leaf (AGC, per-example clipping, the functional copies). The rule is the compiled parse's:
 lists, tuples (named tuples too) and dicts are containers, nested to any depth; everything
-else, None included, is a leaf; leaves depth first, dicts in their iteration order."""
+else, None included, is a leaf; leaves depth first, dicts in their iteration order. A tree that
+``_inputs.as_sequence`` flattened with ``jax.tree_util`` (a ``JaxLeaves``) carries its treedef,
+and JAX rebuilds it."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ._inputs import JaxLeaves
 
 __all__ = ["flatten", "unflatten"]
 
@@ -15,6 +19,8 @@ _MAX_DEPTH = 200
 def flatten(tree: Any) -> tuple[list[Any], Any]:
     """``(leaves, spec)``: the leaves in order, and what ``unflatten`` needs to rebuild the
     containers around new leaves."""
+    if isinstance(tree, JaxLeaves):
+        return list(tree), tree
     leaves: list[Any] = []
 
     def visit(node: Any, depth: int) -> Any:
@@ -36,6 +42,8 @@ def flatten(tree: Any) -> tuple[list[Any], Any]:
 
 def unflatten(spec: Any, leaves: list[Any]) -> Any:
     """The containers of ``spec`` around ``leaves`` (in order)."""
+    if isinstance(spec, JaxLeaves):
+        return spec.treedef.unflatten(leaves)
     it = iter(leaves)
 
     def build(node: Any) -> Any:

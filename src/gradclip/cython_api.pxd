@@ -93,5 +93,14 @@ cdef int clip_grads_with_norm(size_t n_buffers, void* const* ptrs, const size_t*
                               const int* dtypes, double max_norm, double total_norm,
                               double eps) noexcept nogil
 
+# Mixed precision, as gradclip.unscale_clip_grad_norm_: undo a loss scale (inv_scale = 1 / S)
+# and clip the unscaled gradients to max_norm, in two passes. Returns C_NONFINITE, with nothing
+# written, when the norm is NaN or inf or when unscaling would overflow an element's type
+# (then *total_norm is inf). total_norm and coef may be NULL.
+cdef int unscale_clip_grad_norm(size_t n_buffers, void* const* ptrs, const size_t* lens,
+                                const int* dtypes, double max_norm, double inv_scale,
+                                double norm_type, double eps, double* total_norm,
+                                double* coef) noexcept nogil
+
 # A static description of a return code (never NULL).
 cdef const char* error_message(int code) noexcept nogil

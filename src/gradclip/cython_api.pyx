@@ -44,6 +44,10 @@ cdef extern from "gradclip/capi.h" nogil:
                                     const int* dtypes, double max_norm, double total_norm,
                                     double eps) noexcept nogil
         const char* (*strerror)(int code) noexcept nogil
+        int (*unscale_clip_grad_norm)(size_t n_buffers, void* const* ptrs, const size_t* lens,
+                                      const int* dtypes, double max_norm, double inv_scale,
+                                      double p, double eps, double* total_norm,
+                                      double* coef) noexcept nogil
 
 
 # Set once at import, before any cimporting module can call in (its import imports this module
@@ -152,6 +156,14 @@ cdef int clip_grads_with_norm(size_t n_buffers, void* const* ptrs, const size_t*
                               const int* dtypes, double max_norm, double total_norm,
                               double eps) noexcept nogil:
     return _api.clip_grads_with_norm(n_buffers, ptrs, lens, dtypes, max_norm, total_norm, eps)
+
+
+cdef int unscale_clip_grad_norm(size_t n_buffers, void* const* ptrs, const size_t* lens,
+                                const int* dtypes, double max_norm, double inv_scale,
+                                double norm_type, double eps, double* total_norm,
+                                double* coef) noexcept nogil:
+    return _api.unscale_clip_grad_norm(n_buffers, ptrs, lens, dtypes, max_norm, inv_scale,
+                                       norm_type, eps, total_norm, coef)
 
 
 cdef const char* error_message(int code) noexcept nogil:

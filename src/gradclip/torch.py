@@ -6,6 +6,11 @@ take what PyTorch's take (parameters, or a single tensor; their ``.grad`` is use
 PyTorch's return (the norm as a 0-d tensor). ``foreach`` is accepted and ignored: gradclip
 has one implementation. :class:`GradClipper` is the cached form for a training loop.
 
+Sharded training (the project's ``docs/distributed.md``): DTensor gradients (FSDP2's
+``fully_shard``) are reduced over their device mesh, and plain tensors holding each rank's
+part of the gradients over ``group=`` (a torch.distributed process group, gloo on the CPU):
+every rank gets the same global norm, bit for bit, and scales its own shards in place.
+
 The gradients are viewed as NumPy arrays (the same memory, never a copy) and handed to the
 functions of :mod:`gradclip`; CPU tensors of float16, bfloat16 (with ml_dtypes), float32 and
 float64 are supported, anything else is a ``TypeError`` naming the tensor.
@@ -42,11 +47,13 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import sys
 import types
 import warnings
 import weakref
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -60,6 +67,7 @@ except ImportError as _exc:
 
 import gradclip
 
+from ._dist import global_norm
 from ._errors import NonFiniteNormError
 from ._inputs import check_clip_value, check_max_norm, check_norm_type, check_total_norm
 
@@ -208,7 +216,7 @@ def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[li
         warnings.warn(
             f"`{arg}` is an empty generator, no gradient clipping will occur.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _as_list, the public function, its _torch_names wrapper, caller
         )
     return items, False
 
@@ -216,24 +224,67 @@ def _as_list(obj: Any, arg: str, warn_empty_generator: bool = False) -> tuple[li
 # ---------------------------------------------------------------- scalar arguments
 
 
+def _float(x: Any) -> Any:
+    # torch.nn.utils converts max_norm, clip_value and norm_type with float(), so True and
+    # "1.0" are bounds there; a value float() refuses is left for gradclip's check to name
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return x
+
+
 def _bound(max_norm: Any) -> float:
     """``max_norm`` as a float: finite and > 0, or inf (never clips, as in PyTorch)."""
-    try:
-        if float(max_norm) == math.inf:
-            return math.inf
-    except (TypeError, ValueError, OverflowError):
-        pass  # check_max_norm names the problem
+    max_norm = _float(max_norm)
+    if max_norm == math.inf:
+        return math.inf
     return check_max_norm(max_norm)
 
 
 def _value(clip_value: Any) -> float:
     """``clip_value`` as a float: >= 0, inf included (clamping to +-inf changes nothing)."""
-    try:
-        if float(clip_value) == math.inf:
-            return math.inf
-    except (TypeError, ValueError, OverflowError):
-        pass
+    clip_value = _float(clip_value)
+    if clip_value == math.inf:
+        return math.inf
     return check_clip_value(clip_value)
+
+
+def _p(norm_type: Any) -> float:
+    """``norm_type`` as torch converts it (float(): True is 1, "2" is 2), or one of gradclip's
+    names ("fro", which float() does not read)."""
+    return check_norm_type(_float(norm_type))
+
+
+_CORE_POSITION = re.compile(r"\bgrads\[(\d+)\]")
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _torch_names(arg: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Errors of gradclip's core name positions in the list of views they were given
+    (``grads[3]``); the caller passed ``arg``, so name them as the rest of this module does
+    (``parameters[3].grad``, ``tensors[3]``)."""
+
+    def wrap(f: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(f)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return f(*args, **kwargs)
+            except (TypeError, ValueError) as exc:
+                single = bool(args) and isinstance(args[0], torch.Tensor)
+                exc.args = tuple(
+                    _CORE_POSITION.sub(lambda m: _name(arg, int(m[1]), single), a)
+                    if isinstance(a, str)
+                    else a
+                    for a in exc.args
+                )
+                raise
+
+        return call
+
+    return wrap
 
 
 def _total(total_norm: Any) -> float:
@@ -336,12 +387,15 @@ def _clamp(target: Any, clip_value: float) -> None:
 # ---------------------------------------------------------------- torch.nn.utils' functions
 
 
+@_torch_names("parameters")
 def clip_grad_norm_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     max_norm: float,
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
+    *,
+    group: Any = None,
 ) -> torch.Tensor:
     """Clip the gradients of ``parameters`` in place so that their total norm is at most
     ``max_norm``: ``torch.nn.utils.clip_grad_norm_``, on gradclip's kernels.
@@ -364,12 +418,20 @@ def clip_grad_norm_(
         NaN norm makes every element NaN, an infinite one makes finite elements 0.
     foreach : bool or None
         Accepted and ignored.
+    group : torch.distributed ProcessGroup or DeviceMesh, optional
+        Sharded training with plain tensors: each rank's ``.grad`` are its part of the
+        gradients, and the norm is taken over every rank of ``group`` (call it on every
+        rank). DTensor gradients need no ``group``: their device mesh is the group. Every
+        rank gets the same norm (the same bits) and scales its own part; an error on any
+        rank (a bad argument or tensor, a non-finite norm with ``error_if_nonfinite``) is
+        raised on every rank, before anything is written.
 
     Returns
     -------
     Tensor
         The total norm before clipping, a 0-d CPU tensor in the gradients' dtype (their
-        promoted dtype when they differ; ``torch.tensor(0.0)`` when there are none).
+        promoted dtype when they differ; ``torch.tensor(0.0)`` when there are none); for
+        DTensor gradients, a 0-d DTensor replicated over their mesh, as torch returns it.
 
     Examples
     --------
@@ -381,29 +443,38 @@ def clip_grad_norm_(
     >>> w.grad
     tensor([0.6000, 0.8000])
     """
-    bound, p = _bound(max_norm), check_norm_type(norm_type)
+    parameters, sharding = _sharding(parameters, group, "parameters")
+    if sharding is not None:  # DTensor gradients, or group=: the sharded block below
+        return _sharded_clip_norm(parameters, sharding, max_norm, norm_type, error_if_nonfinite)
+    bound, p = _bound(max_norm), _p(norm_type)
     params, single = _as_list(parameters, "parameters", warn_empty_generator=True)
     arrays, dtype = _views(_param_grads(params, single), "parameters", single, "refuse")
     return _clip_norm(arrays, dtype, bound, p, bool(error_if_nonfinite))
 
 
+@_torch_names("tensors")
 def get_total_norm(
     tensors: torch.Tensor | Iterable[torch.Tensor],
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
     foreach: bool | None = None,
+    *,
+    group: Any = None,
 ) -> torch.Tensor:
     """The total ``norm_type``-norm of ``tensors`` (all elements together), accumulated in
     float64: ``torch.nn.utils.get_total_norm``, on gradclip's kernels.
 
     As in PyTorch, the tensors themselves are read (pass the gradients,
     ``[p.grad for p in params if p.grad is not None]``); ``None`` entries are skipped.
-    ``foreach`` is accepted and ignored.
+    ``foreach`` is accepted and ignored. DTensors are reduced over their device mesh (a
+    replicated one counted once), plain tensors over ``group=`` when it is given (see
+    :func:`clip_grad_norm_`).
 
     Returns
     -------
     Tensor
-        A 0-d CPU tensor in the tensors' (promoted) dtype; ``torch.tensor(0.0)`` for none.
+        A 0-d CPU tensor in the tensors' (promoted) dtype; ``torch.tensor(0.0)`` for none;
+        a 0-d replicated DTensor for DTensors.
 
     Examples
     --------
@@ -411,24 +482,32 @@ def get_total_norm(
     >>> gradclip.torch.get_total_norm([torch.tensor([3.0]), torch.tensor([4.0])])
     tensor(5.)
     """
-    p = check_norm_type(norm_type)
+    tensors, sharding = _sharding(tensors, group, "tensors")
+    if sharding is not None:
+        return _sharded_get_norm(tensors, sharding, norm_type, error_if_nonfinite)
+    p = _p(norm_type)
     items, single = _as_list(tensors, "tensors")
     arrays, dtype = _views(items, "tensors", single, "allow")
     return _get_norm(arrays, dtype, p, bool(error_if_nonfinite))
 
 
+@_torch_names("parameters")
 def clip_grads_with_norm_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     max_norm: float,
     total_norm: torch.Tensor,
     foreach: bool | None = None,
+    *,
+    group: Any = None,
 ) -> None:
     """Scale the gradients of ``parameters`` in place by ``min(max_norm / (total_norm +
     1e-6), 1)``, with a total norm computed elsewhere: ``torch.nn.utils.clip_grads_with_norm_``
     on gradclip's kernels. Nothing is written when the coefficient is 1.
 
-    ``total_norm`` is a one-element tensor (as :func:`get_total_norm` returns) or a number,
-    >= 0, NaN or inf; ``foreach`` is accepted and ignored.
+    ``total_norm`` is a one-element tensor (as :func:`get_total_norm` returns, a replicated
+    DTensor included) or a number, >= 0, NaN or inf; ``foreach`` is accepted and ignored.
+    With DTensor gradients or ``group=``, every rank checks its arguments and the ranks
+    agree (one small collective) before any rank writes.
 
     Examples
     --------
@@ -440,6 +519,10 @@ def clip_grads_with_norm_(
     >>> w.grad
     tensor([0.6000, 0.8000])
     """
+    parameters, sharding = _sharding(parameters, group, "parameters")
+    if sharding is not None:
+        _sharded_clip_with_norm(parameters, sharding, max_norm, total_norm)
+        return
     bound, total = _bound(max_norm), _total(total_norm)
     params, single = _as_list(parameters, "parameters")
     arrays, dtype = _views(_param_grads(params, single), "parameters", single, "refuse")
@@ -447,6 +530,7 @@ def clip_grads_with_norm_(
         _scale(arrays, bound, total)
 
 
+@_torch_names("parameters")
 def clip_grad_value_(
     parameters: torch.Tensor | Iterable[torch.Tensor],
     clip_value: float,
@@ -468,7 +552,8 @@ def clip_grad_value_(
     """
     v = _value(clip_value)
     params, single = _as_list(parameters, "parameters")
-    arrays, dtype = _views(_param_grads(params, single), "parameters", single, "once")
+    grads = _shards_of(_param_grads(params, single), single)  # element-wise: no collective
+    arrays, dtype = _views(grads, "parameters", single, "once")
     if dtype is not None:
         _clamp(arrays, v)
 
@@ -497,6 +582,9 @@ class GradClipper:
     ----------
     parameters : Tensor or iterable of Tensors
         Consumed once (``model.parameters()`` is a generator). Each parameter once.
+    group : torch.distributed ProcessGroup or DeviceMesh, optional
+        As for :func:`clip_grad_norm_`. Sharded gradients (DTensors, or ``group``) take the
+        functions' sharded path on every call: no set is kept over them.
 
     Examples
     --------
@@ -509,9 +597,11 @@ class GradClipper:
     True
     """
 
-    __slots__ = ("_builds", "_dtype", "_params", "_seen", "_set")
+    __slots__ = ("_builds", "_dtype", "_group", "_params", "_seen", "_set")
 
-    def __init__(self, parameters: torch.Tensor | Iterable[torch.Tensor]) -> None:
+    def __init__(
+        self, parameters: torch.Tensor | Iterable[torch.Tensor], *, group: Any = None
+    ) -> None:
         params, single = _as_list(parameters, "parameters")
         seen: dict[int, int] = {}
         for i, p in enumerate(params):
@@ -532,6 +622,7 @@ class GradClipper:
         self._set: gradclip.GradientSet | None = None
         self._dtype: Any = None
         self._builds = 0
+        self._group = group
 
     @property
     def parameters(self) -> tuple[torch.Tensor, ...]:
@@ -578,7 +669,7 @@ class GradClipper:
     def _target(self) -> tuple[Any, Any]:
         """The current gradients: the kept set when they are the ones it was built over, else
         fresh views (kept as a set when they are the same as the last call's)."""
-        grads = [p.grad for p in self._params]
+        grads = _shards_of([p.grad for p in self._params], False)
         unchanged = self._unchanged(grads)
         if unchanged and self._set is not None:
             return self._set, self._dtype
@@ -595,33 +686,323 @@ class GradClipper:
         self._builds += 1
         return self._set, dtype
 
+    @_torch_names("parameters")
     def clip_grad_norm_(
         self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> torch.Tensor:
         """:func:`clip_grad_norm_` of the parameters' current gradients."""
-        bound, p = _bound(max_norm), check_norm_type(norm_type)
+        params, sharding = self._sharding()
+        if sharding is not None:
+            return _sharded_clip_norm(params, sharding, max_norm, norm_type, error_if_nonfinite)
+        bound, p = _bound(max_norm), _p(norm_type)
         target, dtype = self._target()
         return _clip_norm(target, dtype, bound, p, bool(error_if_nonfinite))
 
+    @_torch_names("parameters")
     def get_total_norm(
         self, norm_type: float = 2.0, error_if_nonfinite: bool = False
     ) -> torch.Tensor:
         """The total norm of the parameters' current gradients (as :func:`get_total_norm`
         of them)."""
-        p = check_norm_type(norm_type)
+        params, sharding = self._sharding()
+        if sharding is not None:
+            grads = [q.grad for q in params]
+            return _sharded_get_norm(grads, sharding, norm_type, error_if_nonfinite)
+        p = _p(norm_type)
         target, dtype = self._target()
         return _get_norm(target, dtype, p, bool(error_if_nonfinite))
 
+    @_torch_names("parameters")
     def clip_grads_with_norm_(self, max_norm: float, total_norm: torch.Tensor) -> None:
         """:func:`clip_grads_with_norm_` of the parameters' current gradients."""
+        params, sharding = self._sharding()
+        if sharding is not None:
+            _sharded_clip_with_norm(params, sharding, max_norm, total_norm)
+            return
         bound, total = _bound(max_norm), _total(total_norm)
         target, dtype = self._target()
         if dtype is not None:
             _scale(target, bound, total)
 
+    def _sharding(self) -> tuple[Any, tuple[Any, Any] | None]:
+        # sharded gradients (DTensors, or group=) take the functions' sharded path on every
+        # call: no set is kept over them
+        return _sharding(self._params, self._group, "parameters")
+
+    @_torch_names("parameters")
     def clip_grad_value_(self, clip_value: float) -> None:
         """:func:`clip_grad_value_` of the parameters' current gradients."""
         v = _value(clip_value)
         target, dtype = self._target()
         if dtype is not None:
             _clamp(target, v)
+
+
+# ---------------------------------------------------------------- sharded gradients
+# DTensor gradients (FSDP2's) and hand-sharded tensors with ``group=``. Each rank reduces
+# the local shards it owns to its local norm with the engine; one all-gather per mesh
+# dimension (8 bytes and an error flag per rank) brings every rank's local norm to every
+# rank; the engine's combination of partial norms (``_dist.global_norm``, the one the
+# mpi4py ``comm=`` path uses) gives every rank the same bits, and every rank scales its own
+# shards in place. Validation (scalar arguments, placements, meshes, dtypes, overlaps) runs
+# inside the agreement step: a rank whose input is bad still enters the collective, so every
+# rank raises and none writes or waits.
+
+
+def _dtensor_type() -> Any:
+    """torch's DTensor class, or None when no code has imported it yet (then no gradient
+    can be a DTensor, and a plain call pays nothing for the check)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None)
+
+
+class _TorchGather:
+    """What ``_dist.global_norm`` needs of a communicator (``allgather`` of each rank's
+    ``(local norm, error or None)``), over torch.distributed process groups: one
+    ``all_gather`` of a float64 pair per group, in order (the mesh's dimensions), so every
+    rank gets every rank's pair in the same order. The error messages travel only when a
+    flag is set, which every rank then sees, so every rank enters that second collective."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, groups: list[Any]) -> None:
+        self.groups = groups
+
+    def allgather(self, sent: tuple[float, Any]) -> list[tuple[float, Any]]:
+        import torch.distributed as dist
+
+        value, error = sent
+        rows = torch.tensor([[value, 0.0 if error is None else 1.0]], dtype=torch.float64)
+        for g in self.groups:
+            parts = [torch.empty_like(rows) for _ in range(dist.get_world_size(g))]
+            dist.all_gather(parts, rows, group=g)
+            rows = torch.cat(parts)
+        errors: list[Any] = [None] * rows.shape[0]
+        if bool(rows[:, 1].any()):
+            errors = [error]
+            for g in self.groups:
+                out: list[Any] = [None] * dist.get_world_size(g)
+                dist.all_gather_object(out, errors, group=g)
+                errors = [e for part in out for e in part]
+        return [(float(v), e) for (v, _), e in zip(rows.tolist(), errors, strict=True)]
+
+
+def _groups_of(group: Any) -> list[Any]:
+    """The process groups to gather over: a ProcessGroup, or each dimension of a DeviceMesh."""
+    import torch.distributed as dist
+
+    if isinstance(group, dist.ProcessGroup):
+        return [group]
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if isinstance(group, DeviceMesh):
+        return [group.get_group(d) for d in range(group.ndim)]
+    raise TypeError(
+        f"group must be a torch.distributed ProcessGroup or DeviceMesh, not {type(group).__name__}"
+    )
+
+
+def _sharding(items: Any, group: Any, arg: str) -> tuple[Any, tuple[Any, Any] | None]:
+    """``(items, (gather, mesh))`` when the call is distributed (``group`` given, or a DTensor
+    among the gradients), else ``(items, None)``. A generator is consumed into a list here
+    (an empty one is handed back as it is, so that the plain path warns about it)."""
+    if isinstance(items, Iterable) and not isinstance(items, (torch.Tensor, list, tuple, str)):
+        listed = list(items)
+        items = listed if listed or not isinstance(items, types.GeneratorType) else items
+    if group is not None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "group= needs torch.distributed initialised (init_process_group) on every rank"
+            )
+        return items, (_TorchGather(_groups_of(group)), None)
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(items, (torch.Tensor, list, tuple)):
+        return items, None
+    for t in [items] if isinstance(items, torch.Tensor) else items:
+        g = getattr(t, "grad", None) if arg == "parameters" else t
+        if isinstance(g, dtensor):
+            mesh = g.device_mesh
+            return items, (_TorchGather(_groups_of(mesh)), mesh)
+    return items, None
+
+
+def _local_views(
+    tensors: list[Any], arg: str, single: bool, mesh: Any, repeats: str
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None], Any]:
+    """``(views to write, views to count in the norm, norm dtype)`` of this rank's shards.
+
+    A DTensor contributes its local tensor (viewed, never copied: the write lands in the
+    DTensor's storage). It counts in the norm on this rank unless it is replicated along a
+    mesh dimension where this rank's coordinate is not 0 (a replica is counted once, by the
+    first rank of that dimension). ``Partial`` placements, another mesh, and plain tensors
+    mixed with DTensors are refused, naming the tensor."""
+    dtensor = _dtensor_type()
+    local: list[Any] = []
+    owned: list[bool] = []
+    first = ""
+    coord = None if mesh is None else mesh.get_coordinate()
+    for i, t in enumerate(tensors):
+        where = _name(arg, i, single)
+        if dtensor is None or not isinstance(t, dtensor):
+            if mesh is not None and t is not None:
+                raise TypeError(
+                    f"{where} is a {type(t).__name__} while {first} is a DTensor: gradclip.torch "
+                    "reduces one kind per call (DTensors over their mesh, or plain tensors with "
+                    "group=)"
+                )
+            local.append(t)
+            owned.append(True)
+            continue
+        if mesh is None:
+            raise ValueError(
+                f"{where} is a DTensor: pass group=None, its device mesh gives the process group"
+            )
+        first = first or where
+        if t.device_mesh != mesh:
+            raise ValueError(
+                f"{where} is on device mesh {t.device_mesh} while {first} is on {mesh}: one call "
+                "reduces over one mesh; clip the parameters of each mesh with a call of its own, "
+                "or combine the norms with get_total_norm and clip_grads_with_norm_"
+            )
+        mine = True
+        for d, placement in enumerate(t.placements):
+            if placement.is_partial():
+                raise ValueError(
+                    f"{where} has a Partial placement ({placement}) on mesh dimension {d}: its "
+                    "local values are unreduced partial sums, whose norm is not the norm of the "
+                    "gradient. Reduce it first (redistribute to Shard or Replicate)"
+                )
+            if placement.is_replicate() and (coord is None or coord[d] != 0):
+                mine = False
+        with torch.no_grad():  # without autograd, to_local() is the DTensor's own local tensor
+            local.append(t.to_local())
+        owned.append(mine)
+    arrays, dtype = _views(local, arg, single, repeats)
+    counted = [a if mine else None for a, mine in zip(arrays, owned, strict=True)]
+    return arrays, counted, dtype
+
+
+def _sharded_norm(gather: Any, prepare: Any, p: float) -> tuple[float, Any]:
+    """The global norm, and what ``prepare()`` made on this rank (``(write, counted, dtype,
+    extra)``), with every rank agreeing on errors raised by ``prepare`` (see _dist)."""
+    made: list[Any] = []
+
+    def local() -> float:
+        made.append(prepare())
+        counted = made[0][1]
+        return _total_norm(counted, p) if counted else 0.0
+
+    return global_norm(gather, local, p), made[0]
+
+
+def _p_or_default(norm_type: Any) -> float:
+    # a bad norm_type is raised inside the agreement step (prepare), on every rank
+    try:
+        return check_norm_type(norm_type)
+    except (TypeError, ValueError):
+        return 2.0
+
+
+def _sharded_result(norm: float, dtype: Any, mesh: Any) -> torch.Tensor:
+    """The norm as torch returns it: a 0-d tensor, replicated over ``mesh`` for DTensors."""
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if mesh is None:
+        return out
+    from torch.distributed.tensor import DTensor, Replicate
+
+    return DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def _local_norm_value(total_norm: Any) -> Any:
+    """A DTensor total norm as a plain tensor (replicated: its local value is the norm)."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(total_norm, dtensor):
+        if any(pl.is_partial() for pl in total_norm.placements):
+            raise ValueError(
+                "total_norm is a DTensor with a Partial placement: pass total_norm.full_tensor()"
+            )
+        with torch.no_grad():
+            return total_norm.to_local()
+    return total_norm
+
+
+def _sharded_clip_norm(
+    items: Any, sharding: tuple[Any, Any], max_norm: Any, norm_type: Any, raise_: Any
+) -> torch.Tensor:
+    gather, mesh = sharding
+    p = _p_or_default(norm_type)
+    bound: list[float] = []
+
+    def prepare() -> Any:
+        bound.append(_bound(max_norm))
+        check_norm_type(norm_type)
+        params, single = _as_list(items, "parameters")
+        return _local_views(_param_grads(params, single), "parameters", single, mesh, "refuse")
+
+    norm, (arrays, _, dtype) = _sharded_norm(gather, prepare, p)
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)  # the same norm on every rank: every rank raises
+    if dtype is not None:
+        _scale(arrays, bound[0], norm)
+    return _sharded_result(norm, dtype, mesh)
+
+
+def _sharded_get_norm(
+    items: Any, sharding: tuple[Any, Any], norm_type: Any, raise_: Any
+) -> torch.Tensor:
+    gather, mesh = sharding
+    p = _p_or_default(norm_type)
+
+    def prepare() -> Any:
+        check_norm_type(norm_type)
+        tensors, single = _as_list(items, "tensors")
+        return _local_views(tensors, "tensors", single, mesh, "allow")
+
+    norm, (_, _, dtype) = _sharded_norm(gather, prepare, p)
+    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
+        raise _nonfinite(p, norm, out)
+    return _sharded_result(norm, dtype, mesh)
+
+
+def _sharded_clip_with_norm(
+    items: Any, sharding: tuple[Any, Any], max_norm: Any, total_norm: Any
+) -> None:
+    gather, mesh = sharding
+    scalars: list[float] = []
+
+    def prepare() -> Any:
+        scalars.extend((_bound(max_norm), _total(_local_norm_value(total_norm))))
+        params, single = _as_list(items, "parameters")
+        arrays, _, dtype = _local_views(
+            _param_grads(params, single), "parameters", single, mesh, "refuse"
+        )
+        return arrays, None, dtype  # no norm to reduce: the collective only agrees on errors
+
+    _, (arrays, _, dtype) = _sharded_norm(gather, prepare, 2.0)
+    if dtype is not None:
+        _scale(arrays, scalars[0], scalars[1])
+
+
+def _shards_of(grads: list[Any], single: bool) -> list[Any]:
+    """The local tensors of DTensor gradients, for element-wise work (clamping) that needs
+    no collective; other entries as they are. A Partial placement is refused: clamping
+    unreduced partial sums is not clamping the gradient."""
+    dtensor = _dtensor_type()
+    if dtensor is None:
+        return grads
+    out = []
+    for i, g in enumerate(grads):
+        if isinstance(g, dtensor):
+            if any(pl.is_partial() for pl in g.placements):
+                raise ValueError(
+                    f"{_name('parameters', i, single)} has a Partial placement: reduce it "
+                    "first (redistribute to Shard or Replicate)"
+                )
+            with torch.no_grad():
+                g = g.to_local()
+        out.append(g)
+    return out

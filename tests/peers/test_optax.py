@@ -481,8 +481,8 @@ def test_aggregated_updates_as_input_fails() -> None:
 
 def test_pytree_of_per_example_grads() -> None:
     """optax/contrib/_privacy_test.py DifferentiallyPrivateAggregateTest: Optax takes the
-    per-example gradients as a pytree ({"key_a": (a, b), "key_b": c}); DESIGN.md says gradclip
-    does too (leaves depth first, dicts in iteration order). The same numbers as
+    per-example gradients as a pytree ({"key_a": (a, b), "key_b": c}); gradclip takes the same
+    pytrees (leaves depth first, dicts in iteration order). The same numbers as
     test_clipping_norm with C = 10, passing the dict itself."""
     norms = np.arange(BATCH) * math.sqrt(67)
     expected_val = np.mean(np.arange(BATCH) / np.maximum(norms / 10.0, 1.0))
@@ -507,7 +507,7 @@ def test_dpsgd_with_no_privacy_is_sgd() -> None:
 
 def test_difference_dict_leaf_order() -> None:
     """docs/differences.md, Optax (JAX) leaf order: jax.tree.flatten visits a dict's keys
-    sorted; gradclip visits them in iteration order (DESIGN.md)."""
+    sorted; gradclip visits them in iteration order (the order the user wrote)."""
     tree = {"z": np.full(4, 1.0, F32), "a": np.full(1, 3.0, F32)}
     assert gradclip.tensor_norms(tree).tolist() == [2.0, 3.0]  # JAX's order: [3.0, 2.0]
     assert [float(np.linalg.norm(x)) for x in leaves(tree)] == [3.0, 2.0]

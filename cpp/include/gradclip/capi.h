@@ -25,7 +25,7 @@ extern "C" {
 
 /* Revision of the table. Members are only ever appended; a consumer built against revision V
  * requires abi_version >= V. */
-#define GRADCLIP_CAPI_VERSION 1
+#define GRADCLIP_CAPI_VERSION 2
 #define GRADCLIP_CAPI_CAPSULE "gradclip._core._C_API"
 
 /* Element types (the values of gradclip::DType). */
@@ -88,6 +88,18 @@ typedef struct gradclip_capi {
 
     /* A static, NUL-terminated description of a return code (never NULL). */
     const char* (*strerror)(int code);
+
+    /* Revision 2 and later. */
+    /* As gradclip.unscale_clip_grad_norm_: the norm of the unscaled gradients
+     * (||g|| * inv_scale) from one read pass, then, when it is finite and no element's unscaled
+     * value x * inv_scale (rounded to its type) is infinite, one pass multiplying by
+     * inv_scale * min(1, max_norm / (norm + eps)). Otherwise nothing is written and
+     * GRADCLIP_NONFINITE is returned. max_norm and inv_scale finite > 0, eps finite >= 0.
+     * *total_norm (may be NULL) gets the unscaled norm (+inf on an overflow), *coef (may be
+     * NULL) the clipping coefficient (1 when not clipping). */
+    int (*unscale_clip_grad_norm)(size_t n_buffers, void* const* ptrs, const size_t* lens, const int* dtypes,
+                                  double max_norm, double inv_scale, double p, double eps, double* total_norm,
+                                  double* coef);
 } gradclip_capi;
 
 /* The table; it lives for the whole process. */

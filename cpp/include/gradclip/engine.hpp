@@ -29,6 +29,16 @@ bool init_target(const char* forced) noexcept;
 void set_num_threads(int n) noexcept;  // n >= 1
 int get_num_threads() noexcept;
 bool have_openmp() noexcept;
+// Starts the calling thread's OpenMP team of get_num_threads() threads now (set_num_threads
+// does it too) and marks the thread as one whose calls may use it. Calls on any other thread
+// run on that thread alone: a runtime that cannot create its threads ends the process
+// (libgomp does), so teams are created only here, at import and in set_num_threads, never in
+// the middle of a call.
+void warm_threads() noexcept;
+// Marks the calling thread as one whose calls may use a team, created by the runtime on its
+// first large call (the importing thread: creating its team at import instead made processes
+// that also load PyTorch's OpenMP runtime abort at exit).
+void allow_team() noexcept;
 
 // ---- layout helpers
 // Describes an n-d array (shape, byte strides, itemsize) as a Span. Returns true for a dense
@@ -161,6 +171,15 @@ inline void clip_each(const Span* spans, std::size_t n, NormSpec spec, double ma
     clip_each(spans, n, spec, SpanBounds{&max_norm, 0, false}, eps, mode, norms, cached);
 }
 
+// clip_by_norm's walk over the slices of one array (make_slices with `reduced`): each slice
+// clipped by bounds.bound[slice * bounds.step] with the common rule (a NaN or infinite norm
+// is applied as is), a window of at most `window` slices at a time so that the bookkeeping
+// stays bounded whatever the number of slices. All of its memory, for every window, is sized
+// before the first one is written. Writes each slice's pre-clip norm to norms (C order of the
+// kept axes).
+void clip_slices(char* data, int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* strides, DType dt,
+                 const bool* reduced, std::size_t window, NormSpec spec, SpanBounds bounds, double eps, double* norms);
+
 // The functional forms: the rule of clip_total (PyTorch's arithmetic for a non-finite norm)
 // or of clip_each, read from src (untouched, may be read-only) and written to dst in one
 // read+write pass after the norm pass (see scale_into). clip_total_into returns the norm and
@@ -173,9 +192,18 @@ void clip_each_into(const Span* src, const Span* dst, std::size_t n, NormSpec sp
 // Mixed precision in two passes: one read pass for the norm of the unscaled gradients
 // (||g|| * |inv_scale|) and the non-finite check, then, only when everything is finite, one
 // read+write pass multiplying by inv_scale * coef (skipped when that factor is exactly 1).
-// Returns the unscaled norm; *coef gets the clipping coefficient (1 when not clipping).
+// An element that unscaling would take past its type's largest finite value counts as
+// non-finite (the norm is then +inf and nothing is written; its span's entry in norms is
+// +inf); deciding that costs one more read pass, only when |inv_scale| > 1 and the norm
+// times |inv_scale| is near a type's maximum. Returns the unscaled norm; *coef gets the
+// clipping coefficient (1 when not clipping).
 double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_norm, double inv_scale, double eps,
                     double* coef, double* norms, const PlanCache* cached = nullptr);
+// The scaled gradients' norm for unscale_clip, or +inf when unscaling (x * inv_scale rounded
+// to x's type) would make an element non-finite: what each process contributes when the
+// norm is combined across processes, so that an overflow on one makes every one skip.
+double unscale_norm(const Span* spans, std::size_t n, NormSpec spec, double inv_scale,
+                    const PlanCache* cached = nullptr);
 // The second half of unscale_clip, given the norm of the scaled gradients (raw_norm; from
 // another process, say): nothing written when it is not finite, else one pass multiplying by
 // inv_scale * coef. Returns coef (1 when not clipping).
@@ -200,5 +228,13 @@ void adaptive_clip(const Span* g, const Span* w, std::size_t n, NormSpec spec, d
 // examples (global) or slices (per_layer) were clipped.
 std::size_t clip_per_example(const Span* slices, std::size_t narrays, std::size_t batch, bool per_layer,
                              double max_norm, double eps, double* norms, double* coefs);
+
+// The sums over the batch of per-example gradients (after clip_per_example): views[a] is
+// example 0 of array a (its shape and strides without the batch axis; ndim 0 for a single
+// element), batch_strides[a] the byte step between examples, and sums[a] receives
+// views[a].n float64 values in C order, each summed over the examples in order. Allocates
+// nothing (it runs after the write).
+void sum_examples(const Span* views, const std::ptrdiff_t* batch_strides, std::size_t narrays, std::size_t batch,
+                  double* const* sums) noexcept;
 
 }  // namespace gradclip

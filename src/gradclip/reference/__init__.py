@@ -9,7 +9,7 @@ exceptions and semantics; the compiled path is checked against it, and
 It is written for clarity, not speed:
 
 - every element is converted exactly to float64 and the p-th powers are summed with
-  :func:`math.fsum` (a correctly rounded sum, so the element order does not matter);
+  ``math.fsum`` (a correctly rounded sum, so the element order does not matter);
 - when that plain sum overflows or falls below ``2**-969`` (where float64 starts losing
   relative precision) the norm is recomputed on elements scaled by a power of two close to the
   largest magnitude, so no norm overflows or underflows when the true value is a finite, normal
@@ -20,7 +20,7 @@ It is written for clarity, not speed:
   round-to-nearest-even conversion for float16 and bfloat16).
 
 It imports neither the compiled extension nor :mod:`gradclip`'s ``__init__`` helpers, only
-:mod:`gradclip._errors` and :mod:`gradclip._result`, so it works when the extension is missing.
+``gradclip._errors`` and ``gradclip._result``, so it works when the extension is missing.
 Its modules: ``_inputs`` (dtypes, bound rounding, argument checks), ``_arith`` (norms and
 writes), ``_functions`` (the PyTorch-style functions and :class:`GradientSet`), ``_training``
 (mixed precision, AGC, per-example clipping), ``_stateful`` (AutoClip, ZClip). ``ml_dtypes`` is

@@ -48,7 +48,7 @@ def get_total_norm(
         float16, bfloat16, float32 or float64 arrays (or objects NumPy views without a copy);
         ``None`` entries are skipped.
     norm_type : float, default 2.0
-        p > 0, or ``inf`` for max |x|.
+        p > 0, or ``inf`` for ``max |x|``.
     error_if_nonfinite : bool, default False
         Raise :class:`NonFiniteNormError` when the norm is NaN or infinite.
 
@@ -106,13 +106,14 @@ def clip_grad_norm_(
     return_result : bool, default False
         Return a :class:`ClipResult` instead of the norm.
     per_tensor_norms : bool, default False
-        Also report each array's norm (in a ClipResult); the total is then the norm of those
-        norms.
+        Also report each array's norm, in a ClipResult, which the call then returns even
+        without ``return_result``; the total is then the norm of those norms.
 
     Returns
     -------
     float or ClipResult
-        The total norm before clipping.
+        The total norm before clipping, or the record when ``return_result`` or
+        ``per_tensor_norms`` is True.
 
     Examples
     --------

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.array_utils import byte_bounds
 
 Array = npt.NDArray[Any]
 Float64Array = npt.NDArray[np.float64]
@@ -218,7 +217,7 @@ def _view(obj: object, where: str, write: bool = True) -> Array:
         raise TypeError(f"{where} is a masked array: its masked entries would be clipped too")
     if isinstance(obj, np.ndarray):
         return obj
-    if isinstance(obj, (np.generic, numbers.Number, str, bytes)):
+    if isinstance(obj, (str, bytes)) or (write and isinstance(obj, (np.generic, numbers.Number))):
         raise TypeError(f"{where} is a {type(obj).__name__}, not an array")
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor) and obj.requires_grad:
@@ -245,9 +244,36 @@ def _view(obj: object, where: str, write: bool = True) -> Array:
         ) from exc
 
 
+def _jax_tree(tree: object) -> bool:
+    """Whether JAX is imported and ``tree`` holds a node that only JAX knows (a registered
+    dataclass or custom node): then ``jax.tree_util`` defines the tree, its leaves and their
+    order (None kept as a leaf, so positions count it)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return False
+
+    def holds(node: object, depth: int) -> bool:
+        if node is None or isinstance(node, np.ndarray) or depth > 200:
+            return False
+        if isinstance(node, dict):
+            return any(holds(v, depth + 1) for v in node.values())
+        if isinstance(node, (list, tuple)):
+            return any(holds(v, depth + 1) for v in node)
+        with warnings.catch_warnings():  # JAX warns that a generator is a leaf: it is one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node))
+
+    return holds(tree, 0)
+
+
 def _leaves(grads: object, name: str) -> list[tuple[str, object]]:
     """(position name, leaf) for every leaf of a pytree: lists, tuples (named tuples too) and
-    dicts nested to any depth, depth first, dicts in their iteration order."""
+    dicts nested to any depth, depth first, dicts in their iteration order; a JAX tree (see
+    ``_jax_tree``) in ``jax.tree_util``'s order, named by its key paths."""
+    if _jax_tree(grads):
+        tu = sys.modules["jax"].tree_util
+        pairs = tu.tree_flatten_with_path(grads, is_leaf=lambda x: x is None)[0]
+        return [(name + tu.keystr(path), leaf) for path, leaf in pairs]
     out: list[tuple[str, object]] = []
 
     def visit(node: object, path: str, depth: int) -> None:
@@ -288,12 +314,11 @@ def _check_array(arr: Array, where: str) -> None:
 
 
 def _check_no_overlap(arrays: Sequence[Array | None], names: Sequence[str]) -> None:
-    """Reject two arrays whose byte ranges [lowest, highest+1) intersect.
-
-    Conservative: interleaved strided views such as ``a[::2]`` and ``a[1::2]`` share no
-    element but their byte ranges intersect, and they are rejected. Zero-size arrays never
-    overlap anything.
-    """
+    """Reject two arrays that share an element (at least one byte). Zero-size arrays never
+    overlap anything. ``np.shares_memory`` decides it exactly, so disjoint views of one
+    buffer (``a[::2]`` and ``a[1::2]``, the column blocks of a fused matrix) are accepted;
+    the compiled path bounds the solver's work and refuses a pair beyond the bound, which the
+    reference (no bound) decides."""
     # checked once every entry has passed its type checks, as the compiled path does
     for i, arr in enumerate(arrays):
         if arr is not None and _may_self_overlap(arr):
@@ -301,23 +326,11 @@ def _check_no_overlap(arrays: Sequence[Array | None], names: Sequence[str]) -> N
                 f"{names[i]} has elements that share memory (e.g. a stride-0 view); writing to "
                 "it in place would apply the update more than once"
             )
-    spans: list[tuple[int, int, int]] = []
-    for i, arr in enumerate(arrays):
-        if arr is not None and arr.size > 0:
-            low, high = byte_bounds(arr)
-            spans.append((low, high, i))
-    spans.sort()
-    reach_high, reach_index = -1, -1
-    for low, high, i in spans:
-        if low < reach_high:
-            first, second = sorted((reach_index, i))
-            raise ValueError(
-                f"{names[first]} and {names[second]} overlap in memory (the same memory twice "
-                "or views whose byte ranges intersect; interleaved strided views count as "
-                "overlapping)"
-            )
-        if high > reach_high:
-            reach_high, reach_index = high, i
+    present = [(i, a) for i, a in enumerate(arrays) if a is not None and a.size > 0]
+    for j, (second, b) in enumerate(present):
+        for first, a in present[:j]:
+            if np.shares_memory(a, b):
+                raise ValueError(f"{names[first]} and {names[second]} overlap in memory")
 
 
 def _as_arrays(grads: object, name: str = "grads", use: str = "write") -> list[Array | None]:
@@ -332,7 +345,9 @@ def _as_arrays(grads: object, name: str = "grads", use: str = "write") -> list[A
     the position.
     """
     items: list[tuple[str, object]]
-    if _is_single_array(grads):
+    if _jax_tree(grads):
+        items = _leaves(grads, name)
+    elif _is_single_array(grads):
         items = [(name, grads)]
     elif isinstance(grads, Mapping):
         items = _leaves(dict(grads), name)
@@ -381,6 +396,9 @@ def _in_structure(tree: Any, values: list[Any], outer_list: bool = False) -> Any
     """``values`` (one per leaf, in order) in the structure of ``tree``: dicts, named tuples
     and nested containers rebuilt (the outermost list or tuple as a list with
     ``outer_list``); a single array gives its value."""
+    if _jax_tree(tree):
+        tu = sys.modules["jax"].tree_util
+        return tu.tree_structure(tree, is_leaf=lambda x: x is None).unflatten(values)
     it = iter(values)
 
     def build(node: Any) -> Any:

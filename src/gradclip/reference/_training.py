@@ -12,7 +12,15 @@ from numpy.lib.array_utils import normalize_axis_tuple
 
 from .._result import ClipResult
 from ._arith import _coefficient, _pnorm, _present, _scale
-from ._inputs import _as_arrays, _check_eps, _check_max_norm, _check_norm_type, _in_structure, _real
+from ._inputs import (
+    _as_arrays,
+    _check_eps,
+    _check_max_norm,
+    _check_norm_type,
+    _in_structure,
+    _real,
+    _round_to_dtype,
+)
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
 
@@ -34,23 +42,45 @@ def unscale_clip_grad_norm_(
     per_tensor_norms: bool = False,
 ) -> ClipResult:
     """Reference for :func:`gradclip.unscale_clip_grad_norm_`: the unscaled norm is
-    ``||g|| * inv_scale``; with a finite norm every array is multiplied once by
-    ``inv_scale * min(1, max_norm / (norm + eps))``, otherwise nothing is written."""
+    ``||g|| * inv_scale``; with a finite norm, and no element whose unscaled value
+    ``x * inv_scale`` (rounded once to its dtype) is infinite, every array is multiplied once
+    by ``inv_scale * min(1, max_norm / (norm + eps))``; otherwise nothing is written and the
+    norm is ``inf`` (an array with an overflowing element has an infinite norm)."""
     max_norm = _check_max_norm(max_norm)
     inv = _positive(inv_scale, "inv_scale")
     p = _check_norm_type(norm_type)
     eps = _check_eps(eps)
     arrays = _as_arrays(grads)
     present = _present(arrays)
+
+    def overflows(a: np.ndarray) -> bool:
+        if a.size == 0:
+            return False
+        m = float(np.max(np.abs(a.astype(np.float64))))
+        return math.isfinite(m) and math.isinf(_round_to_dtype(m * inv, a.dtype))
+
     norms = None
     if per_tensor_norms:
-        norms = np.array([0.0 if a is None else _pnorm([a], p) * inv for a in arrays])
+        norms = np.array(
+            [
+                0.0 if a is None else math.inf if overflows(a) else _pnorm([a], p) * inv
+                for a in arrays
+            ]
+        )
     raw = _pnorm(present, p)
+    if math.isfinite(raw) and any(overflows(a) for a in present):
+        raw = math.inf
     total = raw * inv
     if not math.isfinite(raw):
         return ClipResult(total, 1.0, False, True, norms)
     coef = min(1.0, _coefficient(max_norm, total, eps))
     factor = inv * coef
+    # a factor beyond float32's range goes in exact power-of-two steps first (products stay
+    # finite: no unscaled value overflows)
+    while abs(factor) > float(np.finfo(np.float32).max):
+        for a in present:
+            _scale(a, 2.0**127)
+        factor /= 2.0**127
     if factor != 1.0:
         for a in present:
             _scale(a, factor)

@@ -1,0 +1,71 @@
+// What every target's SIMD layer (simd/<layer>.hpp) builds on: scalar access to one element
+// of each type, and address arithmetic for masked loads. Portable C++.
+//
+// Everything in simd/ has internal linkage (an unnamed namespace): each header is compiled
+// into one kernel copy per target, each with its own -m flags, and a function with external
+// linkage shared between them could be resolved by the linker to the AVX-512 copy and then
+// run on a CPU without AVX-512 (half.hpp is static inline for the same reason).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "gradclip/types.hpp"
+#include "half.hpp"
+#include "kernels.hpp"
+
+namespace gradclip::simd {
+namespace {
+
+// memcpy loads: the data may be unaligned (a view at an odd byte offset is legal input).
+template <DType D>
+struct Elem;
+
+template <>
+struct Elem<DType::F64> {
+    static double load(const char* p, std::size_t k) noexcept {
+        double v;
+        std::memcpy(&v, p + 8 * k, 8);
+        return v;
+    }
+    static void store(char* p, std::size_t k, double v) noexcept { std::memcpy(p + 8 * k, &v, 8); }
+};
+template <>
+struct Elem<DType::F32> {
+    static float loadf(const char* p, std::size_t k) noexcept {
+        float v;
+        std::memcpy(&v, p + 4 * k, 4);
+        return v;
+    }
+    static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
+    static void storef(char* p, std::size_t k, float v) noexcept { std::memcpy(p + 4 * k, &v, 4); }
+};
+// float16 and bfloat16: 16-bit patterns, computed in float32 (half.hpp's conversions).
+template <float (*ToFloat)(std::uint16_t) noexcept, std::uint16_t (*FromFloat)(float) noexcept>
+struct Elem16 {
+    static float loadf(const char* p, std::size_t k) noexcept {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * k, 2);
+        return ToFloat(h);
+    }
+    static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
+    static void storef(char* p, std::size_t k, float v) noexcept {
+        const std::uint16_t h = FromFloat(v);
+        std::memcpy(p + 2 * k, &h, 2);
+    }
+};
+template <>
+struct Elem<DType::F16> : Elem16<detail::half_to_float, detail::float_to_half> {};
+template <>
+struct Elem<DType::BF16> : Elem16<detail::bf16_to_float, detail::float_to_bf16> {};
+
+// p + off for an offset that may point before p: masked loads address whole vector groups
+// of which only some lanes are inside the array. Computed on integers, not as pointer
+// arithmetic outside the array.
+inline const char* addr(const char* p, std::ptrdiff_t off) noexcept {
+    return reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(off));
+}
+
+}  // namespace
+}  // namespace gradclip::simd

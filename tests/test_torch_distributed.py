@@ -1,0 +1,189 @@
+"""gradclip.torch on sharded gradients: 2 and 3 gloo ranks on the CPU.
+
+Each world size starts its ranks once (tests/torch_dist_worker.py runs every scenario, a
+file store in a temporary directory rendezvouses them) and every test reads the ranks'
+reports. The ranks are bounded in time: a rank stuck in a collective fails the tests
+instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch.distributed tests need PyTorch")
+if not torch.distributed.is_available():  # pragma: no cover - builds without distributed
+    pytest.skip("this PyTorch build has no torch.distributed", allow_module_level=True)
+
+WORKER = Path(__file__).with_name("torch_dist_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 150  # seconds for one world size, all scenarios (about 10 s when nothing hangs)
+
+
+def run_ranks(n: int, tmp: Path) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs, outs = [], []
+    for rank in range(n):
+        out = tmp / f"rank{rank}.json"
+        log = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
+        cmd = [sys.executable, str(WORKER), str(rank), str(n), str(tmp / "store"), str(out)]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        outs.append(out)
+    failed = []
+    for rank, (proc, log) in enumerate(procs):
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for p, _ in procs:
+                p.kill()
+            proc.wait()
+            failed.append(f"rank {rank} timed out after {TIMEOUT} s (a hang in a collective?)")
+        log.close()
+        if proc.returncode != 0 and not failed:
+            failed.append(f"rank {rank} exited with {proc.returncode}")
+    if failed:
+        logs = "\n".join((tmp / f"rank{r}.log").read_text()[-3000:] for r in range(n))
+        pytest.fail("; ".join(failed) + "\n" + logs)
+    return [json.loads(o.read_text()) for o in outs]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def reports(request, tmp_path_factory):
+    return run_ranks(request.param, tmp_path_factory.mktemp(f"ranks{request.param}"))
+
+
+def scenario(reports: list[dict], name: str) -> list[dict]:
+    got = [r.get(name, {"crashed": "not reached"}) for r in reports]
+    for rank, r in enumerate(got):
+        assert "crashed" not in r, f"rank {rank}, scenario {name}:\n{r['crashed']}"
+    return got
+
+
+def same_on_every_rank(rs: list[dict], key: str) -> dict:
+    first = rs[0][key]
+    for rank, r in enumerate(rs):
+        assert r[key] == first, f"rank {rank} differs from rank 0 in {key}: {r[key]} != {first}"
+    return first
+
+
+@pytest.mark.parametrize(
+    "name", ["fsdp", "fsdp_offload", "fsdp_f64", "fsdp_offload_f64", "fsdp_p3", "fsdp_inf"]
+)
+def test_fsdp2_norm_and_clip(reports, name):
+    rs = scenario(reports, name)
+    norm = same_on_every_rank(rs, "norm")  # value, dtype and bits
+    ref = rs[0]["ref"]  # the float64 norm of the unsharded gradients
+    assert norm["type"] == "DTensor" and norm["placements"] == ["R"] and norm["shape"] == []
+    if norm["dtype"] == "torch.float64":
+        assert abs(norm["value"] - ref) <= 1e-12 * ref
+    else:  # the float64 norm rounded once to float32, as the gradients are
+        assert norm["dtype"] == "torch.float32"
+        assert norm["value"] == float(np.float32(ref))
+    for r in rs:
+        assert r["same_storage"], "the gradients were replaced instead of written in place"
+        assert r["local_devices"] == ["cpu"]
+        # every element scaled by max_norm / (norm + eps): the write reached the DTensors
+        assert r["clip_rel_err"] <= (1e-15 if norm["dtype"] == "torch.float64" else 1e-6)
+    again = same_on_every_rank(rs, "again")
+    assert abs(again["value"] - rs[0]["again_ref"]) <= 1e-6 * rs[0]["again_ref"]
+
+
+def test_replicate_counts_once(reports):
+    rs = scenario(reports, "placements")
+    norm = same_on_every_rank(rs, "norm")
+    assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
+    assert same_on_every_rank(rs, "clipper_norm") == norm  # GradClipper: the same
+    assert all(r["a_ok"] and r["b_ok"] for r in rs)
+    assert all(r["with_norm_ok"] for r in rs)  # clip_grads_with_norm_, a DTensor norm
+    assert all(r["value_ok"] for r in rs)  # clip_grad_value_, element-wise on the shards
+
+
+def test_two_dimensional_mesh(reports):
+    rs = scenario(reports, "mesh2d")
+    norm = same_on_every_rank(rs, "norm")
+    assert norm["placements"] == ["R", "R"]
+    assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
+
+
+def test_group_for_hand_sharded_tensors(reports):
+    rs = scenario(reports, "group")
+    norm = same_on_every_rank(rs, "norm")
+    assert norm["type"] == "Tensor" and norm["shape"] == [] and norm["dtype"] == "torch.float32"
+    assert norm["value"] == float(np.float32(rs[0]["ref"]))
+    assert rs[0]["clip_rel_err"] <= 1e-6
+    inf = same_on_every_rank(rs, "inf")
+    assert math.isclose(inf["value"], rs[0]["inf_ref"], rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "text"),
+    [
+        ("nonfinite", "NonFiniteNormError", "non-finite (inf)"),
+        ("fsdp_nonfinite", "NonFiniteNormError", "non-finite (nan)"),
+        ("bad_dtype", "TypeError", "tensors[1] has dtype torch.int32"),
+        ("twice", "ValueError", "parameters[0].grad and parameters[2].grad are the same"),
+        ("bad_max_norm", "ValueError", "max_norm must be finite and > 0"),
+        ("partial", "ValueError", "parameters[0].grad has a Partial placement"),
+        ("two_meshes", "ValueError", "parameters[1].grad is on device mesh"),
+        ("mixed", "TypeError", "parameters[1].grad is a Tensor while parameters[0].grad"),
+        ("group_and_dtensor", "ValueError", "parameters[0].grad is a DTensor: pass group=None"),
+    ],
+)
+def test_errors_raise_on_every_rank(reports, case, kind, text):
+    rs = scenario(reports, "errors")
+    for rank, r in enumerate(rs):
+        assert r[case]["raised"] == kind, f"rank {rank}: {r[case]}"
+        assert text in r[case]["message"]
+        untouched = {
+            "nonfinite": "nonfinite_untouched",
+            "fsdp_nonfinite": "fsdp_untouched",
+            "twice": "twice_untouched",
+            "bad_max_norm": "bad_max_norm_untouched",
+        }
+        if case in untouched:
+            assert r[untouched[case]], f"rank {rank} wrote after {case}"
+    if case in ("bad_dtype", "twice", "bad_max_norm"):  # bad on one rank: the others say which
+        others = [r[case]["message"] for r in rs if r[case]["message"].startswith("rank ")]
+        assert len(others) == len(rs) - 1
+
+
+def test_ranks_in_step_after_errors(reports):
+    rs = scenario(reports, "errors")
+    assert math.isclose(same_on_every_rank(rs, "after")["value"], math.sqrt(len(rs)), rel_tol=1e-7)
+
+
+def test_fsdp2_example_trains_in_step(tmp_path):
+    """examples/fsdp2_train.py, quick setting: 2 ranks end with the same parameters, equal to
+    a single process trained on the whole batches with the same clipping."""
+    script = ROOT / "examples" / "fsdp2_train.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(script), "--steps", "5", "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every rank ends with the same parameters" in done.stdout
+
+
+def test_group_must_be_a_process_group():
+    import gradclip.torch as gt
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.ones(2)
+    if not torch.distributed.is_initialized():
+        with pytest.raises(RuntimeError, match="needs torch.distributed initialised"):
+            gt.clip_grad_norm_([w], 1.0, group=object())
+    with pytest.raises(TypeError, match="group must be a torch.distributed ProcessGroup"):
+        gt._groups_of(object())
+    assert torch.equal(w.grad, torch.ones(2))
