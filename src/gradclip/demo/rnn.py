@@ -66,9 +66,11 @@ import gradclip
 from . import exact
 from .common import (
     Arm,
+    Claim,
     ClipFn,
     common_cells,
     divergence_lines,
+    expectation_lines,
     fmt,
     global_arm,
     markdown_table,
@@ -629,25 +631,16 @@ def format_table(
 
 
 def _verdicts(results: Sequence[RunResult], config: DemoConfig) -> list[str]:
-    claims: list[tuple[str, str, Callable[[RunResult], bool]]] = [
+    claims: list[Claim] = [
         ("none", "blew up", lambda r: r.diverged),
         ("global", "learned the task", lambda r: r.outcome == "learned"),
     ]
     checked = replace(config, seeds=DemoConfig().seeds) == DemoConfig()
-    lines = [
+    intro = (
         "expected with the default settings: no clipping blows up, global norm clipping "
-        "learns the task" + ("" if checked else " (not checked: the settings differ)")
-    ]
-    for name, what, happened in claims:
-        runs = [r for r in results if r.arm == name]
-        if not runs:
-            continue
-        hits = sum(happened(r) for r in runs)
-        line = f"{name}: {what} on {hits}/{len(runs)} seeds"
-        if checked:
-            line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
-        lines.append(line)
-    return lines + divergence_lines(results)
+        "learns the task"
+    )
+    return expectation_lines(results, claims, intro, checked) + divergence_lines(results)
 
 
 def header(config: DemoConfig) -> str:

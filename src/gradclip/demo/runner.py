@@ -17,13 +17,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-__all__ = ["default_jobs", "run_all"]
+__all__ = ["WORKER_THREADS", "default_jobs", "run_all"]
 
 #: train(runs, config, report) -> one result per (arm, seed) run, in order; report(n) says
 #: that n more run-steps are done
 TrainFn = Callable[[list[tuple[str, int]], Any, Callable[[int], None]], list[Any]]
 
 _progress_queue: Any = None
+
+#: BLAS and OpenMP threads of each worker process. The demo's results do not depend on it
+#: (its products are exact, and gradclip's norms the same bits on any thread count); the
+#: sweep in the project's ``tools/demo_sweep.py`` sets it to show that they do not.
+WORKER_THREADS = 1
 
 
 def _worker_init(progress: Any) -> None:
@@ -50,7 +55,7 @@ def _single_threaded_children() -> Iterator[None]:
         "VECLIB_MAXIMUM_THREADS",
     )
     saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "1"))
+    os.environ.update(dict.fromkeys(names, str(WORKER_THREADS)))
     try:
         yield
     finally:
@@ -67,7 +72,7 @@ def _one_blas_thread() -> AbstractContextManager[object]:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return nullcontext()
-    return threadpool_limits(1, user_api="blas")  # type: ignore[no-any-return]
+    return threadpool_limits(WORKER_THREADS, user_api="blas")  # type: ignore[no-any-return]
 
 
 def default_jobs() -> int:
