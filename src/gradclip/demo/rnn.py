@@ -666,7 +666,8 @@ def save_figure(
         steps=config.steps,
         suptitle=(
             f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
-            f"{config.momentum}\nthick: median of {seeds_phrase(config.seeds)}, thin: each seed"
+            f"{config.momentum}; exact arithmetic: the same curves under any BLAS kernel, CPU "
+            f"and thread count\nthick: median of {seeds_phrase(config.seeds)}, thin: each seed"
         ),
         loss_title=f"Training loss, adding problem with T = {config.seq_len}",
         loss_label="training loss (MSE",

@@ -795,7 +795,8 @@ def save_figure(
         suptitle=(
             f"gradclip demo: residual CNN without normalisation ({config.width} channels, "
             f"{config.blocks} blocks) on 8x8 digits, batch {config.batch}, SGD lr {config.lr}, "
-            f"momentum {config.momentum}\nthick: median of {seeds_phrase(config.seeds)}, "
+            f"momentum {config.momentum}\nexact arithmetic: the same curves under any BLAS "
+            f"kernel, CPU and thread count; thick: median of {seeds_phrase(config.seeds)}, "
             "thin: each seed"
         ),
         loss_title="Training loss, digits",
