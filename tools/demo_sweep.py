@@ -43,8 +43,9 @@ SETTINGS = (
     ("Prescott", NUMPY_AVX2, "avx512", 1),
     ("Haswell", NUMPY_AVX2, "avx2", 2),
 )
-#: OpenBLAS 0.3.31 (NumPy 2.4's) runs its Haswell kernels for OPENBLAS_CORETYPE=Zen, and its
-#: SkylakeX ones for Cooperlake (threadpoolctl reports which): no rows of their own
+#: Kernel names OpenBLAS may run another kernel for (0.3.31, NumPy 2.4's, runs Haswell for
+#: Zen and SkylakeX for Cooperlake): the page says which kernel each one ran
+ALIASES = ("Zen", "SkylakeX", "Cooperlake")
 TASKS = ("rnn", "vision")
 _ENV_PREFIXES = ("OPENBLAS", "NPY_", "OMP_", "GRADCLIP_CPU_TARGET", "MKL_")
 
@@ -110,6 +111,17 @@ def child(task_names: list[str], threads: int, quick: bool, save: str | None) ->
     print(json.dumps(out))
 
 
+def _kernel_for(base: dict[str, str], coretype: str) -> str:
+    """The OpenBLAS kernel NumPy's OpenBLAS runs for ``OPENBLAS_CORETYPE=coretype``."""
+    code = (
+        "import numpy\nfrom threadpoolctl import threadpool_info\n"
+        "print(*[i.get('architecture') for i in threadpool_info() if i['user_api'] == 'blas'])"
+    )
+    env = {**base, "OPENBLAS_CORETYPE": coretype}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
 def _cpu() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
@@ -149,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     digests: dict[str, set[str]] = {name: set() for name in tasks}
     all_ok = True
     started = datetime.datetime.now(datetime.timezone.utc)
+    aliases = {name: _kernel_for(base, name) for name in ALIASES}
     wall = time.perf_counter()
     for index, (coretype, numpy_off, target, threads) in enumerate(SETTINGS):
         env = dict(base)
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(" | ".join(cells), file=sys.stderr, flush=True)
         # the page so far after every setting, so that an interrupted sweep keeps its rows
         minutes = (time.perf_counter() - wall) / 60
-        page = _page(tasks, rows, digests, all_ok, seen, started, minutes, args.quick)
+        page = _page(tasks, rows, digests, all_ok, seen, started, minutes, args.quick, aliases)
         if args.out == "-":
             if index == len(SETTINGS) - 1:
                 print(page)
@@ -206,6 +219,7 @@ def _page(
     started: datetime.datetime,
     minutes: float,
     quick: bool,
+    aliases: dict[str, str],
 ) -> str:
     head = ["OPENBLAS_CORETYPE", "kernel used", "NumPy SIMD", "gradclip target", "threads"]
     for name in tasks:
@@ -242,6 +256,11 @@ def _page(
     lines.append(
         "- The demo's expectation check: "
         + ("as expected under every setting." if all_ok else "NOT as expected somewhere.")
+    )
+    lines.append(
+        "- Other kernel names, no rows of their own: "
+        + "; ".join(f"`OPENBLAS_CORETYPE={k}` runs the {v} kernel" for k, v in aliases.items())
+        + "."
     )
     lines += ["", f"The {len(rows)} settings took {minutes:.0f} minutes in all.", ""]
     for name in tasks:
