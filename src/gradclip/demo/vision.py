@@ -41,8 +41,9 @@ and sums in an order fixed by the arrays' shapes.
 
 Why these defaults (:class:`VisionConfig`): 8 channels, batch 128 and 200 steps (17 epochs)
 keep the 15 runs under a minute on two cores; at learning rate 1.6 the unclipped network
-overflows on every seed (at 3.2 and 6.4 too, within 60 steps), while global norm clipping at
-1.6 learns on every seed (at 3.2 it did not: 31% on the one seed tried).
+overflows on every seed (at 3.2 and 6.4 too, on every seed tried, within 40 steps), while
+global norm clipping at 1.6 learns on every seed (at 3.2 it did not: 31% on the one seed
+tried).
 """
 
 from __future__ import annotations
