@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +96,7 @@ def test_forward_matches_the_naive_network() -> None:
 def test_backward_matches_central_finite_differences(seed: int) -> None:
     params, x, y = _tiny_problem(seed)
     _, grads = vision.loss_and_grads(params, x, y)
-    names = vision.param_names(2)
+    names = vision.param_names(2, ws=False)
     assert len(names) == len(params) == len(grads) == 12
     step = 1e-6
     for name, p, g in zip(names, params, grads, strict=True):
@@ -118,8 +121,9 @@ def test_large_batches_in_chunks_give_the_whole_batch_gradient() -> None:
     x = rng.standard_normal((vision._CHUNK * 2 + 5, 8, 8, 1))
     y = rng.integers(0, 10, len(x))
     loss, grads = vision.loss_and_grads(params, x, y)
-    parts = [slice(0, 70), slice(70, len(x))]
-    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x)) for s in parts]
+    parts = [slice(0, vision._CHUNK + 3), slice(vision._CHUNK + 3, len(x))]
+    convs = vision._layers(params)[0]
+    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x), convs) for s in parts]
     assert loss == pytest.approx(sum(p[0] for p in pieces), rel=1e-12)
     for g, a, b in zip(grads, pieces[0][1], pieces[1][1], strict=True):
         np.testing.assert_allclose(g, a + b, rtol=1e-10, atol=1e-14)
@@ -177,12 +181,12 @@ def test_fixed_threshold_arms_bound_the_update_by_max_norm(name: str) -> None:
     assert gradclip.get_total_norm(grads) <= config.max_norm * (1 + 1e-5)
 
 
-# Quick mode: 30 steps at the default learning rate. Within them nothing is robust about the
-# loss: the unclipped runs blow up only after 40-60 steps, and at this learning rate even the
-# clipped runs' loss first rises (value clipping's passed 10x chance on one seed). So the quick
-# runs test the mechanism: the unclipped gradient exceeds max_norm, the fixed-threshold arms
-# hand the update a gradient of norm <= max_norm at every step, AGC clips every step, and
-# global norm clipping and AGC keep every value finite.
+# Quick mode: 45 steps at the default learning rate, the first 45 steps of the default runs.
+# The arithmetic is the same bits on every machine (the test at the end of this file), so
+# what the quick runs do is a fact, not a chance: the unclipped run blows up on both seeds
+# (at steps 39 and 17), and every clipped arm keeps every value finite. The mechanism is
+# checked too: the fixed-threshold arms hand the update a gradient of norm <= max_norm at
+# every step, and AGC clips every step.
 
 
 @pytest.mark.parametrize("seed", range(vision.QUICK.seeds))
@@ -192,22 +196,19 @@ def test_quick_mode_runs(arm: str, seed: int) -> None:
     steps = run.steps_run
     assert len(run.eval_steps) == len(run.eval_accuracy) and run.eval_steps[-1] == steps
     if arm == "none":
-        assert run.clipped == 0
+        assert run.clipped == 0 and run.diverged and run.stopped
         np.testing.assert_array_equal(run.clipped_norm[:steps], run.grad_norm[:steps])
-        assert float(np.nanmax(run.grad_norm)) > 2 * vision.QUICK.max_norm
         return
-    assert run.clipped > 0
+    assert run.clipped > 0 and not run.diverged
     fired = run.clipped_norm[:steps] < run.grad_norm[:steps]
     assert int(fired.sum()) == run.clipped  # a step counted as clipped shrank the gradient
     if arm == "agc":
         assert run.clipped == steps
     else:
-        finite = np.isfinite(run.clipped_norm[:steps])
-        assert np.all(run.clipped_norm[:steps][finite] <= vision.QUICK.max_norm * (1 + 1e-5))
-    if arm in ("global", "agc"):
-        assert steps == vision.QUICK.steps and not run.stopped
-        assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
-        assert math.isfinite(run.test_loss)
+        assert np.all(run.clipped_norm[:steps] <= vision.QUICK.max_norm * (1 + 1e-5))
+    assert steps == vision.QUICK.steps and not run.stopped
+    assert np.all(np.isfinite(run.loss)) and np.all(np.isfinite(run.grad_norm))
+    assert math.isfinite(run.test_loss)
 
 
 def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
@@ -252,3 +253,114 @@ def test_command_line_options_of_the_other_task_are_refused(
     assert "--width applies to --task vision only" in capsys.readouterr().err
     assert demo_package.main(["demo", "--task", "vision", "--batch", "5000"]) == 2
     assert "batch must be at most 1500" in capsys.readouterr().err
+
+
+def test_weight_standardisation_backward_matches_central_finite_differences() -> None:
+    # L = sum(G * W_hat(W, gain)) for a fixed G: its gradient is what standardise_backward
+    # returns for the incoming gradient G; float64 throughout
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3, 3, 2))
+    gain = 1 + 0.3 * rng.standard_normal(4)
+    g_hat = rng.standard_normal(w.shape)
+
+    def loss(w_: np.ndarray, gain_: np.ndarray) -> float:
+        return float(np.sum(g_hat * vision.standardise(w_, gain_)[0]))
+
+    w_hat, saved = vision.standardise(w, gain)
+    # each output channel of W_hat has mean 0 and norm gain * RELU_GAIN
+    flat = w_hat.reshape(4, -1)
+    np.testing.assert_allclose(flat.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=1), np.abs(gain) * vision.RELU_GAIN)
+    d_w, d_gain = vision.standardise_backward(g_hat, saved)
+    step = 1e-6
+    numeric_w = np.empty_like(w)
+    for i in np.ndindex(w.shape):
+        up, down = w.copy(), w.copy()
+        up[i] += step
+        down[i] -= step
+        numeric_w[i] = (loss(up, gain) - loss(down, gain)) / (2 * step)
+    numeric_gain = np.empty_like(gain)
+    for i in range(len(gain)):
+        up, down = gain.copy(), gain.copy()
+        up[i] += step
+        down[i] -= step
+        numeric_gain[i] = (loss(w, up) - loss(w, down)) / (2 * step)
+    np.testing.assert_allclose(d_w, numeric_w, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(d_gain, numeric_gain, rtol=1e-6, atol=1e-8)
+
+
+def test_backward_with_weight_standardisation_matches_finite_differences() -> None:
+    # the whole network with scaled weight standardisation, float64: loss_and_grads' own
+    # forward pass gives the reference loss (the naive network above has no standardisation)
+    rng = np.random.default_rng(2)
+    params = vision.init_params(rng, width=3, blocks=1, dtype=np.float64, ws=True)
+    for p in params:
+        p += 0.2 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((3, 5, 4, 1))
+    y = rng.integers(0, 10, 3)
+    _, grads = vision.loss_and_grads(params, x, y)
+    names = vision.param_names(1, ws=True)
+    assert len(names) == len(params) == len(grads) == 11
+    step = 1e-6
+    for name, p, g in zip(names, params, grads, strict=True):
+        numeric = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            saved = p[i]
+            p[i] = saved + step
+            up = vision.loss_and_grads(params, x, y)[0]
+            p[i] = saved - step
+            down = vision.loss_and_grads(params, x, y)[0]
+            p[i] = saved
+            numeric[i] = (up - down) / (2 * step)
+        rel = np.linalg.norm(g - numeric) / np.linalg.norm(numeric)
+        assert rel < 1e-6, f"{name}: relative error {rel:.2e}"
+
+
+_DIGEST = """
+import hashlib, json
+import gradclip
+from dataclasses import replace
+from threadpoolctl import threadpool_info
+from gradclip.demo import vision
+config = replace(vision.QUICK, steps=12, seeds=1, width=4, batch=64, eval_every=6)
+digest = hashlib.sha256()
+for arm in ("none", "global", "agc"):
+    r = vision.train(arm, 0, config)
+    digest.update(r.loss.tobytes() + r.grad_norm.tobytes() + r.eval_accuracy.tobytes())
+blas = [i.get("architecture") for i in threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps([digest.hexdigest(), blas, gradclip.cpu_target()]))
+"""
+
+
+def test_training_is_the_same_bits_under_other_blas_kernels_and_cpu_targets() -> None:
+    # the property behind the demo's claims: the run's arithmetic does not depend on the BLAS
+    # kernel (OpenBLAS's SkylakeX, Haswell, Sandybridge and SSE-only kernels round float32
+    # products differently), its thread count, NumPy's SIMD paths or gradclip's CPU target,
+    # so a run gives the same bits on every machine
+    pytest.importorskip("threadpoolctl", exc_type=ImportError)
+    import json
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "NPY_", "OMP"))}
+    targets = gradclip.available_cpu_targets()
+    settings = [
+        {"OPENBLAS_NUM_THREADS": "1", "GRADCLIP_CPU_TARGET": targets[-1]},
+        {
+            "OPENBLAS_CORETYPE": "Sandybridge",
+            "OPENBLAS_NUM_THREADS": "2",
+            "NPY_DISABLE_CPU_FEATURES": "AVX512_ICL,X86_V4,X86_V3",
+            "GRADCLIP_CPU_TARGET": targets[0],
+        },
+    ]
+    seen = []
+    for extra in settings:
+        done = subprocess.run(
+            [sys.executable, "-c", _DIGEST],
+            env={**base, **extra},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        seen.append(json.loads(done.stdout))
+    assert seen[0][0] == seen[1][0]
+    if len(targets) > 1:  # the settings took effect: another gradclip target ran
+        assert seen[0][2] != seen[1][2]

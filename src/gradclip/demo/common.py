@@ -21,10 +21,12 @@ import gradclip
 __all__ = [
     "CLIP_EPS",
     "Arm",
+    "Claim",
     "ClipFn",
     "RunResult",
     "common_cells",
     "divergence_lines",
+    "expectation_lines",
     "fmt",
     "global_arm",
     "markdown_table",
@@ -217,4 +219,27 @@ def divergence_lines(results: Sequence[RunResult]) -> list[str]:
             parts.append(part)
         if parts:
             lines.append(f"{name}: diverged: " + "; ".join(parts))
+    return lines
+
+
+#: One claim of a task: (arm name, what happened, whether it happened in a run).
+Claim = tuple[str, str, Callable[[Any], bool]]
+
+
+def expectation_lines(
+    results: Sequence[RunResult], claims: Sequence[Claim], intro: str, checked: bool
+) -> list[str]:
+    """The expectation check under a table: for each claim, on how many seeds it held and,
+    when the settings are the defaults the claims were made for (``checked``), whether it
+    held on a majority of them ("as expected" / "NOT as expected")."""
+    lines = [intro + ("" if checked else " (not checked: the settings differ)")]
+    for name, what, happened in claims:
+        runs = [r for r in results if r.arm == name]
+        if not runs:
+            continue
+        hits = sum(bool(happened(r)) for r in runs)
+        line = f"{name}: {what} on {hits}/{len(runs)} seeds"
+        if checked:
+            line += ": as expected" if 2 * hits > len(runs) else ": NOT as expected"
+        lines.append(line)
     return lines

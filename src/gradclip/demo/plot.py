@@ -17,18 +17,21 @@ from .common import Arm, RunResult
 
 __all__ = ["FigureSpec", "plot_runs"]
 
-#: One colour, line style and marker per arm, in table order. Styles differ, so a line that
-#: runs on top of another (value clipping and AutoClip, both at the RNN's baseline) still
-#: shows through its gaps, and each median carries its arm's marker every tenth window, the
-#: arms' markers offset from each other, so that every arm stays visible where lines coincide.
-_STYLES = (
-    ("#d62728", "-", "v"),
-    ("#1f77b4", "-", "o"),
-    ("#2ca02c", (0, (5, 2)), "s"),
-    ("#9467bd", (0, (1.5, 1.5)), "D"),
-    ("#ff7f0e", (0, (6, 2, 1.5, 2)), "^"),
-    ("#8c564b", (0, (3, 1)), "P"),
-)
+#: One colour, line style and marker per arm, by name, the same in every task's figure.
+#: Styles differ, so a line that runs on top of another (value clipping and AutoClip, both at
+#: the RNN's baseline) still shows through its gaps, and each median carries its arm's marker
+#: every tenth window, the arms' markers offset from each other, so that every arm stays
+#: visible where lines coincide.
+_STYLE_BY_ARM = {
+    "none": ("#d62728", "-", "v"),
+    "global": ("#1f77b4", "-", "o"),
+    "per-tensor": ("#2ca02c", (0, (5, 2)), "s"),
+    "value": ("#9467bd", (0, (1.5, 1.5)), "D"),
+    "autoclip": ("#ff7f0e", (0, (6, 2, 1.5, 2)), "^"),
+    "agc": ("#8c564b", (0, (3, 1)), "P"),
+}
+#: for an arm of another name
+_OTHER_STYLE = ("#7f7f7f", (0, (4, 1, 1, 1)), "X")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,8 @@ def plot_runs(
     zoom_top = _zoom_top(results, edges)
     lowest = loss_top
     marker_seen = {"o": False, "x": False}
-    for index, ((color, style, marker), arm) in enumerate(zip(_STYLES * 2, arms, strict=False)):
+    for index, arm in enumerate(arms):
+        color, style, marker = _STYLE_BY_ARM.get(arm.name, _OTHER_STYLE)
         median_style = {
             "color": color,
             "ls": style,

@@ -1,5 +1,11 @@
 """Running a demo task's arms and seeds: worker processes (one BLAS thread each), or this
-process, with one progress bar over every run's steps. Nothing here is task-specific."""
+process, with one progress bar over every run's steps. Nothing here is task-specific.
+
+A task's training function takes a group of (arm, seed) runs and returns their results in
+order: the RNN task trains a group side by side as one stack of networks (the Python work of
+its recurrence is shared); a task that does not, trains them one after the other. Each
+worker process gets one group, as even in size as the runs allow, or, with
+``group_size=1``, one run at a time (better balanced when runs are long and unstacked)."""
 
 from __future__ import annotations
 
@@ -11,12 +17,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-__all__ = ["default_jobs", "run_all"]
+__all__ = ["WORKER_THREADS", "default_jobs", "run_all"]
 
-#: train(arm, seed, config, report) -> result
-TrainFn = Callable[[str, int, Any, Callable[[int], None]], Any]
+#: train(runs, config, report) -> one result per (arm, seed) run, in order; report(n) says
+#: that n more run-steps are done
+TrainFn = Callable[[list[tuple[str, int]], Any, Callable[[int], None]], list[Any]]
 
 _progress_queue: Any = None
+
+#: BLAS and OpenMP threads of each worker process. The demo's results do not depend on it
+#: (its products are exact, and gradclip's norms the same bits on any thread count); the
+#: sweep in the project's ``tools/demo_sweep.py`` sets it to show that they do not.
+WORKER_THREADS = 1
 
 
 def _worker_init(progress: Any) -> None:
@@ -24,11 +36,11 @@ def _worker_init(progress: Any) -> None:
     _progress_queue = progress
 
 
-def _worker_train(train: TrainFn, arm: str, seed: int, config: Any) -> Any:
+def _worker_train(train: TrainFn, group: list[tuple[str, int]], config: Any) -> list[Any]:
     def report(steps: int) -> None:
-        _progress_queue.put(((arm, seed), steps))
+        _progress_queue.put((group[0], steps))
 
-    return train(arm, seed, config, report)
+    return train(group, config, report)
 
 
 @contextmanager
@@ -43,7 +55,7 @@ def _single_threaded_children() -> Iterator[None]:
         "VECLIB_MAXIMUM_THREADS",
     )
     saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "1"))
+    os.environ.update(dict.fromkeys(names, str(WORKER_THREADS)))
     try:
         yield
     finally:
@@ -60,7 +72,7 @@ def _one_blas_thread() -> AbstractContextManager[object]:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return nullcontext()
-    return threadpool_limits(1, user_api="blas")  # type: ignore[no-any-return]
+    return threadpool_limits(WORKER_THREADS, user_api="blas")  # type: ignore[no-any-return]
 
 
 def default_jobs() -> int:
@@ -76,32 +88,45 @@ def run_all(
     arms: Sequence[str],
     jobs: int | None = None,
     progress: bool = True,
+    group_size: int | None = None,
 ) -> dict[tuple[str, int], Any]:
-    """Run ``train(arm, seed, config, report)`` for every arm and seed ``0 .. config.seeds-1``
-    in ``jobs`` worker processes (0: in this process), with one progress bar over all steps.
+    """Run every arm and seed ``0 .. config.seeds-1`` through ``train(group, config,
+    report)`` in ``jobs`` worker processes (0: in this process), with one progress bar over
+    all steps.
 
     ``train`` must be a module-level function (workers import it by name); ``config`` needs
-    ``seeds`` and ``steps``; ``report(n)`` is how a run says it did n more steps. Returns the
-    results by (arm, seed).
+    ``seeds`` and ``steps``. The runs are split into one group per worker (all in one group
+    in this process), or into groups of ``group_size``. Returns the results by (arm, seed).
     """
     runs = [(arm, seed) for seed in range(config.seeds) for arm in arms]
     if jobs is None:
         jobs = min(default_jobs(), len(runs))
+    if group_size is None:
+        count = max(1, jobs)
+        groups = [runs[i::count] for i in range(count) if runs[i::count]]
+    else:
+        groups = [runs[i : i + group_size] for i in range(0, len(runs), group_size)]
     bar = _progress_bar(len(runs) * config.steps, progress)
     results: dict[tuple[str, int], Any] = {}
     try:
         if jobs == 0:
             with _one_blas_thread():
-                for name, seed in runs:
-                    results[name, seed] = _train_in_process(train, name, seed, config, bar)
+                for group in groups:
+                    _train_in_process(train, group, config, bar, results)
         else:
-            _run_in_workers(train, runs, config, jobs, bar, results)
+            _run_in_workers(train, groups, config, jobs, bar, results)
     finally:
         bar.close()
     return results
 
 
-def _train_in_process(train: TrainFn, name: str, seed: int, config: Any, bar: Any) -> Any:
+def _train_in_process(
+    train: TrainFn,
+    group: list[tuple[str, int]],
+    config: Any,
+    bar: Any,
+    results: dict[tuple[str, int], Any],
+) -> None:
     done = 0
 
     def report(steps: int) -> None:
@@ -109,14 +134,14 @@ def _train_in_process(train: TrainFn, name: str, seed: int, config: Any, bar: An
         done += steps
         bar.update(steps)
 
-    result = train(name, seed, config, report)
-    bar.update(config.steps - done)  # the rest of a run that stopped early
-    return result
+    for key, result in zip(group, train(group, config, report), strict=True):
+        results[key] = result
+    bar.update(len(group) * config.steps - done)  # the rest of runs that stopped early
 
 
 def _run_in_workers(
     train: TrainFn,
-    runs: list[tuple[str, int]],
+    groups: list[list[tuple[str, int]]],
     config: Any,
     jobs: int,
     bar: Any,
@@ -126,7 +151,8 @@ def _run_in_workers(
     # not survive a fork
     context = multiprocessing.get_context("spawn")
     progress = context.Queue()
-    reported = dict.fromkeys(runs, 0)
+    reported = {group[0]: 0 for group in groups}
+    finished: set[tuple[str, int]] = set()
 
     def drain() -> None:
         while True:
@@ -134,7 +160,7 @@ def _run_in_workers(
                 key, steps = progress.get_nowait()
             except queue.Empty:
                 return
-            if key not in results:  # late reports of a finished run are already counted
+            if key not in finished:  # late reports of a finished group are already counted
                 reported[key] += steps
                 bar.update(steps)
 
@@ -144,18 +170,19 @@ def _run_in_workers(
             jobs, mp_context=context, initializer=_worker_init, initargs=(progress,)
         ) as pool,
     ):
-        pending: dict[Future[Any], tuple[str, int]] = {
-            pool.submit(_worker_train, train, name, seed, config): (name, seed)
-            for name, seed in runs
+        pending: dict[Future[Any], list[tuple[str, int]]] = {
+            pool.submit(_worker_train, train, group, config): group for group in groups
         }
         try:
             while pending:
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
                 drain()
                 for future in done:
-                    key = pending.pop(future)
-                    results[key] = future.result()
-                    bar.update(config.steps - reported[key])
+                    group = pending.pop(future)
+                    for key, result in zip(group, future.result(), strict=True):
+                        results[key] = result
+                    finished.add(group[0])
+                    bar.update(len(group) * config.steps - reported[group[0]])
         except BaseException:
             # Ctrl-C or a failed run: do not start the queued runs while shutting down
             for future in pending:
