@@ -29,7 +29,7 @@ def nested():
 
 def test_flatten_gives_the_parse_order():
     t = nested()
-    leaves, spec = _tree.flatten(t)
+    leaves, _spec = _tree.flatten(t)
     parsed = gradclip.GradientSet(t).arrays
     assert len(leaves) == len(parsed) == 7
     for a, b in zip(leaves, parsed, strict=True):

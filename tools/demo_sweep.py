@@ -118,7 +118,9 @@ def _kernel_for(base: dict[str, str], coretype: str) -> str:
         "print(*[i.get('architecture') for i in threadpool_info() if i['user_api'] == 'blas'])"
     )
     env = {**base, "OPENBLAS_CORETYPE": coretype}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True
+    )
     return done.stdout.strip() or "?"
 
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._api import ENGINE_MODE, core_set
-from ._errors import NonFiniteNormError
+from ._errors import raise_nonfinite
 from ._quantiles import SortedNorms, SplitHeaps
 from ._result import ClipResult
 from ._settings import (
@@ -197,12 +197,7 @@ class _StatefulClipper:
         """A NaN or infinite norm: the statistics are never updated with it."""
         mode = self._nonfinite
         if mode == "raise":
-            raise NonFiniteNormError(
-                f"{type(self).__name__}: the total norm of order {self._norm_type} of the "
-                f"gradients is non-finite ({norm}); nothing was modified and the clipper's "
-                "statistics were not updated. Pass nonfinite='skip' to get the result back "
-                "without an error and skip the optimizer step."
-            )
+            raise_nonfinite(norm, self._norm_type, clipper=type(self).__name__)
         if mode == "skip":
             return ClipResult(norm, 1.0, False, True, norms, threshold)
         if mode == "zero":

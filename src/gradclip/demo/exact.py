@@ -112,7 +112,7 @@ class Prepared:
         return out
 
     @property
-    def T(self) -> Prepared:  # noqa: N802  (as ndarray.T)
+    def T(self) -> Prepared:
         """The transpose of the last two axes; the same scales."""
         return Prepared.of(np.swapaxes(self.q, -1, -2), self.scale, self.bits)
 
@@ -132,9 +132,12 @@ def matmul(a: FloatArray | Prepared, b: FloatArray | Prepared) -> FloatArray:
     of matrices broadcast as in :func:`numpy.matmul`; each matrix of a stack has its own
     scale, so a product does not depend on what else is in the stack.
     """
-    if not isinstance(a, Prepared) and not isinstance(b, Prepared):
-        if a.dtype == np.float64 or b.dtype == np.float64:
-            return np.asarray(np.matmul(a, b))
+    if (
+        not isinstance(a, Prepared)
+        and not isinstance(b, Prepared)
+        and np.float64 in (a.dtype, b.dtype)
+    ):
+        return np.asarray(np.matmul(a, b))
     k = (a.q if isinstance(a, Prepared) else a).shape[-1]
     pa = a if isinstance(a, Prepared) else Prepared(a, k)
     pb = b if isinstance(b, Prepared) else Prepared(b, k)

@@ -774,12 +774,12 @@ def _summary(results: Sequence[VisionResult], config: VisionConfig) -> list[str]
         lines.append(line)
     checked = replace(config, seeds=VisionConfig().seeds) == VisionConfig()
     intro = "expected with the default settings: no clipping blows up, global norm clipping learns"
-    return (
-        lines
-        + [""]
-        + expectation_lines(results, CLAIMS, intro, checked)
-        + divergence_lines(results)
-    )
+    return [
+        *lines,
+        "",
+        *expectation_lines(results, CLAIMS, intro, checked),
+        *divergence_lines(results),
+    ]
 
 
 def save_figure(

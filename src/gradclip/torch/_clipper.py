@@ -28,9 +28,9 @@ class GradClipper:
     Each call reads the parameters' current ``.grad``. Once the clipper has seen the same
     gradient tensors (the same objects) on two calls in a row, it keeps a
     :class:`gradclip.GradientSet` over their memory and reuses it while each still has that
-    memory (data pointer, size, dtype, layout); at a change it views the new ones. So ``optimizer.zero_grad()`` (which sets the
-    gradients to None, and the next backward allocates new ones) is safe: the live gradients
-    are always the ones clipped.
+    memory (data pointer, size, dtype, layout); at a change it views the new ones. So
+    ``optimizer.zero_grad()`` (which sets the gradients to None, and the next backward
+    allocates new ones) is safe: the live gradients are always the ones clipped.
 
     The clipper never holds gradient memory: it remembers the last call's gradients through
     weak references, and the set it keeps views their memory without holding the tensors

@@ -122,7 +122,7 @@ def _views(
             try:  # the common case first: torch's numpy() refuses what it cannot view as is
                 view = t.numpy()
             except (RuntimeError, TypeError):  # a parameter, another device, sparse, ...
-                pass
+                view = None
         append(view if view is not None else _array(t, _name(arg, i, single)))
         dtypes.add(t.dtype)
     return arrays, _norm_dtype(dtypes)
