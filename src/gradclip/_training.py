@@ -327,9 +327,9 @@ def clip_per_example_(
         else:
             noise.append(None)
         outs.append(None if a.dtype == np.float64 else np.empty(a.shape[1:], a.dtype))
+    _leaves, spec = flatten(seq)  # the structure too (flattening allocates)
     _, _, clipped, counts, totals = _core.clip_per_example(seq, max_norm, bool(per_layer), eps)
     sums = [_finish_sum(*t) for t in zip(totals, noise, outs, strict=True)]
-    _leaves, spec = flatten(seq)
     # the sums in the input's structure (the outermost list or tuple as a list)
     if spec is not None and spec[0] in (list, tuple):
         spec = (list, spec[1])
