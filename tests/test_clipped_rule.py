@@ -68,3 +68,14 @@ def test_per_example_nan_example_counts_as_clipped(per_layer):
     assert counted == 2
     assert np.isnan(g[0][0]).all()  # the NaN coefficient was written to the whole example
     np.testing.assert_array_equal(g[0][1], [0.01, 0.0])
+
+
+@pytest.mark.parametrize(
+    "coef", [0.0, -0.0, 0.5, np.nextafter(1.0, 0.0), 1.0, 1.5, math.inf, -math.inf, math.nan]
+)
+def test_the_python_rule_is_the_engines(coef: float) -> None:
+    # ClipResult.clipped is decided in Python after the write, where nothing may call into
+    # the core; it must say what the engine's rule says
+    from gradclip._result import clipped
+
+    assert clipped(coef) is _core.clipped(coef)

@@ -251,7 +251,9 @@ def test_thread_local_blocks_exist_before_a_threads_first_call(first: str) -> No
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout)
-    assert got["core"] == [True], got  # pybind11's block, reached by every call
+    # pybind11's block, reached by every call (none where _core has no thread-local variable,
+    # as with pybind11 2.x, which keeps its call frames in Python's thread state)
+    assert all(got["core"]), got
     if first == "numpy":
         assert got["libstdcxx"] == [True], got  # exceptions, std::call_once
 

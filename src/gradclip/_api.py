@@ -33,7 +33,7 @@ from ._inputs import (
 # (the "as" form re-exports ENGINE_MODE for the stateful clippers, PEP 484 style)
 from ._ops import ENGINE_MODE as ENGINE_MODE  # noqa: PLC0414
 from ._ops import ONCE, SET, Norms, Ops
-from ._result import ClipResult
+from ._result import ClipResult, clipped
 from ._slices import clip_by_norm_
 
 T = TypeVar("T")
@@ -276,7 +276,7 @@ def clip_grad_norm_(
     )
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
+    return ClipResult(norm, coef, clipped(coef), not math.isfinite(norm), norms)
 
 
 def get_total_norm(

@@ -29,6 +29,17 @@ __all__ = [
 MODES = ("propagate", "raise", "skip", "zero")
 
 
+def _from_dlpack(obj: Any) -> np.ndarray:
+    """``np.from_dlpack`` without a copy; NumPy 2.0 has no ``copy`` argument (and never
+    copies a CPU tensor there)."""
+    try:
+        return np.from_dlpack(obj, copy=False)
+    except TypeError as exc:
+        if "copy" not in str(exc):
+            raise
+    return np.from_dlpack(obj)
+
+
 def _has_buffer(obj: object) -> bool:
     try:
         memoryview(obj)  # type: ignore[arg-type]
@@ -290,7 +301,7 @@ def as_array(obj: Any, where: str, write: bool = True) -> np.ndarray:
             if view is not None:
                 return view
             try:
-                return np.from_dlpack(obj, copy=False)
+                return _from_dlpack(obj)
             except (TypeError, ValueError, BufferError, RuntimeError):
                 if write and not (hasattr(obj, "__array_interface__") or _has_buffer(obj)):
                     raise

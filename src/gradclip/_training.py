@@ -13,7 +13,7 @@ from numpy.lib.array_utils import normalize_axis_tuple
 from . import _core
 from ._api import arrays_of, core_set, global_norm_of, ops_of
 from ._inputs import check_eps, check_max_norm, check_nonnegative, check_norm_type
-from ._result import ClipResult
+from ._result import ClipResult, clipped
 from ._tree import flatten, unflatten
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
@@ -93,7 +93,7 @@ def unscale_clip_grad_norm_(
     return ClipResult(
         total_norm=total,
         coef=coef,
-        clipped=_core.clipped(coef),
+        clipped=clipped(coef),
         found_nonfinite=not finite,
         tensor_norms=norms,
     )
@@ -231,7 +231,7 @@ def adaptive_grad_clip_(
     return ClipResult(
         total_norm=total,
         coef=cmin,
-        clipped=_core.clipped(cmin),
+        clipped=clipped(cmin),
         found_nonfinite=not math.isfinite(total),
         tensor_norms=norms,
     )
