@@ -630,6 +630,10 @@ def check_scenario(sc: Scenario) -> None:
         check_error_message(exc, sc, c)
         assert snapshot_world(c) == before, f"{exc!r} raised after a write"
         if want.error is None:
+            # A GradientSet holds buffers it may write, so it refuses the numbers that a reading
+            # function (the reference's side here) reads
+            if sc.via == "GradientSet" and "foreign" in faults and isinstance(exc, TypeError):
+                return
             # The reference has no self-overlap check (see test_reference_rejects_self_overlap)
             assert "self-overlap" in faults and isinstance(exc, ValueError), (
                 f"compiled raised {exc!r}, the reference returned {want.value!r}"

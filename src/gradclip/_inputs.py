@@ -30,12 +30,12 @@ MODES = ("propagate", "raise", "skip", "zero")
 
 
 def _from_dlpack(obj: Any) -> np.ndarray:
-    """``np.from_dlpack`` without a copy; NumPy 2.0 has no ``copy`` argument (and never
-    copies a CPU tensor there)."""
+    """``np.from_dlpack`` without a copy; NumPy 2.0 takes no keyword arguments (and never
+    copies a CPU tensor; its arrays are read-only, so a writing call refuses them)."""
     try:
         return np.from_dlpack(obj, copy=False)
     except TypeError as exc:
-        if "copy" not in str(exc):
+        if "keyword" not in str(exc) and "copy" not in str(exc):
             raise
     return np.from_dlpack(obj)
 
