@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_helpers import one_blas_thread, outputs_in_fresh_processes, run_command_line
 
 import gradclip
 from gradclip import demo as demo_package
@@ -20,13 +21,7 @@ from gradclip.demo import rnn as demo
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread() -> Iterator[None]:
-    # BLAS threads only slow down 64x64 matmuls, and two test workers may share the cores
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         yield
 
 
@@ -173,15 +168,10 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
 
 
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("matplotlib", exc_type=ImportError)
-    pytest.importorskip("tqdm", exc_type=ImportError)
     out_dir = tmp_path / "runs" / "quick"  # made, parents too
-    code = demo_package.main(["demo", "--quick", "--out", str(out_dir), "--jobs", "2"])
-    assert code == 0
-    out = capsys.readouterr().out
+    out = run_command_line(["--quick"], out_dir, capsys)
     figure, report = out_dir / "demo.png", out_dir / "demo_output.txt"
     assert sorted(out_dir.iterdir()) == [figure, report]
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"figure: {figure}; table: {report}" in out
     assert "none: blew up on " in out and "(not checked: the settings differ)" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
@@ -333,9 +323,6 @@ def test_training_is_the_same_bits_under_another_blas_kernel_and_cpu_path() -> N
     # kernel (OpenBLAS's Sandybridge kernel rounds float32 products differently from the
     # AVX2 and AVX-512 ones), NumPy's SIMD paths (AVX-512 and AVX2 disabled) or gradclip's
     # CPU target, so a run gives the same bits on every machine
-    import os
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "NPY_"))}
     settings = [
         {},
         {
@@ -345,17 +332,8 @@ def test_training_is_the_same_bits_under_another_blas_kernel_and_cpu_path() -> N
             "GRADCLIP_CPU_TARGET": "baseline",
         },
     ]
-    digests = set()
-    for extra in settings:
-        done = subprocess.run(
-            [sys.executable, "-c", _DIGEST],
-            env={**base, **extra},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        digests.add(done.stdout.strip())
-    assert len(digests) == 1
+    digests = outputs_in_fresh_processes(_DIGEST, settings)
+    assert len(digests) == 2 and len(set(digests)) == 1 and len(digests[0]) == 64
 
 
 # --------------------------------------------------------------------------- exact arithmetic
