@@ -81,6 +81,34 @@ def test_digits_split_is_fixed_and_standardised() -> None:
     assert sum(row.tobytes() in train_rows for row in x_test.reshape(len(x_test), -1)) < 5
 
 
+def test_digits_are_scikit_learns_read_without_importing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the demo reads the file load_digits reads, without importing scikit-learn (a second
+    # of CPU in the parent and in every worker): the same arrays either way
+    from sklearn.datasets import load_digits
+
+    from gradclip.demo.vision import data
+
+    assert data.bundled_digits_file() is not None  # this scikit-learn takes the fast path
+    images, labels = load_digits(return_X_y=True)
+    direct = data._digits()
+    assert direct[0].shape == (1797, 64) and direct[1].dtype == np.intp
+    assert np.array_equal(direct[0], images) and np.array_equal(direct[1], labels)
+    monkeypatch.setattr(data, "bundled_digits_file", lambda: None)
+    data._digits.cache_clear()
+    try:
+        fallback = data._digits()  # scikit-learn's own loader
+    finally:
+        data._digits.cache_clear()
+    assert np.array_equal(fallback[0], direct[0]) and np.array_equal(fallback[1], direct[1])
+    code = (
+        "import sys\nfrom gradclip.demo import vision\nx = vision.load_data()[0]\n"
+        "assert x.shape == (1500, 8, 8, 1)\nassert 'sklearn' not in sys.modules\nprint('ok')"
+    )
+    assert outputs_in_fresh_processes(code, [{}]) == ["ok"]
+
+
 def test_forward_matches_the_naive_network() -> None:
     params, x, y = _tiny_problem(0)
     loss, _ = vision.loss_and_grads(params, x, y)

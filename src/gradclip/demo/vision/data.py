@@ -4,12 +4,14 @@ the same way on every call."""
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SPLIT_SEED", "TEST_SIZE", "load_data"]
+__all__ = ["SPLIT_SEED", "TEST_SIZE", "bundled_digits_file", "load_data"]
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.intp]
@@ -20,11 +22,35 @@ SPLIT_SEED = 0
 TEST_SIZE = 297
 
 
+def bundled_digits_file() -> Path | None:
+    """scikit-learn's own copy of the digits (``sklearn/datasets/data/digits.csv.gz``, the
+    file ``load_digits`` reads), found without importing scikit-learn, or None.
+
+    Importing scikit-learn (and SciPy with it) costs about a second of CPU per process, more
+    than a quick run's table and figure; the parent and every worker process would pay it
+    for a 58 KB file.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package, does not run it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[npt.NDArray[np.float64], IntArray]:
-    from sklearn.datasets import load_digits  # here: `import gradclip.demo` needs no sklearn
+    path = bundled_digits_file()
+    if path is not None:
+        # what load_digits does with it: one image per row, 64 pixels then the label
+        table = np.loadtxt(path, delimiter=",")
+        images, labels = table[:, :-1], table[:, -1]
+    else:  # another layout of scikit-learn: its own loader (`import gradclip.demo` needs none)
+        from sklearn.datasets import load_digits
 
-    images, labels = load_digits(return_X_y=True)
+        images, labels = load_digits(return_X_y=True)
     return np.asarray(images, dtype=np.float64), np.asarray(labels, dtype=np.intp)
 
 
