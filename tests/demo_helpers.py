@@ -9,10 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gradclip import demo as demo_package
+from gradclip.demo.runner import WORKER_MALLOC
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,3 +63,10 @@ def outputs_in_fresh_processes(code: str, settings: Sequence[dict[str, str]]) ->
         )
         outputs.append(done.stdout.strip())
     return outputs
+
+
+def worker_environment(group: list[tuple[str, int]], config: Any, report: Any) -> list[Any]:
+    """A training function for ``gradclip.demo.runner.run_all`` that trains nothing: the
+    environment variables the process running it sees, once per run."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", *WORKER_MALLOC)
+    return [{name: os.environ.get(name) for name in names} for _ in group]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,6 +166,31 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
     for arm in demo.ARMS:
         assert f"| {arm.name} " in table
     assert "none: blew up on " in table
+
+
+def test_worker_processes_get_one_thread_and_the_allocator_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the workers' BLAS and OpenMP threads and glibc malloc settings (which keep the training
+    # steps' temporaries from being faulted in afresh every step), set for the children only;
+    # a malloc setting of the caller's own is kept
+    from types import SimpleNamespace
+
+    from demo_helpers import worker_environment
+
+    from gradclip.demo import runner
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    before = dict(os.environ)
+    config = SimpleNamespace(seeds=1, steps=1)
+    seen = runner.run_all(worker_environment, config, ["a", "b"], jobs=1, progress=False)
+    assert dict(os.environ) == before  # the parent's environment is left as it was
+    assert list(seen) == [("a", 0), ("b", 0)]
+    for env in seen.values():
+        assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+        assert env["MALLOC_MMAP_THRESHOLD_"] == runner.WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
+        assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
 
 
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
