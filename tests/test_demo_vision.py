@@ -259,6 +259,55 @@ def test_command_line_vision_and_all(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [r.split("|")[1].strip() for r in rows] == ["arm"] + [a.name for a in vision.ARMS]
 
 
+def test_accuracy_panel_keeps_the_runs_that_stopped_in_view(tmp_path: Path) -> None:
+    # a run that stopped on a non-finite value is scored 0% at its last evaluation: its
+    # curve ends in a cross there, and the median over seeds stops once most seeds stopped
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    from matplotlib.figure import Figure
+
+    from gradclip.demo import plot
+
+    def run(seed: int, eval_steps: list[int], accuracy: list[float]) -> vision.VisionResult:
+        steps = eval_steps[-1]
+        stopped = steps < 45
+        loss = np.full(45, np.nan)
+        loss[:steps] = 2.0
+        return vision.VisionResult(
+            arm="none",
+            seed=seed,
+            loss=loss,
+            grad_norm=loss.copy(),
+            steps_run=steps,
+            clipped=0,
+            diverged_at=steps - 2 if stopped else None,
+            stopped=stopped,
+            seconds=0.0,
+            test_accuracy=accuracy[-1],
+            test_loss=math.nan if stopped else 1.0,
+            clipped_norm=loss.copy(),
+            eval_steps=np.array(eval_steps, dtype=np.intp),
+            eval_accuracy=np.array(accuracy),
+        )
+
+    runs = [run(0, [15, 19], [0.12, 0.0]), run(1, [15, 30, 41], [0.1, 0.3, 0.0])]
+    runs.append(run(2, [15, 30, 45], [0.2, 0.4, 0.6]))
+    ax = Figure().subplots()
+    seen = {"o": False, "x": False}
+    plot._accuracy_curves(ax, runs, "red", "-", {"color": "red"}, seen)
+    assert seen["x"]
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [
+        ([19], [0.0]),
+        ([41], [0.0]),
+    ]
+    median = ax.lines[-1]
+    assert list(median.get_xdata()) == [15, 30, 45]
+    np.testing.assert_allclose(median.get_ydata(), [12.0, 30.0, np.nan])
+    config = replace(vision.QUICK, seeds=3)
+    path = vision.save_figure(runs, config, tmp_path / "f.png")
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_command_line_options_of_the_other_task_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
