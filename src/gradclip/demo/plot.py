@@ -165,21 +165,7 @@ def plot_runs(
                 _mark(ax, run, getattr(run, attr), color, top, marker_seen)
         if spec.accuracy_title is not None:
             _accuracy_curves(ax_acc, runs, color, style, median_style, marker_seen)
-    if marker_seen["o"]:
-        ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")
-    if marker_seen["x"]:
-        ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
-    if spec.loss_ref is not None:
-        ax_loss.axhline(spec.loss_ref[0], color="gray", ls="--", lw=1, label=spec.loss_ref[1])
-    if spec.norm_ref is not None:
-        for ax in (ax_norm, ax_zoom):
-            ax.axhline(
-                spec.norm_ref[0],
-                color="gray",
-                ls=":",
-                lw=1,
-                label=spec.norm_ref[1] if ax is ax_norm else None,
-            )
+    _references(ax_loss, (ax_norm, ax_zoom), spec, marker_seen)
     window = f"{edges[1]} steps"
     ax_loss.set(
         yscale="log",
@@ -204,36 +190,7 @@ def plot_runs(
         title="Gradient norm, linear scale: the clipped runs' spikes",
     )
     if spec.accuracy_title is not None:
-        if spec.accuracy_ref is not None:
-            ax_acc.axhline(100 * spec.accuracy_ref[0], color="gray", ls="--", lw=1)
-            ax_acc.annotate(
-                spec.accuracy_ref[1],
-                (spec.steps, 100 * spec.accuracy_ref[0]),
-                xytext=(-4, 3),
-                textcoords="offset points",
-                ha="right",
-                color="gray",
-                fontsize=9,
-            )
-        if any(r.stopped for r in results):
-            ax_acc.annotate(
-                "x: a run that stopped on a non-finite value scores 0%",
-                (spec.steps, 0),
-                xytext=(-4, 3),
-                textcoords="offset points",
-                ha="right",
-                color="gray",
-                fontsize=9,
-            )
-        ax_acc.set(
-            xlim=(0, spec.steps),
-            # below 0 a margin, so that a run that stopped (scored 0%: its weights are not
-            # finite) stays visible, its line and cross above the axis
-            ylim=(-5, 101),
-            xlabel="step",
-            ylabel="test accuracy (%)",
-            title=spec.accuracy_title,
-        )
+        _accuracy_axes(ax_acc, spec, any(r.stopped for r in results))
     fig.suptitle(spec.suptitle)
     handles, labels = ax_loss.get_legend_handles_labels()
     extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
@@ -247,6 +204,61 @@ def plot_runs(
     )
     fig.savefig(path, dpi=100)
     return path
+
+
+def _references(
+    ax_loss: Any, norm_axes: tuple[Any, Any], spec: FigureSpec, seen: dict[str, bool]
+) -> None:
+    """The legend entries of the markers drawn, and the reference lines."""
+    if seen["o"]:
+        ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")
+    if seen["x"]:
+        ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
+    if spec.loss_ref is not None:
+        ax_loss.axhline(spec.loss_ref[0], color="gray", ls="--", lw=1, label=spec.loss_ref[1])
+    if spec.norm_ref is not None:
+        for ax in norm_axes:
+            ax.axhline(
+                spec.norm_ref[0],
+                color="gray",
+                ls=":",
+                lw=1,
+                label=spec.norm_ref[1] if ax is norm_axes[0] else None,
+            )
+
+
+def _accuracy_axes(ax: Any, spec: FigureSpec, any_stopped: bool) -> None:
+    """The accuracy panel's reference line, note and axes."""
+    if spec.accuracy_ref is not None:
+        ax.axhline(100 * spec.accuracy_ref[0], color="gray", ls="--", lw=1)
+        ax.annotate(
+            spec.accuracy_ref[1],
+            (spec.steps, 100 * spec.accuracy_ref[0]),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            color="gray",
+            fontsize=9,
+        )
+    if any_stopped:
+        ax.annotate(
+            "x: a run that stopped on a non-finite value scores 0%",
+            (spec.steps, 0),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            color="gray",
+            fontsize=9,
+        )
+    ax.set(
+        xlim=(0, spec.steps),
+        # below 0 a margin, so that a run that stopped (scored 0%: its weights are not
+        # finite) stays visible, its line and cross above the axis
+        ylim=(-5, 101),
+        xlabel="step",
+        ylabel="test accuracy (%)",
+        title=spec.accuracy_title,
+    )
 
 
 def _accuracy_curves(
