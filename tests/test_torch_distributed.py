@@ -159,6 +159,63 @@ def test_ranks_in_step_after_errors(reports):
     assert math.isclose(same_on_every_rank(rs, "after")["value"], math.sqrt(len(rs)), rel_tol=1e-7)
 
 
+def test_other_exception_on_one_rank_raises_on_every_rank(reports):
+    """A RuntimeError (not a validation error) on rank 1: rank 1 raises it, the others a
+    RuntimeError naming it; nothing is written, and the next call's collective is the same
+    call on every rank (before, the other ranks paired this call with rank 1's next one)."""
+    rs = scenario(reports, "one_rank")
+    for rank, r in enumerate(rs):
+        assert r["runtime"]["raised"] == "RuntimeError", f"rank {rank}: {r['runtime']}"
+        assert "cannot be called on meta tensors" in r["runtime"]["message"]
+        if rank != 1:
+            assert r["runtime"]["message"].startswith("rank 1 rejected its input")
+        assert r["runtime_untouched"], f"rank {rank} wrote"
+    same_on_every_rank(rs, "runtime_next")
+    same_on_every_rank(rs, "norm_type_text")
+
+
+@pytest.mark.parametrize(
+    ("case", "name"),
+    [
+        ("max_norm_differs", "max_norm"),
+        ("norm_type_differs", "norm_type"),
+        ("flag_differs", "error_if_nonfinite"),
+        ("total_norm_differs", "total_norm"),
+    ],
+)
+def test_different_arguments_raise_on_every_rank(reports, case, name):
+    """Valid arguments that differ on the last rank would scale the ranks' parts by
+    different coefficients (replicas drift apart): every rank raises, none writes."""
+    rs = scenario(reports, "one_rank")
+    for rank, r in enumerate(rs):
+        assert r[case]["raised"] == "ValueError", f"rank {rank}: {r[case]}"
+        assert f"the ranks were given different {name} (rank 0: " in r[case]["message"]
+        assert r["differs_untouched"], f"rank {rank} wrote"
+
+
+def test_plain_tensor_before_the_first_dtensor_named(reports):
+    for r in scenario(reports, "one_rank"):
+        assert r["plain_first"]["raised"] == "TypeError"
+        assert r["plain_first"]["message"].startswith(
+            "parameters[0].grad is a Tensor while parameters[1].grad is a DTensor:"
+        )
+
+
+def test_rank_without_gradients_takes_part(reports):
+    """FSDP2 parameters with no gradients on rank 0 (before, rank 0 returned 0 at once and
+    the others waited in the collective), and group= with an empty list on rank 0: every
+    rank returns the same norm, in the gradients' dtype."""
+    rs = scenario(reports, "one_rank")
+    want = math.sqrt(sum(r["own_sumsq"] for r in rs))
+    for key in ("no_grads", "no_grads_clipper"):
+        norm = same_on_every_rank(rs, key)
+        assert norm["type"] == "DTensor" and norm["dtype"] == "torch.float64"
+        assert math.isclose(norm["value"], want, rel_tol=1e-12)
+    norm = same_on_every_rank(rs, "empty_rank_group")
+    assert norm["dtype"] == "torch.float64"
+    assert math.isclose(norm["value"], 2 * math.sqrt(sum(r * r for r in range(len(rs)))))
+
+
 def test_fsdp2_example_trains_in_step(tmp_path):
     """examples/fsdp2_train.py, quick setting: 2 ranks end with the same parameters, equal to
     a single process trained on the whole batches with the same clipping."""

@@ -280,6 +280,68 @@ def scenario_errors(mesh, rank: int, n: int) -> dict:
     return out
 
 
+def _untouched(tensors, saved) -> bool:
+    return all(bool(torch.equal(a, b)) for a, b in zip(tensors, saved, strict=True))
+
+
+def scenario_one_rank(mesh, rank: int, n: int) -> dict:
+    """What one rank does differently from the others: every rank raises (none writes, none
+    waits, and the next call still pairs every rank's collective with the same call), or,
+    for a rank without gradients, every rank gets the same norm."""
+    out = {}
+    model = fsdp_model(mesh, offload=False)
+    params = list(model.parameters())
+    saved = [q.grad.to_local().clone() for q in params]
+    # an exception that is not a TypeError/ValueError/MemoryError, on rank 1 only (a meta
+    # tensor's float() is a RuntimeError)
+    bad = torch.tensor(1e-3, device="meta") if rank == 1 else 1e-3
+    out["runtime"] = expect_error(lambda: gt.clip_grad_norm_(params, bad))
+    out["runtime_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
+    out["runtime_next"] = norm_report(gt.get_total_norm([q.grad for q in params]))
+    # a norm_type given as torch converts it (float()) on rank 0 only: the same value
+    out["norm_type_text"] = norm_report(
+        gt.get_total_norm([q.grad for q in params], "2" if rank == 0 else 2.0)
+    )
+    # valid but different arguments on the last rank: every rank raises, none writes
+    last = rank == n - 1
+    out["max_norm_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 2e-3 if last else 1e-3)
+    )
+    out["norm_type_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 1e-3, 3.0 if last else 2.0)
+    )
+    out["flag_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 1e-3, error_if_nonfinite=last)
+    )
+    total = gt.get_total_norm([q.grad for q in params])
+    out["total_norm_differs"] = expect_error(
+        lambda: gt.clip_grads_with_norm_(params, 1e-3, total * 2 if last else total)
+    )
+    out["differs_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
+    # a plain tensor before the first DTensor: the error names both
+    u = torch.nn.Parameter(torch.zeros(n))
+    u.grad = distribute_tensor(torch.ones(n), mesh, [Shard(0)])
+    out["plain_first"] = expect_error(lambda: gt.clip_grad_norm_([_param(torch.ones(2)), u], 1.0))
+    # FSDP2 parameters whose gradients are all None on rank 0 (float64): rank 0 takes part
+    # with nothing to count, and every rank returns the same norm, in the same dtype
+    model = fsdp_model(mesh, offload=False, dtype=torch.float64)
+    params = list(model.parameters())
+    out["own_sumsq"] = 0.0
+    if rank == 0:
+        for q in params:
+            q.grad = None
+    else:
+        out["own_sumsq"] = float(
+            sum(f64(q.grad.to_local()) @ f64(q.grad.to_local()) for q in params)
+        )
+    out["no_grads"] = norm_report(gt.clip_grad_norm_(params, math.inf))
+    out["no_grads_clipper"] = norm_report(gt.GradClipper(params).get_total_norm())
+    # group=: rank 0 holds no tensors, the others float64 ones
+    mine = [] if rank == 0 else [torch.ones(4, dtype=torch.float64) * rank]
+    out["empty_rank_group"] = norm_report(gt.get_total_norm(mine, group=dist.group.WORLD))
+    return out
+
+
 def _param(t: torch.Tensor) -> torch.nn.Parameter:
     q = torch.nn.Parameter(torch.zeros(t.shape))
     q.grad = t
@@ -308,6 +370,7 @@ def main() -> None:
         "group": lambda: scenario_group(rank, n),
         "mesh2d": lambda: scenario_mesh2d(n),
         "errors": lambda: scenario_errors(mesh, rank, n),
+        "one_rank": lambda: scenario_one_rank(mesh, rank, n),
     }
     report = {}
     for name, run in scenarios.items():
