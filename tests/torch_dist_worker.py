@@ -298,10 +298,6 @@ def scenario_one_rank(mesh, rank: int, n: int) -> dict:
     out["runtime"] = expect_error(lambda: gt.clip_grad_norm_(params, bad))
     out["runtime_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
     out["runtime_next"] = norm_report(gt.get_total_norm([q.grad for q in params]))
-    # a norm_type given as torch converts it (float()) on rank 0 only: the same value
-    out["norm_type_text"] = norm_report(
-        gt.get_total_norm([q.grad for q in params], "2" if rank == 0 else 2.0)
-    )
     # valid but different arguments on the last rank: every rank raises, none writes
     last = rank == n - 1
     out["max_norm_differs"] = expect_error(
@@ -318,6 +314,10 @@ def scenario_one_rank(mesh, rank: int, n: int) -> dict:
         lambda: gt.clip_grads_with_norm_(params, 1e-3, total * 2 if last else total)
     )
     out["differs_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
+    # a norm_type given as torch converts it (float()) on rank 0 only: the same value
+    out["norm_type_text"] = norm_report(
+        gt.get_total_norm([q.grad for q in params], "2" if rank == 0 else 2.0)
+    )
     # a plain tensor before the first DTensor: the error names both
     u = torch.nn.Parameter(torch.zeros(n))
     u.grad = distribute_tensor(torch.ones(n), mesh, [Shard(0)])
