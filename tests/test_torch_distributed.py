@@ -27,13 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 150  # seconds for one world size, all scenarios (about 10 s when nothing hangs)
 
 
-def run_ranks(n: int, tmp: Path) -> list[dict]:
+def run_ranks(n: int, tmp: Path, only: str | None = None) -> list[dict]:
+    """Every rank's report: every scenario, or those named in ``only`` (comma-separated)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs, outs = [], []
     for rank in range(n):
         out = tmp / f"rank{rank}.json"
         log = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
         cmd = [sys.executable, str(WORKER), str(rank), str(n), str(tmp / "store"), str(out)]
+        cmd += [only] if only else []
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         outs.append(out)
     failed = []
@@ -105,11 +107,41 @@ def test_replicate_counts_once(reports):
     assert all(r["value_ok"] for r in rs)  # clip_grad_value_, element-wise on the shards
 
 
-def test_two_dimensional_mesh(reports):
+@pytest.mark.parametrize("shape", ["(n, 1)", "(1, n)"])
+def test_two_dimensional_mesh(reports, shape):
     rs = scenario(reports, "mesh2d")
-    norm = same_on_every_rank(rs, "norm")
+    key = shape.replace("n", str(len(rs)))
+    norm = same_on_every_rank(rs, f"norm{key}")
     assert norm["placements"] == ["R", "R"]
+    assert abs(norm["value"] - rs[0][f"ref{key}"]) <= 1e-12 * rs[0][f"ref{key}"]
+
+
+def test_huge_shards_do_not_overflow(reports):
+    """Why every rank's norm is gathered, not an all-reduce of their sums of squares: with
+    shards of 1e200 the sum of squares overflows (torch's own norm is inf), the norm does
+    not; clipping to 1e200 then gives elements of 1e200 / sqrt(elements)."""
+    rs = scenario(reports, "huge")
+    norm = same_on_every_rank(rs, "norm")
+    assert math.isfinite(norm["value"])
     assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
+    assert rs[0]["torch"] == math.inf  # the overflow an all-reduce of |g|^2 meets
+    for r in rs:
+        assert math.isclose(r["clipped_max"], 1e200 * (1e200 / r["ref"]), rel_tol=1e-12)
+
+
+def test_hsdp_two_by_two_mesh(tmp_path):
+    """4 ranks, FSDP2 over a (2, 2) mesh (HSDP: Replicate, then Shard(0)): both dimensions
+    gathered, the replica counted once, the same bits on every rank, within 1e-12 of one
+    process's float64 gradients."""
+    rs = run_ranks(4, tmp_path, only="hsdp")
+    rs = scenario(rs, "hsdp")
+    assert rs[0]["placements"] == ["(Replicate(), Shard(dim=0))"]
+    norm = same_on_every_rank(rs, "norm")
+    assert norm["placements"] == ["R", "R"] and norm["dtype"] == "torch.float64"
+    assert abs(norm["value"] - rs[0]["ref"]) <= 1e-12 * rs[0]["ref"]
+    after = same_on_every_rank(rs, "after")  # clipped to ref / 10 (by PyTorch's eps rule)
+    ref = rs[0]["ref"]
+    assert math.isclose(after["value"], ref * (ref / 10) / (ref + 1e-6), rel_tol=1e-9)
 
 
 def test_group_for_hand_sharded_tensors(reports):

@@ -1,6 +1,6 @@
 """One rank of the torch.distributed tests (tests/test_torch_distributed.py starts the ranks).
 
-    python tests/torch_dist_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE
+    python tests/torch_dist_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE [SCENARIO,...]
 
 Runs every scenario below on a gloo process group over the CPU and writes what it saw, per
 scenario, as JSON to OUT_FILE; the test compares the ranks' reports. A scenario that raises
@@ -145,17 +145,69 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
 
 
 def scenario_mesh2d(n: int) -> dict:
-    """A 2-D mesh (n, 1): replicated along the first dimension, sharded along the second,
-    and the other way round; the norms are gathered along each dimension in turn."""
-    mesh = init_device_mesh("cpu", (n, 1), mesh_dim_names=("rep", "shard"))
-    torch.manual_seed(4)
-    full_a, full_b = torch.randn(9, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    a = distribute_tensor(full_a.clone(), mesh, [Replicate(), Shard(0)])
-    b = distribute_tensor(full_b.clone(), mesh, [Shard(0), Replicate()])
-    norm = gt.get_total_norm([a, b])
+    """2-D meshes (n, 1) and (1, n): replicated along one dimension, sharded along the
+    other, and the other way round; the norms are gathered along each dimension in turn."""
+    out = {}
+    for shape in ((n, 1), (1, n)):
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=("rep", "shard"))
+        torch.manual_seed(4)
+        full_a = torch.randn(9, 2, dtype=torch.float64)
+        full_b = torch.randn(5, dtype=torch.float64)
+        a = distribute_tensor(full_a.clone(), mesh, [Replicate(), Shard(0)])
+        b = distribute_tensor(full_b.clone(), mesh, [Shard(0), Replicate()])
+        out[f"norm{shape}"] = norm_report(gt.get_total_norm([a, b]))
+        out[f"ref{shape}"] = norm64([full_a.numpy().ravel(), full_b.numpy().ravel()])
+    return out
+
+
+def scenario_huge(mesh, n: int) -> dict:
+    """Shards of 1e200 (float64): the global norm is finite (1e200 * sqrt(elements)), as
+    every rank's local norm is, though the sum of squares is not (an all-reduce of the
+    ranks' sums of |g|^2, torch's own way, overflows to inf)."""
+    full = torch.full((5 * n, 2), 1e200, dtype=torch.float64)
+    g = distribute_tensor(full.clone(), mesh, [Shard(0)])
+    w = torch.nn.Parameter(
+        distribute_tensor(torch.zeros(5 * n, 2, dtype=torch.float64), mesh, [Shard(0)])
+    )
+    w.grad = g
+    norm = gt.clip_grad_norm_([w], 1e200, error_if_nonfinite=True)
+    theirs = torch.nn.utils.get_total_norm([g.clone()])
     return {
         "norm": norm_report(norm),
-        "ref": norm64([full_a.numpy().ravel(), full_b.numpy().ravel()]),
+        "ref": 1e200 * math.sqrt(full.numel()),
+        "torch": float(theirs.full_tensor()),
+        "clipped_max": float(w.grad.full_tensor().abs().max()),
+    }
+
+
+def scenario_hsdp(rank: int, n: int) -> dict:
+    """FSDP2 over a 2-D mesh (2, n // 2): HSDP's (Replicate, Shard(0)) gradients, against
+    one process's float64 gradients of the same loss."""
+    mesh = init_device_mesh("cpu", (2, n // 2), mesh_dim_names=("replicate", "shard"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+    whole = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+    whole.load_state_dict(model.state_dict())
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    torch.manual_seed(1)
+    x = torch.randn(8 * n, 5, dtype=torch.float64)
+    (model(x[8 * rank : 8 * (rank + 1)]) ** 2).mean().backward()
+    # FSDP2 averages the ranks' gradients: the mean of the ranks' mean losses
+    (sum((whole(x[8 * r : 8 * (r + 1)]) ** 2).mean() for r in range(n)) / n).backward()
+    ref = norm64([f64(q.grad) for q in whole.parameters()])
+    params = list(model.parameters())
+    return {
+        "placements": sorted({str(q.grad.placements) for q in params}),
+        "norm": norm_report(gt.clip_grad_norm_(params, ref / 10)),
+        "ref": ref,
+        "after": norm_report(gt.GradClipper(params).get_total_norm()),
     }
 
 
@@ -369,9 +421,13 @@ def main() -> None:
         "placements": lambda: scenario_placements(mesh, rank, n),
         "group": lambda: scenario_group(rank, n),
         "mesh2d": lambda: scenario_mesh2d(n),
+        "huge": lambda: scenario_huge(mesh, n),
         "errors": lambda: scenario_errors(mesh, rank, n),
         "one_rank": lambda: scenario_one_rank(mesh, rank, n),
     }
+    if len(sys.argv) > 5:  # only the scenarios named, hsdp (4 ranks) among them
+        scenarios["hsdp"] = lambda: scenario_hsdp(rank, n)
+        scenarios = {k: scenarios[k] for k in sys.argv[5].split(",")}
     report = {}
     for name, run in scenarios.items():
         try:
