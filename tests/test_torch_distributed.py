@@ -154,6 +154,21 @@ def test_group_for_hand_sharded_tensors(reports):
     assert math.isclose(inf["value"], rs[0]["inf_ref"], rel_tol=1e-6)
 
 
+def test_group_with_the_clipper_and_a_norm_from_elsewhere(reports):
+    """GradClipper(group=a DeviceMesh) and get_total_norm + clip_grads_with_norm_ with
+    group=, float64 hand shards: every rank the same bits, within 1e-12 of one process."""
+    rs = scenario(reports, "group")
+    ref = rs[0]["clipper_ref"]
+    norm = same_on_every_rank(rs, "clipper_norm")
+    assert norm["type"] == "Tensor" and norm["dtype"] == "torch.float64"
+    assert abs(norm["value"] - ref) <= 1e-12 * ref
+    assert all(r["clipper_ok"] for r in rs)
+    total = same_on_every_rank(rs, "total")["value"]  # after the clipper: ref / 4
+    assert math.isclose(total, ref * (ref / 4) / (ref + 1e-6), rel_tol=1e-12)
+    after = same_on_every_rank(rs, "after_with_norm")["value"]
+    assert math.isclose(after, total * (ref / 8) / (total + 1e-6), rel_tol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("case", "kind", "text"),
     [

@@ -247,6 +247,32 @@ def scenario_group(rank: int, n: int) -> dict:
         ),
         "inf": norm_report(inf_norm),
         "inf_ref": norm64([f64(f) * coef for f in full], math.inf),
+        **scenario_group_clipper(rank, n),
+    }
+
+
+def scenario_group_clipper(rank: int, n: int) -> dict:
+    """GradClipper(group=) and get_total_norm + clip_grads_with_norm_ with group=, on
+    float64 hand shards (the mesh given as a DeviceMesh for the clipper)."""
+    mine, full = hand_shards(rank, n, torch.float64)
+    ref = norm64([f64(f) for f in full])
+    params = [_param(t) for t in mine]
+    clipper = gt.GradClipper(params, group=init_device_mesh("cpu", (n,)))
+    norm = clipper.clip_grad_norm_(ref / 4)
+    coef = (ref / 4) / (ref + 1e-6)
+    clipper_ok = all(
+        bool(torch.allclose(q.grad, t * coef, rtol=1e-15, atol=0))
+        for q, t in zip(params, hand_shards(rank, n, torch.float64)[0], strict=True)
+    )
+    total = gt.get_total_norm([q.grad for q in params], group=dist.group.WORLD)
+    gt.clip_grads_with_norm_(params, ref / 8, total, group=dist.group.WORLD)
+    after = clipper.get_total_norm()
+    return {
+        "clipper_norm": norm_report(norm),
+        "clipper_ref": ref,
+        "clipper_ok": clipper_ok,
+        "total": norm_report(total),
+        "after_with_norm": norm_report(after),
     }
 
 
@@ -395,7 +421,7 @@ def scenario_one_rank(mesh, rank: int, n: int) -> dict:
 
 
 def _param(t: torch.Tensor) -> torch.nn.Parameter:
-    q = torch.nn.Parameter(torch.zeros(t.shape))
+    q = torch.nn.Parameter(torch.zeros(t.shape, dtype=t.dtype))
     q.grad = t
     return q
 
