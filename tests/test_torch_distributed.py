@@ -240,6 +240,16 @@ def test_different_arguments_raise_on_every_rank(reports, case, name):
         assert r["differs_untouched"], f"rank {rank} wrote"
 
 
+@pytest.mark.parametrize("case", ["overlap", "overlap_with_norm"])
+def test_overlapping_views_on_one_rank_refused_before_any_write(reports, case):
+    rs = scenario(reports, "one_rank")
+    for rank, r in enumerate(rs):
+        assert r[case]["raised"] == "ValueError", f"rank {rank}: {r[case]}"
+        assert "parameters[0].grad and parameters[1].grad overlap" in r[case]["message"]
+        assert r[case]["message"].startswith("rank 0 rejected") == (rank != 0)
+        assert r["overlap_untouched"], f"rank {rank} wrote"
+
+
 def test_plain_tensor_before_the_first_dtensor_named(reports):
     for r in scenario(reports, "one_rank"):
         assert r["plain_first"]["raised"] == "TypeError"

@@ -396,6 +396,19 @@ def scenario_one_rank(mesh, rank: int, n: int) -> dict:
     out["norm_type_text"] = norm_report(
         gt.get_total_norm([q.grad for q in params], "2" if rank == 0 else 2.0)
     )
+    # overlapping views on rank 0 only, with group=: a reading pass accepts them, the write
+    # refuses them, so the refusal must come before the collective (before, rank 0 raised
+    # after the other ranks had written)
+    buf = torch.ones(10) * (rank + 1)
+    views = [buf[:6], buf[4:]] if rank == 0 else [buf[:5], buf[5:]]
+    overlapping = [_param(v) for v in views]
+    out["overlap"] = expect_error(
+        lambda: gt.clip_grad_norm_(overlapping, 1e-3, group=dist.group.WORLD)
+    )
+    out["overlap_with_norm"] = expect_error(
+        lambda: gt.clip_grads_with_norm_(overlapping, 1e-3, 10.0, group=dist.group.WORLD)
+    )
+    out["overlap_untouched"] = bool(torch.equal(buf, torch.ones(10) * (rank + 1)))
     # a plain tensor before the first DTensor: the error names both
     u = torch.nn.Parameter(torch.zeros(n))
     u.grad = distribute_tensor(torch.ones(n), mesh, [Shard(0)])

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _core
 from .._dist import global_norm
 from ._convert import _GRAD, _as_list, _name, _norm_dtype, _param_grads, _views
 from ._ops import _bound, _nonfinite, _p, _result, _scale, _total, _total_norm
@@ -200,12 +201,29 @@ def _sharded_norm(
 
     def local() -> float:
         made.append(prepare())
-        counted = made[0][1]
-        gather.dtype = made[0][2]
-        return _total_norm(counted, p) if counted else 0.0
+        _, counted, gather.dtype = made[0]
+        if counted is None or gather.dtype is None:
+            return 0.0
+        if isinstance(counted, _core.GradientSet):
+            return counted.total_norm(p)
+        return _total_norm(counted, p)
 
     norm = global_norm(gather, local, p, agree)
     return norm, made[0], gather.dtype
+
+
+def _for_writing(views: Any) -> Any:
+    """``(target to write, target to count, dtype)`` from ``_local_views``' triple: the views
+    to write as a compiled set validated for writing, made here, inside the agreement step,
+    so that what the write refuses (overlapping views, read-only memory) or fails to
+    allocate is raised on every rank, before any rank writes (a reading pass accepts
+    overlapping views). The set also counts in the norm when every view counts."""
+    arrays, counted, dtype = views
+    if dtype is None:
+        return views
+    target = _core.once.own((arrays, False))
+    every = all(c is a for a, c in zip(arrays, counted, strict=True))
+    return target, target if every else counted, dtype
 
 
 def _p_or_default(norm_type: Any) -> float:
@@ -255,7 +273,8 @@ def _sharded_clip_norm(
         bound.append(_bound(max_norm))
         _p(norm_type)
         params, single = _as_list(items, "parameters")
-        return _local_views(_param_grads(params, single), "parameters", single, mesh, "refuse")
+        grads = _param_grads(params, single)
+        return _for_writing(_local_views(grads, "parameters", single, mesh, "refuse"))
 
     agree = [
         ("norm_type", lambda: p),
@@ -299,10 +318,9 @@ def _sharded_clip_with_norm(
     def prepare() -> Any:
         scalars.extend((_bound(max_norm), _total(_local_norm_value(total_norm))))
         params, single = _as_list(items, "parameters")
-        arrays, _, dtype = _local_views(
-            _param_grads(params, single), "parameters", single, mesh, "refuse"
-        )
-        return arrays, None, dtype  # no norm to reduce: the collective only agrees on errors
+        grads = _param_grads(params, single)
+        target, _, dtype = _for_writing(_local_views(grads, "parameters", single, mesh, "refuse"))
+        return target, None, dtype  # no norm to reduce: the collective only agrees on errors
 
     agree = [("max_norm", lambda: scalars[0]), ("total_norm", lambda: scalars[1])]
     _, (arrays, _, mine), _ = _sharded_norm(gather, prepare, 2.0, agree)
