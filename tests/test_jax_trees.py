@@ -178,7 +178,7 @@ assert not any(k.split(".")[0] in ("jax", "jaxlib") for k in sys.modules), "jax 
 def test_gradclip_does_not_import_jax() -> None:
     pytest.importorskip("ml_dtypes")
     out = subprocess.run(
-        [sys.executable, "-c", NO_JAX], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", NO_JAX], capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0, out.stderr
 

@@ -272,7 +272,11 @@ print("ok")
 
 def test_the_containers_without_jax_are_the_documented_ones() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_JAX], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", WITHOUT_JAX],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

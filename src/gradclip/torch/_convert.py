@@ -126,9 +126,7 @@ def _views(
                 view = t.numpy()
             except (RuntimeError, TypeError):  # a parameter, another device, sparse, ...
                 view = None
-        append(
-            view if view is not None else _array(t, _name(arg, i, single), repeats != "allow")
-        )
+        append(view if view is not None else _array(t, _name(arg, i, single), repeats != "allow"))
         dtypes.add(t.dtype)
     return arrays, _norm_dtype(dtypes)
 
