@@ -30,13 +30,10 @@ public:
         }
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
-        // a list or dict the caller may change after this (L[0] = new_array): its items, by
-        // identity, for check() to notice (tuples cannot change; nested containers are not
-        // followed)
-        if (PyList_Check(grads.ptr()) || PyDict_Check(grads.ptr())) {
-            src_ = py::reinterpret_borrow<py::object>(grads);
-            items0_ = items_of(grads.ptr());
-        }
+        // the lists and dicts the caller may change after this (L[0] = new_array,
+        // grads['enc']['w'] = new_array), at any depth: their items, by identity, for check()
+        // to notice (tuples cannot change, but a list or dict inside one can)
+        if (!single) watch(grads.ptr(), b_.arg, 0);
         plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
     }
 
@@ -166,49 +163,80 @@ private:
     std::size_t n() const noexcept { return b_.spans.size(); }
     const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
 
-    // The top-level items of a list, or the values of a dict, in order (strong references:
-    // an identity compared later must not be a reused address).
+    // The items of a list, or the values of a dict, in order (strong references: an identity
+    // compared later must not be a reused address).
     static py::tuple items_of(PyObject* c) {
         if (PyList_Check(c)) return py::reinterpret_steal<py::tuple>(PyList_AsTuple(c));
         return py::tuple(py::reinterpret_borrow<py::dict>(c).attr("values")());
     }
 
-    // The set holds the arrays it was made with, not the caller's list: an item replaced or
-    // added or removed since would be silently missed, so it is an error. Pointer compares,
-    // no reference counts touched (a dict's values are walked with PyDict_Next).
-    void check_items() const {
-        PyObject* c = src_.ptr();
-        const Py_ssize_t n0 = PyTuple_GET_SIZE(items0_.ptr());
-        const bool is_list = PyList_Check(c);
-        const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
-        const char* what = is_list ? "list" : "dict";
-        if (n != n0) {
-            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " +
-                                  std::to_string(n) + " entries now, " + std::to_string(n0) +
-                                  " when the set was made; the set holds the arrays it was made with, not the " + what +
-                                  ": make a new GradientSet");
-        }
-        Py_ssize_t at = 0, i = 0;
-        PyObject *key, *value;
-        for (; i < n; ++i) {
-            if (is_list) {
-                value = PyList_GET_ITEM(c, i);
-            } else if (!PyDict_Next(c, &at, &key, &value)) {
-                break;
+    // Records every list and dict of the tree below `node` (named `path`, as errors name
+    // positions) with its items, for check_items; tuples are walked, not recorded. The parse
+    // has already refused a tree nested deeper than it allows.
+    void watch(PyObject* node, const std::string& path, int depth) {
+        const bool is_dict = PyDict_Check(node) != 0;
+        if (!is_dict && !PyList_Check(node) && !PyTuple_Check(node)) return;
+        if (!PyTuple_Check(node)) watched_.push_back({py::reinterpret_borrow<py::object>(node), items_of(node), path});
+        if (depth >= 200) return;
+        if (is_dict) {
+            Py_ssize_t at = 0;
+            PyObject *key, *value;
+            while (PyDict_Next(node, &at, &key, &value)) {
+                if (PyList_Check(value) || PyTuple_Check(value) || PyDict_Check(value))
+                    watch(value, path + "[" + py::repr(py::handle(key)).cast<std::string>() + "]", depth + 1);
             }
-            if (value == PyTuple_GET_ITEM(items0_.ptr(), i)) continue;
-            const std::string where =
-                b_.arg + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
-            throw py::value_error(where + " was replaced in the " + what +
-                                  " after the GradientSet was made; the set holds the arrays it was made with, "
-                                  "not the " +
-                                  what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+            return;
+        }
+        const py::tuple items = PyTuple_Check(node) ? py::reinterpret_borrow<py::tuple>(node) : items_of(node);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            PyObject* value = PyTuple_GET_ITEM(items.ptr(), static_cast<Py_ssize_t>(i));
+            if (PyList_Check(value) || PyTuple_Check(value) || PyDict_Check(value))
+                watch(value, path + "[" + std::to_string(i) + "]", depth + 1);
+        }
+    }
+
+    // The set holds the arrays it was made with, not the caller's lists and dicts: an item
+    // replaced or added or removed since would be silently missed, so it is an error. Pointer
+    // compares, no reference counts touched (a dict's values are walked with PyDict_Next).
+    void check_items() const {
+        for (const Watched& w : watched_) {
+            PyObject* c = w.node.ptr();
+            PyObject* items0 = w.items.ptr();
+            const Py_ssize_t n0 = PyTuple_GET_SIZE(items0);
+            const bool is_list = PyList_Check(c);
+            const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
+            const std::string what = is_list ? "list" : "dict";
+            const bool top = w.path == b_.arg;  // the container passed itself
+            if (n != n0) {
+                throw py::value_error(w.path + (top ? " (the " : " (a ") + what +
+                                      (top ? " the GradientSet was made from) has "
+                                           : " in the tree the GradientSet was made from) has ") +
+                                      std::to_string(n) + " entries now, " + std::to_string(n0) +
+                                      " when the set was made; the set holds the arrays it was made with, not the " +
+                                      what + ": make a new GradientSet");
+            }
+            Py_ssize_t at = 0;
+            PyObject *key, *value;
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                if (is_list) {
+                    value = PyList_GET_ITEM(c, i);
+                } else if (!PyDict_Next(c, &at, &key, &value)) {
+                    break;
+                }
+                if (value == PyTuple_GET_ITEM(items0, i)) continue;
+                const std::string where =
+                    w.path + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
+                throw py::value_error(where + " was replaced in the " + what +
+                                      " after the GradientSet was made; the set holds the arrays it was made with, "
+                                      "not the " +
+                                      what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+            }
         }
     }
 
     void check(bool write) const {
         if (!plans_) return;  // one-shot: validated just now, for what its operation does
-        if (src_) check_items();
+        if (!watched_.empty()) check_items();
         bool writeable = true;
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
@@ -236,9 +264,14 @@ private:
         }
     }
 
+    struct Watched {
+        py::object node;   // a list or dict of the caller's tree (the root first)
+        py::tuple items;   // its items when the set was made
+        std::string path;  // how errors name it (grads, grads['enc'])
+    };
+
     Batch b_;
-    py::object src_;                 // the caller's list or dict (null otherwise): see check_items
-    py::tuple items0_;               // its items when the set was made
+    std::vector<Watched> watched_;   // see watch and check_items
     mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets

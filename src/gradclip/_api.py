@@ -450,11 +450,11 @@ class GradientSet:
     made read-only since (a ``ValueError`` says which, and nothing is written).
 
     The set holds the arrays, not the container they came in: to change the gradients,
-    write into those arrays (``np.copyto(grads[0], new)``). When the set was made from a
-    list or a dict, each call also checks, by identity, that its top-level entries are
-    still the ones the set was made with; a replaced, added or removed entry
-    (``grads[0] = new_array``) is a ``ValueError`` naming the position, never a silent
-    clip of the old array.
+    write into those arrays (``np.copyto(grads[0], new)``). Each call also checks, by
+    identity, that the entries of every list and dict in the tree the set was made from
+    (at any depth) are still the ones the set was made with; a replaced, added or removed
+    entry (``grads[0] = new_array``, ``grads["enc"]["w"] = new_array``) is a
+    ``ValueError`` naming the position, never a silent clip of the old array.
 
     Parameters
     ----------
