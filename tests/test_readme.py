@@ -7,7 +7,11 @@
 #     a larger program) is written ```{code-block} python with the option `:class: not-run`
 #     on its first line, and any other way of marking Python code is an error;
 #   - a line `print(...)  # text` must print output that starts with `text` (up to a first
-#     ": ", after which the comment may explain), whitespace runs compared as one space.
+#     ": ", after which the comment may explain), whitespace runs compared as one space;
+#   - an example's lines fit the page (88 columns).
+# Also here: the API reference names every public name; the docstring examples run; the
+# Cython guide's module builds and clips as the Python API does; what the pages say of where
+# the first example's clipped norm lands holds over the seeds they name.
 from __future__ import annotations
 
 import builtins
@@ -203,3 +207,61 @@ def test_code_examples_fit_the_page(path: Path) -> None:
             if len(line) > WIDTH:
                 wide.append(f"{page_id(path)}:{i}: {len(line)} columns")
     assert not wide, "\n".join(wide)
+
+
+CYTHON = re.compile(r"^```cython\n(.*?)^```", re.S | re.M)
+
+
+def test_the_cython_guide_example_builds_and_clips(tmp_path: Path) -> None:
+    """docs/cython.md's module, built as the page says (cythonize with gradclip.get_include()
+    on the include path) and called: it clips a float32 and a float16 array together, as
+    gradclip.clip_grad_norm_ does."""
+    if not HAVE_DOCS:
+        pytest.skip("docs/ is not next to the tests")
+    pytest.importorskip("Cython")
+    pytest.importorskip("setuptools")
+    import subprocess
+    import sysconfig
+
+    import numpy as np
+
+    import gradclip
+
+    if not (Path(gradclip.get_include()) / "gradclip" / "cython_api.pxd").is_file():
+        pytest.skip("gradclip is imported from a build without its .pxd (an editable install)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        pytest.skip("the Python headers (Python.h) are not installed")
+    page = (DOCS / "cython.md").read_text(encoding="utf-8")
+    (source,) = CYTHON.findall(page)
+    assert "# mymod.pyx" in source and 'cythonize("mymod.pyx"' in page
+    (tmp_path / "mymod.pyx").write_text("# cython: language_level=3\n" + source)
+    (tmp_path / "setup.py").write_text(
+        "import gradclip\n"
+        "from Cython.Build import cythonize\n"
+        "from setuptools import setup\n"
+        'setup(ext_modules=cythonize("mymod.pyx", include_path=[gradclip.get_include()],'
+        " quiet=True))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mymod = importlib.import_module("mymod")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mymod", None)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(1000).astype(np.float32)
+    b = rng.standard_normal(100).astype(np.float16)
+    want_w, want_b = w.copy(), b.copy()
+    want = gradclip.clip_grad_norm_([want_w, want_b], max_norm=1.0)
+    total = mymod.clip_pair(w, b.view(np.uint16), 1.0)
+    assert total == want
+    assert np.array_equal(w, want_w) and np.array_equal(b, want_b)
