@@ -265,3 +265,20 @@ def test_the_cython_guide_example_builds_and_clips(tmp_path: Path) -> None:
     total = mymod.clip_pair(w, b.view(np.uint16), 1.0)
     assert total == want
     assert np.array_equal(w, want_w) and np.array_equal(b, want_b)
+
+
+def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
+    """The README's install and test commands, each alone in a bash block: the install one
+    as getting started gives it, the test one as .ci/run runs it verbatim (so CI runs exactly
+    what a reader copies)."""
+    if not HAVE_DOCS:
+        pytest.skip("docs/ and .ci/ are not next to the tests")
+    fences = re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+    commands = [line.split("#")[0].strip() for block in fences for line in block.splitlines()]
+    install, test = "pip install .", 'pip install ".[test]" && python -m pytest'
+    assert install in commands and test in commands, commands
+    started = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    assert re.search(rf"^{re.escape(install)}\s+#", started, re.M)
+    assert re.search(rf"^{re.escape(test)}$", started, re.M)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(rf"^\s*{re.escape(test)} \|\| exit 1$", ci, re.M), ".ci/run runs another"
