@@ -282,3 +282,26 @@ def test_the_readme_set_up_commands_are_the_ones_ci_runs() -> None:
     assert re.search(rf"^{re.escape(test)}$", started, re.M)
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(rf"^\s*{re.escape(test)} \|\| exit 1$", ci, re.M), ".ci/run runs another"
+
+
+def test_the_benchmarks_summary_is_the_latest_run() -> None:
+    """docs/benchmarks.md's summary table quotes bench/results/latest.md: gradclip's time and
+    the peers' "x gradclip" of each workload, clipping at two threads (a new run that is
+    not carried into the summary fails here)."""
+    if not HAVE_DOCS:
+        pytest.skip("docs/ and bench/ are not next to the tests")
+    latest = (ROOT / "bench" / "results" / "latest.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in latest.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[1] == "clip" and cells[2] == "2":
+            rows[cells[0], cells[3]] = cells
+    page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    summary = re.findall(r"^\| (\w+): [^|]+\|(.*)\|$", page, re.M)
+    assert len(summary) >= 5, summary
+    for workload, rest in summary:
+        time, numpy_x, torch_x = (c.strip() for c in rest.split("|"))
+        assert rows[workload, "gradclip"][4] == time, (workload, rows[workload, "gradclip"])
+        for peer, quoted in (("numpy", numpy_x), ("torch-foreach", torch_x)):
+            measured = rows.get((workload, peer))
+            assert quoted == (f"{measured[8]}x" if measured else "-"), (workload, peer)
