@@ -79,5 +79,6 @@ napoleon_preprocess_types = False
 
 html_theme = "furo"
 html_title = f"gradclip {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["gradclip.css"]
 html_theme_options = {"navigation_with_keys": True}
