@@ -305,3 +305,10 @@ def test_the_benchmarks_summary_is_the_latest_run() -> None:
         for peer, quoted in (("numpy", numpy_x), ("torch-foreach", torch_x)):
             measured = rows.get((workload, peer))
             assert quoted == (f"{measured[8]}x" if measured else "-"), (workload, peer)
+
+
+def test_the_readme_stays_short() -> None:
+    """The README is the way in (what gradclip is, install, an example, the demo, the tests,
+    links into the documentation), not the documentation itself."""
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; move the detail into docs/"
