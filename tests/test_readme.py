@@ -8,6 +8,7 @@
 #     on its first line, and any other way of marking Python code is an error;
 #   - a line `print(...)  # text` must print output that starts with `text` (up to a first
 #     ": ", after which the comment may explain), whitespace runs compared as one space;
+#   - every print carries its output so;
 #   - an example's lines fit the page (88 columns).
 # Also here: the API reference names every public name; the docstring examples run; the
 # Cython guide's module builds and clips as the Python API does; what the pages say of where
@@ -312,3 +313,16 @@ def test_the_readme_stays_short() -> None:
     links into the documentation), not the documentation itself."""
     lines = README.read_text(encoding="utf-8").count("\n")
     assert lines <= 250, f"README.md has {lines} lines; move the detail into docs/"
+
+
+@pytest.mark.parametrize("path", pages(), ids=page_id)
+def test_every_print_says_what_it_prints(path: Path) -> None:
+    """A print in an example carries its output as a comment (checked above), so an example
+    whose output changed fails instead of showing the reader something else."""
+    silent = [
+        f"{page_id(path)}:{i}"
+        for first, code in blocks(path.read_text(encoding="utf-8"))
+        for i, line in enumerate(code.splitlines(), start=first)
+        if re.match(r"^\s*print\(", line) and not PRINTED.match(line)
+    ]
+    assert not silent, f"print(...) without '# output' at {silent}"
