@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_helpers import one_blas_thread, outputs_in_fresh_processes, run_command_line
 
 import gradclip
 from gradclip import demo as demo_package
@@ -20,13 +22,7 @@ from gradclip.demo import rnn as demo
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread() -> Iterator[None]:
-    # BLAS threads only slow down 64x64 matmuls, and two test workers may share the cores
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         yield
 
 
@@ -172,16 +168,36 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
     assert "none: blew up on " in table
 
 
+def test_worker_processes_get_one_thread_and_the_allocator_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the workers' BLAS and OpenMP threads and glibc malloc settings (which keep the training
+    # steps' temporaries from being faulted in afresh every step), set for the children only;
+    # a malloc setting of the caller's own is kept
+    from types import SimpleNamespace
+
+    from demo_helpers import worker_environment
+
+    from gradclip.demo import runner
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    before = dict(os.environ)
+    config = SimpleNamespace(seeds=1, steps=1)
+    seen = runner.run_all(worker_environment, config, ["a", "b"], jobs=1, progress=False)
+    assert dict(os.environ) == before  # the parent's environment is left as it was
+    assert list(seen) == [("a", 0), ("b", 0)]
+    for env in seen.values():
+        assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+        assert env["MALLOC_MMAP_THRESHOLD_"] == runner.WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
+        assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
 def test_command_line_quick_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("matplotlib", exc_type=ImportError)
-    pytest.importorskip("tqdm", exc_type=ImportError)
     out_dir = tmp_path / "runs" / "quick"  # made, parents too
-    code = demo_package.main(["demo", "--quick", "--out", str(out_dir), "--jobs", "2"])
-    assert code == 0
-    out = capsys.readouterr().out
+    out = run_command_line(["--quick"], out_dir, capsys)
     figure, report = out_dir / "demo.png", out_dir / "demo_output.txt"
     assert sorted(out_dir.iterdir()) == [figure, report]
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"figure: {figure}; table: {report}" in out
     assert "none: blew up on " in out and "(not checked: the settings differ)" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
@@ -333,9 +349,6 @@ def test_training_is_the_same_bits_under_another_blas_kernel_and_cpu_path() -> N
     # kernel (OpenBLAS's Sandybridge kernel rounds float32 products differently from the
     # AVX2 and AVX-512 ones), NumPy's SIMD paths (AVX-512 and AVX2 disabled) or gradclip's
     # CPU target, so a run gives the same bits on every machine
-    import os
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "NPY_"))}
     settings = [
         {},
         {
@@ -345,17 +358,8 @@ def test_training_is_the_same_bits_under_another_blas_kernel_and_cpu_path() -> N
             "GRADCLIP_CPU_TARGET": "baseline",
         },
     ]
-    digests = set()
-    for extra in settings:
-        done = subprocess.run(
-            [sys.executable, "-c", _DIGEST],
-            env={**base, **extra},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        digests.add(done.stdout.strip())
-    assert len(digests) == 1
+    digests = outputs_in_fresh_processes(_DIGEST, settings)
+    assert len(digests) == 2 and len(set(digests)) == 1 and len(digests[0]) == 64
 
 
 # --------------------------------------------------------------------------- exact arithmetic

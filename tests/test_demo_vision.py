@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,18 +16,16 @@ import gradclip
 
 pytest.importorskip("sklearn", exc_type=ImportError)
 
+from demo_helpers import one_blas_thread, outputs_in_fresh_processes, run_command_line
+
 from gradclip import demo as demo_package
 from gradclip.demo import vision
+from gradclip.demo.vision import network, training
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_blas_thread() -> Iterator[None]:
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         yield
 
 
@@ -86,6 +81,34 @@ def test_digits_split_is_fixed_and_standardised() -> None:
     assert sum(row.tobytes() in train_rows for row in x_test.reshape(len(x_test), -1)) < 5
 
 
+def test_digits_are_scikit_learns_read_without_importing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the demo reads the file load_digits reads, without importing scikit-learn (a second
+    # of CPU in the parent and in every worker): the same arrays either way
+    from sklearn.datasets import load_digits
+
+    from gradclip.demo.vision import data
+
+    assert data.bundled_digits_file() is not None  # this scikit-learn takes the fast path
+    images, labels = load_digits(return_X_y=True)
+    direct = data._digits()
+    assert direct[0].shape == (1797, 64) and direct[1].dtype == np.intp
+    assert np.array_equal(direct[0], images) and np.array_equal(direct[1], labels)
+    monkeypatch.setattr(data, "bundled_digits_file", lambda: None)
+    data._digits.cache_clear()
+    try:
+        fallback = data._digits()  # scikit-learn's own loader
+    finally:
+        data._digits.cache_clear()
+    assert np.array_equal(fallback[0], direct[0]) and np.array_equal(fallback[1], direct[1])
+    code = (
+        "import sys\nfrom gradclip.demo import vision\nx = vision.load_data()[0]\n"
+        "assert x.shape == (1500, 8, 8, 1)\nassert 'sklearn' not in sys.modules\nprint('ok')"
+    )
+    assert outputs_in_fresh_processes(code, [{}]) == ["ok"]
+
+
 def test_forward_matches_the_naive_network() -> None:
     params, x, y = _tiny_problem(0)
     loss, _ = vision.loss_and_grads(params, x, y)
@@ -118,12 +141,12 @@ def test_backward_matches_central_finite_differences(seed: int) -> None:
 def test_large_batches_in_chunks_give_the_whole_batch_gradient() -> None:
     rng = np.random.default_rng(3)
     params = vision.init_params(rng, width=4, blocks=1, dtype=np.float64)
-    x = rng.standard_normal((vision._CHUNK * 2 + 5, 8, 8, 1))
+    x = rng.standard_normal((network._CHUNK * 2 + 5, 8, 8, 1))
     y = rng.integers(0, 10, len(x))
     loss, grads = vision.loss_and_grads(params, x, y)
-    parts = [slice(0, vision._CHUNK + 3), slice(vision._CHUNK + 3, len(x))]
-    convs = vision._layers(params)[0]
-    pieces = [vision._loss_and_grads(params, x[s], y[s], len(x), convs) for s in parts]
+    parts = [slice(0, network._CHUNK + 3), slice(network._CHUNK + 3, len(x))]
+    convs = network._layers(params)[0]
+    pieces = [network._loss_and_grads(params, x[s], y[s], len(x), convs) for s in parts]
     assert loss == pytest.approx(sum(p[0] for p in pieces), rel=1e-12)
     for g, a, b in zip(grads, pieces[0][1], pieces[1][1], strict=True):
         np.testing.assert_allclose(g, a + b, rtol=1e-10, atol=1e-14)
@@ -147,7 +170,7 @@ def test_agc_arm_clips_each_unit_but_not_the_final_layer() -> None:
     params[1][:] = 0.5  # one bias away from zero: its unit bound follows its norm
     grads = _huge_grads(params)
     before = [g.copy() for g in grads]
-    clip = vision._ARM_BY_NAME["agc"].make(config, params)
+    clip = training._ARM_BY_NAME["agc"].make(config, params)
     norm, fired = clip(grads)
     assert fired and norm == pytest.approx(gradclip.get_total_norm(before))
     for g, w in zip(grads[:-2], params[:-2], strict=True):
@@ -176,7 +199,7 @@ def test_fixed_threshold_arms_bound_the_update_by_max_norm(name: str) -> None:
     params = vision.init_params(np.random.default_rng(0), config.width, config.blocks)
     grads = _huge_grads(params)
     before = gradclip.get_total_norm(grads)
-    norm, fired = vision._ARM_BY_NAME[name].make(config, params)(grads)
+    norm, fired = training._ARM_BY_NAME[name].make(config, params)(grads)
     assert norm == pytest.approx(before) and fired
     assert gradclip.get_total_norm(grads) <= config.max_norm * (1 + 1e-5)
 
@@ -224,24 +247,65 @@ def test_run_demo_in_process_covers_every_arm_and_seed() -> None:
 
 
 def test_command_line_vision_and_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("matplotlib", exc_type=ImportError)
-    pytest.importorskip("tqdm", exc_type=ImportError)
     out_dir = tmp_path / "out"
-    code = demo_package.main(
-        ["demo", "--task", "all", "--quick", "--steps", "10", "--out", str(out_dir), "--jobs", "2"]
-    )
-    assert code == 0
-    out = capsys.readouterr().out
+    out = run_command_line(["--task", "all", "--quick", "--steps", "10"], out_dir, capsys)
     names = ["demo.png", "demo_output.txt", "demo_vision.png", "demo_vision_output.txt"]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(names)
-    for png in ("demo.png", "demo_vision.png"):
-        assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.index("Adding problem") < out.index("Handwritten digits")
     written = (out_dir / "demo_vision_output.txt").read_text(encoding="utf-8")
     assert written.startswith("Handwritten digits (scikit-learn load_digits")
     assert "10 steps x 2 seeds per arm" in written
     rows = [line for line in written.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["arm"] + [a.name for a in vision.ARMS]
+
+
+def test_accuracy_panel_keeps_the_runs_that_stopped_in_view(tmp_path: Path) -> None:
+    # a run that stopped on a non-finite value is scored 0% at its last evaluation: its
+    # curve ends in a cross there, and the median over seeds stops once most seeds stopped
+    pytest.importorskip("matplotlib", exc_type=ImportError)
+    from matplotlib.figure import Figure
+
+    from gradclip.demo import plot
+
+    def run(seed: int, eval_steps: list[int], accuracy: list[float]) -> vision.VisionResult:
+        steps = eval_steps[-1]
+        stopped = steps < 45
+        loss = np.full(45, np.nan)
+        loss[:steps] = 2.0
+        return vision.VisionResult(
+            arm="none",
+            seed=seed,
+            loss=loss,
+            grad_norm=loss.copy(),
+            steps_run=steps,
+            clipped=0,
+            diverged_at=steps - 2 if stopped else None,
+            stopped=stopped,
+            seconds=0.0,
+            test_accuracy=accuracy[-1],
+            test_loss=math.nan if stopped else 1.0,
+            clipped_norm=loss.copy(),
+            eval_steps=np.array(eval_steps, dtype=np.intp),
+            eval_accuracy=np.array(accuracy),
+        )
+
+    runs = [run(0, [15, 19], [0.12, 0.0]), run(1, [15, 30, 41], [0.1, 0.3, 0.0])]
+    runs.append(run(2, [15, 30, 45], [0.2, 0.4, 0.6]))
+    ax = Figure().subplots()
+    seen = {"o": False, "x": False}
+    plot._accuracy_curves(ax, runs, "red", "-", {"color": "red"}, seen)
+    assert seen["x"]
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [
+        ([19], [0.0]),
+        ([41], [0.0]),
+    ]
+    median = ax.lines[-1]
+    assert list(median.get_xdata()) == [15, 30, 45]
+    np.testing.assert_allclose(median.get_ydata(), [12.0, 30.0, np.nan])
+    config = replace(vision.QUICK, seeds=3)
+    path = vision.save_figure(runs, config, tmp_path / "f.png")
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_command_line_options_of_the_other_task_are_refused(
@@ -340,7 +404,6 @@ def test_training_is_the_same_bits_under_other_blas_kernels_and_cpu_targets() ->
     pytest.importorskip("threadpoolctl", exc_type=ImportError)
     import json
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "NPY_", "OMP"))}
     targets = gradclip.available_cpu_targets()
     settings = [
         {"OPENBLAS_NUM_THREADS": "1", "GRADCLIP_CPU_TARGET": targets[-1]},
@@ -351,16 +414,7 @@ def test_training_is_the_same_bits_under_other_blas_kernels_and_cpu_targets() ->
             "GRADCLIP_CPU_TARGET": targets[0],
         },
     ]
-    seen = []
-    for extra in settings:
-        done = subprocess.run(
-            [sys.executable, "-c", _DIGEST],
-            env={**base, **extra},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        seen.append(json.loads(done.stdout))
+    seen = [json.loads(line) for line in outputs_in_fresh_processes(_DIGEST, settings)]
     assert seen[0][0] == seen[1][0]
     if len(targets) > 1:  # the settings took effect: another gradclip target ran
         assert seen[0][2] != seen[1][2]

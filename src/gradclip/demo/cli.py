@@ -6,6 +6,7 @@ the commands and dispatches to :func:`run`). ``--task`` picks the task: ``rnn`` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -48,7 +49,9 @@ class Task:
     #: the files a run writes into its output directory (``--out docs`` refreshes the README's)
     figure: str
     report: str
-    #: packages the task needs beyond matplotlib and tqdm: (import name, distribution name)
+    #: packages the task needs beyond matplotlib and tqdm: (import name, distribution name);
+    #: looked for, not imported (the vision task reads only a data file scikit-learn bundles,
+    #: and importing scikit-learn would cost a second before the training starts)
     packages: tuple[tuple[str, str], ...] = ()
 
     def default(self) -> Any:
@@ -140,14 +143,18 @@ def _missing_packages(progress: bool, tasks: list[Task]) -> str | None:
     wanted = [("matplotlib", "matplotlib")]
     if progress:
         wanted.append(("tqdm", "tqdm"))
-    for task in tasks:
-        wanted += [p for p in task.packages if p not in wanted]
     missing = []
     for module, dist in wanted:
         try:
             __import__(module)
         except ImportError as exc:  # absent, or present but broken: then say why
             missing.append(dist if exc.name == module else f"{dist} ({exc})")
+    for task in tasks:
+        missing += [
+            dist
+            for module, dist in task.packages
+            if dist not in missing and importlib.util.find_spec(module) is None
+        ]
     if not missing:
         return None
     return (

@@ -109,7 +109,8 @@ def plot_runs(
     arm, the unclipped blow-ups included) and on a linear scale cut just above the largest
     spike of the clipped arms that never diverged (spikes the log panel squashes into a
     band); and, when
-    ``spec.accuracy_title`` is set, the test accuracy at the results' evaluation steps. The
+    ``spec.accuracy_title`` is set, the test accuracy at the results' evaluation steps (a run
+    that stopped ends in a cross at its last evaluation, where it scores 0%). The
     thick line of each arm is the median over seeds (drawn while at least half the seeds are
     still running with finite values), the thin ones are single seeds. A circle marks the
     step at which a run diverged (its loss past the task's bound, at the top edge when beyond
@@ -163,32 +164,8 @@ def plot_runs(
             for run in runs:
                 _mark(ax, run, getattr(run, attr), color, top, marker_seen)
         if spec.accuracy_title is not None:
-            evaluated: list[Any] = list(runs)  # a task with an accuracy panel records these
-            steps = np.asarray(evaluated[0].eval_steps)
-            if all(np.array_equal(r.eval_steps, steps) for r in evaluated):
-                acc = np.array([r.eval_accuracy for r in evaluated], dtype=np.float64)
-                for curve in acc:
-                    ax_acc.plot(steps, 100 * curve, color=color, ls=style, lw=0.6, alpha=0.45)
-                median = 100 * np.median(acc, axis=0)
-                ax_acc.plot(steps, median, **{**median_style, "markevery": 1})
-            else:  # some runs stopped early: each seed's curve, no median
-                for r in evaluated:
-                    ax_acc.plot(r.eval_steps, 100 * r.eval_accuracy, color=color, ls=style, lw=0.6)
-    if marker_seen["o"]:
-        ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")
-    if marker_seen["x"]:
-        ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
-    if spec.loss_ref is not None:
-        ax_loss.axhline(spec.loss_ref[0], color="gray", ls="--", lw=1, label=spec.loss_ref[1])
-    if spec.norm_ref is not None:
-        for ax in (ax_norm, ax_zoom):
-            ax.axhline(
-                spec.norm_ref[0],
-                color="gray",
-                ls=":",
-                lw=1,
-                label=spec.norm_ref[1] if ax is ax_norm else None,
-            )
+            _accuracy_curves(ax_acc, runs, color, style, median_style, marker_seen)
+    _references(ax_loss, (ax_norm, ax_zoom), spec, marker_seen)
     window = f"{edges[1]} steps"
     ax_loss.set(
         yscale="log",
@@ -213,24 +190,7 @@ def plot_runs(
         title="Gradient norm, linear scale: the clipped runs' spikes",
     )
     if spec.accuracy_title is not None:
-        if spec.accuracy_ref is not None:
-            ax_acc.axhline(100 * spec.accuracy_ref[0], color="gray", ls="--", lw=1)
-            ax_acc.annotate(
-                spec.accuracy_ref[1],
-                (spec.steps, 100 * spec.accuracy_ref[0]),
-                xytext=(-4, 3),
-                textcoords="offset points",
-                ha="right",
-                color="gray",
-                fontsize=9,
-            )
-        ax_acc.set(
-            xlim=(0, spec.steps),
-            ylim=(0, 100),
-            xlabel="step",
-            ylabel="test accuracy (%)",
-            title=spec.accuracy_title,
-        )
+        _accuracy_axes(ax_acc, spec, any(r.stopped for r in results))
     fig.suptitle(spec.suptitle)
     handles, labels = ax_loss.get_legend_handles_labels()
     extra_handles, extra_labels = ax_norm.get_legend_handles_labels()
@@ -244,6 +204,89 @@ def plot_runs(
     )
     fig.savefig(path, dpi=100)
     return path
+
+
+def _references(
+    ax_loss: Any, norm_axes: tuple[Any, Any], spec: FigureSpec, seen: dict[str, bool]
+) -> None:
+    """The legend entries of the markers drawn, and the reference lines."""
+    if seen["o"]:
+        ax_loss.plot([], [], "o", color="black", mfc="none", ms=7, mew=1.5, label="run diverged")
+    if seen["x"]:
+        ax_loss.plot([], [], "x", color="black", ms=8, mew=2, label="run stopped: non-finite")
+    if spec.loss_ref is not None:
+        ax_loss.axhline(spec.loss_ref[0], color="gray", ls="--", lw=1, label=spec.loss_ref[1])
+    if spec.norm_ref is not None:
+        for ax in norm_axes:
+            ax.axhline(
+                spec.norm_ref[0],
+                color="gray",
+                ls=":",
+                lw=1,
+                label=spec.norm_ref[1] if ax is norm_axes[0] else None,
+            )
+
+
+def _accuracy_axes(ax: Any, spec: FigureSpec, any_stopped: bool) -> None:
+    """The accuracy panel's reference line, note and axes."""
+    if spec.accuracy_ref is not None:
+        ax.axhline(100 * spec.accuracy_ref[0], color="gray", ls="--", lw=1)
+        ax.annotate(
+            spec.accuracy_ref[1],
+            (spec.steps, 100 * spec.accuracy_ref[0]),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            color="gray",
+            fontsize=9,
+        )
+    if any_stopped:
+        ax.annotate(
+            "x: a run that stopped on a non-finite value scores 0%",
+            (spec.steps, 0),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            color="gray",
+            fontsize=9,
+        )
+    ax.set(
+        xlim=(0, spec.steps),
+        # below 0 a margin, so that a run that stopped (scored 0%: its weights are not
+        # finite) stays visible, its line and cross above the axis
+        ylim=(-5, 101),
+        xlabel="step",
+        ylabel="test accuracy (%)",
+        title=spec.accuracy_title,
+    )
+
+
+def _accuracy_curves(
+    ax: Any,
+    runs: Sequence[RunResult],
+    color: str,
+    style: Any,
+    median_style: dict[str, Any],
+    seen: dict[str, bool],
+) -> None:
+    """One arm's test accuracy: each seed's curve, a cross at the last evaluation of a run
+    that stopped on a non-finite value, and the median over seeds on the evaluation steps
+    of the longest run, drawn while at least half of the seeds were still running (a stopped
+    run counts as the worst)."""
+    evaluated: list[Any] = list(runs)  # a task with an accuracy panel records these
+    for r in evaluated:
+        ax.plot(r.eval_steps, 100 * r.eval_accuracy, color=color, ls=style, lw=0.6, alpha=0.45)
+        if r.stopped and len(r.eval_steps):
+            ax.plot(r.eval_steps[-1], 100 * r.eval_accuracy[-1], "x", color=color, ms=8, mew=2)
+            seen["x"] = True
+    grid = np.asarray(max(evaluated, key=lambda r: r.steps_run).eval_steps)
+    acc = np.full((len(evaluated), len(grid)), -np.inf)
+    for row, r in zip(acc, evaluated, strict=True):
+        at = {int(step): value for step, value in zip(r.eval_steps, r.eval_accuracy, strict=True)}
+        row[:] = [at.get(int(step), -np.inf) for step in grid]
+    median = 100 * np.median(acc, axis=0)
+    median[~np.isfinite(median)] = np.nan
+    ax.plot(grid, median, **{**median_style, "markevery": 1})
 
 
 def _mark(

@@ -1,0 +1,144 @@
+"""The vision task's report: the line above the table, the summary table, what was expected
+and whether it happened, and the figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..common import (
+    Arm,
+    Claim,
+    common_cells,
+    divergence_lines,
+    expectation_lines,
+    markdown_table,
+    seeds_phrase,
+)
+from .data import TEST_SIZE
+from .network import init_params
+from .training import ARMS, CHANCE_LOSS, DIVERGED_LOSS, VisionConfig, VisionResult
+
+__all__ = ["CLAIMS", "format_table", "header", "save_figure"]
+
+
+def header(config: VisionConfig) -> str:
+    """The line above the table: what was trained."""
+    return (
+        f"Handwritten digits (scikit-learn load_digits, 8x8, 1500 train / {TEST_SIZE} test): "
+        f"residual CNN without normalisation, {config.width} channels, {config.blocks} "
+        f"blocks, batch {config.batch}, SGD lr {config.lr} momentum {config.momentum}; "
+        f"{config.steps} steps x {seeds_phrase(config.seeds)} per arm"
+    )
+
+
+def _arm_rows(
+    results: Sequence[VisionResult], arms: Sequence[Arm], config: VisionConfig
+) -> list[list[str]]:
+    probe = init_params(np.random.default_rng(0), config.width, config.blocks, ws=config.ws)
+    rows = []
+    for arm in arms:
+        runs = [r for r in results if r.arm == arm.name]
+        if not runs:
+            continue
+        outcomes = [r.outcome for r in runs]
+        cells = common_cells(runs, arm)
+        tally = ", ".join(
+            f"{outcomes.count(kind)} {kind}"
+            for kind in ("learned", "partly", "chance", "diverged")
+            if outcomes.count(kind)
+        )
+        rows.append(
+            [
+                arm.name,
+                arm.threshold(config, probe),
+                cells["diverged"],
+                f"{100 * float(np.median([r.test_accuracy for r in runs])):.1f}%",
+                cells["clipped"],
+                cells["peak |g|"],
+                cells["time s"],
+                tally,
+            ]
+        )
+    return rows
+
+
+def format_table(
+    results: Sequence[VisionResult], config: VisionConfig, arms: Sequence[Arm] = ARMS
+) -> str:
+    """The summary table of a vision-demo run, and what each arm did."""
+    head = ["arm", "clip at", "diverged", "test acc.", "clipped", "peak |g|", "time s", "seeds"]
+    out = markdown_table(head, _arm_rows(results, arms, config))
+    out += [
+        "",
+        f"test acc.: median over seeds, on the {TEST_SIZE} held-out images (chance: 10%); "
+        f"diverged: training loss non-finite or above {DIVERGED_LOSS:.1f} (10x chance, "
+        "ln 10) at some step; clipped: share of steps where clipping changed the gradient; "
+        "peak |g|: largest total gradient norm before clipping; seeds: learned = test "
+        "accuracy >= 90%, partly = 20-90%, chance = below 20%",
+        f"agc: each unit's gradient norm capped at {config.clipping:g} x max(|w_unit|, "
+        f"{config.agc_eps:g}); units: output channels of each convolution, each bias vector; "
+        "the final linear layer is not clipped (Brock et al. 2021)",
+        "",
+        *_summary(results, config),
+    ]
+    return "\n".join(out)
+
+
+#: What the demo claims at its default settings: (arm, what happened, test of one run).
+CLAIMS: tuple[Claim, ...] = (
+    ("none", "blew up", lambda r: r.diverged),
+    ("global", "learned (test accuracy >= 90%)", lambda r: r.outcome == "learned"),
+)
+
+
+def _summary(results: Sequence[VisionResult], config: VisionConfig) -> list[str]:
+    lines = []
+    for name in dict.fromkeys(r.arm for r in results):
+        runs = [r for r in results if r.arm == name]
+        accuracy = sorted(100 * r.test_accuracy for r in runs)
+        collapsed = sum(not r.diverged and r.outcome == "chance" for r in runs)
+        line = f"{name}: test accuracy per seed " + ", ".join(f"{a:.1f}%" for a in accuracy)
+        if collapsed:
+            line += f"; {collapsed} collapsed to chance without diverging"
+        lines.append(line)
+    checked = replace(config, seeds=VisionConfig().seeds) == VisionConfig()
+    intro = "expected with the default settings: no clipping blows up, global norm clipping learns"
+    return [
+        *lines,
+        "",
+        *expectation_lines(results, CLAIMS, intro, checked),
+        *divergence_lines(results),
+    ]
+
+
+def save_figure(
+    results: Sequence[VisionResult],
+    config: VisionConfig,
+    path: Any,
+    arms: Sequence[Arm] = ARMS,
+) -> Any:
+    """Save the vision figure (loss, gradient norm, test accuracy against step)."""
+    from ..plot import FigureSpec, plot_runs
+
+    spec = FigureSpec(
+        steps=config.steps,
+        suptitle=(
+            f"gradclip demo: residual CNN without normalisation ({config.width} channels, "
+            f"{config.blocks} blocks) on 8x8 digits, batch {config.batch}, SGD lr {config.lr}, "
+            f"momentum {config.momentum}\nexact arithmetic: the same curves under any BLAS "
+            f"kernel, CPU and thread count; thick: median of {seeds_phrase(config.seeds)}, "
+            "thin: each seed"
+        ),
+        loss_title="Training loss, digits",
+        loss_label="training loss (cross-entropy",
+        loss_ref=(CHANCE_LOSS, "uniform guess (ln 10)"),
+        loss_top=1e5,
+        norm_ref=(config.max_norm, "max_norm"),
+        accuracy_title="Test accuracy (297 held-out images)",
+        accuracy_ref=(0.1, "chance"),
+    )
+    return plot_runs(results, path, arms=arms, spec=spec)
