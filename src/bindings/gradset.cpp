@@ -25,7 +25,7 @@ public:
     GradSet(const py::handle& grads, const std::string& arg, bool single, bool cached, bool write = true) {
         parse(grads, arg, single, b_, write);
         if (!cached) {
-            if (write) check_writable(b_);
+            if (write) check_writable(b_, true);
             return;
         }
         data0_.reserve(b_.keep.size());
