@@ -194,3 +194,66 @@ def test_interleaved_views_are_still_accepted_every_call() -> None:
         gradclip.clip_grad_norm_(views, 1e9)
     assert gradclip.clip_grad_norm_(views, 1.0) == pytest.approx(math.sqrt(20))
     np.testing.assert_allclose(np.linalg.norm(buf), 1.0, rtol=1e-6)
+
+
+def _lists_of(lengths, dtypes, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(dt) for n, dt in zip(lengths, dtypes, strict=True)]
+
+
+def test_plans_lent_between_calls_match_fresh_ones() -> None:
+    """One-shot calls that repeat the previous call's lengths and types borrow its plans:
+    every call gives the bits a GradientSet over the same arrays gives, and a call whose
+    lengths or types differ (same count) is planned for its own."""
+    f32, f64 = np.float32, np.float64
+    # several 64 KiB chunks, arrays split across chunk boundaries at different places
+    cases = [
+        ([40_000, 30_000, 50_000], [f32, f32, f32]),
+        ([40_000, 30_000, 50_000], [f32, f32, f32]),
+        ([40_000, 30_000, 50_000], [f32, f32, f32]),
+        ([50_000, 30_000, 40_000], [f32, f32, f32]),  # same count and types, other lengths
+        ([50_000, 30_000, 40_000], [f32, f64, f32]),  # same lengths, another type
+        ([50_000, 30_000, 40_000], [f32, f64, f32]),
+        ([50_000, 30_000, 40_000], [np.float16, f64, f32]),
+    ]
+    for i, (lengths, dtypes) in enumerate(cases):
+        g = _lists_of(lengths, dtypes, seed=i)
+        set_norm = gradclip.GradientSet(g).total_norm()
+        assert gradclip.get_total_norm(g) == set_norm
+        assert gradclip.get_total_norm(g) == set_norm
+        np.testing.assert_array_equal(
+            gradclip.tensor_norms(g), gradclip.GradientSet(g).tensor_norms()
+        )
+        assert set_norm == pytest.approx(reference.get_total_norm(g), rel=1e-12)
+        want = [a.copy() for a in g]
+        twin = [a.copy() for a in g]
+        assert gradclip.clip_grad_norm_(g, 1.0) == set_norm
+        gradclip.GradientSet(twin).clip_norm_(1.0)
+        reference.clip_grad_norm_(want, 1.0)
+        for a, b, c in zip(g, twin, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=2e-3 if a.dtype == np.float16 else 1e-6)
+
+
+def test_lent_plans_on_threads() -> None:
+    """Free-function calls on several threads at once (each takes the one kept plan or builds
+    its own) give the single-threaded bits."""
+    import threading
+
+    lists = [_lists_of([3000, 70_000, 5], [np.float32] * 3, seed=s) for s in range(4)]
+    want = [gradclip.GradientSet(g).total_norm() for g in lists]
+    errors: list[str] = []
+
+    def work(k: int) -> None:
+        for _ in range(200):
+            got = gradclip.get_total_norm(lists[k])
+            if got != want[k]:
+                errors.append(f"list {k}: {got!r} != {want[k]!r}")
+                return
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
