@@ -335,6 +335,17 @@ def get_total_norm(
     >>> gradclip.get_total_norm([np.array([3.0]), np.array([4.0])])
     5.0
     """
+    if (
+        type(grads) in _CONTAINERS
+        and type(norm_type) is float
+        and norm_type > 0.0
+        and error_if_nonfinite is False
+        and comm is None
+        and "jax" not in sys.modules
+    ):
+        # the common call, checked inline as clip_grad_norm_'s is
+        target = (grads, False)
+        return ONCE.total_norm(target, norm_type)
     p = check_norm_type(norm_type)
     return _total_norm(ONCE, as_sequence(grads), p, error_if_nonfinite, comm)
 
@@ -531,6 +542,19 @@ class GradientSet:
         comm: Any = None,
     ) -> float:
         """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
+        if (
+            type(max_norm) is float
+            and 0.0 < max_norm < math.inf
+            and type(norm_type) is float
+            and norm_type > 0.0
+            and type(eps) is float
+            and 0.0 <= eps < math.inf
+            and nonfinite is _PROPAGATE
+            and error_if_nonfinite is False
+            and comm is None
+        ):
+            # the common call, checked inline as clip_grad_norm_'s is
+            return self._set.clip_total(max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
         max_norm = check_max_norm(max_norm)
         p = check_norm_type(norm_type)
         mode = resolve_mode(nonfinite, error_if_nonfinite)
@@ -541,6 +565,13 @@ class GradientSet:
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
     ) -> float:
         """:func:`get_total_norm` over the set."""
+        if (
+            type(norm_type) is float
+            and norm_type > 0.0
+            and error_if_nonfinite is False
+            and comm is None
+        ):
+            return self._set.total_norm(norm_type)  # the common call, checked inline
         return _total_norm(SET, self._set, check_norm_type(norm_type), error_if_nonfinite, comm)
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
