@@ -223,3 +223,18 @@ def test_torch_reading_call_does_not_speak_of_a_lost_update() -> None:
     p.grad = torch.ones(4)._neg_view()
     with pytest.raises(TypeError, match=r"parameters\[0\]\.grad .*lose the update"):
         gct.clip_grad_norm_([p], 1.0)
+
+
+def test_torch_single_tensor_by_keyword_is_named_without_an_index() -> None:
+    torch = pytest.importorskip("torch")
+    import gradclip.torch as gct
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(1).expand(3)  # stride 0: refused by a writing call
+    for call in (
+        lambda: gct.clip_grad_norm_(parameters=p, max_norm=1.0),
+        lambda: gct.clip_grad_value_(parameters=p, clip_value=1.0),
+        lambda: gct.clip_grads_with_norm_(parameters=p, max_norm=1.0, total_norm=10.0),
+    ):
+        with pytest.raises(ValueError, match=r"^parameters\.grad has elements that share"):
+            call()

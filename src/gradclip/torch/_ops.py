@@ -70,7 +70,8 @@ def _torch_names(arg: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             try:
                 return f(*args, **kwargs)
             except (TypeError, ValueError) as exc:
-                single = bool(args) and isinstance(args[0], torch.Tensor)
+                first = args[0] if args else kwargs.get(arg)  # passed by keyword too
+                single = isinstance(first, torch.Tensor)
                 exc.args = tuple(
                     _CORE_POSITION.sub(lambda m: _name(arg, int(m[1]), single), a)
                     if isinstance(a, str)
