@@ -30,7 +30,6 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -40,7 +39,9 @@ exclude_patterns = ["_build", "**/_build"]
 
 # MyST: ``{func}`name``` roles and directives in fences; headings up to level 3 get anchors,
 # so a page can link to ``other.md#a-section``.
-myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+# No math extension: MathJax would load from a CDN when a page is read, and offline (a local
+# build, no network) the formulas would show as raw LaTeX; the few formulas are plain text.
+myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 # Every reference must resolve: with nitpicky, a {func}/{class} role whose target does not
@@ -78,5 +79,6 @@ napoleon_preprocess_types = False
 
 html_theme = "furo"
 html_title = f"gradclip {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["gradclip.css"]
 html_theme_options = {"navigation_with_keys": True}

@@ -110,7 +110,8 @@ def make_array(values: np.ndarray, dtype: np.dtype[Any], layout: str) -> np.ndar
     """A fresh writeable array holding ``values`` (rounded to ``dtype``) in ``layout``.
 
     C / F: dense; reversed: a dense block seen with negative strides on every axis; strided:
-    every other element along the last axis of a larger buffer whose gaps hold GAP_SENTINEL;
+    every other element along the last axis of a larger buffer whose gaps hold GAP_SENTINEL
+    (rows of 2n + 1 elements, so the axes do not merge);
     unaligned: dense C data starting at an odd address inside a bytearray.
     """
     values = np.asarray(values)
@@ -125,9 +126,11 @@ def make_array(values: np.ndarray, dtype: np.dtype[Any], layout: str) -> np.ndar
         if not shape:
             out = np.empty(shape, dtype)
         else:
-            base = np.empty((*shape[:-1], 2 * shape[-1]), dtype)
+            # 2n + 1, not 2n: the rows' stride is then no multiple of the elements', so the
+            # axes cannot merge into one strided run and the walk over rows is exercised
+            base = np.empty((*shape[:-1], 2 * shape[-1] + 1), dtype)
             base[...] = cast(np.array(GAP_SENTINEL), dtype)
-            out = base[..., ::2]
+            out = base[..., : 2 * shape[-1] : 2]
     elif layout == "unaligned":
         n = math.prod(shape)
         buf = bytearray(n * dtype.itemsize + 1)

@@ -67,7 +67,10 @@ INF = math.inf
 P_ALL = [1.0, 2.0, INF, 0.5, 3.0]
 
 LENGTHS = [0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 70001]
+# (7, 10001) spans several 64 KiB chunks: in the strided layout (whose axes do not merge) a
+# chunk then starts in the middle of a row, where the strided walk restarts.
 SHAPES = [(n,) for n in LENGTHS] + [(), (0, 5), (3, 0, 2), (3, 5, 7), (2, 33), (4, 16, 3)]
+SHAPES += [(7, 10001)]
 
 
 def shape_id(shape: tuple[int, ...]) -> str:

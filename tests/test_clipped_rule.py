@@ -59,11 +59,12 @@ def test_agc_with_nan_gradient_is_clipped():
     assert r.clipped and math.isnan(r.coef)
 
 
+@pytest.mark.parametrize("module", [gradclip, ref], ids=["gradclip", "reference"])
 @pytest.mark.parametrize("per_layer", [False, True])
-def test_per_example_nan_example_counts_as_clipped(per_layer):
+def test_per_example_nan_example_counts_as_clipped(module, per_layer):
     # example 0 has a NaN, example 1 is far below the bound, example 2 above it
     g = [np.array([[np.nan, 0.0], [0.01, 0.0], [30.0, 40.0]])]
-    _, n = gradclip.clip_per_example_(g, 1.0, per_layer=per_layer)
+    _, n = module.clip_per_example_(g, 1.0, per_layer=per_layer)
     counted = int(n[0]) if per_layer else n
     assert counted == 2
     assert np.isnan(g[0][0]).all()  # the NaN coefficient was written to the whole example

@@ -86,6 +86,13 @@ def _added_entry(m: ModuleType, s: dict[str, Any]) -> Any:
     return gs.total_norm()
 
 
+def _added_nested_entry(m: ModuleType, s: dict[str, Any]) -> Any:
+    grads = [s["g"]]
+    gs = m.GradientSet({"k": grads})
+    grads.append(s["h"])
+    return gs.total_norm()
+
+
 def _resized_set(m: ModuleType, s: dict[str, Any]) -> Any:
     gs = m.GradientSet([s["a"]])
     s["a"].resize(8, refcheck=False)
@@ -145,6 +152,12 @@ CASES: dict[str, Case] = {
     ),
     "added-entry": Case(
         _added_entry, ValueError, ("grads", "2 entries", "1 when"), reference=False
+    ),
+    "added-nested-entry": Case(
+        _added_nested_entry,
+        ValueError,
+        ("grads['k']", "in the tree", "2 entries", "1 when"),
+        reference=False,
     ),
     "masked": Case(
         lambda m, s: m.clip_grad_norm_([s["g"], np.ma.masked_array(np.ones(3), [0, 1, 0])], 1.0),

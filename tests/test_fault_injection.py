@@ -116,6 +116,23 @@ def _env(shim: Path) -> dict[str, str]:
     return env
 
 
+def test_the_sweep_covers_every_operation_that_writes_or_copies() -> None:
+    """Each writing or copying operation of the registry (tests/operations.py), and each
+    GradientSet method that writes, has a scenario in the driver: a new operation cannot
+    miss the sweep."""
+    from operations import operations
+
+    named = {s.name.split("-", 1)[0] for s in _driver().SCENARIOS}
+    wanted = {op.name for op in operations(access=("write", "copy"))}
+    wanted |= {
+        f"GradientSet.{op.gradient_set}"
+        for op in operations(access=("write",))
+        if op.gradient_set is not None
+    }
+    missing = sorted(wanted - named)
+    assert not missing, f"tests/fault/driver.py has no scenario for {missing}"
+
+
 def test_shim_fails_the_nth_allocation_once(shim: Path) -> None:
     """The shim itself: counting, exactly one failure at N, every interposed function."""
     script = textwrap.dedent(

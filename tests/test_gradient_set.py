@@ -151,3 +151,40 @@ def test_scalar_arguments_checked():
         gs.clip_value_(float("nan"))
     with pytest.raises(TypeError):
         gs.clip_norm_("1")
+
+
+def test_a_replaced_entry_is_noticed_at_any_depth():
+    # an Optax/Flax-like tree of dicts and lists: replacing an array anywhere in it is an
+    # error naming its path, as at the top, never a silent clip of the old array
+    w, b, h = np.full(3, 2.0), np.full(2, 2.0), np.full(4, 2.0)
+    tree = {"enc": {"w": w, "b": b}, "blocks": ([h],)}
+    gs = gradclip.GradientSet(tree)
+    norm = gs.total_norm()
+    tree["enc"]["w"] = np.full(3, 9.0)
+    with pytest.raises(ValueError, match=r"^grads\['enc'\]\['w'\] was replaced in the dict"):
+        gs.clip_norm_(1.0)
+    assert (b == 2.0).all() and (h == 2.0).all()  # nothing written
+    tree["enc"]["w"] = w
+    assert gs.total_norm() == norm  # put back: the set works again
+    tree["blocks"][0][0] = np.full(4, 9.0)  # a list inside a tuple
+    with pytest.raises(ValueError, match=r"^grads\['blocks'\]\[0\]\[0\] was replaced in the list"):
+        gs.tensor_norms()
+    tree["blocks"][0][0] = h
+    tree["blocks"][0].append(np.ones(1))
+    with pytest.raises(
+        ValueError,
+        match=r"^grads\['blocks'\]\[0\] \(a list in the tree the GradientSet was made from\) "
+        r"has 2 entries now, 1 when",
+    ):
+        gs.clip_value_(1.0)
+
+
+def test_a_set_made_from_a_tuple_watches_the_lists_inside():
+    inner = [np.ones(3)]
+    gs = gradclip.GradientSet((inner, np.ones(2)))
+    inner[0] = np.ones(3)
+    with pytest.raises(ValueError, match=r"^grads\[0\]\[0\] was replaced in the list"):
+        gs.total_norm()
+    inner.clear()
+    with pytest.raises(ValueError, match=r"^grads\[0\] \(a list in the tree"):
+        gs.total_norm()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import math
+import subprocess
+import sys
 import types
 from typing import Any, NamedTuple
 
@@ -213,3 +215,79 @@ def test_reading_call_takes_objects_that_need_a_copy() -> None:
     assert ref.get_total_norm([c]) == 4.0
     with pytest.raises(TypeError, match="cannot be used in place"):
         gradclip.clip_grad_norm_([c], 1.0)
+
+
+# ---------------------------------------------------------------- the documented rule, exactly
+
+# docs/pytrees.md, "Without JAX", checked in an interpreter where JAX cannot be imported:
+# which objects are containers (nested and at the top level), which are leaves, and which
+# container types the functional forms give back.
+WITHOUT_JAX = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib"):
+            raise ImportError(name)
+sys.meta_path.insert(0, Refuse())
+import collections, dataclasses, types
+import numpy as np, gradclip
+
+class L(list): pass
+class T(tuple): pass
+class D(dict): pass
+NT = collections.namedtuple("NT", "x y")
+@dataclasses.dataclass
+class DC:
+    w: object
+
+a, b, c = np.full(4, 1.0), np.full(4, 2.0), np.full(1, 3.0)
+# containers at any depth, and the container type the copies come back in
+for node, back in [
+    (L([a, b]), L), (T((a, b)), T), (NT(a, b), NT), ([a, b], list), ((a, b), tuple),
+    ({"x": a, "y": b}, dict), (collections.OrderedDict(x=a, y=b), collections.OrderedDict),
+    (D(x=a, y=b), D), (collections.defaultdict(list, x=a, y=b), dict),
+]:
+    t = [node, c]
+    assert gradclip.tensor_norms(t).tolist() == [2.0, 4.0, 3.0], type(node)
+    out, _ = gradclip.clip_by_global_norm(t, 100.0)
+    assert type(out[0]) is back, (type(node), type(out[0]))
+# converted once at the top level only
+for top in (types.MappingProxyType({"x": a, "y": b}), collections.deque([a, b]),
+            (x for x in [a, b]), {"x": a, "y": b}.values()):
+    assert gradclip.tensor_norms(top).tolist() == [2.0, 4.0], type(top)
+# leaves inside a tree: refused by a writing call, read by a reading call if NumPy reads them
+for leaf in (types.MappingProxyType({"x": a}), {1.0}, frozenset([1.0]), DC(a),
+             collections.deque([a, b])):
+    try:
+        gradclip.clip_grad_norm_([leaf, c], 1.0)
+    except TypeError as exc:
+        assert str(exc).startswith("grads[0] (" + type(leaf).__name__ + ")"), exc
+    else:
+        raise AssertionError(type(leaf))
+# a nested deque of equal-shaped arrays is one stacked array to a reading call
+assert gradclip.tensor_norms([collections.deque([a, b]), c]).tolist() == [20 ** 0.5, 3.0]
+print("ok")
+"""
+
+
+def test_the_containers_without_jax_are_the_documented_ones() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_JAX],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_an_optree_tree_flattened_by_the_caller() -> None:
+    # docs/pytrees.md's recipe for optree's custom nodes: flatten, clip the leaves, rebuild
+    optree = pytest.importorskip("optree")
+    tree = {"a": collections.deque([np.full(4, 1.0), None]), "b": (np.full(4, 2.0),)}
+    leaves, spec = optree.tree_flatten(tree, none_is_leaf=True)
+    clipped, norm = gradclip.clip_by_global_norm(leaves, 1.0, eps=0.0)
+    back = optree.tree_unflatten(spec, clipped)
+    assert norm == pytest.approx(math.sqrt(20))
+    assert isinstance(back["a"], collections.deque) and back["a"][1] is None
+    np.testing.assert_allclose(back["b"][0], np.full(4, 2.0 / math.sqrt(20)))

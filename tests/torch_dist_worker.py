@@ -1,6 +1,6 @@
 """One rank of the torch.distributed tests (tests/test_torch_distributed.py starts the ranks).
 
-    python tests/torch_dist_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE
+    python tests/torch_dist_worker.py RANK WORLD_SIZE INIT_FILE OUT_FILE [SCENARIO,...]
 
 Runs every scenario below on a gloo process group over the CPU and writes what it saw, per
 scenario, as JSON to OUT_FILE; the test compares the ranks' reports. A scenario that raises
@@ -145,17 +145,69 @@ def scenario_placements(mesh, rank: int, n: int) -> dict:
 
 
 def scenario_mesh2d(n: int) -> dict:
-    """A 2-D mesh (n, 1): replicated along the first dimension, sharded along the second,
-    and the other way round; the norms are gathered along each dimension in turn."""
-    mesh = init_device_mesh("cpu", (n, 1), mesh_dim_names=("rep", "shard"))
-    torch.manual_seed(4)
-    full_a, full_b = torch.randn(9, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    a = distribute_tensor(full_a.clone(), mesh, [Replicate(), Shard(0)])
-    b = distribute_tensor(full_b.clone(), mesh, [Shard(0), Replicate()])
-    norm = gt.get_total_norm([a, b])
+    """2-D meshes (n, 1) and (1, n): replicated along one dimension, sharded along the
+    other, and the other way round; the norms are gathered along each dimension in turn."""
+    out = {}
+    for shape in ((n, 1), (1, n)):
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=("rep", "shard"))
+        torch.manual_seed(4)
+        full_a = torch.randn(9, 2, dtype=torch.float64)
+        full_b = torch.randn(5, dtype=torch.float64)
+        a = distribute_tensor(full_a.clone(), mesh, [Replicate(), Shard(0)])
+        b = distribute_tensor(full_b.clone(), mesh, [Shard(0), Replicate()])
+        out[f"norm{shape}"] = norm_report(gt.get_total_norm([a, b]))
+        out[f"ref{shape}"] = norm64([full_a.numpy().ravel(), full_b.numpy().ravel()])
+    return out
+
+
+def scenario_huge(mesh, n: int) -> dict:
+    """Shards of 1e200 (float64): the global norm is finite (1e200 * sqrt(elements)), as
+    every rank's local norm is, though the sum of squares is not (an all-reduce of the
+    ranks' sums of |g|^2, torch's own way, overflows to inf)."""
+    full = torch.full((5 * n, 2), 1e200, dtype=torch.float64)
+    g = distribute_tensor(full.clone(), mesh, [Shard(0)])
+    w = torch.nn.Parameter(
+        distribute_tensor(torch.zeros(5 * n, 2, dtype=torch.float64), mesh, [Shard(0)])
+    )
+    w.grad = g
+    norm = gt.clip_grad_norm_([w], 1e200, error_if_nonfinite=True)
+    theirs = torch.nn.utils.get_total_norm([g.clone()])
     return {
         "norm": norm_report(norm),
-        "ref": norm64([full_a.numpy().ravel(), full_b.numpy().ravel()]),
+        "ref": 1e200 * math.sqrt(full.numel()),
+        "torch": float(theirs.full_tensor()),
+        "clipped_max": float(w.grad.full_tensor().abs().max()),
+    }
+
+
+def scenario_hsdp(rank: int, n: int) -> dict:
+    """FSDP2 over a 2-D mesh (2, n // 2): HSDP's (Replicate, Shard(0)) gradients, against
+    one process's float64 gradients of the same loss."""
+    mesh = init_device_mesh("cpu", (2, n // 2), mesh_dim_names=("replicate", "shard"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+    whole = torch.nn.Sequential(
+        torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).double()
+    whole.load_state_dict(model.state_dict())
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    torch.manual_seed(1)
+    x = torch.randn(8 * n, 5, dtype=torch.float64)
+    (model(x[8 * rank : 8 * (rank + 1)]) ** 2).mean().backward()
+    # FSDP2 averages the ranks' gradients: the mean of the ranks' mean losses
+    (sum((whole(x[8 * r : 8 * (r + 1)]) ** 2).mean() for r in range(n)) / n).backward()
+    ref = norm64([f64(q.grad) for q in whole.parameters()])
+    params = list(model.parameters())
+    return {
+        "placements": sorted({str(q.grad.placements) for q in params}),
+        "norm": norm_report(gt.clip_grad_norm_(params, ref / 10)),
+        "ref": ref,
+        "after": norm_report(gt.GradClipper(params).get_total_norm()),
     }
 
 
@@ -195,6 +247,32 @@ def scenario_group(rank: int, n: int) -> dict:
         ),
         "inf": norm_report(inf_norm),
         "inf_ref": norm64([f64(f) * coef for f in full], math.inf),
+        **scenario_group_clipper(rank, n),
+    }
+
+
+def scenario_group_clipper(rank: int, n: int) -> dict:
+    """GradClipper(group=) and get_total_norm + clip_grads_with_norm_ with group=, on
+    float64 hand shards (the mesh given as a DeviceMesh for the clipper)."""
+    mine, full = hand_shards(rank, n, torch.float64)
+    ref = norm64([f64(f) for f in full])
+    params = [_param(t) for t in mine]
+    clipper = gt.GradClipper(params, group=init_device_mesh("cpu", (n,)))
+    norm = clipper.clip_grad_norm_(ref / 4)
+    coef = (ref / 4) / (ref + 1e-6)
+    clipper_ok = all(
+        bool(torch.allclose(q.grad, t * coef, rtol=1e-15, atol=0))
+        for q, t in zip(params, hand_shards(rank, n, torch.float64)[0], strict=True)
+    )
+    total = gt.get_total_norm([q.grad for q in params], group=dist.group.WORLD)
+    gt.clip_grads_with_norm_(params, ref / 8, total, group=dist.group.WORLD)
+    after = clipper.get_total_norm()
+    return {
+        "clipper_norm": norm_report(norm),
+        "clipper_ref": ref,
+        "clipper_ok": clipper_ok,
+        "total": norm_report(total),
+        "after_with_norm": norm_report(after),
     }
 
 
@@ -280,8 +358,83 @@ def scenario_errors(mesh, rank: int, n: int) -> dict:
     return out
 
 
+def _untouched(tensors, saved) -> bool:
+    return all(bool(torch.equal(a, b)) for a, b in zip(tensors, saved, strict=True))
+
+
+def scenario_one_rank(mesh, rank: int, n: int) -> dict:
+    """What one rank does differently from the others: every rank raises (none writes, none
+    waits, and the next call still pairs every rank's collective with the same call), or,
+    for a rank without gradients, every rank gets the same norm."""
+    out = {}
+    model = fsdp_model(mesh, offload=False)
+    params = list(model.parameters())
+    saved = [q.grad.to_local().clone() for q in params]
+    # an exception that is not a TypeError/ValueError/MemoryError, on rank 1 only (a meta
+    # tensor's float() is a RuntimeError)
+    bad = torch.tensor(1e-3, device="meta") if rank == 1 else 1e-3
+    out["runtime"] = expect_error(lambda: gt.clip_grad_norm_(params, bad))
+    out["runtime_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
+    out["runtime_next"] = norm_report(gt.get_total_norm([q.grad for q in params]))
+    # valid but different arguments on the last rank: every rank raises, none writes
+    last = rank == n - 1
+    out["max_norm_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 2e-3 if last else 1e-3)
+    )
+    out["norm_type_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 1e-3, 3.0 if last else 2.0)
+    )
+    out["flag_differs"] = expect_error(
+        lambda: gt.clip_grad_norm_(params, 1e-3, error_if_nonfinite=last)
+    )
+    total = gt.get_total_norm([q.grad for q in params])
+    out["total_norm_differs"] = expect_error(
+        lambda: gt.clip_grads_with_norm_(params, 1e-3, total * 2 if last else total)
+    )
+    out["differs_untouched"] = _untouched([q.grad.to_local() for q in params], saved)
+    # a norm_type given as torch converts it (float()) on rank 0 only: the same value
+    out["norm_type_text"] = norm_report(
+        gt.get_total_norm([q.grad for q in params], "2" if rank == 0 else 2.0)
+    )
+    # overlapping views on rank 0 only, with group=: a reading pass accepts them, the write
+    # refuses them, so the refusal must come before the collective (before, rank 0 raised
+    # after the other ranks had written)
+    buf = torch.ones(10) * (rank + 1)
+    views = [buf[:6], buf[4:]] if rank == 0 else [buf[:5], buf[5:]]
+    overlapping = [_param(v) for v in views]
+    out["overlap"] = expect_error(
+        lambda: gt.clip_grad_norm_(overlapping, 1e-3, group=dist.group.WORLD)
+    )
+    out["overlap_with_norm"] = expect_error(
+        lambda: gt.clip_grads_with_norm_(overlapping, 1e-3, 10.0, group=dist.group.WORLD)
+    )
+    out["overlap_untouched"] = bool(torch.equal(buf, torch.ones(10) * (rank + 1)))
+    # a plain tensor before the first DTensor: the error names both
+    u = torch.nn.Parameter(torch.zeros(n))
+    u.grad = distribute_tensor(torch.ones(n), mesh, [Shard(0)])
+    out["plain_first"] = expect_error(lambda: gt.clip_grad_norm_([_param(torch.ones(2)), u], 1.0))
+    # FSDP2 parameters whose gradients are all None on rank 0 (float64): rank 0 takes part
+    # with nothing to count, and every rank returns the same norm, in the same dtype
+    model = fsdp_model(mesh, offload=False, dtype=torch.float64)
+    params = list(model.parameters())
+    out["own_sumsq"] = 0.0
+    if rank == 0:
+        for q in params:
+            q.grad = None
+    else:
+        out["own_sumsq"] = float(
+            sum(f64(q.grad.to_local()) @ f64(q.grad.to_local()) for q in params)
+        )
+    out["no_grads"] = norm_report(gt.clip_grad_norm_(params, math.inf))
+    out["no_grads_clipper"] = norm_report(gt.GradClipper(params).get_total_norm())
+    # group=: rank 0 holds no tensors, the others float64 ones
+    mine = [] if rank == 0 else [torch.ones(4, dtype=torch.float64) * rank]
+    out["empty_rank_group"] = norm_report(gt.get_total_norm(mine, group=dist.group.WORLD))
+    return out
+
+
 def _param(t: torch.Tensor) -> torch.nn.Parameter:
-    q = torch.nn.Parameter(torch.zeros(t.shape))
+    q = torch.nn.Parameter(torch.zeros(t.shape, dtype=t.dtype))
     q.grad = t
     return q
 
@@ -307,8 +460,13 @@ def main() -> None:
         "placements": lambda: scenario_placements(mesh, rank, n),
         "group": lambda: scenario_group(rank, n),
         "mesh2d": lambda: scenario_mesh2d(n),
+        "huge": lambda: scenario_huge(mesh, n),
         "errors": lambda: scenario_errors(mesh, rank, n),
+        "one_rank": lambda: scenario_one_rank(mesh, rank, n),
     }
+    if len(sys.argv) > 5:  # only the scenarios named, hsdp (4 ranks) among them
+        scenarios["hsdp"] = lambda: scenario_hsdp(rank, n)
+        scenarios = {k: scenarios[k] for k in sys.argv[5].split(",")}
     report = {}
     for name, run in scenarios.items():
         try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs gradclip's tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer
-# (GCC or Clang on Linux): first the C++ test of the core (cpp/tests, through ctest), then
-# pytest against an ASan+UBSan build of the extension.
+# (GCC or Clang on Linux): one ASan+UBSan build of the extension and of the C++ test of the
+# core (cpp/tests), then that test (through ctest), then pytest against the extension.
 #
 #   tools/sanitize.sh                          # the C++ test, then the whole Python suite
 #   tools/sanitize.sh tests/test_fuzz.py -x    # the C++ test, then any pytest arguments
@@ -15,7 +15,8 @@
 # for readable reports. To build the same by hand:
 #
 #   pip install --no-build-isolation -Cbuild-dir=build/asan -Ccmake.build-type=RelWithDebInfo \
-#       -Ccmake.define.GRADCLIP_SANITIZE=ON .
+#       -Ccmake.define.GRADCLIP_SANITIZE=ON -Ccmake.define.GRADCLIP_BUILD_TESTS=ON .
+#   ctest --test-dir build/asan
 #   LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" \
 #       ASAN_OPTIONS=detect_leaks=0 python -m pytest
 #
@@ -26,8 +27,8 @@
 # the RSS tests (shadow memory swamps them) and the fault-injection test (ASan owns malloc).
 #
 # Environment: GRADCLIP_ASAN_VENV (default: a new temporary directory; an existing virtualenv
-# is reused), GRADCLIP_ASAN_BUILD (default: build/asan; the C++ test builds in its "cpp"
-# subdirectory), CXX (default: g++; also used to locate the ASan runtime),
+# is reused), GRADCLIP_ASAN_BUILD (default: build/asan; the build, the extension's and the
+# C++ test's together, goes into its "python" subdirectory), CXX (default: g++; also used to locate the ASan runtime),
 # GRADCLIP_ASAN_SKIP_CPP=1 (skip the C++ test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,24 +58,26 @@ source "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet cmake ninja "scikit-build-core>=0.10" "pybind11>=2.13" "cython>=3.1"
 
-# ---- the C++ core's test, built with the sanitizers (no Python involved)
-if [ "${GRADCLIP_ASAN_SKIP_CPP:-0}" != 1 ]; then
-    start=$SECONDS
-    cmake -S . -B "$BUILD_DIR/cpp" -G Ninja -DGRADCLIP_BUILD_TESTS=ON -DGRADCLIP_SANITIZE=ON \
-        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$CXX" >/dev/null
-    cmake --build "$BUILD_DIR/cpp"
-    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1" \
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-        ctest --test-dir "$BUILD_DIR/cpp" --output-on-failure --no-tests=error
-    echo "sanitize.sh: the C++ test passed under ASan+UBSan in $((SECONDS - start)) s"
-fi
-
-# ---- the extension, built with the sanitizers, and pytest
+# ---- one build with the sanitizers: the extension, and with it the C++ core's test
+# (GRADCLIP_BUILD_TESTS=ON adds the test to the same CMake build, so the engine is compiled
+# once for both)
+start=$SECONDS
 python -m pip install --quiet --no-build-isolation \
     -Cbuild-dir="$BUILD_DIR/python" \
     -Ccmake.build-type=RelWithDebInfo \
     -Ccmake.define.GRADCLIP_SANITIZE=ON \
+    -Ccmake.define.GRADCLIP_BUILD_TESTS=ON \
     ".[test]"
+echo "sanitize.sh: built with ASan+UBSan in $((SECONDS - start)) s"
+
+# ---- the C++ core's test (no Python involved)
+if [ "${GRADCLIP_ASAN_SKIP_CPP:-0}" != 1 ]; then
+    start=$SECONDS
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        ctest --test-dir "$BUILD_DIR/python" --output-on-failure --no-tests=error
+    echo "sanitize.sh: the C++ test passed under ASan+UBSan in $((SECONDS - start)) s"
+fi
 
 # (found without importing it: an ASan-built module refuses to load before LD_PRELOAD is set)
 pkg="$(cd / && python -c 'import importlib.util as u; print(u.find_spec("gradclip").submodule_search_locations[0])')"

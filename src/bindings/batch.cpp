@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -302,6 +303,41 @@ bool is_masked(PyObject* item) {
     return PyObject_IsInstance(item, masked) == 1;
 }
 
+// ------------------------------------------------------------------ the overlap check's order
+// find_overlap sweeps the arrays' bounds in address order. A training loop passes the same
+// arrays in the same order every step, and their addresses seldom come sorted (NumPy reuses
+// freed blocks of every size), so every call would sort them again: about half of what a
+// one-shot call costs per array beyond a GradientSet's call. The order that sorted the last
+// writing call's bounds is kept, and a call's bounds are first put in that order: when they
+// come out sorted, find_overlap's O(n) check passes and it skips its sort; otherwise it sorts
+// as before. Either way the sweep sees the bounds sorted by its own rule, so the outcome (and
+// which pair an error names) is the same. One process-wide slot, taken and given back with
+// atomic exchanges: a second thread checking at the same time sorts as before.
+struct SortedOrder {
+    std::vector<std::size_t> ids;          // the id of each bound, in address order
+    std::vector<gradclip::ByteRange> tmp;  // a call's bounds gathered in that order
+};
+std::atomic<SortedOrder*> g_order{nullptr};  // leaked at exit on purpose, as _init's helpers
+
+// Puts `bounds` (ids 0..n-1 at their own positions) in the remembered order, when it is one
+// for n bounds.
+void reorder(std::vector<gradclip::ByteRange>& bounds, SortedOrder& o) {
+    const std::size_t n = bounds.size();
+    if (o.ids.size() != n) return;
+    o.tmp.resize(n);  // may throw std::bad_alloc: before anything is written
+    for (std::size_t j = 0; j < n; ++j) o.tmp[j] = bounds[o.ids[j]];
+    bounds.swap(o.tmp);
+}
+
+// Remembers the order of `bounds` (sorted by find_overlap) for the next call, and gives the
+// slot back.
+void remember(const std::vector<gradclip::ByteRange>& bounds, std::unique_ptr<SortedOrder> o) {
+    o->ids.resize(bounds.size());  // may throw: then the next call sorts again
+    for (std::size_t j = 0; j < bounds.size(); ++j) o->ids[j] = bounds[j].id;
+    SortedOrder* expected = nullptr;
+    if (g_order.compare_exchange_strong(expected, o.get(), std::memory_order_acq_rel)) o.release();
+}
+
 // Adds one leaf to the batch (None is skipped but counts for positions).
 void add_leaf(Batch& b, PyObject* item, bool write, const py::detail::npy_api& api) {
     const std::size_t i = b.npos++;
@@ -316,6 +352,48 @@ void add_leaf(Batch& b, PyObject* item, bool write, const py::detail::npy_api& a
     b.spans.push_back(sp);
     b.pos.push_back(i);
     b.keep.push_back(std::move(arr));
+}
+
+// parse's common case: a flat list or tuple whose items are all plain ndarrays (exact type)
+// or None, `arrays` of them with `meta_need` shape and stride entries in all. One pass: each
+// array's element type (a TypeError naming the first bad one, as add_leaf gives), its span
+// and its shape and strides, with no Python call and no allocation beyond the batch's own
+// vectors, sized once here.
+void parse_plain(Batch& b, PyObject* const* items, std::size_t n, std::size_t arrays, std::size_t meta_need) {
+    b.meta.resize(meta_need);  // sized once: spans point into it
+    b.spans.resize(arrays);
+    b.pos.resize(arrays);
+    b.meta_off.resize(arrays);
+    std::size_t k = 0, off = 0;
+    bool writeable_dense = true;
+    for (std::size_t i = 0; i < n; ++i) {
+        PyObject* o = items[i];
+        if (o == Py_None) continue;
+        const auto nd = static_cast<std::size_t>(py::detail::array_proxy(o)->nd);
+        // (only gradclip's own bfloat16 look-up runs Python code in here, and it reshapes
+        // nothing; checked all the same, since b.meta was sized from the shapes above)
+        if (off + 2 * nd > meta_need) throw py::value_error(b.arg + " changed while gradclip read it");
+        b.keep.push_back(py::reinterpret_borrow<py::array>(o));  // reserved: cannot throw
+        const auto* proxy = py::detail::array_proxy(o);
+        const auto* descr = py::detail::array_descriptor_proxy(proxy->descr);
+        // float32 and float64 inline; float16, bfloat16 and the errors through element_type
+        const bool native = descr->byteorder != '>';
+        if (native && descr->type_num == kNpyFloat) {
+            b.spans[k].dt = DType::F32;
+        } else if (native && descr->type_num == kNpyDouble) {
+            b.spans[k].dt = DType::F64;
+        } else {
+            b.spans[k].dt = element_type(b.keep.back(), b, i);
+        }
+        b.pos[k] = i;
+        b.meta_off[k] = off;
+        const bool dense = describe(b, k, off);
+        writeable_dense = writeable_dense && dense && (proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) != 0;
+        off += 2 * nd;
+        ++k;
+    }
+    b.npos = n;
+    b.dense_writeable = writeable_dense;
 }
 
 }  // namespace
@@ -345,7 +423,27 @@ void parse(const py::handle& grads, const std::string& arg, bool single, Batch& 
         b.pos.reserve(n);
         b.spans.reserve(n);
         b.meta_off.reserve(n);
-        for (std::size_t i = 0; i < n && !nested; ++i) nested = is_container(items[i]);
+        // one look at every item: nested containers, and whether all are plain ndarrays (or
+        // None), whose shapes and strides then go to b.meta in the same pass as the rest
+        std::size_t arrays = 0, meta_need = 0;
+        bool plain = true;
+        for (std::size_t i = 0; i < n; ++i) {
+            PyObject* o = items[i];
+            if (Py_TYPE(o) == api.PyArray_Type_) {
+                ++arrays;
+                meta_need += 2 * static_cast<std::size_t>(py::detail::array_proxy(o)->nd);
+            } else if (o != Py_None) {
+                plain = false;
+                if (is_container(o)) {
+                    nested = true;
+                    break;
+                }
+            }
+        }
+        if (!nested && plain) {
+            parse_plain(b, items, n, arrays, meta_need);
+            return;
+        }
         if (!nested)
             for (std::size_t i = 0; i < n; ++i) add_leaf(b, items[i], write, api);
     }
@@ -377,11 +475,19 @@ void parse(const py::handle& grads, const std::string& arg, bool single, Batch& 
 // What a writing call needs beyond parse: writeable arrays, none whose elements share memory,
 // no two that overlap. Throws ValueError naming the position; a read-only array's message
 // names the copying alternative.
-void check_writable(const Batch& b) {
+void check_writable(const Batch& b, bool just_parsed) {
     const std::size_t m = b.keep.size();
+    // parse saw every array dense and writeable a moment ago, and no Python code has run
+    // since: only the overlap check is left
+    const bool known = just_parsed && b.dense_writeable;
     std::vector<gradclip::ByteRange> bounds;  // id: index into spans
     if (m > 1) bounds.reserve(m);
     for (std::size_t k = 0; k < m; ++k) {
+        if (known) {
+            const Span& sp = b.spans[k];
+            if (sp.n != 0 && m > 1) bounds.push_back({sp.data, sp.data + sp.n * gradclip::itemsize(sp.dt), k});
+            continue;
+        }
         const auto* proxy = py::detail::array_proxy(b.keep[k].ptr());
         if ((proxy->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
             // the copying alternative is named to callers of in-place functions only (`out`
@@ -412,10 +518,19 @@ void check_writable(const Batch& b) {
             bounds.push_back({lo, hi, k});
         }
     }
+    if (bounds.size() < 2) return;
+    // the remembered order applies when every array has bounds (ids are then positions)
+    std::unique_ptr<SortedOrder> order;
+    if (bounds.size() == m) {
+        order.reset(g_order.exchange(nullptr, std::memory_order_acq_rel));
+        if (!order) order = std::make_unique<SortedOrder>();  // may throw: nothing written yet
+        reorder(bounds, *order);
+    }
     std::size_t first, second;
     bool undecided = false;
     if (gradclip::find_overlap(bounds, first, second) && exact_overlap(b, bounds, first, second, undecided))
         overlap_error(b, first, second, undecided);
+    if (order) remember(bounds, std::move(order));  // bounds is sorted now, whatever find_overlap found
 }
 
 void check_apart(const Batch& d, const Batch& q, const std::function<bool(std::size_t, std::size_t)>& allowed,

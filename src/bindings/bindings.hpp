@@ -33,6 +33,9 @@ struct Batch {
     std::vector<std::ptrdiff_t> meta;   // shape then strides of every kept array
     std::vector<std::size_t> meta_off;  // where each kept array's shape starts in meta
     std::size_t npos = 0;               // leaves, None included
+    // every array was dense and writeable when parse read it (set by its flat-list fast path
+    // only; check_writable trusts it only right after the parse)
+    bool dense_writeable = false;
     // How positions are named in errors: `arg` for a single array, arg[i] for a flat list, and
     // the path through the containers (grads['enc'][0]) when the input was nested (`root`).
     std::string arg = "grads";
@@ -52,8 +55,9 @@ struct Batch {
 void parse(const py::handle& grads, const std::string& arg, bool single, Batch& b, bool write = true);
 
 // What a writing call needs beyond parse: writeable arrays, none whose elements share memory,
-// no two that overlap. Throws ValueError naming the position.
-void check_writable(const Batch& b);
+// no two that overlap. Throws ValueError naming the position. `just_parsed`: `b` was parsed
+// in this same call with no Python code run since (then the flags parse read still hold).
+void check_writable(const Batch& b, bool just_parsed = false);
 
 // Refuses a pair of arrays, array k of `d` (whose arrays are disjoint) and array j of `q`,
 // whose memory bounds intersect, unless allowed(k, j); message(k, j) says why. Zero-size

@@ -1,6 +1,7 @@
 // The GradientSet: a pytree of arrays validated once, and every operation over it. Each
 // operation has one binding entry, bound twice: as a GradientSet method and, through a
 // one-shot set, as a function of _core.once.
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -10,6 +11,58 @@
 
 namespace gradclip_py {
 namespace {
+
+// ------------------------------------------------------------------ one-shot plans
+// A call's chunk plan follows its arrays' lengths and element types only (never addresses or
+// threads). A training loop's free-function calls repeat those every step, yet each built its
+// plan again, once per pass (a clipping call twice): for 100 arrays of 100 about a tenth of
+// the call. So the lengths and types of the last one-shot call are kept, and when a call
+// repeats them the plans are built once, as a GradientSet's are (PlanCache), and lent to the
+// calls that repeat them after. One process-wide slot, taken and given back with atomic
+// exchanges: a call that finds it empty (another thread holds it) builds its plans as before.
+struct PlanMemo {
+    std::vector<std::size_t> n;
+    std::vector<DType> dt;
+    std::unique_ptr<gradclip::PlanCache> plan;  // for n and dt, once two calls had them
+
+    bool same(const Span* spans, std::size_t count) const noexcept {
+        if (n.size() != count) return false;
+        for (std::size_t i = 0; i < count; ++i)
+            if (spans[i].n != n[i] || spans[i].dt != dt[i]) return false;
+        return true;
+    }
+};
+std::atomic<PlanMemo*> g_plan_memo{nullptr};  // leaked at exit on purpose, as _init's helpers
+
+struct GiveBack {
+    void operator()(PlanMemo* m) const noexcept {
+        PlanMemo* empty = nullptr;
+        if (!g_plan_memo.compare_exchange_strong(empty, m, std::memory_order_acq_rel)) delete m;
+    }
+};
+using MemoLease = std::unique_ptr<PlanMemo, GiveBack>;
+
+// The plans for a one-shot call's spans, when the last one-shot call had the same lengths and
+// types (built now if that call did not have them yet), else null and `spans` remembered.
+// Allocates only before the caller's first write (a std::bad_alloc is a MemoryError then).
+const gradclip::PlanCache* lend_plans(MemoLease& lease, const Span* spans, std::size_t count) {
+    if (count < 2) return nullptr;  // one array's plan costs next to nothing
+    lease.reset(g_plan_memo.exchange(nullptr, std::memory_order_acq_rel));
+    if (!lease) lease.reset(new PlanMemo);
+    PlanMemo& m = *lease;
+    if (!m.same(spans, count)) {
+        m.plan.reset();
+        m.n.resize(count);
+        m.dt.resize(count);
+        for (std::size_t i = 0; i < count; ++i) {
+            m.n[i] = spans[i].n;
+            m.dt[i] = spans[i].dt;
+        }
+        return nullptr;
+    }
+    if (!m.plan) m.plan = std::make_unique<gradclip::PlanCache>(spans, count);
+    return m.plan.get();
+}
 
 // ------------------------------------------------------------------ the operations
 // A pytree of arrays, validated once, and every operation over it: each operation's one
@@ -25,18 +78,16 @@ public:
     GradSet(const py::handle& grads, const std::string& arg, bool single, bool cached, bool write = true) {
         parse(grads, arg, single, b_, write);
         if (!cached) {
-            if (write) check_writable(b_);
+            if (write) check_writable(b_, true);
+            lent_ = lend_plans(memo_, b_.spans.data(), b_.spans.size());
             return;
         }
         data0_.reserve(b_.keep.size());
         for (const py::array& a : b_.keep) data0_.push_back(a.data());
-        // a list or dict the caller may change after this (L[0] = new_array): its items, by
-        // identity, for check() to notice (tuples cannot change; nested containers are not
-        // followed)
-        if (PyList_Check(grads.ptr()) || PyDict_Check(grads.ptr())) {
-            src_ = py::reinterpret_borrow<py::object>(grads);
-            items0_ = items_of(grads.ptr());
-        }
+        // the lists and dicts the caller may change after this (L[0] = new_array,
+        // grads['enc']['w'] = new_array), at any depth: their items, by identity, for check()
+        // to notice (tuples cannot change, but a list or dict inside one can)
+        if (!single) watch(grads.ptr(), b_.arg, 0);
         plans_ = std::make_unique<gradclip::PlanCache>(b_.spans.data(), b_.spans.size());
     }
 
@@ -164,51 +215,82 @@ public:
 private:
     const Span* spans() const noexcept { return b_.spans.data(); }
     std::size_t n() const noexcept { return b_.spans.size(); }
-    const gradclip::PlanCache* plan() const noexcept { return plans_.get(); }
+    const gradclip::PlanCache* plan() const noexcept { return plans_ ? plans_.get() : lent_; }
 
-    // The top-level items of a list, or the values of a dict, in order (strong references:
-    // an identity compared later must not be a reused address).
+    // The items of a list, or the values of a dict, in order (strong references: an identity
+    // compared later must not be a reused address).
     static py::tuple items_of(PyObject* c) {
         if (PyList_Check(c)) return py::reinterpret_steal<py::tuple>(PyList_AsTuple(c));
         return py::tuple(py::reinterpret_borrow<py::dict>(c).attr("values")());
     }
 
-    // The set holds the arrays it was made with, not the caller's list: an item replaced or
-    // added or removed since would be silently missed, so it is an error. Pointer compares,
-    // no reference counts touched (a dict's values are walked with PyDict_Next).
-    void check_items() const {
-        PyObject* c = src_.ptr();
-        const Py_ssize_t n0 = PyTuple_GET_SIZE(items0_.ptr());
-        const bool is_list = PyList_Check(c);
-        const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
-        const char* what = is_list ? "list" : "dict";
-        if (n != n0) {
-            throw py::value_error(b_.arg + " (the " + what + " the GradientSet was made from) has " +
-                                  std::to_string(n) + " entries now, " + std::to_string(n0) +
-                                  " when the set was made; the set holds the arrays it was made with, not the " + what +
-                                  ": make a new GradientSet");
-        }
-        Py_ssize_t at = 0, i = 0;
-        PyObject *key, *value;
-        for (; i < n; ++i) {
-            if (is_list) {
-                value = PyList_GET_ITEM(c, i);
-            } else if (!PyDict_Next(c, &at, &key, &value)) {
-                break;
+    // Records every list and dict of the tree below `node` (named `path`, as errors name
+    // positions) with its items, for check_items; tuples are walked, not recorded. The parse
+    // has already refused a tree nested deeper than it allows.
+    void watch(PyObject* node, const std::string& path, int depth) {
+        const bool is_dict = PyDict_Check(node) != 0;
+        if (!is_dict && !PyList_Check(node) && !PyTuple_Check(node)) return;
+        if (!PyTuple_Check(node)) watched_.push_back({py::reinterpret_borrow<py::object>(node), items_of(node), path});
+        if (depth >= 200) return;
+        if (is_dict) {
+            Py_ssize_t at = 0;
+            PyObject *key, *value;
+            while (PyDict_Next(node, &at, &key, &value)) {
+                if (PyList_Check(value) || PyTuple_Check(value) || PyDict_Check(value))
+                    watch(value, path + "[" + py::repr(py::handle(key)).cast<std::string>() + "]", depth + 1);
             }
-            if (value == PyTuple_GET_ITEM(items0_.ptr(), i)) continue;
-            const std::string where =
-                b_.arg + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
-            throw py::value_error(where + " was replaced in the " + what +
-                                  " after the GradientSet was made; the set holds the arrays it was made with, "
-                                  "not the " +
-                                  what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+            return;
+        }
+        const py::tuple items = PyTuple_Check(node) ? py::reinterpret_borrow<py::tuple>(node) : items_of(node);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            PyObject* value = PyTuple_GET_ITEM(items.ptr(), static_cast<Py_ssize_t>(i));
+            if (PyList_Check(value) || PyTuple_Check(value) || PyDict_Check(value))
+                watch(value, path + "[" + std::to_string(i) + "]", depth + 1);
+        }
+    }
+
+    // The set holds the arrays it was made with, not the caller's lists and dicts: an item
+    // replaced or added or removed since would be silently missed, so it is an error. Pointer
+    // compares, no reference counts touched (a dict's values are walked with PyDict_Next).
+    void check_items() const {
+        for (const Watched& w : watched_) {
+            PyObject* c = w.node.ptr();
+            PyObject* items0 = w.items.ptr();
+            const Py_ssize_t n0 = PyTuple_GET_SIZE(items0);
+            const bool is_list = PyList_Check(c);
+            const Py_ssize_t n = is_list ? PyList_GET_SIZE(c) : PyDict_Size(c);
+            const std::string what = is_list ? "list" : "dict";
+            const bool top = w.path == b_.arg;  // the container passed itself
+            if (n != n0) {
+                throw py::value_error(w.path + (top ? " (the " : " (a ") + what +
+                                      (top ? " the GradientSet was made from) has "
+                                           : " in the tree the GradientSet was made from) has ") +
+                                      std::to_string(n) + " entries now, " + std::to_string(n0) +
+                                      " when the set was made; the set holds the arrays it was made with, not the " +
+                                      what + ": make a new GradientSet");
+            }
+            Py_ssize_t at = 0;
+            PyObject *key, *value;
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                if (is_list) {
+                    value = PyList_GET_ITEM(c, i);
+                } else if (!PyDict_Next(c, &at, &key, &value)) {
+                    break;
+                }
+                if (value == PyTuple_GET_ITEM(items0, i)) continue;
+                const std::string where =
+                    w.path + "[" + (is_list ? std::to_string(i) : py::repr(py::handle(key)).cast<std::string>()) + "]";
+                throw py::value_error(where + " was replaced in the " + what +
+                                      " after the GradientSet was made; the set holds the arrays it was made with, "
+                                      "not the " +
+                                      what + ": write into the array it holds (gs.arrays), or make a new GradientSet");
+            }
         }
     }
 
     void check(bool write) const {
         if (!plans_) return;  // one-shot: validated just now, for what its operation does
-        if (src_) check_items();
+        if (!watched_.empty()) check_items();
         bool writeable = true;
         for (std::size_t k = 0; k < b_.keep.size(); ++k) {
             const py::array& a = b_.keep[k];
@@ -236,12 +318,20 @@ private:
         }
     }
 
+    struct Watched {
+        py::object node;   // a list or dict of the caller's tree (the root first)
+        py::tuple items;   // its items when the set was made
+        std::string path;  // how errors name it (grads, grads['enc'])
+    };
+
     Batch b_;
-    py::object src_;                 // the caller's list or dict (null otherwise): see check_items
-    py::tuple items0_;               // its items when the set was made
+    std::vector<Watched> watched_;   // see watch and check_items
     mutable bool writable_ = false;  // check_writable passed once (cached sets)
     std::vector<const void*> data0_;
     std::unique_ptr<gradclip::PlanCache> plans_;  // the chunking, computed once; null for one-shot sets
+    // one-shot sets: the plans lent for their lengths and types (lend_plans), or null
+    MemoLease memo_;
+    const gradclip::PlanCache* lent_ = nullptr;
 };
 
 // Every operation of the set, listed once: bound below as a GradientSet method and as a

@@ -193,3 +193,34 @@ def test_per_tensor_norms_with_comm_are_this_ranks(comm):
     scaled = [np.array(everything[i] * np.float32(8)) for i in idx]
     u = gradclip.unscale_clip_grad_norm_(scaled, 1.0, 1 / 8, comm=comm, per_tensor_norms=True)
     np.testing.assert_allclose(u.tensor_norms, want_each, rtol=1e-12)
+
+
+def test_any_exception_on_one_rank_raises_everywhere(comm):
+    """Not only the validation errors: whatever ``local()`` raises on one rank is sent to the
+    others (a rank that raised before the collective left them waiting in it), and a value
+    every rank must give alike is checked in the same collective."""
+    from gradclip._dist import global_norm
+
+    rank = comm.Get_rank()
+
+    def local():
+        if rank == 1:
+            raise KeyError("only on rank 1")
+        return 1.0
+
+    with pytest.raises((KeyError, RuntimeError)) as info:
+        global_norm(comm, local, 2.0)
+    if rank == 1:
+        assert info.type is KeyError
+    else:
+        assert info.type is RuntimeError
+        assert str(info.value) == (
+            "rank 1 rejected its input, so no rank writes: KeyError: 'only on rank 1'"
+        )
+    comm.Barrier()  # every rank got here: nobody is stuck in a collective
+    with pytest.raises(ValueError, match=r"the ranks were given different max_norm \(rank 0: 1"):
+        global_norm(comm, lambda: 1.0, 2.0, [("max_norm", lambda: 1.0 + (rank == 1))])
+    assert global_norm(comm, lambda: 3.0, 2.0, [("max_norm", lambda: math.nan)]) == pytest.approx(
+        3.0 * math.sqrt(comm.Get_size())
+    )
+    comm.Barrier()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
-from .._result import ClipResult
+from .._result import ClipResult, clipped
 from ._arith import _coefficient, _pnorm, _present, _scale
 from ._inputs import (
     _as_arrays,
@@ -189,6 +189,13 @@ def _scale_view(view: np.ndarray, coef: float) -> None:
     arr[...] = tmp
 
 
+def _example_coef(max_norm: float, norm: float, eps: float) -> float:
+    """``min(1, max_norm / (norm + eps))`` for one example, NaN kept: an example whose norm is
+    NaN is multiplied by NaN and counted as clipped (Python's ``min(1.0, nan)`` is 1.0)."""
+    coef = _coefficient(max_norm, norm, eps)
+    return coef if not coef >= 1.0 else 1.0
+
+
 def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see above)
     grads: Any,
     max_norm: float,
@@ -230,19 +237,17 @@ def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see abov
         for a, ns in zip(present, norms, strict=True):
             c = 0
             for b in range(batch):
-                coef = min(1.0, _coefficient(max_norm, ns[b], eps))
-                if coef < 1.0:
+                coef = _example_coef(max_norm, ns[b], eps)
+                if clipped(coef):
                     c += 1
-                if not coef >= 1.0:
                     _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
             counts.append(c)
     else:
         for b in range(batch):
             nb = math.hypot(*[ns[b] for ns in norms]) if norms else 0.0
-            coef = min(1.0, _coefficient(max_norm, nb, eps))
-            if coef < 1.0:
+            coef = _example_coef(max_norm, nb, eps)
+            if clipped(coef):
                 clipped_examples += 1
-            if not coef >= 1.0:
                 for a in present:
                     _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
     sums: list[np.ndarray | None] = []

@@ -25,9 +25,10 @@ _TENSOR = torch.Tensor
 _GRAD = attrgetter("grad")
 
 
-def _array(t: Any, where: str) -> np.ndarray:
+def _array(t: Any, where: str, write: bool = True) -> np.ndarray:
     """A NumPy view of the CPU tensor ``t`` (the same memory), or TypeError naming ``where``
-    (``_views`` takes the common case itself)."""
+    (``_views`` takes the common case itself). ``write`` is False for a reading call
+    (``get_total_norm``), whose message then speaks of no lost update."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{where} is a {type(t).__name__}, not a torch.Tensor")
     if not t.is_cpu:
@@ -59,6 +60,8 @@ def _array(t: Any, where: str) -> np.ndarray:
     try:
         view: np.ndarray = t.numpy()
     except RuntimeError as exc:  # e.g. a tensor with its negative bit set, a tensor subclass
+        if not write:  # nothing would be lost, but the read is through a view all the same
+            raise TypeError(f"{where} cannot be viewed as a NumPy array ({exc})") from None
         raise TypeError(
             f"{where} cannot be viewed as a NumPy array without a copy, and a copy would lose "
             f"the update ({exc})"
@@ -123,7 +126,7 @@ def _views(
                 view = t.numpy()
             except (RuntimeError, TypeError):  # a parameter, another device, sparse, ...
                 view = None
-        append(view if view is not None else _array(t, _name(arg, i, single)))
+        append(view if view is not None else _array(t, _name(arg, i, single), repeats != "allow"))
         dtypes.add(t.dtype)
     return arrays, _norm_dtype(dtypes)
 

@@ -89,8 +89,9 @@ def clip_grad_norm_(
         gradients, and the norm is taken over every rank of ``group`` (call it on every
         rank). DTensor gradients need no ``group``: their device mesh is the group. Every
         rank gets the same norm (the same bits) and scales its own part; an error on any
-        rank (a bad argument or tensor, a non-finite norm with ``error_if_nonfinite``) is
-        raised on every rank, before anything is written.
+        rank (a bad argument or tensor, a non-finite norm with ``error_if_nonfinite``, a
+        ``max_norm`` or ``norm_type`` that differs from the other ranks') is raised on every
+        rank, before anything is written.
 
     Returns
     -------

@@ -13,6 +13,7 @@ import torch
 
 import gradclip
 
+from .. import _core
 from .._errors import NonFiniteNormError
 from .._inputs import check_clip_value, check_max_norm, check_norm_type, check_total_norm
 from ._convert import _name
@@ -69,7 +70,8 @@ def _torch_names(arg: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             try:
                 return f(*args, **kwargs)
             except (TypeError, ValueError) as exc:
-                single = bool(args) and isinstance(args[0], torch.Tensor)
+                first = args[0] if args else kwargs.get(arg)  # passed by keyword too
+                single = isinstance(first, torch.Tensor)
                 exc.args = tuple(
                     _CORE_POSITION.sub(lambda m: _name(arg, int(m[1]), single), a)
                     if isinstance(a, str)
@@ -117,6 +119,8 @@ def _scale(target: Any, max_norm: float, total_norm: float) -> None:
         max_norm, total_norm = 1.0, math.nan
     if isinstance(target, gradclip.GradientSet):
         target.clip_with_norm_(max_norm, total_norm)
+    elif isinstance(target, _core.GradientSet):  # a compiled set, validated for the write
+        target.apply_norm(max_norm, total_norm, 1e-6, _core.NonFinite.propagate)
     else:
         gradclip.clip_grads_with_norm_(target, max_norm, total_norm)
 

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _core
 from .._dist import global_norm
-from .._inputs import check_norm_type
-from ._convert import _GRAD, _as_list, _name, _param_grads, _views
-from ._ops import _bound, _nonfinite, _result, _scale, _total, _total_norm
+from ._convert import _GRAD, _as_list, _name, _norm_dtype, _param_grads, _views
+from ._ops import _bound, _nonfinite, _p, _result, _scale, _total, _total_norm
 
 # ---------------------------------------------------------------- sharded gradients
 # DTensor gradients (FSDP2's) and hand-sharded tensors with ``group=``. Each rank reduces
@@ -35,23 +35,33 @@ def _dtensor_type() -> Any:
     return getattr(mod, "DTensor", None)
 
 
+# The norm's dtype travels as a code (0: this rank has no gradients), so that every rank
+# returns the norm in the same dtype: the promotion of every rank's gradient dtypes.
+_DTYPES: tuple[Any, ...] = (None, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 class _TorchGather:
     """What ``_dist.global_norm`` needs of a communicator (``allgather`` of each rank's
-    ``(local norm, error or None)``), over torch.distributed process groups: one
-    ``all_gather`` of a float64 pair per group, in order (the mesh's dimensions), so every
-    rank gets every rank's pair in the same order. The error messages travel only when a
-    flag is set, which every rank then sees, so every rank enters that second collective."""
+    ``(local norm, error or None, agreed values)``), over torch.distributed process groups:
+    one ``all_gather`` of a float64 row ``[norm, error flag, dtype code, *agreed values]``
+    per group, in order (the mesh's dimensions), so every rank gets every rank's row in the
+    same order. The error messages travel only when a flag is set, which every rank then
+    sees, so every rank enters that second collective. ``dtype`` is this rank's norm dtype
+    (set before the collective), and afterwards the one every rank returns."""
 
-    __slots__ = ("groups",)
+    __slots__ = ("dtype", "groups")
 
     def __init__(self, groups: list[Any]) -> None:
         self.groups = groups
+        self.dtype: Any = None
 
-    def allgather(self, sent: tuple[float, Any]) -> list[tuple[float, Any]]:
+    def allgather(self, sent: tuple[float, Any, tuple[float, ...]]) -> list[Any]:
         import torch.distributed as dist
 
-        value, error = sent
-        rows = torch.tensor([[value, 0.0 if error is None else 1.0]], dtype=torch.float64)
+        value, error, same = sent
+        flag = 0.0 if error is None else 1.0
+        code = float(_DTYPES.index(self.dtype)) if self.dtype in _DTYPES else 0.0
+        rows = torch.tensor([[value, flag, code, *same]], dtype=torch.float64)
         for g in self.groups:
             parts = [torch.empty_like(rows) for _ in range(dist.get_world_size(g))]
             dist.all_gather(parts, rows, group=g)
@@ -63,7 +73,9 @@ class _TorchGather:
                 out: list[Any] = [None] * dist.get_world_size(g)
                 dist.all_gather_object(out, errors, group=g)
                 errors = [e for part in out for e in part]
-        return [(float(v), e) for (v, _), e in zip(rows.tolist(), errors, strict=True)]
+        table = rows.tolist()
+        self.dtype = _norm_dtype({_DTYPES[int(row[2])] for row in table} - {None})
+        return [(row[0], e, tuple(row[3:])) for row, e in zip(table, errors, strict=True)]
 
 
 def _groups_of(group: Any) -> list[Any]:
@@ -105,11 +117,23 @@ def _sharding(items: Any, group: Any, arg: str) -> tuple[Any, tuple[Any, Any] | 
         found = list(map(_GRAD, every)) if arg == "parameters" else every
     except AttributeError:  # not all are tensors: the plain path names the one
         found = [getattr(t, "grad", None) for t in every]
-    if any(issubclass(kind, dtensor) for kind in set(map(type, found))):
-        g = next(g for g in found if isinstance(g, dtensor))
-        mesh = g.device_mesh
-        return items, (_TorchGather(_groups_of(mesh)), mesh)
-    return items, None
+    if not any(issubclass(kind, dtensor) for kind in set(map(type, found))):
+        # DTensor parameters (FSDP2's) whose gradients on this rank are all None: this rank
+        # still takes part (its norm is 0), or the ranks that have gradients would wait
+        found = every if arg == "parameters" else ()
+        if not any(issubclass(kind, dtensor) for kind in set(map(type, found))):
+            return items, None
+    mesh = next(g for g in found if isinstance(g, dtensor)).device_mesh
+    return items, (_TorchGather(_groups_of(mesh)), mesh)
+
+
+def _first(tensors: list[Any], arg: str, single: bool) -> str:
+    """How errors name the first DTensor (the mesh may have come from the parameters)."""
+    dtensor = _dtensor_type()
+    for i, t in enumerate(tensors):
+        if isinstance(t, dtensor):
+            return f"{_name(arg, i, single)} is a DTensor"
+    return "the parameters are DTensors"
 
 
 def _local_views(
@@ -125,16 +149,15 @@ def _local_views(
     dtensor = _dtensor_type()
     local: list[Any] = []
     owned: list[bool] = []
-    first = ""
     coord = None if mesh is None else mesh.get_coordinate()
     for i, t in enumerate(tensors):
         where = _name(arg, i, single)
         if dtensor is None or not isinstance(t, dtensor):
             if mesh is not None and t is not None:
+                first = _first(tensors, arg, single)
                 raise TypeError(
-                    f"{where} is a {type(t).__name__} while {first} is a DTensor: gradclip.torch "
-                    "reduces one kind per call (DTensors over their mesh, or plain tensors with "
-                    "group=)"
+                    f"{where} is a {type(t).__name__} while {first}: gradclip.torch reduces one "
+                    "kind per call (DTensors over their mesh, or plain tensors with group=)"
                 )
             local.append(t)
             owned.append(True)
@@ -143,10 +166,10 @@ def _local_views(
             raise ValueError(
                 f"{where} is a DTensor: pass group=None, its device mesh gives the process group"
             )
-        first = first or where
         if t.device_mesh != mesh:
+            first = _first(tensors, arg, single)
             raise ValueError(
-                f"{where} is on device mesh {t.device_mesh} while {first} is on {mesh}: one call "
+                f"{where} is on device mesh {t.device_mesh} while {first} on {mesh}: one call "
                 "reduces over one mesh; clip the parameters of each mesh with a call of its own, "
                 "or combine the norms with get_total_norm and clip_grads_with_norm_"
             )
@@ -168,35 +191,62 @@ def _local_views(
     return arrays, counted, dtype
 
 
-def _sharded_norm(gather: Any, prepare: Any, p: float) -> tuple[float, Any]:
-    """The global norm, and what ``prepare()`` made on this rank (``(write, counted, dtype,
-    extra)``), with every rank agreeing on errors raised by ``prepare`` (see _dist)."""
+def _sharded_norm(
+    gather: _TorchGather, prepare: Any, p: float, agree: list[tuple[str, Any]]
+) -> tuple[float, Any, Any]:
+    """``(global norm, what prepare() made on this rank, the norm's dtype on every rank)``.
+    ``prepare()`` gives ``(views to write, views to count, dtype)``; every rank agrees on the
+    errors it raises and on the ``agree`` arguments (see _dist) before any writes."""
     made: list[Any] = []
 
     def local() -> float:
         made.append(prepare())
-        counted = made[0][1]
-        return _total_norm(counted, p) if counted else 0.0
+        _, counted, gather.dtype = made[0]
+        if counted is None or gather.dtype is None:
+            return 0.0
+        if isinstance(counted, _core.GradientSet):
+            return counted.total_norm(p)
+        return _total_norm(counted, p)
 
-    return global_norm(gather, local, p), made[0]
+    norm = global_norm(gather, local, p, agree)
+    return norm, made[0], gather.dtype
+
+
+def _for_writing(views: Any) -> Any:
+    """``(target to write, target to count, dtype)`` from ``_local_views``' triple: the views
+    to write as a compiled set validated for writing, made here, inside the agreement step,
+    so that what the write refuses (overlapping views, read-only memory) or fails to
+    allocate is raised on every rank, before any rank writes (a reading pass accepts
+    overlapping views). The set also counts in the norm when every view counts."""
+    arrays, counted, dtype = views
+    if dtype is None:
+        return views
+    target = _core.once.own((arrays, False))
+    every = all(c is a for a, c in zip(arrays, counted, strict=True))
+    return target, target if every else counted, dtype
 
 
 def _p_or_default(norm_type: Any) -> float:
     # a bad norm_type is raised inside the agreement step (prepare), on every rank
     try:
-        return check_norm_type(norm_type)
-    except (TypeError, ValueError):
+        return _p(norm_type)
+    except Exception:  # raised again in prepare(), inside the agreement step
         return 2.0
 
 
 def _sharded_result(norm: float, dtype: Any, mesh: Any) -> torch.Tensor:
-    """The norm as torch returns it: a 0-d tensor, replicated over ``mesh`` for DTensors."""
-    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    """The norm as torch returns it: a 0-d tensor (``torch.tensor(0.0)`` when no rank has
+    gradients), replicated over ``mesh`` for DTensors."""
+    out = _result(norm, dtype)
     if mesh is None:
         return out
     from torch.distributed.tensor import DTensor, Replicate
 
     return DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def _flag(raise_: Any) -> float:
+    return 1.0 if bool(raise_) else 0.0
 
 
 def _local_norm_value(total_norm: Any) -> Any:
@@ -221,15 +271,21 @@ def _sharded_clip_norm(
 
     def prepare() -> Any:
         bound.append(_bound(max_norm))
-        check_norm_type(norm_type)
+        _p(norm_type)
         params, single = _as_list(items, "parameters")
-        return _local_views(_param_grads(params, single), "parameters", single, mesh, "refuse")
+        grads = _param_grads(params, single)
+        return _for_writing(_local_views(grads, "parameters", single, mesh, "refuse"))
 
-    norm, (arrays, _, dtype) = _sharded_norm(gather, prepare, p)
-    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    agree = [
+        ("norm_type", lambda: p),
+        ("max_norm", lambda: bound[0]),
+        ("error_if_nonfinite", lambda: _flag(raise_)),
+    ]
+    norm, (arrays, _, mine), dtype = _sharded_norm(gather, prepare, p, agree)
+    out = _result(norm, dtype)
     if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
         raise _nonfinite(p, norm, out)  # the same norm on every rank: every rank raises
-    if dtype is not None:
+    if mine is not None:
         _scale(arrays, bound[0], norm)
     return _sharded_result(norm, dtype, mesh)
 
@@ -241,12 +297,13 @@ def _sharded_get_norm(
     p = _p_or_default(norm_type)
 
     def prepare() -> Any:
-        check_norm_type(norm_type)
+        _p(norm_type)
         tensors, single = _as_list(items, "tensors")
         return _local_views(tensors, "tensors", single, mesh, "allow")
 
-    norm, (_, _, dtype) = _sharded_norm(gather, prepare, p)
-    out = _result(norm, dtype) if dtype is not None else torch.scalar_tensor(norm)
+    agree = [("norm_type", lambda: p), ("error_if_nonfinite", lambda: _flag(raise_))]
+    norm, _, dtype = _sharded_norm(gather, prepare, p, agree)
+    out = _result(norm, dtype)
     if bool(raise_) and not (math.isfinite(norm) and bool(torch.isfinite(out))):
         raise _nonfinite(p, norm, out)
     return _sharded_result(norm, dtype, mesh)
@@ -261,13 +318,13 @@ def _sharded_clip_with_norm(
     def prepare() -> Any:
         scalars.extend((_bound(max_norm), _total(_local_norm_value(total_norm))))
         params, single = _as_list(items, "parameters")
-        arrays, _, dtype = _local_views(
-            _param_grads(params, single), "parameters", single, mesh, "refuse"
-        )
-        return arrays, None, dtype  # no norm to reduce: the collective only agrees on errors
+        grads = _param_grads(params, single)
+        target, _, dtype = _for_writing(_local_views(grads, "parameters", single, mesh, "refuse"))
+        return target, None, dtype  # no norm to reduce: the collective only agrees on errors
 
-    _, (arrays, _, dtype) = _sharded_norm(gather, prepare, 2.0)
-    if dtype is not None:
+    agree = [("max_norm", lambda: scalars[0]), ("total_norm", lambda: scalars[1])]
+    _, (arrays, _, mine), _ = _sharded_norm(gather, prepare, 2.0, agree)
+    if mine is not None:
         _scale(arrays, scalars[0], scalars[1])
 
 
