@@ -814,16 +814,24 @@ def test_clipper_never_holds_gradient_memory() -> None:
     assert not clipper.cached
 
 
-def test_kept_gradients_cannot_be_resized_under_the_clipper() -> None:
-    # torch refuses to resize the memory of a tensor exported to NumPy, so the kept set's
-    # views always point at live memory of their size
+@pytest.mark.parametrize("size", [3, 10_000])
+def test_kept_gradients_resized_in_place_are_noticed(size: int) -> None:
+    # the compiled record exports nothing to NumPy, so torch lets a kept gradient be resized
+    # in place (fewer elements over the same pointer, or more over new memory): the next
+    # call sees the new size and clips the live elements only
     model, _ = model_pair("cnn", torch.float32)
     clipper = gt.GradClipper(model.parameters())
     clipper.get_total_norm()
     clipper.get_total_norm()
     assert clipper.cached
-    with pytest.raises(RuntimeError, match="not resizable"):
-        model[0].weight.grad.resize_(10_000)
+    g = model[0].bias.grad
+    ptr = g.data_ptr()
+    g.resize_(size).fill_(5.0)
+    assert (g.data_ptr() == ptr) == (size == 3)
+    expected = norm64(grads(model), 2.0)
+    assert float(clipper.clip_grad_norm_(1e-3)) == pytest.approx(expected, rel=1e-6)
+    assert norm64(grads(model), 2.0) <= 1e-3 * (1 + 1e-6)
+    assert not clipper.cached  # the same tensors, other memory: seen once again
 
 
 @pytest.mark.parametrize(

@@ -30,10 +30,33 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 import gradclip
 
+from .. import _core
 from . import _convert
+
+# What the compiled record compares tensors against (it is built without torch): the types of
+# the plain case, torch.strided, and the float dtypes in the engine's order.
+_TORCH = (
+    torch.Tensor,
+    torch.nn.Parameter,
+    torch.strided,
+    (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+)
+_DTYPE_BITS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_NORM_DTYPES: dict[int, Any] = {0: None}
+
+
+def _norm_dtype(bits: int) -> Any:
+    """The norm's dtype for a lease's dtype bits (one bit per engine dtype present)."""
+    dtype = _NORM_DTYPES.get(bits)
+    if dtype is None and bits:
+        dtype = _NORM_DTYPES[bits] = _convert._norm_dtype(
+            {d for k, d in enumerate(_DTYPE_BITS) if bits >> k & 1}
+        )
+    return dtype
 
 
 class _Memory:
@@ -129,17 +152,40 @@ class _Seen:
 
 class ViewCache:
     """The views of one list of tensors (a clipper's gradients, or the drop-ins' calls on
-    one model), from call to call. Holds no tensor and no tensor's memory."""
+    one model), from call to call. Holds no tensor and no tensor's memory.
 
-    __slots__ = ("builds", "seen")
+    The plain case (every tensor a contiguous CPU torch.Tensor of a float dtype, none twice,
+    none sharing memory) is the compiled record's (``fast``, ``_core.TorchGrads``): it reads
+    each ``.grad`` and checks or describes it in C++, with the same rules as the views below
+    (the same tensors twice in a row: a chunk plan is kept; a change: seen once again).
+    Everything else it hands back (None), and the views below decide, as before."""
+
+    __slots__ = ("_builds", "fast", "seen")
 
     def __init__(self) -> None:
         self.seen: _Seen | None = None
-        self.builds = 0
+        self._builds = 0
+        self.fast = _core.TorchGrads(*_TORCH)
+
+    @property
+    def builds(self) -> int:
+        return self._builds + self.fast.builds
 
     @property
     def cached(self) -> bool:
-        return self.seen is not None and self.seen.kept is not None
+        return self.fast.cached or (self.seen is not None and self.seen.kept is not None)
+
+    def lease(self, items: Sequence[Any], grads: bool) -> tuple[Any, Any] | None:
+        """``(lease, dtype)`` from the compiled record when ``items``' tensors (their
+        ``.grad`` with ``grads``) are the plain case, else None. A kept set of views (a
+        strided gradient among them) is tried first: the record would refer it back."""
+        seen = self.seen
+        if seen is not None and seen.kept is not None:
+            return None
+        got = self.fast.take(items, grads, _convert._BF16 is not None)
+        if got is None:
+            return None
+        return got, _norm_dtype(got.dtypes)
 
     def kept(self, items: Sequence[Any], grads: bool) -> tuple[Any, Any] | None:
         """``(kept set, dtype)`` when ``items`` (parameters whose ``.grad`` is used, with
@@ -167,10 +213,11 @@ class ViewCache:
                 kept = _keep(tensors, arrays, dtype)
                 if kept is not None:
                     seen.kept = kept
-                    self.builds += 1
+                    self._builds += 1
                     return kept.set, dtype
                 return arrays, dtype
         self.seen = None  # forget the last call's tensors before viewing these
+        self.fast.clear()
         arrays, dtype = _convert._views(tensors, arg, single, repeats)
         self.seen = _Seen(tensors)
         return arrays, dtype

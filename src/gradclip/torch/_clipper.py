@@ -105,7 +105,10 @@ class GradClipper:
     def _target(self) -> tuple[Any, Any]:
         """The current gradients: the kept set when they are the ones it was built over, else
         fresh views (kept as a set when they are the same as the last call's)."""
-        hit = self._cache.kept(self._params, True)
+        cache = self._cache
+        hit = cache.lease(self._params, True)  # the plain case: every per-tensor read in C++
+        if hit is None:
+            hit = cache.kept(self._params, True)
         if hit is not None:
             return hit
         grads = _shards_of(list(map(_GRAD, self._params)), False)

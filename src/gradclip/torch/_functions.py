@@ -41,9 +41,12 @@ def _target(items: list[Any], single: bool, arg: str, repeats: str) -> Any:
         return _views(
             _shards_of(tensors, single) if repeats == "once" else tensors, arg, single, repeats
         )
+    cache = _cache.cache_for(items)
+    hit = cache.lease(items, grads)  # the plain case: every per-tensor read in C++
+    if hit is not None:
+        return hit
     if grads:
         _check_tensors(items)
-    cache = _cache.cache_for(items)
     hit = cache.kept(items, grads)
     if hit is not None:
         return hit

@@ -102,7 +102,13 @@ def _total(total_norm: Any) -> float:
 # are no gradients).
 
 
+_LEASE = _core.TorchLease  # the plain case's tensors, read in C++ (_cache.ViewCache.lease)
+_PROPAGATE = _core.NonFinite.propagate
+
+
 def _total_norm(target: Any, p: float) -> float:
+    if isinstance(target, _LEASE):
+        return target.total_norm(p)
     if isinstance(target, gradclip.GradientSet):
         return target.total_norm(p)
     norm: float = gradclip.get_total_norm(target, p)
@@ -119,8 +125,8 @@ def _scale(target: Any, max_norm: float, total_norm: float) -> None:
         max_norm, total_norm = 1.0, math.nan
     if isinstance(target, gradclip.GradientSet):
         target.clip_with_norm_(max_norm, total_norm)
-    elif isinstance(target, _core.GradientSet):  # a compiled set, validated for the write
-        target.apply_norm(max_norm, total_norm, 1e-6, _core.NonFinite.propagate)
+    elif isinstance(target, (_LEASE, _core.GradientSet)):  # compiled, validated for the write
+        target.apply_norm(max_norm, total_norm, 1e-6, _PROPAGATE)
     else:
         gradclip.clip_grads_with_norm_(target, max_norm, total_norm)
 
@@ -152,7 +158,9 @@ def _clip_norm(target: Any, dtype: Any, max_norm: float, p: float, raise_: bool)
     if dtype is None:
         return _result(0.0, None)
     if not raise_ and max_norm != math.inf:  # the common case: one call, one read pass
-        if isinstance(target, gradclip.GradientSet):
+        if isinstance(target, _LEASE):
+            norm = target.clip_total(max_norm, p, _PROPAGATE, 1e-6)[0]
+        elif isinstance(target, gradclip.GradientSet):
             norm = target.clip_norm_(max_norm, p)
         else:
             norm = gradclip.clip_grad_norm_(target, max_norm, p)
@@ -178,7 +186,9 @@ def _get_norm(target: Any, dtype: Any, p: float, raise_: bool) -> torch.Tensor:
 def _clamp(target: Any, clip_value: float) -> None:
     if clip_value == math.inf:
         return  # clamping to [-inf, inf] changes nothing, NaN included
-    if isinstance(target, gradclip.GradientSet):
+    if isinstance(target, _LEASE):
+        target.clamp(-clip_value, clip_value)
+    elif isinstance(target, gradclip.GradientSet):
         target.clip_value_(clip_value)
     else:
         gradclip.clip_grad_value_(target, clip_value)
