@@ -153,19 +153,66 @@ def test_torch_dropin(
 
 
 # ---------------------------------------------------------------- alternated, as a script
+# The script also times the drop-in and the clipper with the compiled record switched off
+# (``-before``: every per-tensor read in Python, through kept NumPy views, as gradclip.torch
+# did before the record), on Parameters of their own whose ``.grad`` are the same tensors,
+# and a third case, ``fresh``: clipping, with new gradient tensors over the same memory
+# before every call (``zero_grad(set_to_none=True)`` then a backward: nothing can be kept).
+# Before every call of every case the gradients are restored from a copy, which also evicts
+# their metadata from the caches, as a backward pass does.
+BEFORE = ["gradclip-before", "gradclip-clipper-before"]
+
+
+class _PythonViews(gt._cache.ViewCache):
+    """The drop-ins' cache without the compiled record: the Python path of views."""
+
+    def lease(self, items: Any, grads: bool) -> None:
+        return None
+
+
+def _twins(w: Any) -> list[Any]:
+    """Parameters of their own whose ``.grad`` are the workload's gradient tensors."""
+    twins = []
+    for p in w.torch_params():
+        q = torch.nn.Parameter(torch.empty(0, dtype=p.dtype), requires_grad=True)
+        q.data = torch.empty(p.shape, dtype=p.dtype)
+        q.grad = p.grad
+        twins.append(q)
+    return twins
+
+
+def script_fns(w: Any, max_norm: float) -> dict[str, Any]:
+    fns = {peer: peer_fn(peer, w, max_norm) for peer in PEERS}
+    twins = _twins(w)
+    gt._cache._CACHES[(len(twins), id(twins[0]))] = _PythonViews()
+    fns["gradclip-before"] = lambda: gt.clip_grad_norm_(twins, max_norm)
+    clipper = gt.GradClipper(twins)
+    clipper._cache = _PythonViews()
+    fns["gradclip-clipper-before"] = lambda: clipper.clip_grad_norm_(max_norm)
+    fns["_twins"] = twins
+    return fns
+
+
+def _renew(params: list[Any]) -> None:
+    """New gradient tensors over the same memory (what the next backward allocates)."""
+    for p in params:
+        p.grad = torch.from_numpy(p.grad.numpy())
 
 
 def alternated(w: Any, case: str, rounds: int) -> dict[str, float]:
     """Median time of each peer over ``rounds`` rounds; each round runs every peer once, in an
     order that rotates from round to round, restoring the gradients (untimed) before each."""
-    max_norm = max_norm_for(w, case)
-    fns = {peer: peer_fn(peer, w, max_norm) for peer in PEERS}
-    times: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    max_norm = max_norm_for(w, "clip" if case == "fresh" else case)
+    fns = script_fns(w, max_norm)
+    twins = fns.pop("_twins")
+    peers = PEERS + BEFORE
+    times: dict[str, list[float]] = {peer: [] for peer in peers}
     for r in range(rounds + 1):
-        for k in range(len(PEERS)):
-            peer = PEERS[(r + k) % len(PEERS)]
-            if case == "clip":
-                w.restore()
+        for k in range(len(peers)):
+            peer = peers[(r + k) % len(peers)]
+            if case == "fresh":
+                _renew(twins if peer in BEFORE else w.torch_params())
+            w.restore()
             t0 = time.perf_counter()
             fns[peer]()
             elapsed = time.perf_counter() - t0
@@ -174,7 +221,12 @@ def alternated(w: Any, case: str, rounds: int) -> dict[str, float]:
     return {peer: statistics.median(ts) for peer, ts in times.items()}
 
 
-def main(names: list[str], rounds: int = 60, threads: tuple[int, ...] = (1, 2)) -> None:
+def main(
+    names: list[str],
+    rounds: int = 60,
+    threads: tuple[int, ...] = (1, 2),
+    cases: tuple[str, ...] = ("clip", "noclip", "fresh"),
+) -> None:
     before = gradclip.get_num_threads(), torch.get_num_threads()
     print(
         f"medians of {rounds} alternated rounds; gradclip {gradclip.__version__} "
@@ -189,13 +241,14 @@ def main(names: list[str], rounds: int = 60, threads: tuple[int, ...] = (1, 2)) 
         for name in names:
             w = get_workload(name)
             label = f"{name} ({sum(g.size for g in w.grads) / 1e6:.1f}M in {len(w.grads)})"
-            for case in ("clip", "noclip"):
+            for case in cases:
                 for nt in threads:
                     gradclip.set_num_threads(nt)
                     torch.set_num_threads(nt)
-                    check_agreement(w, case, max_norm_for(w, case))
+                    if case != "fresh":
+                        check_agreement(w, case, max_norm_for(w, case))
                     med = alternated(w, case, rounds)
-                    for peer in PEERS:
+                    for peer in PEERS + BEFORE:
                         t = med[peer]
                         print(
                             f"| {label} | {case} | {nt} | {peer} | {t * 1e3:.2f} ms | "
@@ -209,8 +262,9 @@ def main(names: list[str], rounds: int = 60, threads: tuple[int, ...] = (1, 2)) 
 
 if __name__ == "__main__":
     # python bench/test_bench_torch.py [workload ...] [--rounds N] [--threads 1,2]
+    #     [--cases clip,noclip,fresh]
     args = sys.argv[1:]
-    opts = {"--rounds": "60", "--threads": "1,2"}
+    opts = {"--rounds": "60", "--threads": "1,2", "--cases": "clip,noclip,fresh"}
     for flag in opts:
         if flag in args:
             k = args.index(flag)
@@ -220,4 +274,5 @@ if __name__ == "__main__":
         args or TORCH_WORKLOADS,
         int(opts["--rounds"]),
         tuple(int(n) for n in opts["--threads"].split(",")),
+        tuple(opts["--cases"].split(",")),
     )
