@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.utils as tu  # noqa: E402
+from gc_helpers import HAVE_BF16  # noqa: E402
 
 import gradclip.torch as gt  # noqa: E402
-from gc_helpers import HAVE_BF16  # noqa: E402
 from gradclip.torch import _cache  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def test_drop_in_and_clipper_use_it_and_match_torch() -> None:
         expected = tu.clip_grad_norm_(theirs, 0.5 * 0.9**step)
         torch.testing.assert_close(norm, expected, rtol=1e-6, atol=0)
     assert clipper._cache.fast.cached and clipper.builds == 1
-    for step in range(3):
+    for _ in range(3):
         torch.testing.assert_close(gt.clip_grad_norm_(ours, 0.1), tu.clip_grad_norm_(theirs, 0.1))
     assert _cache._CACHES[(len(ours), id(ours[0]))].fast.cached
     gt.clip_grad_value_(ours, 0.01)

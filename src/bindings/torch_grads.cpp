@@ -227,8 +227,7 @@ public:
         for (std::size_t i = 0; i < n; ++i) {
             PyObject* t;
             if (grads) {
-                if (!PyObject_TypeCheck(item[i], reinterpret_cast<PyTypeObject*>(names_.tensor.ptr())))
-                    return refer();
+                if (!PyObject_TypeCheck(item[i], reinterpret_cast<PyTypeObject*>(names_.tensor.ptr()))) return refer();
                 t = PyObject_GetAttr(item[i], s_grad);
                 if (!t) return refer();
             } else {
@@ -289,8 +288,8 @@ public:
 
 private:
     // A new record whose first `i` items are the old record's (their first `spans` spans).
-    static std::shared_ptr<State> start(const std::shared_ptr<State>& old, std::size_t i, std::size_t spans,
-                                        bool grads, std::size_t n) {
+    static std::shared_ptr<State> start(const std::shared_ptr<State>& old, std::size_t i, std::size_t spans, bool grads,
+                                        std::size_t n) {
         auto nx = std::make_shared<State>();
         nx->grads = grads;
         nx->entries.reserve(n);
