@@ -23,7 +23,9 @@ gradients:
   work in Python or in parsing);
 - ``torch`` / ``torch-foreach``: ``torch.nn.utils.clip_grad_norm_`` with foreach off / on;
 
-and the machine's read / read+write ceilings over a flat buffer of the same bytes. Cases and
+(the script adds ``gradclip-before`` and ``gradclip-clipper-before``, the same calls with
+the compiled record switched off, and a ``fresh`` case: new gradient tensors every call) and
+the machine's read / read+write ceilings over a flat buffer of the same bytes. Cases and
 threads as in ``test_bench_clip.py``: ``clip`` (max_norm = norm / 10, gradients restored
 before each round, untimed) and ``noclip`` (max_norm = 10 * norm), at 1 and 2 threads (both
 gradclip's and torch's).
