@@ -14,7 +14,8 @@ every rank gets the same global norm, bit for bit, and scales its own shards in 
 The gradients are handed to gradclip's engine as their own memory (never a copy): in the
 common case (contiguous CPU tensors) described in C++ from each tensor's data pointer, dtype
 and size, otherwise viewed as NumPy arrays and handed to the functions of :mod:`gradclip`. CPU
-tensors of float16, bfloat16 (with ml_dtypes), float32 and float64 are supported, anything else is a ``TypeError`` naming the tensor.
+tensors of float16, bfloat16 (with ml_dtypes), float32 and float64 are supported, anything
+else is a ``TypeError`` naming the tensor.
 
 Deliberate differences from ``torch.nn.utils`` (listed with their pinning tests in the
 project's ``docs/differences.md``):
