@@ -48,7 +48,9 @@ bool dtype_from(int code, DType& dt) noexcept {
     return true;
 }
 
-bool valid_p(double p) noexcept { return p > 0.0; }  // false for NaN; +inf is the max norm
+bool valid_p(double p) noexcept { return p > 0.0; }                             // false for NaN; +inf is the max norm
+bool valid_max_norm(double v) noexcept { return std::isfinite(v) && v > 0.0; }  // also inv_scale
+bool valid_eps(double v) noexcept { return std::isfinite(v) && v >= 0.0; }      // also clip_value
 
 // One buffer as a span. Checks the pointer and that its byte size fits in size_t (the engine
 // adds byte counts). Read-only callers pass a const buffer: the engine never writes through
@@ -105,15 +107,34 @@ int make_spans(Scratch& sc, std::size_t n, const void* const* ptrs, const std::s
     return GRADCLIP_OK;
 }
 
-// ------------------------------------------------------------------ the table's functions
-int c_norm(int dtype, const void* x, std::size_t n, double p, double* out) {
+// The two shapes of an entry point: one dense buffer, or a list of them. Each validates its
+// buffers into spans, then runs f on them under guarded(): nothing is written unless every
+// buffer passed (f runs only then), and no exception leaves the call.
+template <class F>
+int on_buffer(int dtype, const void* x, std::size_t n, F&& f) noexcept {
     return guarded([&] {
         Span sp;
         const int rc = make_span(dtype, x, n, sp);
-        if (rc != GRADCLIP_OK) return rc;
+        return rc != GRADCLIP_OK ? rc : f(&sp);
+    });
+}
+
+template <class F>
+int on_buffers(std::size_t n, const void* const* ptrs, const std::size_t* lens, const int* dtypes, bool writes,
+               F&& f) noexcept {
+    return guarded([&] {
+        Scratch sc;
+        const int rc = make_spans(sc, n, ptrs, lens, dtypes, writes);
+        return rc != GRADCLIP_OK ? rc : f(sc.spans.data());
+    });
+}
+
+// ------------------------------------------------------------------ the table's functions
+int c_norm(int dtype, const void* x, std::size_t n, double p, double* out) {
+    return on_buffer(dtype, x, n, [&](Span* sp) {
         if (out == nullptr) return GRADCLIP_E_NULL;
         if (!valid_p(p)) return GRADCLIP_E_VALUE;
-        *out = gradclip::total_norm(&sp, 1, gradclip::make_norm_spec(p));
+        *out = gradclip::total_norm(sp, 1, gradclip::make_norm_spec(p));
         return GRADCLIP_OK;
     });
 }
@@ -135,47 +156,34 @@ int c_sum_pow(int dtype, const void* x, std::size_t n, double p, double* out) {
 }
 
 int c_scale(int dtype, void* x, std::size_t n, double coef) {
-    return guarded([&] {
-        Span sp;
-        const int rc = make_span(dtype, x, n, sp);
-        if (rc != GRADCLIP_OK) return rc;
-        if (coef != 1.0) gradclip::scale_all(&sp, 1, coef);  // a factor of 1 saves the write pass
+    return on_buffer(dtype, x, n, [&](Span* sp) {
+        if (coef != 1.0) gradclip::scale_all(sp, 1, coef);  // a factor of 1 saves the write pass
         return GRADCLIP_OK;
     });
 }
 
 int c_clamp(int dtype, void* x, std::size_t n, double clip_value) {
-    return guarded([&] {
-        Span sp;
-        const int rc = make_span(dtype, x, n, sp);
-        if (rc != GRADCLIP_OK) return rc;
-        if (!(std::isfinite(clip_value) && clip_value >= 0.0)) return GRADCLIP_E_VALUE;
-        gradclip::clamp_all(&sp, 1, -clip_value, clip_value);
+    return on_buffer(dtype, x, n, [&](Span* sp) {
+        if (!valid_eps(clip_value)) return GRADCLIP_E_VALUE;
+        gradclip::clamp_all(sp, 1, -clip_value, clip_value);
         return GRADCLIP_OK;
     });
 }
 
 int c_total_norm(std::size_t n_buffers, const void* const* ptrs, const std::size_t* lens, const int* dtypes, double p,
                  double* out) {
-    return guarded([&] {
-        Scratch sc;
-        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/false);
-        if (rc != GRADCLIP_OK) return rc;
+    return on_buffers(n_buffers, ptrs, lens, dtypes, /*writes=*/false, [&](Span* spans) {
         if (out == nullptr) return GRADCLIP_E_NULL;
         if (!valid_p(p)) return GRADCLIP_E_VALUE;
-        *out = gradclip::total_norm(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p));
+        *out = gradclip::total_norm(spans, n_buffers, gradclip::make_norm_spec(p));
         return GRADCLIP_OK;
     });
 }
 
 int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
                      double max_norm, double p, double eps, int nonfinite_mode, double* total_norm) {
-    return guarded([&] {
-        Scratch sc;
-        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
-        if (rc != GRADCLIP_OK) return rc;
-        if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
-            return GRADCLIP_E_VALUE;
+    return on_buffers(n_buffers, ptrs, lens, dtypes, /*writes=*/true, [&](Span* spans) {
+        if (!valid_p(p) || !valid_max_norm(max_norm) || !valid_eps(eps)) return GRADCLIP_E_VALUE;
         NonFinite mode;
         switch (nonfinite_mode) {
             case GRADCLIP_PROPAGATE:
@@ -190,8 +198,7 @@ int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t
             default:
                 return GRADCLIP_E_VALUE;
         }
-        const double norm =
-            gradclip::clip_total(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm, eps, mode);
+        const double norm = gradclip::clip_total(spans, n_buffers, gradclip::make_norm_spec(p), max_norm, eps, mode);
         if (total_norm != nullptr) *total_norm = norm;
         return mode == NonFinite::Skip && !std::isfinite(norm) ? GRADCLIP_NONFINITE : GRADCLIP_OK;
     });
@@ -199,13 +206,9 @@ int c_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t
 
 int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
                            double max_norm, double total_norm, double eps) {
-    return guarded([&] {
-        Scratch sc;
-        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
-        if (rc != GRADCLIP_OK) return rc;
-        if (!(std::isfinite(max_norm) && max_norm > 0.0) || !(std::isfinite(eps) && eps >= 0.0) || total_norm < 0.0)
-            return GRADCLIP_E_VALUE;
-        gradclip::apply_global_clip(sc.spans.data(), n_buffers, total_norm, max_norm, eps, NonFinite::Propagate);
+    return on_buffers(n_buffers, ptrs, lens, dtypes, /*writes=*/true, [&](Span* spans) {
+        if (!valid_max_norm(max_norm) || !valid_eps(eps) || total_norm < 0.0) return GRADCLIP_E_VALUE;
+        gradclip::apply_global_clip(spans, n_buffers, total_norm, max_norm, eps, NonFinite::Propagate);
         return GRADCLIP_OK;
     });
 }
@@ -213,16 +216,12 @@ int c_clip_grads_with_norm(std::size_t n_buffers, void* const* ptrs, const std::
 int c_unscale_clip_grad_norm(std::size_t n_buffers, void* const* ptrs, const std::size_t* lens, const int* dtypes,
                              double max_norm, double inv_scale, double p, double eps, double* total_norm,
                              double* coef) {
-    return guarded([&] {
-        Scratch sc;
-        const int rc = make_spans(sc, n_buffers, ptrs, lens, dtypes, /*writes=*/true);
-        if (rc != GRADCLIP_OK) return rc;
-        if (!valid_p(p) || !(std::isfinite(max_norm) && max_norm > 0.0) ||
-            !(std::isfinite(inv_scale) && inv_scale > 0.0) || !(std::isfinite(eps) && eps >= 0.0))
+    return on_buffers(n_buffers, ptrs, lens, dtypes, /*writes=*/true, [&](Span* spans) {
+        if (!valid_p(p) || !valid_max_norm(max_norm) || !valid_max_norm(inv_scale) || !valid_eps(eps))
             return GRADCLIP_E_VALUE;
         double c = 1.0;
-        const double norm = gradclip::unscale_clip(sc.spans.data(), n_buffers, gradclip::make_norm_spec(p), max_norm,
-                                                   inv_scale, eps, &c, nullptr);
+        const double norm = gradclip::unscale_clip(spans, n_buffers, gradclip::make_norm_spec(p), max_norm, inv_scale,
+                                                   eps, &c, nullptr);
         if (total_norm != nullptr) *total_norm = norm;
         if (coef != nullptr) *coef = c;
         return std::isfinite(norm) ? GRADCLIP_OK : GRADCLIP_NONFINITE;

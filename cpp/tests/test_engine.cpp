@@ -102,38 +102,53 @@ double from_elem(const char* p, DType dt) {
     return 0.0;
 }
 
-// Fills n elements with values exactly representable in every dtype (k / 64 for small k,
-// so float16 holds them too), from a fixed seed.
-Buffer make(DType dt, std::size_t n, std::size_t offset, unsigned seed) {
+// A zeroed buffer for n elements of dtype dt at `offset` bytes in (one spare byte at the end).
+Buffer zeroed(DType dt, std::size_t n, std::size_t offset) {
     Buffer b;
     b.offset = offset;
     b.bytes.assign(offset + n * gradclip::itemsize(dt) + 1, 0);
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> k(-512, 512);
-    for (std::size_t i = 0; i < n; ++i) {
-        const double v = k(rng) / 64.0;
-        char* p = b.data() + i * gradclip::itemsize(dt);
-        switch (dt) {
-            case DType::F64:
-                std::memcpy(p, &v, 8);
-                break;
-            case DType::F32: {
-                const float f = static_cast<float>(v);
-                std::memcpy(p, &f, 4);
-                break;
-            }
-            case DType::F16: {
-                const std::uint16_t h = to_half(static_cast<float>(v));
-                std::memcpy(p, &h, 2);
-                break;
-            }
-            case DType::BF16: {
-                const std::uint16_t h = to_bf16(static_cast<float>(v));
-                std::memcpy(p, &h, 2);
-                break;
-            }
+    return b;
+}
+
+// Stores v rounded to dtype dt (gradclip's own rounding) as element i of p.
+void put(char* p, std::size_t i, DType dt, double v) {
+    const double r = gradclip::round_to_dtype(dt, v);
+    char* q = p + i * gradclip::itemsize(dt);
+    switch (dt) {
+        case DType::F64:
+            std::memcpy(q, &r, 8);
+            break;
+        case DType::F32: {
+            const float f = static_cast<float>(r);
+            std::memcpy(q, &f, 4);
+            break;
+        }
+        case DType::F16: {
+            std::uint16_t h;
+            if (std::isinf(r))
+                h = r > 0 ? 0x7c00 : 0xfc00;
+            else if (r != r)
+                h = 0x7e00;
+            else
+                h = to_half(static_cast<float>(r));
+            std::memcpy(q, &h, 2);
+            break;
+        }
+        case DType::BF16: {
+            const std::uint16_t h = to_bf16(static_cast<float>(r));
+            std::memcpy(q, &h, 2);
+            break;
         }
     }
+}
+
+// Fills n elements with values exactly representable in every dtype (k / 64 for small k,
+// so float16 holds them too, and put's rounding leaves them as they are), from a fixed seed.
+Buffer make(DType dt, std::size_t n, std::size_t offset, unsigned seed) {
+    Buffer b = zeroed(dt, n, offset);
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> k(-512, 512);
+    for (std::size_t i = 0; i < n; ++i) put(b.data(), i, dt, k(rng) / 64.0);
     return b;
 }
 
@@ -460,43 +475,9 @@ struct Rng {
     }
 };
 
-// Stores v rounded to dtype dt (gradclip's own rounding) as element i of p.
-void put(char* p, std::size_t i, DType dt, double v) {
-    const double r = gradclip::round_to_dtype(dt, v);
-    char* q = p + i * gradclip::itemsize(dt);
-    switch (dt) {
-        case DType::F64:
-            std::memcpy(q, &r, 8);
-            break;
-        case DType::F32: {
-            const float f = static_cast<float>(r);
-            std::memcpy(q, &f, 4);
-            break;
-        }
-        case DType::F16: {
-            std::uint16_t h;
-            if (std::isinf(r))
-                h = r > 0 ? 0x7c00 : 0xfc00;
-            else if (r != r)
-                h = 0x7e00;
-            else
-                h = to_half(static_cast<float>(r));
-            std::memcpy(q, &h, 2);
-            break;
-        }
-        case DType::BF16: {
-            const std::uint16_t h = to_bf16(static_cast<float>(r));
-            std::memcpy(q, &h, 2);
-            break;
-        }
-    }
-}
-
 // n elements of dtype dt at `offset` bytes into a fresh buffer, +-[1, 2) * 2^[emin, emax].
 Buffer random_buffer(DType dt, std::size_t n, std::size_t offset, std::uint64_t seed, int emin, int emax) {
-    Buffer b;
-    b.offset = offset;
-    b.bytes.assign(offset + n * gradclip::itemsize(dt) + 1, 0);
+    Buffer b = zeroed(dt, n, offset);
     Rng rng{seed};
     for (std::size_t i = 0; i < n; ++i) put(b.data(), i, dt, rng.value(emin, emax));
     return b;

@@ -154,6 +154,34 @@ _PROPAGATE = "propagate"
 _ENGINE_PROPAGATE = ENGINE_MODE["propagate"]
 
 
+def _common_scalars(
+    max_norm: Any, norm_type: Any, error_if_nonfinite: Any, nonfinite: Any, eps: Any
+) -> bool:
+    """Whether a norm clip's scalar arguments are those of the common call, already valid:
+    the rules of ``_norm_args``, checked inline (calling the checks costs a W4-sized call,
+    100 arrays of 100, a fifth of its time). NaN fails every comparison; a string equal to
+    "propagate" that is another object takes the general path."""
+    return (
+        type(max_norm) is float
+        and 0.0 < max_norm < math.inf
+        and type(norm_type) is float
+        and norm_type > 0.0
+        and type(eps) is float
+        and 0.0 <= eps < math.inf
+        and nonfinite is _PROPAGATE
+        and error_if_nonfinite is False
+    )
+
+
+def _norm_args(
+    max_norm: Any, norm_type: Any, error_if_nonfinite: Any, nonfinite: Any, eps: Any
+) -> tuple[float, float, str, float]:
+    """``(max_norm, p, mode, eps)`` of a norm clip, checked."""
+    max_norm = check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    return max_norm, p, resolve_mode(nonfinite, error_if_nonfinite), check_eps(eps)
+
+
 # The return type follows the flags: a float, or a ClipResult when either flag is True.
 @overload
 def clip_grad_norm_(
@@ -278,30 +306,17 @@ def clip_grad_norm_(
     """
     if (
         type(grads) in _CONTAINERS
-        and type(max_norm) is float
-        and 0.0 < max_norm < math.inf
-        and type(norm_type) is float
-        and norm_type > 0.0
-        and type(eps) is float
-        and 0.0 <= eps < math.inf
-        and nonfinite is _PROPAGATE
-        and error_if_nonfinite is False
         and return_result is False
         and per_tensor_norms is False
         and comm is None
         and "jax" not in sys.modules
+        and _common_scalars(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
     ):
-        # The common call, checked inline: the same rules as check_max_norm, check_norm_type,
-        # check_eps, resolve_mode and as_sequence, which every other call goes through (their
-        # calls cost a W4-sized call, 100 arrays of 100, a fifth of its time). NaN fails
-        # every comparison; a string equal to "propagate" that is another object takes the
-        # general path.
+        # The common call: gradclip's own containers, which the compiled parse reads as they
+        # are (as_sequence's rule for them), and the common scalars (see _common_scalars).
         target = (grads, False)
         return ONCE.clip_total(target, max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
-    max_norm = check_max_norm(max_norm)
-    p = check_norm_type(norm_type)
-    mode = resolve_mode(nonfinite, error_if_nonfinite)
-    eps = check_eps(eps)
+    max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
     norm, coef, norms = _clip_norm(
         ONCE, as_sequence(grads), max_norm, p, mode, eps, comm, per_tensor_norms
     )
@@ -449,10 +464,7 @@ def clip_grad_norm_per_tensor_(
     >>> g[0], g[1]
     (array([0.6, 0.8]), array([0.1]))
     """
-    max_norm = check_max_norm(max_norm)
-    p = check_norm_type(norm_type)
-    mode = resolve_mode(nonfinite, error_if_nonfinite)
-    eps = check_eps(eps)
+    max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
     return _clip_each(ONCE, as_sequence(grads), max_norm, p, mode, eps)
 
 
@@ -542,23 +554,12 @@ class GradientSet:
         comm: Any = None,
     ) -> float:
         """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
-        if (
-            type(max_norm) is float
-            and 0.0 < max_norm < math.inf
-            and type(norm_type) is float
-            and norm_type > 0.0
-            and type(eps) is float
-            and 0.0 <= eps < math.inf
-            and nonfinite is _PROPAGATE
-            and error_if_nonfinite is False
-            and comm is None
+        if comm is None and _common_scalars(
+            max_norm, norm_type, eps, nonfinite, error_if_nonfinite
         ):
-            # the common call, checked inline as clip_grad_norm_'s is
+            # the common call, as clip_grad_norm_'s
             return self._set.clip_total(max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
-        max_norm = check_max_norm(max_norm)
-        p = check_norm_type(norm_type)
-        mode = resolve_mode(nonfinite, error_if_nonfinite)
-        eps = check_eps(eps)
+        max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
         return _clip_norm(SET, self._set, max_norm, p, mode, eps, comm, False)[0]
 
     def total_norm(
@@ -604,8 +605,5 @@ class GradientSet:
         eps: float = 1e-6,
     ) -> np.ndarray:
         """:func:`clip_grad_norm_per_tensor_` over the set."""
-        max_norm = check_max_norm(max_norm)
-        p = check_norm_type(norm_type)
-        mode = resolve_mode(nonfinite, error_if_nonfinite)
-        eps = check_eps(eps)
+        max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
         return _clip_each(SET, self._set, max_norm, p, mode, eps)

@@ -4,6 +4,7 @@ that cannot be written: JAX and TensorFlow arrays, read-only NumPy memory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,24 @@ def _shaped(target: tuple[Any, bool], outs: Any, out: Any) -> Any:
     if out is not None or target[1]:
         return outs
     return unflatten(flatten(target[0])[1], list(outs))
+
+
+def _copy_clip(
+    op: Callable[..., tuple[Any, ...]],
+    grads: Any,
+    max_norm: Any,
+    norm_type: Any,
+    eps: Any,
+    out: Any,
+) -> tuple[Any, ...]:
+    """A norm clip into copies: the arguments checked, then ``op`` (a ``_core.copy_clip_*``),
+    whose first result, the new arrays, comes back in the input's structure."""
+    max_norm = check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    eps = check_eps(eps)
+    target = as_sequence(grads)
+    outs, *rest = op(target, _out_target(out), max_norm, p, eps)
+    return (_shaped(target, outs, out), *rest)
 
 
 def clip_by_global_norm(
@@ -71,12 +90,8 @@ def clip_by_global_norm(
     >>> norm, clipped["w"], g["w"]
     (5.0, array([0.6, 0.8]), array([3., 4.]))
     """
-    max_norm = check_max_norm(max_norm)
-    p = check_norm_type(norm_type)
-    eps = check_eps(eps)
-    target = as_sequence(grads)
-    outs, norm, _ = _core.copy_clip_total(target, _out_target(out), max_norm, p, eps)
-    return _shaped(target, outs, out), float(norm)
+    outs, norm, _ = _copy_clip(_core.copy_clip_total, grads, max_norm, norm_type, eps, out)
+    return outs, float(norm)
 
 
 def clip_by_norm_per_tensor(
@@ -104,12 +119,7 @@ def clip_by_norm_per_tensor(
     >>> clipped[0], norms
     (array([0.6, 0.8]), array([5.]))
     """
-    max_norm = check_max_norm(max_norm)
-    p = check_norm_type(norm_type)
-    eps = check_eps(eps)
-    target = as_sequence(grads)
-    outs, norms = _core.copy_clip_each(target, _out_target(out), max_norm, p, eps)
-    return _shaped(target, outs, out), norms
+    return _copy_clip(_core.copy_clip_each, grads, max_norm, norm_type, eps, out)
 
 
 def clip_by_value(

@@ -8,6 +8,7 @@ import math
 import re
 import sys
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,22 @@ def _jax_leaves(tree: Any, jax: Any) -> JaxLeaves:
     return out
 
 
+def consumed(grads: Iterable[Any], arg: str) -> list[Any]:
+    """The entries of an iterable, consumed once into a list; an empty generator (any
+    exhausted iterator) warns, as PyTorch does. Shared with gradclip.reference (pure Python:
+    this module does not import the compiled core). The warning names the frame that called
+    the public function's argument check (two frames above this one's caller)."""
+    one_shot = isinstance(grads, collections.abc.Iterator)
+    items = list(grads)
+    if one_shot and not items:
+        warnings.warn(
+            f"`{arg}` is an empty generator, no gradient clipping will occur.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return items
+
+
 def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
     """Returns ``(grads, single)`` for the compiled core; ``single`` is True when ``grads``
     was one array (it is then wrapped in a tuple).
@@ -164,15 +181,7 @@ def as_sequence(grads: Any, arg: str = "grads") -> tuple[Any, bool]:
                 f"{arg} must be an array or a pytree of arrays (lists, tuples, dicts; with "
                 f"JAX imported, any JAX pytree), not {type(grads).__name__}"
             )
-        one_shot = isinstance(grads, collections.abc.Iterator)
-        items = list(grads)
-        if one_shot and not items:
-            warnings.warn(
-                f"`{arg}` is an empty generator, no gradient clipping will occur.",
-                UserWarning,
-                stacklevel=3,
-            )
-        return items, False
+        return consumed(grads, arg), False
     return (grads,), True
 
 

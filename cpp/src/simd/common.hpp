@@ -18,42 +18,39 @@
 namespace gradclip::simd {
 namespace {
 
-// memcpy loads: the data may be unaligned (a view at an odd byte offset is legal input).
+// Element k of type T at p, and its store: memcpy, as the data may be unaligned (a view at an
+// odd byte offset is legal input).
+template <class T>
+inline T raw_load(const char* p, std::size_t k) noexcept {
+    T v;
+    std::memcpy(&v, p + sizeof(T) * k, sizeof(T));
+    return v;
+}
+template <class T>
+inline void raw_store(char* p, std::size_t k, T v) noexcept {
+    std::memcpy(p + sizeof(T) * k, &v, sizeof(T));
+}
+
 template <DType D>
 struct Elem;
 
 template <>
 struct Elem<DType::F64> {
-    static double load(const char* p, std::size_t k) noexcept {
-        double v;
-        std::memcpy(&v, p + 8 * k, 8);
-        return v;
-    }
-    static void store(char* p, std::size_t k, double v) noexcept { std::memcpy(p + 8 * k, &v, 8); }
+    static double load(const char* p, std::size_t k) noexcept { return raw_load<double>(p, k); }
+    static void store(char* p, std::size_t k, double v) noexcept { raw_store(p, k, v); }
 };
 template <>
 struct Elem<DType::F32> {
-    static float loadf(const char* p, std::size_t k) noexcept {
-        float v;
-        std::memcpy(&v, p + 4 * k, 4);
-        return v;
-    }
+    static float loadf(const char* p, std::size_t k) noexcept { return raw_load<float>(p, k); }
     static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
-    static void storef(char* p, std::size_t k, float v) noexcept { std::memcpy(p + 4 * k, &v, 4); }
+    static void storef(char* p, std::size_t k, float v) noexcept { raw_store(p, k, v); }
 };
 // float16 and bfloat16: 16-bit patterns, computed in float32 (half.hpp's conversions).
 template <float (*ToFloat)(std::uint16_t) noexcept, std::uint16_t (*FromFloat)(float) noexcept>
 struct Elem16 {
-    static float loadf(const char* p, std::size_t k) noexcept {
-        std::uint16_t h;
-        std::memcpy(&h, p + 2 * k, 2);
-        return ToFloat(h);
-    }
+    static float loadf(const char* p, std::size_t k) noexcept { return ToFloat(raw_load<std::uint16_t>(p, k)); }
     static double load(const char* p, std::size_t k) noexcept { return loadf(p, k); }
-    static void storef(char* p, std::size_t k, float v) noexcept {
-        const std::uint16_t h = FromFloat(v);
-        std::memcpy(p + 2 * k, &h, 2);
-    }
+    static void storef(char* p, std::size_t k, float v) noexcept { raw_store(p, k, FromFloat(v)); }
 };
 template <>
 struct Elem<DType::F16> : Elem16<detail::half_to_float, detail::float_to_half> {};

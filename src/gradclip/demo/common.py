@@ -23,8 +23,9 @@ __all__ = [
     "Arm",
     "Claim",
     "ClipFn",
+    "Column",
     "RunResult",
-    "common_cells",
+    "check_settings",
     "divergence_lines",
     "expectation_lines",
     "fmt",
@@ -34,6 +35,7 @@ __all__ = [
     "per_tensor_arm",
     "per_tensor_limit",
     "seeds_phrase",
+    "summary_table",
     "value_arm",
     "value_limit",
 ]
@@ -159,6 +161,20 @@ class RunResult:
         return self.diverged_at is not None
 
 
+def check_settings(config: Any, counts: Sequence[str], positive: Sequence[str]) -> None:
+    """The checks every task's settings share: ValueError unless each of ``counts`` is at
+    least 1, each of ``positive`` finite and > 0, and ``momentum`` in [0, 1)."""
+    for name in counts:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in positive:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {config.momentum}")
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -174,7 +190,7 @@ def fmt(value: float) -> str:
     return f"{value:.2g}".replace("e+0", "e+").replace("e-0", "e-")
 
 
-def common_cells(runs: Sequence[RunResult], arm: Arm) -> dict[str, str]:
+def _common_cells(runs: Sequence[RunResult], arm: Arm) -> dict[str, str]:
     """The columns every task's table has, for one arm's runs: ``diverged`` (count of seeds),
     ``clipped`` (share of steps), ``peak |g|`` (largest pre-clip norm) and ``time s``."""
     steps = sum(r.steps_run for r in runs)
@@ -188,6 +204,47 @@ def common_cells(runs: Sequence[RunResult], arm: Arm) -> dict[str, str]:
         "peak |g|": fmt(peak),
         "time s": f"{sum(r.seconds for r in runs):.1f}",
     }
+
+
+#: A column a task adds to the summary table: its header, and its cell from one arm's runs.
+Column = tuple[str, Callable[[Sequence[Any]], str]]
+
+
+def summary_table(
+    results: Sequence[Any],
+    arms: Sequence[Arm],
+    config: Any,
+    like: Sequence[FloatArray],
+    columns: Sequence[Column],
+    outcomes: Sequence[str],
+) -> list[str]:
+    """The summary table of a task's runs, as lines: one row per arm that has runs, with the
+    arm, its threshold (described from ``like``, arrays shaped like the gradients), how many
+    seeds diverged, the task's own ``columns``, the share of steps clipped, the peak norm,
+    the time, and how many seeds had each of the ``outcomes`` (a run's ``outcome``)."""
+    head = ["arm", "clip at", "diverged", *(h for h, _ in columns)]
+    head += ["clipped", "peak |g|", "time s", "seeds"]
+    rows = []
+    for arm in arms:
+        runs = [r for r in results if r.arm == arm.name]
+        if not runs:
+            continue
+        seen = [r.outcome for r in runs]
+        cells = _common_cells(runs, arm)
+        tally = ", ".join(f"{seen.count(k)} {k}" for k in outcomes if seen.count(k))
+        rows.append(
+            [
+                arm.name,
+                arm.threshold(config, like),
+                cells["diverged"],
+                *(cell(runs) for _, cell in columns),
+                cells["clipped"],
+                cells["peak |g|"],
+                cells["time s"],
+                tally,
+            ]
+        )
+    return markdown_table(head, rows)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -20,7 +20,9 @@ It is written for clarity, not speed:
   round-to-nearest-even conversion for float16 and bfloat16).
 
 It imports neither the compiled extension nor :mod:`gradclip`'s ``__init__`` helpers, only
-``gradclip._errors`` and ``gradclip._result``, so it works when the extension is missing.
+``gradclip._errors``, ``gradclip._result`` and the pure-Python ``consumed`` of
+``gradclip._inputs`` (one iterable consumed once, with PyTorch's warning for an empty
+generator), so it works when the extension is missing.
 Its modules: ``_inputs`` (dtypes, bound rounding, argument checks), ``_arith`` (norms and
 writes), ``_functions`` (the PyTorch-style functions and :class:`GradientSet`), ``_training``
 (mixed precision, AGC, per-example clipping), ``_stateful`` (AutoClip, ZClip). ``ml_dtypes`` is

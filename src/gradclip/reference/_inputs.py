@@ -6,11 +6,13 @@ import math
 import numbers
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .._inputs import consumed
 
 Array = npt.NDArray[Any]
 Float64Array = npt.NDArray[np.float64]
@@ -356,15 +358,7 @@ def _as_arrays(grads: object, name: str = "grads", use: str = "write") -> list[A
             f"{name} must be an array or a pytree of arrays, got {type(grads).__name__}"
         )
     else:
-        one_shot = isinstance(grads, Iterator)  # generators included
-        top = list(grads)
-        if one_shot and not top:
-            warnings.warn(
-                f"`{name}` is an empty generator, no gradient clipping will occur.",
-                UserWarning,
-                stacklevel=3,
-            )
-        items = _leaves(top, name)
+        items = _leaves(consumed(grads, name), name)  # PyTorch's warning, in one place
     arrays: list[Array | None] = []
     for where, item in items:
         if item is None:

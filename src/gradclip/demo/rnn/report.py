@@ -12,12 +12,11 @@ import numpy as np
 from ..common import (
     Arm,
     Claim,
-    common_cells,
     divergence_lines,
     expectation_lines,
     fmt,
-    markdown_table,
     seeds_phrase,
+    summary_table,
 )
 from .model import BASELINE_MSE, _param_shapes
 from .training import (
@@ -32,55 +31,23 @@ from .training import (
 __all__ = ["format_table", "header", "save_figure"]
 
 
-def _arm_rows(
-    results: Sequence[RunResult], arms: Sequence[Arm], config: DemoConfig
-) -> list[list[str]]:
-    probe = [np.empty(shape) for shape in _param_shapes(config.hidden)]
-    rows = []
-    for arm in arms:
-        runs = [r for r in results if r.arm == arm.name]
-        if not runs:
-            continue
-        outcomes = [r.outcome for r in runs]
-        cells = common_cells(runs, arm)
-        tally = ", ".join(
-            f"{outcomes.count(kind)} {kind}"
-            for kind in ("learned", "partly", "baseline", "diverged")
-            if outcomes.count(kind)
-        )
-        test = np.array([r.test_mse for r in runs])
-        rows.append(
-            [
-                arm.name,
-                arm.threshold(config, probe),
-                cells["diverged"],
-                fmt(float(np.median(np.where(np.isnan(test), np.inf, test)))),
-                f"{100 * float(np.median([r.error_rate for r in runs])):.1f}%",
-                cells["clipped"],
-                cells["peak |g|"],
-                cells["time s"],
-                tally,
-            ]
-        )
-    return rows
+def _median_mse(runs: Sequence[RunResult]) -> str:
+    test = np.array([r.test_mse for r in runs])
+    return fmt(float(np.median(np.where(np.isnan(test), np.inf, test))))
+
+
+def _median_error(runs: Sequence[RunResult]) -> str:
+    return f"{100 * float(np.median([r.error_rate for r in runs])):.1f}%"
 
 
 def format_table(
     results: Sequence[RunResult], config: DemoConfig, arms: Sequence[Arm] = ARMS
 ) -> str:
     """The summary table of a demo run, plus what was expected and whether it happened."""
-    header = [
-        "arm",
-        "clip at",
-        "diverged",
-        "test MSE",
-        "error rate",
-        "clipped",
-        "peak |g|",
-        "time s",
-        "seeds",
-    ]
-    out = markdown_table(header, _arm_rows(results, arms, config))
+    like = [np.empty(shape) for shape in _param_shapes(config.hidden)]
+    columns = [("test MSE", _median_mse), ("error rate", _median_error)]
+    kinds = ("learned", "partly", "baseline", "diverged")
+    out = summary_table(results, arms, config, like, columns, kinds)
     out += [
         "",
         f"test MSE and error rate: median over seeds, on {config.test_size} fresh sequences "

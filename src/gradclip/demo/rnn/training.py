@@ -15,6 +15,7 @@ import gradclip
 from ..common import (
     Arm,
     ClipFn,
+    check_settings,
     global_arm,
     no_clip_arm,
     per_tensor_arm,
@@ -78,17 +79,10 @@ class DemoConfig:
 
     def check(self) -> None:
         """Raise ValueError when a setting is out of range."""
-        for name in ("steps", "seeds", "hidden", "batch", "test_size", "report_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        counts = ("steps", "seeds", "hidden", "batch", "test_size", "report_every")
+        check_settings(self, counts, ("lr", "spectral_radius", "max_norm"))
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
-        for name in ("lr", "spectral_radius", "max_norm"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 #: ``--quick``: a smoke run. Too short to learn the task or to reach the later blow-ups; seed 1

@@ -12,11 +12,10 @@ import numpy as np
 from ..common import (
     Arm,
     Claim,
-    common_cells,
     divergence_lines,
     expectation_lines,
-    markdown_table,
     seeds_phrase,
+    summary_table,
 )
 from .data import TEST_SIZE
 from .network import init_params
@@ -35,43 +34,17 @@ def header(config: VisionConfig) -> str:
     )
 
 
-def _arm_rows(
-    results: Sequence[VisionResult], arms: Sequence[Arm], config: VisionConfig
-) -> list[list[str]]:
-    probe = init_params(np.random.default_rng(0), config.width, config.blocks, ws=config.ws)
-    rows = []
-    for arm in arms:
-        runs = [r for r in results if r.arm == arm.name]
-        if not runs:
-            continue
-        outcomes = [r.outcome for r in runs]
-        cells = common_cells(runs, arm)
-        tally = ", ".join(
-            f"{outcomes.count(kind)} {kind}"
-            for kind in ("learned", "partly", "chance", "diverged")
-            if outcomes.count(kind)
-        )
-        rows.append(
-            [
-                arm.name,
-                arm.threshold(config, probe),
-                cells["diverged"],
-                f"{100 * float(np.median([r.test_accuracy for r in runs])):.1f}%",
-                cells["clipped"],
-                cells["peak |g|"],
-                cells["time s"],
-                tally,
-            ]
-        )
-    return rows
+def _median_accuracy(runs: Sequence[VisionResult]) -> str:
+    return f"{100 * float(np.median([r.test_accuracy for r in runs])):.1f}%"
 
 
 def format_table(
     results: Sequence[VisionResult], config: VisionConfig, arms: Sequence[Arm] = ARMS
 ) -> str:
     """The summary table of a vision-demo run, and what each arm did."""
-    head = ["arm", "clip at", "diverged", "test acc.", "clipped", "peak |g|", "time s", "seeds"]
-    out = markdown_table(head, _arm_rows(results, arms, config))
+    like = init_params(np.random.default_rng(0), config.width, config.blocks, ws=config.ws)
+    kinds = ("learned", "partly", "chance", "diverged")
+    out = summary_table(results, arms, config, like, [("test acc.", _median_accuracy)], kinds)
     out += [
         "",
         f"test acc.: median over seeds, on the {TEST_SIZE} held-out images (chance: 10%); "

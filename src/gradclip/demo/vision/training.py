@@ -18,6 +18,7 @@ from ..common import (
     Arm,
     ClipFn,
     RunResult,
+    check_settings,
     global_arm,
     no_clip_arm,
     per_tensor_arm,
@@ -73,19 +74,12 @@ class VisionConfig:
 
     def check(self) -> None:
         """Raise ValueError when a setting is out of range."""
-        for name in ("steps", "seeds", "width", "batch", "eval_every", "report_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        counts = ("steps", "seeds", "width", "batch", "eval_every", "report_every")
+        check_settings(self, counts, ("lr", "max_norm", "clipping", "agc_eps"))
         if self.blocks < 0:
             raise ValueError(f"blocks must be at least 0, got {self.blocks}")
         if self.batch > 1797 - TEST_SIZE:
             raise ValueError(f"batch must be at most {1797 - TEST_SIZE}, got {self.batch}")
-        for name in ("lr", "max_norm", "clipping", "agc_eps"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 #: ``--quick``: a smoke run.
