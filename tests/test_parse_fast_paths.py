@@ -257,3 +257,24 @@ def test_lent_plans_on_threads() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_gradient_set_common_call_skips_the_general_checks(monkeypatch) -> None:
+    """GradientSet.clip_norm_'s common call (float arguments, the defaults) takes the inline
+    path: the general argument checks are not called (an argument passed in the wrong order
+    to the inline check once sent every call down the general path)."""
+    import gradclip._api as api
+
+    calls = []
+    general = api._norm_args
+
+    def spy(*args):
+        calls.append(args)
+        return general(*args)
+
+    monkeypatch.setattr(api, "_norm_args", spy)
+    grads = [np.ones(10, np.float32) for _ in range(3)]
+    gradclip.GradientSet(grads).clip_norm_(1.0)
+    assert calls == []
+    gradclip.GradientSet(grads).clip_norm_(1)  # an int takes the general path
+    assert len(calls) == 1

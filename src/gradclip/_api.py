@@ -555,7 +555,7 @@ class GradientSet:
     ) -> float:
         """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
         if comm is None and _common_scalars(
-            max_norm, norm_type, eps, nonfinite, error_if_nonfinite
+            max_norm, norm_type, error_if_nonfinite, nonfinite, eps
         ):
             # the common call, as clip_grad_norm_'s
             return self._set.clip_total(max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
