@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,24 @@ class FigureSpec:
     #: a test-accuracy panel (the results' ``eval_steps`` / ``eval_accuracy``), if titled
     accuracy_title: str | None = None
     accuracy_ref: tuple[float, str] | None = None
+
+
+def figure_saver(
+    spec_of: Callable[[Any], FigureSpec], default_arms: Sequence[Arm], what: str
+) -> Callable[..., Path]:
+    """A task's ``save_figure(results, config, path, arms=default_arms)``: :func:`plot_runs`
+    with the figure ``spec_of(config)`` describes; returns the saved file's path."""
+
+    def save_figure(
+        results: Sequence[RunResult],
+        config: Any,
+        path: str | os.PathLike[str],
+        arms: Sequence[Arm] = default_arms,
+    ) -> Path:
+        return plot_runs(results, path, arms=arms, spec=spec_of(config))
+
+    save_figure.__doc__ = f"Save the {what} figure ({spec_of.__name__}(config)), one line per arm."
+    return save_figure
 
 
 def _bin_edges(steps: int, bins: int = 100) -> npt.NDArray[np.intp]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from ..common import (
     seeds_phrase,
     summary_table,
 )
+from ..plot import FigureSpec, figure_saver
 from .model import BASELINE_MSE, _param_shapes
 from .training import (
     ARMS,
@@ -28,7 +28,7 @@ from .training import (
     RunResult,
 )
 
-__all__ = ["format_table", "header", "save_figure"]
+__all__ = ["figure_spec", "format_table", "header", "save_figure"]
 
 
 def _median_mse(runs: Sequence[RunResult]) -> str:
@@ -88,16 +88,9 @@ def header(config: DemoConfig) -> str:
     )
 
 
-def save_figure(
-    results: Sequence[RunResult],
-    config: DemoConfig,
-    path: Any,
-    arms: Sequence[Arm] = ARMS,
-) -> Any:
-    """Save the RNN figure: training loss and gradient norm against step, one line per arm."""
-    from ..plot import FigureSpec, plot_runs
-
-    spec = FigureSpec(
+def figure_spec(config: DemoConfig) -> FigureSpec:
+    """The RNN figure: training loss and gradient norm against step, one line per arm."""
+    return FigureSpec(
         steps=config.steps,
         suptitle=(
             f"gradclip demo: tanh RNN ({config.hidden} units), SGD lr {config.lr}, momentum "
@@ -110,4 +103,6 @@ def save_figure(
         loss_top=10.0,
         norm_ref=(config.max_norm, "max_norm"),
     )
-    return plot_runs(results, path, arms=arms, spec=spec)
+
+
+save_figure = figure_saver(figure_spec, ARMS, "RNN")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -17,11 +16,12 @@ from ..common import (
     seeds_phrase,
     summary_table,
 )
+from ..plot import FigureSpec, figure_saver
 from .data import TEST_SIZE
 from .network import init_params
 from .training import ARMS, CHANCE_LOSS, DIVERGED_LOSS, VisionConfig, VisionResult
 
-__all__ = ["CLAIMS", "format_table", "header", "save_figure"]
+__all__ = ["CLAIMS", "figure_spec", "format_table", "header", "save_figure"]
 
 
 def header(config: VisionConfig) -> str:
@@ -88,16 +88,9 @@ def _summary(results: Sequence[VisionResult], config: VisionConfig) -> list[str]
     ]
 
 
-def save_figure(
-    results: Sequence[VisionResult],
-    config: VisionConfig,
-    path: Any,
-    arms: Sequence[Arm] = ARMS,
-) -> Any:
-    """Save the vision figure (loss, gradient norm, test accuracy against step)."""
-    from ..plot import FigureSpec, plot_runs
-
-    spec = FigureSpec(
+def figure_spec(config: VisionConfig) -> FigureSpec:
+    """The vision figure: loss, gradient norm and test accuracy against step, one line per arm."""
+    return FigureSpec(
         steps=config.steps,
         suptitle=(
             f"gradclip demo: residual CNN without normalisation ({config.width} channels, "
@@ -114,4 +107,6 @@ def save_figure(
         accuracy_title="Test accuracy (297 held-out images)",
         accuracy_ref=(0.1, "chance"),
     )
-    return plot_runs(results, path, arms=arms, spec=spec)
+
+
+save_figure = figure_saver(figure_spec, ARMS, "vision")
