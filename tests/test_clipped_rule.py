@@ -74,9 +74,19 @@ def test_per_example_nan_example_counts_as_clipped(module, per_layer):
 @pytest.mark.parametrize(
     "coef", [0.0, -0.0, 0.5, np.nextafter(1.0, 0.0), 1.0, 1.5, math.inf, -math.inf, math.nan]
 )
-def test_the_python_rule_is_the_engines(coef: float) -> None:
-    # ClipResult.clipped is decided in Python after the write, where nothing may call into
-    # the core; it must say what the engine's rule says
-    from gradclip._result import clipped
+def test_the_reference_rule_is_the_engines(coef: float) -> None:
+    # the reference states the rule on its own (it runs without the core); it must say what
+    # the engine's rule says
+    from gradclip.reference._arith import _clipped
 
-    assert clipped(coef) is _core.clipped(coef)
+    assert _clipped(coef) is _core.clipped(coef)
+
+
+def test_the_engine_rule_takes_a_float_only() -> None:
+    # the no-allocation entry point reads its argument as a float, and raises as the rest of
+    # the core does for anything else
+    assert _core.clipped(0) is True and _core.clipped(True) is False
+    with pytest.raises(TypeError):
+        _core.clipped("0.5")
+    with pytest.raises(TypeError):
+        _core.clipped(coef=0.5)

@@ -266,13 +266,13 @@ def test_gradient_set_common_call_skips_the_general_checks(monkeypatch) -> None:
     import gradclip._api as api
 
     calls = []
-    general = api._norm_args
+    general = api.norm_args
 
     def spy(*args):
         calls.append(args)
         return general(*args)
 
-    monkeypatch.setattr(api, "_norm_args", spy)
+    monkeypatch.setattr(api, "norm_args", spy)
     grads = [np.ones(10, np.float32) for _ in range(3)]
     gradclip.GradientSet(grads).clip_norm_(1.0)
     assert calls == []

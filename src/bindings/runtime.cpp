@@ -11,6 +11,16 @@
 #include "gradclip/capi.h"
 
 namespace gradclip_py {
+namespace {
+
+// clipped(coef): the engine's rule (coef_writes) on a float, with no allocation
+PyObject* clipped_of(PyObject*, PyObject* coef) noexcept {
+    const double c = PyFloat_AsDouble(coef);
+    if (c == -1.0 && PyErr_Occurred()) return nullptr;
+    return PyBool_FromLong(gradclip::coef_writes(c) ? 1 : 0);
+}
+
+}  // namespace
 
 void register_runtime(py::module_& m) {
     // The C ABI for gradclip.cython_api and other native callers: the same engine instance, so
@@ -23,8 +33,16 @@ void register_runtime(py::module_& m) {
             return gradclip::norm_of_norms(norms.data(), norms.size(), spec_from(p));
         },
         py::arg("norms"), py::arg("p"), "The p-norm of parts given the p-norm of each (the engine's one combination).");
-    m.def("clipped", &gradclip::coef_writes, py::arg("coef"),
-          "Whether a step with this applied coefficient clipped: coef < 1 or NaN (the engine's one rule).");
+    // The Python functions read "clipped" after their write, where an allocation that fails
+    // would raise with the gradients already changed: a plain METH_O function, which CPython
+    // calls without allocating (pybind11's dispatcher allocates its argument list).
+    static PyMethodDef clipped_def = {
+        "clipped", clipped_of, METH_O,
+        "clipped(coef, /)\n--\n\nWhether a step with this applied coefficient clipped: coef < 1 or NaN (the "
+        "engine's one rule)."};
+    PyObject* clipped = PyCFunction_NewEx(&clipped_def, nullptr, m.attr("__name__").ptr());
+    if (clipped == nullptr) throw py::error_already_set();
+    m.add_object("clipped", py::reinterpret_steal<py::object>(clipped));
     m.def("cpu_target", &gradclip::current_target);
     m.def("available_cpu_targets", &gradclip::available_targets);
     m.def("set_cpu_target", [](const std::string& name) { return gradclip::set_target(name); });

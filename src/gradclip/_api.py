@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from functools import partial
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -18,26 +17,31 @@ from . import (
     _config,  # noqa: F401  (sets the core up before any call)
     _core,
 )
-from ._dist import global_norm
-from ._errors import raise_nonfinite
 from ._inputs import (
     as_sequence,
     check_eps,
-    check_flag,
     check_max_norm,
     check_norm_type,
     check_total_norm,
-    resolve_mode,
     value_bounds,
 )
 
 # (the "as" form re-exports ENGINE_MODE for the stateful clippers, PEP 484 style)
 from ._ops import ENGINE_MODE as ENGINE_MODE  # noqa: PLC0414
-from ._ops import ONCE, SET, Norms, Ops
-from ._result import ClipResult, clipped
+from ._ops import ONCE, SET, Ops
+from ._result import ClipResult
 from ._slices import clip_by_norm_
-
-T = TypeVar("T")
+from ._steps import (
+    CONTAINERS,
+    ENGINE_PROPAGATE,
+    clip_norm_across,
+    common_scalars,
+    norm_args,
+    run_clip_each,
+    run_clip_norm,
+    run_total_norm,
+    total_norm_across,
+)
 
 __all__ = [
     "GradientSet",
@@ -69,117 +73,15 @@ def arrays_of(grads: Any, arg: str = "grads") -> tuple[Any, ...] | Any:
     return as_sequence(grads, arg)[0]
 
 
+def _one_shot_set(grads: Any, write: bool = True) -> _core.GradientSet:
+    """A one-shot compiled set of ``grads``, validated for writing or for reading."""
+    return ONCE.own(as_sequence(grads), write)
+
+
 def core_set(grads: Any) -> _core.GradientSet:
     """The compiled set behind ``grads``: a :class:`GradientSet`'s own, else a one-shot one."""
     ops, target = ops_of(grads)
     return ops.own(target)
-
-
-def global_norm_of(
-    comm: Any,
-    make_set: Callable[[], _core.GradientSet],
-    p: float,
-    part: Callable[[_core.GradientSet], float] | None = None,
-) -> tuple[float, _core.GradientSet]:
-    """The norm over every rank's arrays, and this rank's compiled set. The set is made inside
-    the collective's error handling: a rank whose input is bad still takes part in the
-    collective, and then every rank raises (none is left waiting, none writes). ``part``
-    gives this rank's norm from its set (default: its total norm)."""
-    made: list[_core.GradientSet] = []
-
-    def local() -> float:
-        made.append(make_set())
-        return made[0].total_norm(p) if part is None else part(made[0])
-
-    return global_norm(comm, local, p), made[0]
-
-
-# ---------------------------------------------------------------- each operation, once
-# The functions below take ``(ops, target)`` (see ``ops_of``) and scalar arguments already
-# checked; the public function and the GradientSet method both call them.
-
-
-def _clip_norm(
-    ops: Ops[T],
-    target: T,
-    max_norm: float,
-    p: float,
-    mode: str,
-    eps: float,
-    comm: Any,
-    per_tensor_norms: bool,
-) -> tuple[float, float, Norms | None]:
-    """``(norm, coef, per-array norms or None)`` of a global norm clip."""
-    if comm is not None:
-        norm, s = global_norm_of(comm, partial(ops.own, target), p)
-        if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
-            raise_nonfinite(norm, p, "global norm of the gradients across ranks")
-        # this rank's own arrays, before the write (one more read pass, only when asked)
-        norms = s.tensor_norms(p) if per_tensor_norms else None
-        return norm, s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode]), norms
-    norm, coef, norms = ops.clip_total(
-        target, max_norm, p, ENGINE_MODE[mode], eps, per_tensor_norms
-    )
-    if mode == "raise" and not math.isfinite(norm):
-        raise_nonfinite(norm, p)
-    return norm, coef, norms
-
-
-def _total_norm(ops: Ops[T], target: T, p: float, error_if_nonfinite: bool, comm: Any) -> float:
-    error_if_nonfinite = check_flag(error_if_nonfinite, "error_if_nonfinite")
-    if comm is not None:
-        norm = global_norm_of(comm, partial(ops.own, target, False), p)[0]
-    else:
-        norm = ops.total_norm(target, p)
-    if error_if_nonfinite and not math.isfinite(norm):
-        raise_nonfinite(norm, p)
-    return float(norm)
-
-
-def _clip_each(
-    ops: Ops[T], target: T, max_norm: float, p: float, mode: str, eps: float
-) -> np.ndarray:
-    norms = ops.clip_each(target, max_norm, p, ENGINE_MODE[mode], eps)
-    if mode == "raise" and not np.isfinite(norms).all():
-        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
-        raise_nonfinite(float(norms[bad]), p, f"norm of {ops.own(target, False).where(bad)}")
-    return norms
-
-
-# clip_grad_norm_'s common call (see there): gradclip's own containers, read as they are by
-# the compiled parse; the default non-finite mode, by identity (the signature's default is
-# this object, and so is every "propagate" literal, which CPython interns)
-_CONTAINERS = frozenset({list, tuple, dict})
-_PROPAGATE = "propagate"
-_ENGINE_PROPAGATE = ENGINE_MODE["propagate"]
-
-
-def _common_scalars(
-    max_norm: Any, norm_type: Any, error_if_nonfinite: Any, nonfinite: Any, eps: Any
-) -> bool:
-    """Whether a norm clip's scalar arguments are those of the common call, already valid:
-    the rules of ``_norm_args``, checked inline (calling the checks costs a W4-sized call,
-    100 arrays of 100, a fifth of its time). NaN fails every comparison; a string equal to
-    "propagate" that is another object takes the general path."""
-    return (
-        type(max_norm) is float
-        and 0.0 < max_norm < math.inf
-        and type(norm_type) is float
-        and norm_type > 0.0
-        and type(eps) is float
-        and 0.0 <= eps < math.inf
-        and nonfinite is _PROPAGATE
-        and error_if_nonfinite is False
-    )
-
-
-def _norm_args(
-    max_norm: Any, norm_type: Any, error_if_nonfinite: Any, nonfinite: Any, eps: Any
-) -> tuple[float, float, str, float]:
-    """``(max_norm, p, mode, eps)`` of a norm clip, checked."""
-    max_norm = check_max_norm(max_norm)
-    p = check_norm_type(norm_type)
-    return max_norm, p, resolve_mode(nonfinite, error_if_nonfinite), check_eps(eps)
 
 
 # The return type follows the flags: a float, or a ClipResult when either flag is True.
@@ -305,24 +207,29 @@ def clip_grad_norm_(
     1.0
     """
     if (
-        type(grads) in _CONTAINERS
+        type(grads) in CONTAINERS
         and return_result is False
         and per_tensor_norms is False
         and comm is None
         and "jax" not in sys.modules
-        and _common_scalars(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
+        and common_scalars(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
     ):
         # The common call: gradclip's own containers, which the compiled parse reads as they
-        # are (as_sequence's rule for them), and the common scalars (see _common_scalars).
+        # are (as_sequence's rule for them), and the common scalars (see common_scalars).
         target = (grads, False)
-        return ONCE.clip_total(target, max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
-    max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
-    norm, coef, norms = _clip_norm(
-        ONCE, as_sequence(grads), max_norm, p, mode, eps, comm, per_tensor_norms
-    )
+        return ONCE.clip_total(target, max_norm, norm_type, ENGINE_PROPAGATE, eps, False)[0]
+    scalars = (max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
+    if comm is not None:
+        make_set = partial(_one_shot_set, grads)
+        norm, coef, norms = clip_norm_across(comm, make_set, per_tensor_norms, scalars)
+    else:
+        max_norm, p, mode, eps = norm_args(*scalars)
+        norm, coef, norms = run_clip_norm(
+            ONCE, as_sequence(grads), max_norm, p, mode, eps, per_tensor_norms
+        )
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, clipped(coef), not math.isfinite(norm), norms)
+    return ClipResult(norm, coef, _core.clipped(coef), not math.isfinite(norm), norms)
 
 
 def get_total_norm(
@@ -351,7 +258,7 @@ def get_total_norm(
     5.0
     """
     if (
-        type(grads) in _CONTAINERS
+        type(grads) in CONTAINERS
         and type(norm_type) is float
         and norm_type > 0.0
         and error_if_nonfinite is False
@@ -361,8 +268,11 @@ def get_total_norm(
         # the common call, checked inline as clip_grad_norm_'s is
         target = (grads, False)
         return ONCE.total_norm(target, norm_type)
+    if comm is not None:
+        make_set = partial(_one_shot_set, grads, False)
+        return total_norm_across(comm, make_set, norm_type, error_if_nonfinite)
     p = check_norm_type(norm_type)
-    return _total_norm(ONCE, as_sequence(grads), p, error_if_nonfinite, comm)
+    return run_total_norm(ONCE, as_sequence(grads), p, error_if_nonfinite)
 
 
 def clip_grads_with_norm_(
@@ -464,8 +374,8 @@ def clip_grad_norm_per_tensor_(
     >>> g[0], g[1]
     (array([0.6, 0.8]), array([0.1]))
     """
-    max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
-    return _clip_each(ONCE, as_sequence(grads), max_norm, p, mode, eps)
+    max_norm, p, mode, eps = norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
+    return run_clip_each(ONCE, as_sequence(grads), max_norm, p, mode, eps)
 
 
 def clip_by_block_rms_(grads: Any, threshold: float, *, eps: float = 1e-6) -> np.ndarray:
@@ -554,13 +464,14 @@ class GradientSet:
         comm: Any = None,
     ) -> float:
         """:func:`clip_grad_norm_` over the set; returns the pre-clip total norm."""
-        if comm is None and _common_scalars(
-            max_norm, norm_type, error_if_nonfinite, nonfinite, eps
-        ):
+        if comm is None and common_scalars(max_norm, norm_type, error_if_nonfinite, nonfinite, eps):
             # the common call, as clip_grad_norm_'s
-            return self._set.clip_total(max_norm, norm_type, _ENGINE_PROPAGATE, eps, False)[0]
-        max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
-        return _clip_norm(SET, self._set, max_norm, p, mode, eps, comm, False)[0]
+            return self._set.clip_total(max_norm, norm_type, ENGINE_PROPAGATE, eps, False)[0]
+        scalars = (max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
+        if comm is not None:
+            return clip_norm_across(comm, partial(SET.own, self._set), False, scalars)[0]
+        max_norm, p, mode, eps = norm_args(*scalars)
+        return run_clip_norm(SET, self._set, max_norm, p, mode, eps, False)[0]
 
     def total_norm(
         self, norm_type: float = 2.0, *, error_if_nonfinite: bool = False, comm: Any = None
@@ -573,7 +484,10 @@ class GradientSet:
             and comm is None
         ):
             return self._set.total_norm(norm_type)  # the common call, checked inline
-        return _total_norm(SET, self._set, check_norm_type(norm_type), error_if_nonfinite, comm)
+        if comm is not None:
+            make_set = partial(SET.own, self._set, False)
+            return total_norm_across(comm, make_set, norm_type, error_if_nonfinite)
+        return run_total_norm(SET, self._set, check_norm_type(norm_type), error_if_nonfinite)
 
     def clip_with_norm_(self, max_norm: float, total_norm: float, *, eps: float = 1e-6) -> None:
         """:func:`clip_grads_with_norm_` over the set."""
@@ -605,5 +519,5 @@ class GradientSet:
         eps: float = 1e-6,
     ) -> np.ndarray:
         """:func:`clip_grad_norm_per_tensor_` over the set."""
-        max_norm, p, mode, eps = _norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
-        return _clip_each(SET, self._set, max_norm, p, mode, eps)
+        max_norm, p, mode, eps = norm_args(max_norm, norm_type, error_if_nonfinite, nonfinite, eps)
+        return run_clip_each(SET, self._set, max_norm, p, mode, eps)

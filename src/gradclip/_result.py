@@ -39,11 +39,3 @@ class ClipResult:
     found_nonfinite: bool
     tensor_norms: np.ndarray | None = None
     threshold: float | None = None
-
-
-def clipped(coef: float) -> bool:
-    """Whether a step with coefficient ``coef`` wrote: below 1, or NaN (a NaN coefficient is
-    written). The engine's rule (``_core.clipped``), evaluated here without a call into the
-    core, because it is read after the write, where nothing may allocate; a test checks that
-    the two agree."""
-    return not coef >= 1.0

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import _core
 from ._api import ENGINE_MODE, core_set
 from ._errors import raise_nonfinite
 from ._result import ClipResult
@@ -148,7 +149,7 @@ class _StatefulClipper:
     def _clip(self, s: Any, norm: float, norms: Norms, threshold: float) -> ClipResult:
         if norm > threshold:
             coef = self._scale(s, threshold, norm)
-            return ClipResult(norm, coef, True, False, norms, threshold)
+            return ClipResult(norm, coef, _core.clipped(coef), False, norms, threshold)
         return ClipResult(norm, 1.0, False, False, norms, threshold)
 
     def _nonfinite_step(self, s: Any, norm: float, norms: Norms, threshold: float) -> ClipResult:
@@ -159,12 +160,12 @@ class _StatefulClipper:
         if mode == "skip":
             return ClipResult(norm, 1.0, False, True, norms, threshold)
         if mode == "zero":
-            s.apply_norm(1.0, norm, self._eps, ENGINE_MODE["zero"])
-            return ClipResult(norm, 0.0, True, True, norms, threshold)
+            coef = s.apply_norm(1.0, norm, self._eps, ENGINE_MODE["zero"])
+            return ClipResult(norm, coef, _core.clipped(coef), True, norms, threshold)
         # "propagate": PyTorch's arithmetic with this step's bound (a NaN norm makes every
         # element NaN, an infinite one makes finite elements 0); with no bound, nothing is
         # written and the non-finite values pass through as they are.
         if math.isinf(threshold):
             return ClipResult(norm, 1.0, False, True, norms, threshold)
         coef = self._scale(s, threshold, norm)
-        return ClipResult(norm, coef, True, True, norms, threshold)
+        return ClipResult(norm, coef, _core.clipped(coef), True, norms, threshold)

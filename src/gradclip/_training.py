@@ -4,16 +4,16 @@ gradient clipping (AGC) and per-example clipping for DP-SGD."""
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
 from . import _core
-from ._api import arrays_of, core_set, global_norm_of, ops_of
+from ._api import arrays_of, core_set, ops_of
 from ._inputs import check_eps, check_max_norm, check_nonnegative, check_norm_type
-from ._result import ClipResult, clipped
+from ._result import ClipResult
+from ._steps import global_norm_of, p_or_default
 from ._tree import flatten, unflatten
 
 __all__ = ["adaptive_grad_clip_", "clip_per_example_", "unscale_clip_grad_norm_"]
@@ -74,26 +74,42 @@ def unscale_clip_grad_norm_(
     >>> r.total_norm, r.clipped, g[0]
     (5.0, True, array([0.6, 0.8]))
     """
-    max_norm = check_max_norm(max_norm)
-    inv = check_max_norm(inv_scale, "inv_scale")  # same rule: a finite real > 0
-    p = check_norm_type(norm_type)
-    eps = check_eps(eps)
+
+    def checked() -> tuple[float, float, float, float]:
+        bound = check_max_norm(max_norm)
+        inv = check_max_norm(inv_scale, "inv_scale")  # same rule: a finite real > 0
+        return bound, inv, check_norm_type(norm_type), check_eps(eps)
+
     if comm is not None:
-        ops, target = ops_of(grads)
+        args: list[tuple[float, float, float, float]] = []
+
+        def prepare() -> tuple[_core.GradientSet, tuple[float, ...]]:
+            args.append(checked())  # inside the collective: a bad scalar raises on every rank
+            return core_set(grads), args[0]
+
+        p = p_or_default(norm_type)
         # each rank's part is +inf when unscaling would overflow one of its values, so an
         # overflow on any rank makes every rank skip
-        raw, s = global_norm_of(comm, partial(ops.own, target), p, lambda s: s.unscale_norm(p, inv))
+        raw, s = global_norm_of(
+            comm,
+            prepare,
+            p,
+            lambda s: s.unscale_norm(p, args[0][1]),
+            agree=("max_norm", "inv_scale", "norm_type", "eps"),
+        )
+        max_norm, inv, p, eps = args[0]
         # this rank's own arrays, before the write (one more read pass, only when asked)
         norms = s.tensor_norms(p) * inv if per_tensor_norms else None
         total, coef = raw * inv, s.apply_unscale(max_norm, raw, inv, eps)
     else:
+        max_norm, inv, p, eps = checked()
         ops, target = ops_of(grads)
         total, coef, norms = ops.unscale_clip(target, max_norm, inv, p, eps, bool(per_tensor_norms))
     finite = math.isfinite(total)
     return ClipResult(
         total_norm=total,
         coef=coef,
-        clipped=clipped(coef),
+        clipped=_core.clipped(coef),
         found_nonfinite=not finite,
         tensor_norms=norms,
     )
@@ -231,7 +247,7 @@ def adaptive_grad_clip_(
     return ClipResult(
         total_norm=total,
         coef=cmin,
-        clipped=clipped(cmin),
+        clipped=_core.clipped(cmin),
         found_nonfinite=not math.isfinite(total),
         tensor_norms=norms,
     )

@@ -127,6 +127,56 @@ def test_bad_input_on_one_rank_raises_everywhere(comm):
     comm.Barrier()  # every rank got here: nobody is stuck in a collective
 
 
+# Scalar arguments are checked inside the collective, and every rank must give the same: a
+# bad or different max_norm, norm_type, nonfinite, eps or inv_scale on one rank makes every
+# rank raise (none waits in a collective, none writes).
+clip, total, unscale = (
+    gradclip.clip_grad_norm_,
+    gradclip.get_total_norm,
+    gradclip.unscale_clip_grad_norm_,
+)
+BAD_SCALAR_CALLS = {  # (error, call(grads, comm, rank))
+    "max_norm bad": (ValueError, lambda g, c, r: clip(g, -1.0 if r == 0 else 1.0, comm=c)),
+    "max_norm differs": (ValueError, lambda g, c, r: clip(g, 1.0 + r, comm=c)),
+    "norm_type differs": (ValueError, lambda g, c, r: clip(g, 1e-3, 2.0 + r, comm=c)),
+    "nonfinite differs": (
+        ValueError,
+        lambda g, c, r: clip(g, 1e-3, nonfinite="skip" if r else "zero", comm=c),
+    ),
+    "eps differs": (ValueError, lambda g, c, r: clip(g, 1e-3, eps=1e-6 * (r + 1), comm=c)),
+    "total norm_type bad": (TypeError, lambda g, c, r: total(g, "l7" if r == 0 else 2.0, comm=c)),
+    "total flag differs": (ValueError, lambda g, c, r: total(g, error_if_nonfinite=r > 0, comm=c)),
+    "set max_norm bad": (
+        ValueError,
+        lambda g, c, r: gradclip.GradientSet(g).clip_norm_(math.nan if r == 0 else 1e-3, comm=c),
+    ),
+    "set norm_type differs": (
+        ValueError,
+        lambda g, c, r: gradclip.GradientSet(g).total_norm(1.0 + r, comm=c),
+    ),
+    "unscale inv_scale differs": (
+        ValueError,
+        lambda g, c, r: unscale(g, 1e-3, inv_scale=1.0 / (r + 1), comm=c),
+    ),
+    "unscale inv_scale bad": (
+        ValueError,
+        lambda g, c, r: unscale(g, 1e-3, inv_scale=0.0 if r else 1.0, comm=c),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCALAR_CALLS))
+def test_bad_or_different_scalar_on_one_rank_raises_everywhere(comm, case):
+    rank = comm.Get_rank()
+    error, call = BAD_SCALAR_CALLS[case]
+    local = [np.full(100, 2.0, np.float32)]
+    before = [a.tobytes() for a in local]
+    with pytest.raises(error):
+        call(local, comm, rank)
+    assert [a.tobytes() for a in local] == before, "a rank wrote"
+    comm.Barrier()  # every rank got here: nobody is stuck in a collective
+
+
 def test_unscale_and_gradient_set(comm):
     rank, size = comm.Get_rank(), comm.Get_size()
     everything = [np.asarray(a * np.float32(1024)) for a in full_list(np.float32, seed=3)]

@@ -14,6 +14,12 @@ from ._inputs import _BLOCK, _SMALL_SUM, Array, Float64Array
 # --------------------------------------------------------------------------------------------
 
 
+def _clipped(coef: float) -> bool:
+    """Whether a step with applied coefficient ``coef`` clipped: it wrote (below 1), or it
+    wrote NaN (a NaN coefficient, which ``coef < 1`` would call not clipped)."""
+    return not coef >= 1.0
+
+
 def _float64_blocks(arrays: Iterable[Array]) -> Iterator[Float64Array]:
     """Yield every element of ``arrays`` exactly converted to float64, block by block."""
     for arr in arrays:

@@ -14,6 +14,7 @@ from .._errors import raise_nonfinite
 from .._result import ClipResult
 from ._arith import (
     _clip_by_coef,
+    _clipped,
     _coefficient,
     _norms_each,
     _pnorm,
@@ -146,7 +147,7 @@ def clip_grad_norm_(
         _clip_by_coef(arrays, m, norm, e)
     if not return_result and not per_tensor_norms:
         return norm
-    return ClipResult(norm, coef, not coef >= 1.0, not finite, norms)  # NaN: written, so clipped
+    return ClipResult(norm, coef, _clipped(coef), not finite, norms)
 
 
 def clip_grads_with_norm_(

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
-from .._result import ClipResult, clipped
-from ._arith import _coefficient, _pnorm, _present, _scale
+from .._result import ClipResult
+from ._arith import _clipped, _coefficient, _pnorm, _present, _scale
 from ._inputs import (
     _as_arrays,
     _check_eps,
@@ -238,7 +238,7 @@ def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see abov
             c = 0
             for b in range(batch):
                 coef = _example_coef(max_norm, ns[b], eps)
-                if clipped(coef):
+                if _clipped(coef):
                     c += 1
                     _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
             counts.append(c)
@@ -246,7 +246,7 @@ def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see abov
         for b in range(batch):
             nb = math.hypot(*[ns[b] for ns in norms]) if norms else 0.0
             coef = _example_coef(max_norm, nb, eps)
-            if clipped(coef):
+            if _clipped(coef):
                 clipped_examples += 1
                 for a in present:
                     _scale_view(a[b : b + 1], coef)  # a slice: a view even for 0-d examples
