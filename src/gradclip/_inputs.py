@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections.abc
 import math
+import os
 import re
 import sys
+import types
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -131,18 +133,33 @@ def _jax_leaves(tree: Any, jax: Any) -> JaxLeaves:
     return out
 
 
+# this package's folder, with a separator: frames in files below it are gradclip's own
+_PACKAGE_PREFIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by this function's caller name the first
+    frame outside the package, however deep inside it the call is (``skip_file_prefixes``
+    does this on Python 3.12+)."""
+    level = 2  # level 1 is the caller, the function that warns
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_PREFIX):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def consumed(grads: Iterable[Any], arg: str) -> list[Any]:
     """The entries of an iterable, consumed once into a list; an empty generator (any
     exhausted iterator) warns, as PyTorch does. Shared with gradclip.reference (pure Python:
-    this module does not import the compiled core). The warning names the frame that called
-    the public function's argument check (two frames above this one's caller)."""
+    this module does not import the compiled core). The warning names the user's line: the
+    first frame outside the package."""
     one_shot = isinstance(grads, collections.abc.Iterator)
     items = list(grads)
     if one_shot and not items:
         warnings.warn(
             f"`{arg}` is an empty generator, no gradient clipping will occur.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_outside_stacklevel(),
         )
     return items
 

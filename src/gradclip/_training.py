@@ -327,7 +327,7 @@ def clip_per_example_(
     # Everything the result needs is made before the in-place write, so that a MemoryError
     # leaves the gradients untouched: the noise (drawn array by array, in position order) and
     # the sums in each array's dtype. The core validates, clips, and sums in float64.
-    arrays = core_set(grads).arrays()
+    arrays = core_set(seq).arrays()  # seq: a generator in grads is consumed once, above
     well_formed = all(a is None or a.ndim >= 1 for a in arrays)  # else the core says why
     noise: list[np.ndarray | None] = []
     outs: list[np.ndarray | None] = []

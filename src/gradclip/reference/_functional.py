@@ -3,20 +3,18 @@ return them in the input's structure (or copy them into ``out``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ._functions import clip_grad_norm_, clip_grad_norm_per_tensor_, clip_grad_value_
-from ._inputs import Float64Array, _as_arrays, _in_structure
+from ._inputs import Float64Array, _as_arrays, _as_tree, _in_structure
 
 __all__ = ["clip_by_global_norm", "clip_by_norm_per_tensor", "clip_by_value"]
 
 
 def _copies(grads: Any) -> tuple[Any, list[np.ndarray | None]]:
-    if isinstance(grads, Iterator):
-        grads = list(grads)
+    grads = _as_tree(grads)
     leaves = _as_arrays(grads, use="read")
     return grads, [None if a is None else np.array(a, copy=True) for a in leaves]
 

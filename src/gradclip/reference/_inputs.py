@@ -335,6 +335,20 @@ def _check_no_overlap(arrays: Sequence[Array | None], names: Sequence[str]) -> N
                 raise ValueError(f"{names[first]} and {names[second]} overlap in memory")
 
 
+def _as_tree(grads: object, name: str = "grads") -> object:
+    """``grads`` as a tree the reference can rebuild results in: an iterable that is not a
+    container (a generator, a dict view) consumed once into a list (an empty generator warns,
+    as PyTorch does); anything else as it is."""
+    if (
+        _jax_tree(grads)
+        or _is_single_array(grads)
+        or isinstance(grads, (list, tuple, Mapping, str, bytes))
+        or not isinstance(grads, Iterable)
+    ):
+        return grads
+    return consumed(grads, name)
+
+
 def _as_arrays(grads: object, name: str = "grads", use: str = "write") -> list[Array | None]:
     """Normalise a ``grads`` argument to a validated list of ndarrays (None where skipped).
 

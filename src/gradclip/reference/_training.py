@@ -4,7 +4,6 @@ per-example clipping), for :mod:`gradclip.reference`. Written for clarity, not s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from .._result import ClipResult
 from ._arith import _clipped, _coefficient, _pnorm, _present, _scale
 from ._inputs import (
     _as_arrays,
+    _as_tree,
     _check_eps,
     _check_max_norm,
     _check_norm_type,
@@ -215,8 +215,7 @@ def clip_per_example_(  # noqa: C901, PLR0912, PLR0915  (one procedure: see abov
     sigma *= max_norm
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator or None, not {type(rng).__name__}")
-    if isinstance(grads, Iterator):  # consumed once: its items are the tree
-        grads = list(grads)
+    grads = _as_tree(grads)  # consumed once: its items are the tree
     arrays = _as_arrays(grads)
     present = [a for a in arrays if a is not None]
     batch = None
