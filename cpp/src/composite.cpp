@@ -184,25 +184,33 @@ double unscale_clip(const Span* spans, std::size_t n, NormSpec spec, double max_
     }
     if (std::isfinite(raw) && unscale_overflows(*ws, spans, n, raw, inv_scale, cached, norms))
         raw = std::numeric_limits<double>::infinity();
-    *coef = apply_unscale_clip(spans, n, raw, max_norm, inv_scale, eps, cached);
+    *coef = impl::apply_unscale_clip(*ws, spans, n, raw, max_norm, inv_scale, eps, cached);
     return raw * std::fabs(inv_scale);
 }
 
 double apply_unscale_clip(const Span* spans, std::size_t n, double raw_norm, double max_norm, double inv_scale,
                           double eps, const PlanCache* cached) {
+    const ScratchLease ws;
+    return impl::apply_unscale_clip(*ws, spans, n, raw_norm, max_norm, inv_scale, eps, cached);
+}
+
+double impl::apply_unscale_clip(Scratch& ws, const Span* spans, std::size_t n, double raw_norm, double max_norm,
+                                double inv_scale, double eps, const PlanCache* cached) {
     if (!std::isfinite(raw_norm)) return 1.0;  // the caller skips the step and lowers the scale
     const double coef = clip_coef(max_norm, raw_norm * std::fabs(inv_scale), eps);
     double factor = inv_scale * applied_coef(coef);
     // The kernels multiply float types by the factor rounded to float. A factor beyond the
     // float range (inv_scale > FLT_MAX: a loss scale below 3e-39) would round to inf although
     // every product is finite (unscale_overflows ruled out the rest), so it is applied as
-    // exact power-of-two passes first: x * 2^127 is exact and below |x * inv_scale|.
+    // exact power-of-two passes first: x * 2^127 is exact and below |x * inv_scale|. Every
+    // pass runs on this one scratch: the first builds the plan (any allocation is there,
+    // before the first write), the later ones rebuild it in the same capacity.
     const double kStep = 0x1p127;
     while (std::fabs(factor) > static_cast<double>(std::numeric_limits<float>::max())) {
-        scale_all(spans, n, kStep, cached);
+        impl::scale_all(ws, spans, n, kStep, cached);
         factor /= kStep;
     }
-    if (factor != 1.0) scale_all(spans, n, factor, cached);
+    if (factor != 1.0) impl::scale_all(ws, spans, n, factor, cached);
     return coef;
 }
 

@@ -179,6 +179,14 @@ void span_norms(Scratch& ws, const Span* spans, std::size_t n, NormSpec spec, do
 // Multiplies span i by coefs[i], skipping spans whose coefficient is exactly 1; allocates only
 // when ws.plan has less capacity than the call's plan needs (see reserve_plan).
 void scale_each(Scratch& ws, const Span* spans, std::size_t n, const double* coefs);
+// Multiplies every span by coef; the plan is the cached one or built into ws.plan, which
+// allocates only when ws.plan has less capacity than the plan needs (never for a second
+// pass over the same spans).
+void scale_all(Scratch& ws, const Span* spans, std::size_t n, double coef, const PlanCache* cached);
+// apply_unscale_clip on the caller's scratch: its passes share it, so none after the first
+// can fail for memory.
+double apply_unscale_clip(Scratch& ws, const Span* spans, std::size_t n, double raw_norm, double max_norm,
+                          double inv_scale, double eps, const PlanCache* cached);
 
 // Runs f(lo, hi) for runs of chunks [lo, hi) that cover the plan: one run on the calling
 // thread, or one per thread, contiguous and of about equal bytes. Which thread runs a chunk

@@ -74,11 +74,15 @@ void scale_segment(const KernelTable& kt, const Span& sp, const Seg& g, double c
 }
 }  // namespace
 
-void scale_all(const Span* spans, std::size_t n, double coef, const PlanCache* cached) {
-    const ScratchLease ws;
-    const Plan& s = plan_for(*ws, spans, n, Layout::Stream, cached);
+void impl::scale_all(Scratch& ws, const Span* spans, std::size_t n, double coef, const PlanCache* cached) {
+    const Plan& s = plan_for(ws, spans, n, Layout::Stream, cached);
     const KernelTable& kt = table();
     for_each_segment(spans, s, [&](const Span& sp, const Seg& g) { scale_segment(kt, sp, g, coef); });
+}
+
+void scale_all(const Span* spans, std::size_t n, double coef, const PlanCache* cached) {
+    const ScratchLease ws;
+    impl::scale_all(*ws, spans, n, coef, cached);
 }
 
 void impl::scale_each(Scratch& ws, const Span* spans, std::size_t n, const double* coefs) {

@@ -133,6 +133,15 @@ def _grads_case(fn: Callable[[list[np.ndarray]], Any], *, nan: bool = False) -> 
     return build
 
 
+def _tiny_loss_scale(big: bool) -> Case:
+    """A loss scale below 3e-39: inv_scale is above float32's largest value, so the engine
+    applies it in exact power-of-two passes (two here), which must all follow every
+    allocation of the call."""
+    n = 300_000 if big else 300
+    g = [np.full(n, 1e-43, np.float32), np.full(n // 3, 1e-300, np.float64)]
+    return Case(lambda: gc.unscale_clip_grad_norm_(g, 1.0, 1e39), g)
+
+
 def _rows(big: bool, kind: str) -> np.ndarray:
     """A matrix of many rows (more than one window of 4096 slices), clipped row by row."""
     rows, cols = (9_000, 32) if big else (9_000, 4)  # 3 windows; 1.1 MiB of float32 when big
@@ -325,6 +334,7 @@ SCENARIOS: list[Scenario] = [
         "unscale_clip_grad_norm_-per_tensor_norms",
         _grads_case(lambda g: gc.unscale_clip_grad_norm_(g, 1.0, 0.5, per_tensor_norms=True)),
     ),
+    Scenario("unscale_clip_grad_norm_-tiny_loss_scale", _tiny_loss_scale),
     Scenario("adaptive_grad_clip_", _agc),
     Scenario("clip_per_example_", _per_example(False)),
     Scenario("clip_per_example_-per_layer", _per_example(True)),
