@@ -92,20 +92,23 @@ def clip_norm_across(
     ``scalars`` of :func:`norm_args`, checked inside the collective, must be the same on
     every rank."""
     checked: list[tuple[float, float, str, float]] = []
+    norms: list[Norms] = []
 
     def prepare() -> tuple[_core.GradientSet, tuple[float, ...]]:
         checked.append(norm_args(*scalars))
         max_norm, p, mode, eps = checked[0]
-        return make_set(), (max_norm, p, float(MODES.index(mode)), eps)
+        s = make_set()
+        if per_tensor_norms:  # this rank's own arrays (one more read pass, only when asked)
+            norms.append(s.tensor_norms(p))
+        return s, (max_norm, p, float(MODES.index(mode)), eps)
 
     agree = ("max_norm", "norm_type", _MODE_NAME, "eps")
     norm, s = global_norm_of(comm, prepare, p_or_default(scalars[1]), agree=agree)
     max_norm, p, mode, eps = checked[0]
     if mode == "raise" and not math.isfinite(norm):  # every rank has the same norm
         raise_nonfinite(norm, p, "global norm of the gradients across ranks")
-    # this rank's own arrays, before the write (one more read pass, only when asked)
-    norms = s.tensor_norms(p) if per_tensor_norms else None
-    return norm, s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode]), norms
+    coef = s.apply_norm(max_norm, norm, eps, ENGINE_MODE[mode])
+    return norm, coef, norms[0] if norms else None
 
 
 def total_norm_across(

@@ -82,10 +82,14 @@ def unscale_clip_grad_norm_(
 
     if comm is not None:
         args: list[tuple[float, float, float, float]] = []
+        own: list[Any] = []
 
         def prepare() -> tuple[_core.GradientSet, tuple[float, ...]]:
             args.append(checked())  # inside the collective: a bad scalar raises on every rank
-            return core_set(grads), args[0]
+            s = core_set(grads)
+            if per_tensor_norms:  # this rank's own arrays (one more read pass, only when asked)
+                own.append(s.tensor_norms(args[0][2]) * args[0][1])
+            return s, args[0]
 
         p = p_or_default(norm_type)
         # each rank's part is +inf when unscaling would overflow one of its values, so an
@@ -98,8 +102,7 @@ def unscale_clip_grad_norm_(
             agree=("max_norm", "inv_scale", "norm_type", "eps"),
         )
         max_norm, inv, p, eps = args[0]
-        # this rank's own arrays, before the write (one more read pass, only when asked)
-        norms = s.tensor_norms(p) * inv if per_tensor_norms else None
+        norms = own[0] if own else None
         total, coef = raw * inv, s.apply_unscale(max_norm, raw, inv, eps)
     else:
         max_norm, inv, p, eps = checked()
