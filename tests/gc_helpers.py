@@ -77,7 +77,10 @@ def spread(rows: Iterable[str], cases: Sequence[Any], per_row: int) -> list[Any]
 # Every compiled path configuration the machine supports: (cpu target, thread count). A
 # build without OpenMP (CMake found none) runs every call on one thread.
 THREAD_COUNTS = (1, 2) if gradclip._core.have_openmp() else (1,)
-CONFIGS = [(t, n) for t in gradclip.available_cpu_targets() for n in THREAD_COUNTS]
+# Thread count major: each_config() then changes the thread count once per pass (a change to
+# more than one thread starts the OpenMP team, milliseconds on a busy machine), the target
+# once per configuration.
+CONFIGS = [(t, n) for n in THREAD_COUNTS for t in gradclip.available_cpu_targets()]
 
 
 def dtype_of(name: str) -> np.dtype[Any]:
@@ -104,22 +107,33 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
 def configured(target: str, threads: int) -> Iterator[None]:
     """Run the compiled path on ``target`` with ``threads`` threads, restoring both afterwards."""
     old_target, old_threads = gradclip.cpu_target(), gradclip.get_num_threads()
-    gradclip._set_cpu_target(target)
-    gradclip.set_num_threads(threads)
     try:
-        assert gradclip.cpu_target() == target
-        assert gradclip.get_num_threads() == threads
+        _switch(target, threads)
         yield
     finally:
-        gradclip._set_cpu_target(old_target)
-        gradclip.set_num_threads(old_threads)
+        _switch(old_target, old_threads)
+
+
+def _switch(target: str, threads: int) -> None:
+    """Switch the compiled path to ``target`` and ``threads``; the thread count only when it
+    changes (setting it warms the OpenMP team, which is the slow part of a switch)."""
+    gradclip._set_cpu_target(target)
+    if gradclip.get_num_threads() != threads:
+        gradclip.set_num_threads(threads)
+    assert gradclip.cpu_target() == target
+    assert gradclip.get_num_threads() == threads
 
 
 def each_config() -> Iterator[tuple[str, int]]:
-    """Iterate over CONFIGS with the compiled path switched to each one in turn."""
-    for target, threads in CONFIGS:
-        with configured(target, threads):
+    """Iterate over CONFIGS with the compiled path switched to each one in turn (from one to
+    the next directly), restoring the target and thread count at the end."""
+    old_target, old_threads = gradclip.cpu_target(), gradclip.get_num_threads()
+    try:
+        for target, threads in CONFIGS:
+            _switch(target, threads)
             yield target, threads
+    finally:
+        _switch(old_target, old_threads)
 
 
 # ---------------------------------------------------------------------------------------------
