@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,46 @@ GAP_SENTINEL = 1000.0
 MANTISSA_BITS = {"float16": 10, "bfloat16": 7, "float32": 23, "float64": 52}
 MIN_EXPONENT = {"float16": -14, "bfloat16": -126, "float32": -126, "float64": -1022}
 
+# The exhaustive run (GRADCLIP_EXHAUSTIVE=1, or -m exhaustive, which conftest.py turns into
+# it) adds the full products of the grids that the default run samples; without it those
+# cases are not even collected.
+EXHAUSTIVE = os.environ.get("GRADCLIP_EXHAUSTIVE") == "1"
+
+
+def spread(rows: Iterable[str], cases: Sequence[Any], per_row: int) -> list[Any]:
+    """pytest params (row, *case values) for the product of two factors that barely interact
+    (the operations, which all reach the same check, x the inputs it must refuse): each row
+    meets about ``per_row`` cases and each case about len(rows) * per_row / len(cases) rows,
+    rotating (row i takes the cases j with j = i mod m), so that no row and no case is left
+    out; under EXHAUSTIVE the rest of the product too, marked exhaustive. ``cases`` may be
+    pytest.param objects (their ids and marks are kept) or plain values."""
+    rows = list(rows)
+    m = max(1, -(-len(cases) // per_row))  # ceil: every row takes at least per_row cases
+    assert len(rows) >= m, "fewer rows than the rotation needs: some cases would be left out"
+    out = []
+    for i, row in enumerate(rows):
+        for j, case in enumerate(cases):
+            sampled = (j - i) % m == 0
+            if not (sampled or EXHAUSTIVE):
+                continue
+            if isinstance(case, type(pytest.param(None))):
+                values, marks, ident = tuple(case.values), list(case.marks), case.id
+            else:
+                values, marks, ident = (case,), [], None
+            if not sampled:
+                marks.append(pytest.mark.exhaustive)
+            ident = f"{row}-{ident if ident is not None else j}"
+            out.append(pytest.param(row, *values, marks=marks, id=ident))
+    return out
+
+
 # Every compiled path configuration the machine supports: (cpu target, thread count). A
 # build without OpenMP (CMake found none) runs every call on one thread.
 THREAD_COUNTS = (1, 2) if gradclip._core.have_openmp() else (1,)
-CONFIGS = [(t, n) for t in gradclip.available_cpu_targets() for n in THREAD_COUNTS]
+# Thread count major: each_config() then changes the thread count once per pass (a change to
+# more than one thread starts the OpenMP team, milliseconds on a busy machine), the target
+# once per configuration.
+CONFIGS = [(t, n) for n in THREAD_COUNTS for t in gradclip.available_cpu_targets()]
 
 
 def dtype_of(name: str) -> np.dtype[Any]:
@@ -70,22 +107,33 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
 def configured(target: str, threads: int) -> Iterator[None]:
     """Run the compiled path on ``target`` with ``threads`` threads, restoring both afterwards."""
     old_target, old_threads = gradclip.cpu_target(), gradclip.get_num_threads()
-    gradclip._set_cpu_target(target)
-    gradclip.set_num_threads(threads)
     try:
-        assert gradclip.cpu_target() == target
-        assert gradclip.get_num_threads() == threads
+        _switch(target, threads)
         yield
     finally:
-        gradclip._set_cpu_target(old_target)
-        gradclip.set_num_threads(old_threads)
+        _switch(old_target, old_threads)
+
+
+def _switch(target: str, threads: int) -> None:
+    """Switch the compiled path to ``target`` and ``threads``; the thread count only when it
+    changes (setting it warms the OpenMP team, which is the slow part of a switch)."""
+    gradclip._set_cpu_target(target)
+    if gradclip.get_num_threads() != threads:
+        gradclip.set_num_threads(threads)
+    assert gradclip.cpu_target() == target
+    assert gradclip.get_num_threads() == threads
 
 
 def each_config() -> Iterator[tuple[str, int]]:
-    """Iterate over CONFIGS with the compiled path switched to each one in turn."""
-    for target, threads in CONFIGS:
-        with configured(target, threads):
+    """Iterate over CONFIGS with the compiled path switched to each one in turn (from one to
+    the next directly), restoring the target and thread count at the end."""
+    old_target, old_threads = gradclip.cpu_target(), gradclip.get_num_threads()
+    try:
+        for target, threads in CONFIGS:
+            _switch(target, threads)
             yield target, threads
+    finally:
+        _switch(old_target, old_threads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 #   - bad scalars: max_norm, clip_value, norm_type, eps, total_norm, nonfinite,
 #     error_if_nonfinite conflicts; clip_by_norm_'s x and axis;
 #   - non-finite norms with raise: NonFiniteNormError (a FloatingPointError and RuntimeError).
+# The bad entries reach one parse whichever operation takes them: the operations x entries
+# products are spread (gc_helpers.spread: every operation meets several cases, every case
+# several operations); the exhaustive run (GRADCLIP_EXHAUSTIVE=1) has the full products.
 # Each: the right exception type, a message naming the argument (and list position where there
 # is one), and every array byte-for-byte unchanged afterwards (valid arrays around the bad one
 # are large enough that any write before validation would show).
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gc_helpers import BF16, HAVE_BF16, snapshot
+from gc_helpers import BF16, HAVE_BF16, snapshot, spread
 from operations import BY_NAME, assert_same_outcome, operations
 
 from gradclip import NonFiniteNormError
@@ -114,7 +117,6 @@ NUMBER_CASES = [
     pytest.param(lambda: (1.0, 2.0), id="tuple-of-floats"),
     pytest.param(lambda: 3.0, id="float"),
 ]
-NOT_VIEWABLE_CASES = NOT_READABLE_CASES + NUMBER_CASES
 
 
 def run_bad(
@@ -139,13 +141,17 @@ def run_bad(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("func", GRAD_FUNCS)
-@pytest.mark.parametrize("make_bad", NOT_VIEWABLE_CASES)
+# Every operation reaches the same parse of an entry: each meets a few of the cases, each case
+# several operations (spread; the full product in the exhaustive run). Numbers are refused by
+# the writing calls only (the reading calls read them: test_reading_call_reads_numbers).
+@pytest.mark.parametrize(
+    ("func", "make_bad"),
+    spread(GRAD_FUNCS, NOT_READABLE_CASES, per_row=2)
+    + spread(WRITE_FUNCS, NUMBER_CASES, per_row=3),
+)
 def test_entry_not_viewable(impl: ModuleType, func: str, make_bad: Callable[[], Any]) -> None:
     goods = [good(0), good(1, 65, np.float64), good(3, 17, np.float16)]
     grads = [goods[0], goods[1], make_bad(), goods[2]]
-    if func in READ_FUNCS and make_bad in [p.values[0] for p in NUMBER_CASES]:
-        pytest.skip("a reading call reads numbers: test_reading_call_reads_numbers")
     run_bad(impl, func, grads, goods, TypeError, r"grads\[2\]")
 
 
@@ -176,8 +182,9 @@ def _values(x: Any) -> np.ndarray:
     return np.ravel(np.asarray(x, np.float64))
 
 
-@pytest.mark.parametrize("func", GRAD_FUNCS)
-@pytest.mark.parametrize("make_bad", DTYPE_CASES)
+# One dtype check for every operation: each operation meets about five of the dtypes (an
+# integer or bool one and an exotic one among them), each dtype three or four operations.
+@pytest.mark.parametrize(("func", "make_bad"), spread(GRAD_FUNCS, DTYPE_CASES, per_row=5))
 def test_entry_bad_dtype(impl: ModuleType, func: str, make_bad: Callable[[], Any]) -> None:
     goods = [good(0), good(1, 65, np.float64), good(3, 17, np.float16)]
     bad = make_bad()
@@ -214,8 +221,7 @@ READONLY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("func", WRITE_FUNCS)
-@pytest.mark.parametrize("make_bad", READONLY_CASES)
+@pytest.mark.parametrize(("func", "make_bad"), spread(WRITE_FUNCS, READONLY_CASES, per_row=3))
 def test_entry_read_only(impl: ModuleType, func: str, make_bad: Callable[[], Any]) -> None:
     goods = [good(0), good(1, 65, np.float64)]
     bad = make_bad()
@@ -223,8 +229,7 @@ def test_entry_read_only(impl: ModuleType, func: str, make_bad: Callable[[], Any
     run_bad(impl, func, grads, [*goods, bad], ValueError, r"grads\[2\].*read-only")
 
 
-@pytest.mark.parametrize("func", READ_FUNCS)
-@pytest.mark.parametrize("make_bad", READONLY_CASES)
+@pytest.mark.parametrize(("func", "make_bad"), spread(READ_FUNCS, READONLY_CASES, per_row=3))
 def test_reading_call_reads_read_only(
     impl: ModuleType, func: str, make_bad: Callable[[], Any]
 ) -> None:
@@ -291,8 +296,7 @@ def _overlap_cases() -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("func", WRITE_FUNCS)
-@pytest.mark.parametrize(("make", "pattern"), _overlap_cases())
+@pytest.mark.parametrize(("func", "make", "pattern"), spread(WRITE_FUNCS, _overlap_cases(), per_row=4))
 def test_overlap(
     impl: ModuleType, func: str, make: Callable[[], tuple[list[Any], list[Any]]], pattern: str
 ) -> None:
@@ -300,8 +304,9 @@ def test_overlap(
     run_bad(impl, func, grads, keep, ValueError, pattern)
 
 
-@pytest.mark.parametrize("func", READ_FUNCS)
-@pytest.mark.parametrize(("make", "pattern"), _overlap_cases())
+@pytest.mark.parametrize(
+    ("func", "make", "pattern"), spread(READ_FUNCS, _overlap_cases(), per_row=4)
+)
 def test_reading_call_reads_overlapping_arrays(
     impl: ModuleType, func: str, make: Callable[[], tuple[list[Any], list[Any]]], pattern: str
 ) -> None:
