@@ -382,11 +382,23 @@ template <>
 struct Native<DType::BF16> : NarrowNative<DType::BF16> {};
 
 // x = op(x) for every element: whole 256-byte blocks (4 cache lines, prefetched ahead), then
-// whole vectors, then a scalar tail. op has scalar(T) and vec(V).
+// whole vectors, then the tail. op has scalar(T) and vec(V). The tail is the last whole
+// vector of the span, computed before anything is written and stored last: it writes the
+// elements it shares with the vectors before it again, with the bits they already have (op
+// is element-wise), instead of a scalar loop of up to kW - 1 elements. Spans shorter than a
+// vector go element by element.
 template <DType D, class Op>
 void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
     using N = Native<D>;
     char* b = static_cast<char*>(vp);
+    if (n < N::kW) {
+        for (std::size_t k = 0; k < n; ++k) N::store1(b, k, op.scalar(N::load1(b, k)));
+        return;
+    }
+    const std::size_t last = n - N::kW;
+    const bool ragged = n % N::kW != 0;
+    typename N::V tail{};
+    if (ragged) tail = op.vec(N::load(b, last));
     const Prefetch pf = prefetch_policy();
     std::size_t k = 0;
     constexpr std::size_t kBlockBytes = 256;
@@ -396,7 +408,7 @@ void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
         for (std::size_t j = 0; j < kBlock; j += N::kW) N::store(b, k + j, op.vec(N::load(b, k + j)));
     }
     for (; k + N::kW <= n; k += N::kW) N::store(b, k, op.vec(N::load(b, k)));
-    for (; k < n; ++k) N::store1(b, k, op.scalar(N::load1(b, k)));
+    if (ragged) N::store(b, last, tail);
 }
 
 // x * coef, with coef rounded to the computing type (float for the narrow types).
