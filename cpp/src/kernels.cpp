@@ -28,6 +28,14 @@
 #endif
 #include GRADCLIP_SIMD_HEADER
 
+// Unrolls the loop over a block's registers that follows, early enough that the arrays of
+// registers it indexes stay in registers across the loop over pieces (accumulate_many).
+#if defined(__GNUC__) || defined(__clang__)
+#define GRADCLIP_UNROLL _Pragma("GCC unroll 8")
+#else
+#define GRADCLIP_UNROLL
+#endif
+
 #define GRADCLIP_STRINGIFY2(x) #x
 #define GRADCLIP_STRINGIFY(x) GRADCLIP_STRINGIFY2(x)
 
@@ -111,15 +119,15 @@ void accumulate(const void* vp, std::size_t n, std::size_t lane0, double scale, 
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
 }
 
-// x[0 .. kAcc): lanes [lo, hi) of the block of kLanes elements whose lane 0 is element k (k may
-// be negative, k + hi may pass the end: only those lanes are read), +0.0 in the others. A layer
-// may load a whole block of one type at once (BlockPart<D>, e.g. float32 in two or four masked
-// loads instead of one per register); otherwise one vload_part per register that has lanes.
+// The pending block of accumulate_many, kept as float64 registers: lanes [lo, hi) of the
+// block whose lane 0 is element k (k may be negative, k + hi may pass the end: only those
+// lanes are read) are loaded one register at a time (vload_part, +0.0 in the other lanes of
+// a register; a register without such lanes is not read) and added into lanes that are
+// +0.0 (x + 0.0 is x but for the sign of a zero, which neither |x| nor x * x keeps).
 template <DType D>
-inline void load_lanes(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
-    if constexpr (BlockPart<D>::kHave) {
-        BlockPart<D>::load(p, k, lo, hi, x);
-    } else {
+struct WideBlock {
+    VD v[kAcc];
+    static void load_lanes(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
         for (std::size_t j = 0; j < kAcc; ++j) {
             const std::size_t b = j * kW;
             const std::size_t l = lo > b ? lo - b : 0;
@@ -127,26 +135,49 @@ inline void load_lanes(const char* p, std::ptrdiff_t k, std::size_t lo, std::siz
             x[j] = h > l ? vload_part<D>(p, k + static_cast<std::ptrdiff_t>(b), l, h) : vzero();
         }
     }
-}
+    void zero() noexcept {
+        for (std::size_t j = 0; j < kAcc; ++j) v[j] = vzero();
+    }
+    void merge(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
+        VD x[kAcc];
+        load_lanes(p, k, lo, hi, x);
+        for (std::size_t j = 0; j < kAcc; ++j) v[j] = vadd(v[j], x[j]);
+    }
+    void load(const char* p, std::ptrdiff_t k, std::size_t hi) noexcept { load_lanes(p, k, 0, hi, v); }
+    void widen(VD* x) const noexcept {
+        for (std::size_t j = 0; j < kAcc; ++j) x[j] = v[j];
+    }
+};
+// The layer's RawBlock<D> where it has one (a float32 block kept as loaded and widened once,
+// when full: simd/common.hpp), else WideBlock<D>. Either gives the same bits: until the block
+// is added, its lanes hold the elements exactly (but for the sign of a zero in WideBlock).
+template <DType D>
+using PendingBlock = std::conditional_t<RawBlock<D>::kHave, RawBlock<D>, WideBlock<D>>;
 
 // accumulate() over consecutive pieces (kernels.hpp: AccManyFn). Whole blocks inside a piece
 // are added as they are read; the lanes of a block that spans pieces (or that a piece only
-// begins or ends) are gathered from each piece by masked loads into a pending block (zeros
-// elsewhere; x + 0.0 is x but for the sign of a zero, which neither |x| nor x * x keeps),
-// which is added once full, and at the end if partly filled. Each lane still gets its terms
-// in index order, one per block, so the bits are those of one accumulate() call per piece.
+// begins or ends) are gathered from each piece by masked loads into a pending block (+0.0
+// elsewhere), which is added once full, and at the end if partly filled. Each lane still gets
+// its terms in index order, one per block, so the bits are those of one accumulate() call per
+// piece. The accumulators and the pending block stay in registers from piece to piece (the
+// loops over registers are unrolled for that: an array indexed in a loop that is not is kept
+// in memory).
 template <DType D, class Op>
 void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, double scale, double* lanes,
                      const Op& op = Op{}) noexcept {
     const Prefetch pf = prefetch_policy();
-    VD acc[kAcc], pend[kAcc];
-    for (std::size_t j = 0; j < kAcc; ++j) {
-        acc[j] = vloadu_lanes(lanes + j * kW);
-        pend[j] = vzero();
-    }
+    VD acc[kAcc];
+    GRADCLIP_UNROLL
+    for (std::size_t j = 0; j < kAcc; ++j) acc[j] = vloadu_lanes(lanes + j * kW);
+    PendingBlock<D> pend;
+    pend.zero();
     const VD s = vset(scale);
+    const auto add_block = [&](const VD* x) {
+        GRADCLIP_UNROLL
+        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
+    };
     constexpr auto kL = static_cast<std::ptrdiff_t>(kLanes);
-    std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled
+    std::size_t lane = lane0;  // lanes [0, lane) of the pending block are filled, the others +0.0
     for (std::size_t i = 0; i < m; ++i) {
         const char* p = static_cast<const char*>(pieces[i].p);
         const auto sn = static_cast<std::ptrdiff_t>(pieces[i].n);
@@ -155,17 +186,14 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
         std::ptrdiff_t k = -static_cast<std::ptrdiff_t>(lane);
         if (lane != 0 || sn < kL) {
             // lanes [lane, min(lane + sn, kLanes)) of this block are the piece's
-            VD x[kAcc];
-            load_lanes<D>(p, k, lane, static_cast<std::size_t>(std::min(sn - k, kL)), x);
-            for (std::size_t j = 0; j < kAcc; ++j) pend[j] = vadd(pend[j], x[j]);
+            pend.merge(p, k, lane, static_cast<std::size_t>(std::min(sn - k, kL)));
             if (k + kL > sn) {  // the piece ends inside this block
                 lane = static_cast<std::size_t>(sn - k);
                 continue;
             }
-            for (std::size_t j = 0; j < kAcc; ++j) {
-                acc[j] = op.vstep(acc[j], pend[j], s);
-                pend[j] = vzero();
-            }
+            VD x[kAcc];
+            pend.widen(x);
+            add_block(x);  // the pending block is refilled below, before it is read again
             k += kL;
         }
         constexpr std::size_t kBlockBytes = kLanes * itemsize(D);
@@ -174,13 +202,20 @@ void accumulate_many(const Piece* pieces, std::size_t m, std::size_t lane0, doub
             pf.ahead(p + uk * itemsize(D), kBlockBytes);
             VD x[kAcc];
             vload_block<D>(p, uk, x);
-            for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], x[j], s);
+            add_block(x);
         }
         lane = static_cast<std::size_t>(sn - k);
-        if (lane != 0) load_lanes<D>(p, k, 0, lane, pend);  // the tail starts a new pending block at lane 0
+        if (lane != 0)
+            pend.load(p, k, lane);  // the tail starts a new pending block at lane 0
+        else
+            pend.zero();
     }
-    if (lane != 0)
-        for (std::size_t j = 0; j < kAcc; ++j) acc[j] = op.vstep(acc[j], pend[j], s);
+    if (lane != 0) {
+        VD x[kAcc];
+        pend.widen(x);
+        add_block(x);
+    }
+    GRADCLIP_UNROLL
     for (std::size_t j = 0; j < kAcc; ++j) vstore(lanes + j * kW, acc[j]);
 }
 
@@ -347,11 +382,23 @@ template <>
 struct Native<DType::BF16> : NarrowNative<DType::BF16> {};
 
 // x = op(x) for every element: whole 256-byte blocks (4 cache lines, prefetched ahead), then
-// whole vectors, then a scalar tail. op has scalar(T) and vec(V).
+// whole vectors, then the tail. op has scalar(T) and vec(V). The tail is the last whole
+// vector of the span, computed before anything is written and stored last: it writes the
+// elements it shares with the vectors before it again, with the bits they already have (op
+// is element-wise), instead of a scalar loop of up to kW - 1 elements. Spans shorter than a
+// vector go element by element.
 template <DType D, class Op>
 void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
     using N = Native<D>;
     char* b = static_cast<char*>(vp);
+    if (n < N::kW) {
+        for (std::size_t k = 0; k < n; ++k) N::store1(b, k, op.scalar(N::load1(b, k)));
+        return;
+    }
+    const std::size_t last = n - N::kW;
+    const bool ragged = n % N::kW != 0;
+    typename N::V tail{};
+    if (ragged) tail = op.vec(N::load(b, last));
     const Prefetch pf = prefetch_policy();
     std::size_t k = 0;
     constexpr std::size_t kBlockBytes = 256;
@@ -361,7 +408,7 @@ void map_inplace(void* vp, std::size_t n, const Op& op) noexcept {
         for (std::size_t j = 0; j < kBlock; j += N::kW) N::store(b, k + j, op.vec(N::load(b, k + j)));
     }
     for (; k + N::kW <= n; k += N::kW) N::store(b, k, op.vec(N::load(b, k)));
-    for (; k < n; ++k) N::store1(b, k, op.scalar(N::load1(b, k)));
+    if (ragged) N::store(b, last, tail);
 }
 
 // x * coef, with coef rounded to the computing type (float for the narrow types).

@@ -234,11 +234,24 @@ void test_address_independence() {
     }
 }
 
+// The pieces of a list of one dtype, in elements: a few large and odd sizes, then every size
+// 0 .. 70 twice in a scrambled order (the batched kernel's pending block filled from many
+// pieces, completed inside a piece or at its end, zero-size pieces between), then the same
+// after one odd piece, so that the lanes start elsewhere.
+std::vector<std::size_t> concatenation_parts() {
+    std::vector<std::size_t> parts = {17, 1000, 1, 65, 300000, 3};
+    for (int rep = 0; rep < 2; ++rep) {
+        if (rep == 1) parts.push_back(5);
+        for (std::size_t i = 0; i <= 70; ++i) parts.push_back((i * 37 + 11) % 71);
+    }
+    return parts;
+}
+
 void test_list_is_its_concatenation() {
+    const std::vector<std::size_t> parts = concatenation_parts();
     for (int d = 0; d < 4; ++d) {
         const DType dt = kDTypes[d];
         const std::size_t isz = gradclip::itemsize(dt);
-        const std::size_t parts[] = {17, 1000, 1, 65, 300000, 3};
         std::size_t total = 0;
         for (std::size_t p : parts) total += p;
         Buffer whole = make(dt, total, 0, 7);
@@ -247,19 +260,23 @@ void test_list_is_its_concatenation() {
         std::size_t at = 0;
         for (std::size_t p : parts) {
             Buffer piece;
-            piece.offset = 0;
-            piece.bytes.assign(whole.bytes.begin() + static_cast<std::ptrdiff_t>(at * isz),
-                               whole.bytes.begin() + static_cast<std::ptrdiff_t>((at + p) * isz));
+            piece.offset = p % 3 == 0 ? 0 : 1;               // unaligned starts too
+            piece.bytes.resize(piece.offset + p * isz + 1);  // never empty
+            if (p != 0) std::memcpy(piece.data(), whole.data() + at * isz, p * isz);
             pieces.push_back(std::move(piece));
             at += p;
         }
         for (std::size_t i = 0; i < pieces.size(); ++i) spans.push_back(span_of(pieces[i], dt, parts[i]));
         const Span one = span_of(whole, dt, total);
-        for (double p : {2.0, 1.0}) {
-            const gradclip::NormSpec spec = gradclip::make_norm_spec(p);
-            const double list = gradclip::total_norm(spans.data(), spans.size(), spec);
-            const double cat = gradclip::total_norm(&one, 1, spec);
-            CHECK(bits(list) == bits(cat), "%s p=%g: list %.17g, concatenation %.17g", kNames[d], p, list, cat);
+        for (const std::string& t : gradclip::available_targets()) {
+            gradclip::set_target(t);
+            for (double p : {2.0, 1.0}) {
+                const gradclip::NormSpec spec = gradclip::make_norm_spec(p);
+                const double list = gradclip::total_norm(spans.data(), spans.size(), spec);
+                const double cat = gradclip::total_norm(&one, 1, spec);
+                CHECK(bits(list) == bits(cat), "%s %s p=%g: list %.17g, concatenation %.17g", t.c_str(), kNames[d], p,
+                      list, cat);
+            }
         }
     }
 }

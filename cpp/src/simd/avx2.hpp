@@ -67,30 +67,46 @@ inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_
         return _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)));
     }
 }
-// BlockPart<F32>: lanes [lo, hi) of a 32-lane float32 block in four masked 8-float loads (one
-// per 32 bytes) instead of eight 4-lane ones; the 16-bit types and float64 go lane group by
-// lane group (kernels.cpp: load_lanes). On Zen 4, 100 arrays of 100 float32 through the
-// batched kernel: 15.3 -> 11.9 ns per array.
-template <DType D>
-struct BlockPart {
-    static constexpr bool kHave = false;
-};
+// RawBlock<F32>: a pending float32 block of the batched kernel as four 8-float registers,
+// filled by masked loads (one per 32 bytes, where a lane group at a time takes eight 4-lane
+// ones) and widened once, when full. AVX2's masked loads zero the lanes outside the mask, so
+// a merge is an OR into lanes that are +0.0: the same bits. Named registers rather than an
+// array, so that the compiler keeps them in registers from piece to piece.
 template <>
-struct BlockPart<DType::F32> {
+struct RawBlock<DType::F32> {
     static constexpr bool kHave = true;
-    static void load(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi, VD* x) noexcept {
-        static_assert(kLanes == 32 && kW == 4, "four 8-float groups of eight 4-double registers");
+    static_assert(kLanes == 32 && kW == 4, "four 8-float registers, two 4-double accumulators each");
+    __m256 v0, v1, v2, v3;
+    // lanes [lo, hi) of the 8-float group g of the block whose lane 0 is element k, +0.0 elsewhere
+    // (vlo = lo - 1 and vhi = hi in every lane)
+    static __m256 part(const char* p, std::ptrdiff_t k, __m256i vlo, __m256i vhi, int g) noexcept {
+        const int b = 8 * g;
+        const __m256i idx = _mm256_setr_epi32(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+        const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(vhi, idx), _mm256_cmpgt_epi32(idx, vlo));
+        return _mm256_maskload_ps(reinterpret_cast<const float*>(addr(p, (k + b) * 4)), m);
+    }
+    void zero() noexcept { v0 = v1 = v2 = v3 = _mm256_setzero_ps(); }
+    void merge(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
         const __m256i vlo = _mm256_set1_epi32(static_cast<int>(lo) - 1);
         const __m256i vhi = _mm256_set1_epi32(static_cast<int>(hi));
-        for (std::size_t g = 0; g < 4; ++g) {
-            const int b = static_cast<int>(8 * g);
-            const __m256i idx = _mm256_setr_epi32(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
-            const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(vhi, idx), _mm256_cmpgt_epi32(idx, vlo));
-            const char* q = addr(p, (k + b) * 4);
-            const __m256 v = _mm256_maskload_ps(reinterpret_cast<const float*>(q), m);
-            x[2 * g] = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-            x[2 * g + 1] = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-        }
+        v0 = _mm256_or_ps(v0, part(p, k, vlo, vhi, 0));
+        v1 = _mm256_or_ps(v1, part(p, k, vlo, vhi, 1));
+        v2 = _mm256_or_ps(v2, part(p, k, vlo, vhi, 2));
+        v3 = _mm256_or_ps(v3, part(p, k, vlo, vhi, 3));
+    }
+    void load(const char* p, std::ptrdiff_t k, std::size_t hi) noexcept {
+        zero();
+        merge(p, k, 0, hi);
+    }
+    static void widen2(__m256 v, VD* x) noexcept {
+        x[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        x[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    }
+    void widen(VD* x) const noexcept {
+        widen2(v0, x);
+        widen2(v1, x + 2);
+        widen2(v2, x + 4);
+        widen2(v3, x + 6);
     }
 };
 inline double vhmax(const VD* acc) noexcept {

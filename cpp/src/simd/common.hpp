@@ -57,6 +57,21 @@ struct Elem<DType::F16> : Elem16<detail::half_to_float, detail::float_to_half> {
 template <>
 struct Elem<DType::BF16> : Elem16<detail::bf16_to_float, detail::float_to_bf16> {};
 
+// RawBlock<D>: a pending block of kLanes elements of type D held as loaded, before widening,
+// for the batched kernel (kernels.cpp: accumulate_many). None by default; a layer that has one
+// for D specializes it with kHave = true and zero(), merge(p, k, lo, hi) (lanes [lo, hi) of
+// the block whose lane 0 is element k, into lanes that are +0.0; the others unchanged),
+// load(p, k, hi) (lanes [0, hi), +0.0 in the others) and widen(x) (the block as x[0 .. kAcc)).
+template <DType D>
+struct RawBlock {
+    static constexpr bool kHave = false;
+};
+
+// The bits [lo, hi) of a 32-bit lane mask (lo <= hi <= 32).
+inline std::uint32_t lane_bits(std::size_t lo, std::size_t hi) noexcept {
+    return static_cast<std::uint32_t>(((std::uint64_t{1} << hi) - 1u) & ~((std::uint64_t{1} << lo) - 1u));
+}
+
 // p + off for an offset that may point before p: masked loads address whole vector groups
 // of which only some lanes are inside the array. Computed on integers, not as pointer
 // arithmetic outside the array.

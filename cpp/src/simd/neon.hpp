@@ -80,11 +80,6 @@ inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_
     if constexpr (D == DType::F16) return vcvt_f64_f32(vget_low_f32(f16_lo(vreinterpretq_f16_u8(b))));
     return vcvt_f64_f32(vget_low_f32(bf16_lo(vreinterpretq_u16_u8(b))));
 }
-// BlockPart<D>: no whole-block partial load for D in this layer (kernels.cpp: load_lanes).
-template <DType D>
-struct BlockPart {
-    static constexpr bool kHave = false;
-};
 // FMAX returns NaN when either operand is NaN (unlike x86's maxpd, which returns its second
 // operand), so a NaN reaches the final maximum by itself; it is returned as the canonical
 // quiet NaN that the other targets return.

@@ -10,8 +10,8 @@
 //     vload_part<D>(p, k, lo, hi)        lanes [lo, hi) of the kW-group at element k (k may be
 //                                        negative or past the end: only those lanes are read),
 //                                        +0.0 in the others
-//     BlockPart<D>        kHave, and if true load(p, k, lo, hi, x): the same for the lanes
-//                         [lo, hi) of a whole kLanes block in x[0 .. kAcc)
+//     RawBlock<D>         optional (simd/common.hpp): a pending block of the batched kernel
+//                         kept as loaded, for the types where that pays
 //     vzero vset vadd vmul vabs vdiv vsqrt vmax vstore vloadu_lanes
 //     vfma(a, b, c)       a * b + c; used only where a * b is exact, so with one rounding or
 //                         two it gives the same bits
@@ -59,11 +59,6 @@ template <DType D>
 inline VD vload_part(const char* p, std::ptrdiff_t k, std::size_t lo, std::size_t hi) noexcept {
     return lo < hi ? Elem<D>::load(addr(p, k * static_cast<std::ptrdiff_t>(itemsize(D))), 0) : 0.0;
 }
-// BlockPart<D>: no whole-block partial load for D in this layer (kernels.cpp: load_lanes).
-template <DType D>
-struct BlockPart {
-    static constexpr bool kHave = false;
-};
 inline VD vzero() noexcept { return 0.0; }
 inline VD vset(double x) noexcept { return x; }
 inline VD vadd(VD a, VD b) noexcept { return a + b; }
