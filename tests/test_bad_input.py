@@ -296,7 +296,9 @@ def _overlap_cases() -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize(("func", "make", "pattern"), spread(WRITE_FUNCS, _overlap_cases(), per_row=4))
+@pytest.mark.parametrize(
+    ("func", "make", "pattern"), spread(WRITE_FUNCS, _overlap_cases(), per_row=4)
+)
 def test_overlap(
     impl: ModuleType, func: str, make: Callable[[], tuple[list[Any], list[Any]]], pattern: str
 ) -> None:
