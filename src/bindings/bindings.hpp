@@ -1,7 +1,8 @@
 // gradclip._core: the only Python-facing C++. It turns a sequence of arrays into spans,
 // validates all of them before anything is written, releases the GIL and calls the engine.
 // No arithmetic on gradient data happens here. One file per job: module.cpp registers,
-// batch.cpp parses and validates (pytree walk, dtypes, writability, overlap), gradset.cpp is
+// batch.cpp parses (pytree walk, dtypes, shapes), writable.cpp checks what a write needs
+// (writeability, overlap), torch_grads.cpp reads torch tensors, gradset.cpp is
 // the GradientSet and its one-shot functions, copies.cpp the functional copies, slices.cpp
 // the operations over slices (clip_by_norm, AGC, per-example), runtime.cpp the CPU target,
 // thread and probe functions. This header is what they share.
